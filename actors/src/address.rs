@@ -1,0 +1,183 @@
+//! [`ActorRef`]: the stable, typed address of a supervised actor. It follows the actor across
+//! restarts and meters every message it sends.
+//!
+//! The queued-message rule: messages waiting in a mailbox when its incarnation ends (stop,
+//! failure, panic, kill) are dropped, and so is the one being handled when a crash happens;
+//! each waiting caller gets [`SendError::Stopped`]. A restarted actor begins with an empty
+//! mailbox. While no incarnation runs, sends fail at once with [`SendError::NotRunning`]. Nothing
+//! is replayed: a caller that needs its request done retries it.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use actix::Addr;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::cell::Cell;
+use crate::registry::ActorEntry;
+use crate::{Actor, ActorPath, Handler, Message};
+
+/// Why a message got no answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum SendError {
+    /// No incarnation is running (not started yet, restarting, or stopped).
+    #[error("actor {0} is not running")]
+    NotRunning(String),
+    /// The incarnation ended before it answered; the message was dropped.
+    #[error("actor {0} stopped before answering")]
+    Stopped(String),
+    /// The handler failed on this message, and the incarnation with it.
+    #[error("actor {0} failed while handling the message")]
+    Failed(String),
+}
+
+/// The address of an actor that stays valid across its restarts. Clone it freely; it can be sent
+/// to and used from any thread.
+pub struct ActorRef<A: Actor> {
+    slot: Arc<Slot<A>>,
+}
+
+struct Slot<A: Actor> {
+    path: OnceLock<ActorPath>,
+    live: RwLock<Option<Live<A>>>,
+}
+
+struct Live<A: Actor> {
+    generation: u64,
+    addr: Addr<Cell<A>>,
+    entry: Arc<ActorEntry>,
+}
+
+impl<A: Actor> Clone for ActorRef<A> {
+    fn clone(&self) -> Self {
+        ActorRef {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl<A: Actor> ActorRef<A> {
+    pub(crate) fn unbound() -> Self {
+        ActorRef {
+            slot: Arc::new(Slot {
+                path: OnceLock::new(),
+                live: RwLock::new(None),
+            }),
+        }
+    }
+
+    /// Point at a new incarnation.
+    pub(crate) fn bind(&self, generation: u64, addr: Addr<Cell<A>>, entry: Arc<ActorEntry>) {
+        let _ = self.slot.path.set(entry.path.clone());
+        *self.slot.live.write().unwrap_or_else(|e| e.into_inner()) = Some(Live {
+            generation,
+            addr,
+            entry,
+        });
+    }
+
+    /// Forget incarnation `generation`, unless a newer one is already bound.
+    pub(crate) fn unbind(&self, generation: u64) {
+        let mut live = self.slot.live.write().unwrap_or_else(|e| e.into_inner());
+        if live.as_ref().is_some_and(|l| l.generation == generation) {
+            *live = None;
+        }
+    }
+
+    /// The actor's path, once it has been started.
+    pub fn path(&self) -> Option<&ActorPath> {
+        self.slot.path.get()
+    }
+
+    fn name(&self) -> String {
+        self.path()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "<never started>".to_owned())
+    }
+
+    /// Whether an incarnation is running now.
+    pub fn is_running(&self) -> bool {
+        let live = self.slot.live.read().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().is_some_and(|l| l.addr.connected())
+    }
+
+    /// Send `msg` and wait for the answer.
+    pub fn ask<M>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Reply, SendError>> + Send + 'static
+    where
+        M: Message,
+        A: Handler<M>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.deliver(msg, Some(tx));
+        let name = self.name();
+        async move {
+            sent?;
+            rx.await.unwrap_or(Err(SendError::Stopped(name)))
+        }
+    }
+
+    /// Send `msg` without waiting for an answer.
+    pub fn tell<M>(&self, msg: M) -> Result<(), SendError>
+    where
+        M: Message,
+        A: Handler<M>,
+    {
+        self.deliver(msg, None)
+    }
+
+    fn deliver<M>(&self, msg: M, reply: Option<ReplyTo<M>>) -> Result<(), SendError>
+    where
+        M: Message,
+        A: Handler<M>,
+    {
+        let live = self.slot.live.read().unwrap_or_else(|e| e.into_inner());
+        let live = match live.as_ref() {
+            Some(l) if l.addr.connected() => l,
+            _ => return Err(SendError::NotRunning(self.name())),
+        };
+        live.entry.metrics.enqueued();
+        live.addr.do_send(Envelope {
+            msg: Some(msg),
+            reply,
+            sent_at: Instant::now(),
+            entry: live.entry.clone(),
+        });
+        Ok(())
+    }
+}
+
+pub(crate) type ReplyTo<M> = oneshot::Sender<Result<<M as Message>::Reply, SendError>>;
+
+/// A message in a mailbox, stamped for the time-in-mailbox metric. Dropping an unopened envelope
+/// (its incarnation ended) takes it off the queue-depth gauge and tells the caller `Stopped`.
+pub(crate) struct Envelope<M: Message> {
+    msg: Option<M>,
+    reply: Option<ReplyTo<M>>,
+    sent_at: Instant,
+    entry: Arc<ActorEntry>,
+}
+
+impl<M: Message> actix::Message for Envelope<M> {
+    type Result = ();
+}
+
+impl<M: Message> Envelope<M> {
+    /// Take the message out for handling.
+    pub(crate) fn open(mut self) -> Option<(M, Option<ReplyTo<M>>)> {
+        let msg = self.msg.take()?;
+        self.entry.metrics.dequeued(self.sent_at.elapsed());
+        Some((msg, self.reply.take()))
+    }
+}
+
+impl<M: Message> Drop for Envelope<M> {
+    fn drop(&mut self) {
+        if self.msg.is_some() {
+            self.entry.metrics.dropped();
+        }
+    }
+}

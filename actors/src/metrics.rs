@@ -1,0 +1,358 @@
+//! Mailbox metrics per actor path, kept across restarts: queue depth (now and max), messages
+//! enqueued and handled, time in mailbox and handling time, starts and restarts by reason,
+//! generation, state and the last failure. Exported as Prometheus text and as snapshots.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as PromRegistry;
+
+use crate::{lock, ActorPath, ExitReason};
+
+/// Where an actor is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorState {
+    /// Started, not yet healthy.
+    Starting,
+    /// Healthy and serving.
+    Healthy,
+    /// Asked to stop, winding down.
+    Stopping,
+    /// Failed; its supervisor will start it again after the backoff.
+    Restarting,
+    /// Stopped normally and not running.
+    Stopped,
+    /// Failed and not restarted (yet, or ever).
+    Failed,
+}
+
+impl ActorState {
+    const ALL: [ActorState; 6] = [
+        ActorState::Starting,
+        ActorState::Healthy,
+        ActorState::Stopping,
+        ActorState::Restarting,
+        ActorState::Stopped,
+        ActorState::Failed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ActorState::Starting => "starting",
+            ActorState::Healthy => "healthy",
+            ActorState::Stopping => "stopping",
+            ActorState::Restarting => "restarting",
+            ActorState::Stopped => "stopped",
+            ActorState::Failed => "failed",
+        }
+    }
+}
+
+/// What is kept of an abnormal exit, like an Erlang crash report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FailureReport {
+    /// Why the incarnation ended.
+    pub reason: ExitReason,
+    /// Which incarnation it was.
+    pub generation: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The actor's last log lines before it ended.
+    pub last_logs: Vec<String>,
+}
+
+/// A point-in-time copy of one actor's metrics, for tests and `/debug/tree`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ActorSnapshot {
+    /// The actor's path.
+    pub path: ActorPath,
+    /// Its state now.
+    pub state: ActorState,
+    /// The current (or last) incarnation's number; 0 before the first start.
+    pub generation: u64,
+    /// How many times it was started.
+    pub starts: u64,
+    /// Restarts by the exit reason that caused them (only reasons that happened).
+    pub restarts: BTreeMap<&'static str, u64>,
+    /// Messages waiting now.
+    pub queue_depth: i64,
+    /// The most messages ever waiting at once.
+    pub queue_depth_max: i64,
+    /// Messages accepted into the mailbox.
+    pub enqueued: u64,
+    /// Messages whose handling finished (answered or failed).
+    pub handled: u64,
+    /// Messages taken out of the mailbox to be handled.
+    pub taken: u64,
+    /// Messages dropped unhandled because their incarnation ended.
+    pub dropped: u64,
+    /// The last abnormal exit.
+    pub last_failure: Option<FailureReport>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    path: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    path: String,
+    state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 µs to ~16 s in factors of four.
+    Histogram::new(exponential_buckets(1e-6, 4.0, 13))
+}
+
+type HistogramFamily = Family<PathLabel, Histogram, fn() -> Histogram>;
+
+/// The metric families of a whole tree, registered once with a Prometheus registry.
+pub(crate) struct Families {
+    registry: PromRegistry,
+    depth: Family<PathLabel, Gauge>,
+    depth_max: Family<PathLabel, Gauge>,
+    enqueued: Family<PathLabel, Counter>,
+    handled: Family<PathLabel, Counter>,
+    mailbox_wait: HistogramFamily,
+    handling: HistogramFamily,
+    starts: Family<PathLabel, Counter>,
+    restarts: Family<ReasonLabel, Counter>,
+    generation: Family<PathLabel, Gauge>,
+    state: Family<StateLabel, Gauge>,
+    last_failure: Family<PathLabel, Gauge>,
+}
+
+impl Families {
+    pub(crate) fn new() -> Self {
+        let mut registry = PromRegistry::with_prefix("polis_actor");
+        let f = Families {
+            depth: Family::default(),
+            depth_max: Family::default(),
+            enqueued: Family::default(),
+            handled: Family::default(),
+            mailbox_wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            handling: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            starts: Family::default(),
+            restarts: Family::default(),
+            generation: Family::default(),
+            state: Family::default(),
+            last_failure: Family::default(),
+            registry: PromRegistry::default(),
+        };
+        registry.register(
+            "mailbox_depth",
+            "Messages waiting in the mailbox",
+            f.depth.clone(),
+        );
+        registry.register(
+            "mailbox_depth_max",
+            "Most messages ever waiting at once",
+            f.depth_max.clone(),
+        );
+        registry.register("messages_enqueued", "Messages accepted", f.enqueued.clone());
+        registry.register("messages_handled", "Messages handled", f.handled.clone());
+        registry.register(
+            "mailbox_wait_seconds",
+            "Time from send to the start of handling",
+            f.mailbox_wait.clone(),
+        );
+        registry.register(
+            "handling_seconds",
+            "Time from the start of handling to the reply",
+            f.handling.clone(),
+        );
+        registry.register("starts", "Incarnations started", f.starts.clone());
+        registry.register("restarts", "Restarts by exit reason", f.restarts.clone());
+        registry.register(
+            "generation",
+            "Current incarnation number",
+            f.generation.clone(),
+        );
+        registry.register("state", "1 for the actor's current state", f.state.clone());
+        registry.register(
+            "last_failure_timestamp_seconds",
+            "Unix time of the last abnormal exit",
+            f.last_failure.clone(),
+        );
+        Families { registry, ..f }
+    }
+
+    /// The metrics of one path; calling it again for the same path shares the same series.
+    pub(crate) fn for_actor(&self, path: &ActorPath) -> ActorMetrics {
+        let label = PathLabel {
+            path: path.to_string(),
+        };
+        let restarts = ExitReason::KINDS.map(|reason| {
+            self.restarts.get_or_create_owned(&ReasonLabel {
+                path: label.path.clone(),
+                reason: reason.to_owned(),
+            })
+        });
+        let states = ActorState::ALL.map(|s| {
+            self.state.get_or_create_owned(&StateLabel {
+                path: label.path.clone(),
+                state: s.name().to_owned(),
+            })
+        });
+        let metrics = ActorMetrics {
+            depth: self.depth.get_or_create_owned(&label),
+            depth_max: self.depth_max.get_or_create_owned(&label),
+            enqueued: self.enqueued.get_or_create_owned(&label),
+            handled: self.handled.get_or_create_owned(&label),
+            mailbox_wait: self.mailbox_wait.get_or_create_owned(&label),
+            handling: self.handling.get_or_create_owned(&label),
+            starts: self.starts.get_or_create_owned(&label),
+            generation: self.generation.get_or_create_owned(&label),
+            last_failure_ts: self.last_failure.get_or_create_owned(&label),
+            restarts,
+            states,
+            state: AtomicU8::new(ActorState::Stopped as u8),
+            taken: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+        };
+        metrics.set_state(ActorState::Stopped);
+        metrics
+    }
+
+    /// All families as Prometheus/OpenMetrics text.
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One actor's metrics. Shared between the actor's incarnations, its address and its supervisor.
+pub(crate) struct ActorMetrics {
+    depth: Gauge,
+    depth_max: Gauge,
+    enqueued: Counter,
+    handled: Counter,
+    mailbox_wait: Histogram,
+    handling: Histogram,
+    starts: Counter,
+    generation: Gauge,
+    last_failure_ts: Gauge,
+    restarts: [Counter; ExitReason::KINDS.len()],
+    states: [Gauge; 6],
+    state: AtomicU8,
+    taken: AtomicU64,
+    dropped: AtomicU64,
+    last_failure: Mutex<Option<FailureReport>>,
+}
+
+impl ActorMetrics {
+    /// A message entered the mailbox.
+    pub(crate) fn enqueued(&self) {
+        self.enqueued.inc();
+        let depth = self.depth.inc() + 1;
+        self.depth_max.inner().fetch_max(depth, Ordering::Relaxed);
+    }
+
+    /// A message left the mailbox to be handled after waiting `waited`.
+    pub(crate) fn dequeued(&self, waited: Duration) {
+        self.depth.dec();
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        self.mailbox_wait.observe(waited.as_secs_f64());
+    }
+
+    /// A message left the mailbox unhandled (its incarnation ended).
+    pub(crate) fn dropped(&self) {
+        self.depth.dec();
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message's handling finished after `took`.
+    pub(crate) fn handled(&self, took: Duration) {
+        self.handled.inc();
+        self.handling.observe(took.as_secs_f64());
+    }
+
+    /// An incarnation numbered `generation` is starting.
+    pub(crate) fn starting(&self, generation: u64) {
+        self.starts.inc();
+        self.generation.set(generation as i64);
+        self.set_state(ActorState::Starting);
+    }
+
+    /// Its supervisor restarts it after `reason`.
+    pub(crate) fn restarting(&self, reason: &ExitReason) {
+        let i = ExitReason::KINDS
+            .iter()
+            .position(|k| *k == reason.kind())
+            .unwrap_or(0);
+        self.restarts[i].inc();
+        self.set_state(ActorState::Restarting);
+    }
+
+    /// An incarnation ended abnormally.
+    pub(crate) fn failed(&self, report: FailureReport) {
+        self.last_failure_ts.set((report.at_unix_ms / 1000) as i64);
+        *lock(&self.last_failure) = Some(report);
+        self.set_state(ActorState::Failed);
+    }
+
+    pub(crate) fn set_state(&self, state: ActorState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        for (s, gauge) in ActorState::ALL.iter().zip(&self.states) {
+            gauge.set(i64::from(*s == state));
+        }
+    }
+
+    pub(crate) fn state(&self) -> ActorState {
+        let n = self.state.load(Ordering::Relaxed);
+        ActorState::ALL
+            .into_iter()
+            .find(|s| *s as u8 == n)
+            .unwrap_or(ActorState::Failed)
+    }
+
+    pub(crate) fn snapshot(&self, path: &ActorPath) -> ActorSnapshot {
+        let restarts = ExitReason::KINDS
+            .iter()
+            .zip(&self.restarts)
+            .filter(|(_, c)| c.get() > 0)
+            .map(|(k, c)| (*k, c.get()))
+            .collect();
+        ActorSnapshot {
+            path: path.clone(),
+            state: self.state(),
+            generation: self.generation.get() as u64,
+            starts: self.starts.get(),
+            restarts,
+            queue_depth: self.depth.get(),
+            queue_depth_max: self.depth_max.get(),
+            enqueued: self.enqueued.get(),
+            handled: self.handled.get(),
+            taken: self.taken.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            last_failure: lock(&self.last_failure).clone(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for failure reports.
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,1 @@
+//! Polis node library.
