@@ -200,3 +200,35 @@ pub fn generation(tree: &Tree, path: &str) -> u64 {
         .map(|s| s.generation)
         .unwrap_or(0)
 }
+
+/// Log a line through the actor's slog logger.
+pub struct Say(pub String);
+impl Message for Say {
+    type Reply = ();
+}
+impl Handler<Say> for Probe {
+    fn handle(
+        &mut self,
+        Say(line): Say,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, ()>, Failure> {
+        slog::info!(ctx.log(), "{}", line);
+        Ok(Reply::now(()))
+    }
+}
+
+/// Log a line through the `log` crate, as a dependency would.
+pub struct SayViaLogCrate(pub String);
+impl Message for SayViaLogCrate {
+    type Reply = ();
+}
+impl Handler<SayViaLogCrate> for Probe {
+    fn handle(
+        &mut self,
+        SayViaLogCrate(line): SayViaLogCrate,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, ()>, Failure> {
+        log::info!(target: "some_dependency", "{line}");
+        Ok(Reply::now(()))
+    }
+}
