@@ -1,1 +1,6 @@
-//! Polis node library.
+//! Polis: the init process of a cluster node. The supervision runtime lives in `polis-actors`;
+//! this crate holds the node's subsystems, its protobufs and its binaries.
+
+pub mod debug_client;
+pub mod node;
+pub mod proto;

@@ -12,7 +12,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use actix::Addr;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+// A TSC clock: per-message timestamps at a fraction of the cost of the system clock.
+use quanta::Instant;
 
 use crate::cell::Cell;
 use crate::registry::ActorEntry;
@@ -23,13 +24,13 @@ use crate::{Actor, ActorPath, Handler, Message};
 pub enum SendError {
     /// No incarnation is running (not started yet, restarting, or stopped).
     #[error("actor {0} is not running")]
-    NotRunning(String),
+    NotRunning(ActorPath),
     /// The incarnation ended before it answered; the message was dropped.
     #[error("actor {0} stopped before answering")]
-    Stopped(String),
+    Stopped(ActorPath),
     /// The handler failed on this message, and the incarnation with it.
     #[error("actor {0} failed while handling the message")]
-    Failed(String),
+    Failed(ActorPath),
 }
 
 /// The address of an actor that stays valid across its restarts. Clone it freely; it can be sent
@@ -90,10 +91,11 @@ impl<A: Actor> ActorRef<A> {
         self.slot.path.get()
     }
 
-    fn name(&self) -> String {
+    /// The path for error messages; an actor never started has none yet.
+    fn name(&self) -> ActorPath {
         self.path()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "<never started>".to_owned())
+            .cloned()
+            .unwrap_or_else(|| ActorPath::from("<never started>"))
     }
 
     /// Whether an incarnation is running now.
@@ -166,10 +168,12 @@ impl<M: Message> actix::Message for Envelope<M> {
 }
 
 impl<M: Message> Envelope<M> {
-    /// Take the message out for handling.
-    pub(crate) fn open(mut self) -> Option<(M, Option<ReplyTo<M>>)> {
+    /// Take the message out for handling, which begins `now`.
+    pub(crate) fn open(mut self, now: Instant) -> Option<(M, Option<ReplyTo<M>>)> {
         let msg = self.msg.take()?;
-        self.entry.metrics.dequeued(self.sent_at.elapsed());
+        self.entry
+            .metrics
+            .dequeued(now.saturating_duration_since(self.sent_at));
         Some((msg, self.reply.take()))
     }
 }

@@ -4,11 +4,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use actix::fut::{wrap_future, ActorFutureExt};
-use actix::{ActorContext, AsyncContext};
+use actix::{ActorContext, AsyncContext, SpawnHandle};
 use slog::Logger;
 
 use crate::cell::{Cell, Core};
 use crate::{Actor, ActorPath, ActorRef, ExitReason, Failure, Registry};
+
+/// A pending [`Ctx::run_later`], to cancel with [`Ctx::cancel`].
+#[derive(Debug)]
+pub struct Timer(SpawnHandle);
 
 /// The running actor's context: its identity, logger, health and exit, timers and futures.
 pub struct Ctx<'a, A: Actor> {
@@ -80,13 +84,22 @@ impl<A: Actor> Ctx<'_, A> {
         &self.core.registry
     }
 
-    /// Run `f` on the actor after `delay`, unless the incarnation ends first. An error fails it.
-    pub fn run_later<F>(&mut self, delay: Duration, f: F)
+    /// Run `f` on the actor after `delay`, unless the incarnation ends or the timer is
+    /// cancelled first. An error fails the actor. Cancel timers that are no longer needed: a
+    /// pending timer costs a little on every wake of the actor.
+    pub fn run_later<F>(&mut self, delay: Duration, f: F) -> Timer
     where
         F: FnOnce(&mut A, &mut Ctx<'_, A>) -> Result<(), Failure> + 'static,
     {
-        self.actx
-            .run_later(delay, move |cell, actx| cell.run(actx, f));
+        Timer(
+            self.actx
+                .run_later(delay, move |cell, actx| cell.run(actx, f)),
+        )
+    }
+
+    /// Cancel a timer from [`Ctx::run_later`]; a timer that already fired is left alone.
+    pub fn cancel(&mut self, timer: Timer) {
+        self.actx.cancel_future(timer.0);
     }
 
     /// Run `f` on the actor every `period` for as long as the incarnation lives.

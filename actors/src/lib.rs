@@ -29,7 +29,7 @@ mod tree;
 
 pub use actor::{Actor, Handler, Message, Reply, Started};
 pub use address::{ActorRef, SendError};
-pub use context::Ctx;
+pub use context::{Ctx, Timer};
 pub use exit::{ExitReason, Failure};
 pub use logging::{bridge_log_crate, terminal_logger, LogRing};
 pub use metrics::{ActorSnapshot, ActorState, FailureReport};

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use slog::{o, Drain, Logger, Never, OwnedKVList, Record, KV};
@@ -96,20 +97,30 @@ thread_local! {
     static CURRENT: RefCell<Vec<Logger>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether the `log` bridge is installed; without it nobody reads `CURRENT`, so actors skip it.
+static BRIDGED: AtomicBool = AtomicBool::new(false);
+
 /// Marks `logger` as the running actor's until the guard drops, so that bridged records from
 /// libraries called synchronously by the actor land in its log.
 pub(crate) fn enter(logger: &Logger) -> EnterGuard {
-    CURRENT.with(|c| c.borrow_mut().push(logger.clone()));
-    EnterGuard(())
+    let entered = BRIDGED.load(Ordering::Relaxed);
+    if entered {
+        CURRENT.with(|c| c.borrow_mut().push(logger.clone()));
+    }
+    EnterGuard { entered }
 }
 
-pub(crate) struct EnterGuard(());
+pub(crate) struct EnterGuard {
+    entered: bool,
+}
 
 impl Drop for EnterGuard {
     fn drop(&mut self) {
-        CURRENT.with(|c| {
-            c.borrow_mut().pop();
-        });
+        if self.entered {
+            CURRENT.with(|c| {
+                c.borrow_mut().pop();
+            });
+        }
     }
 }
 
@@ -148,6 +159,7 @@ impl log::Log for LogBridge {
 pub fn bridge_log_crate(fallback: Logger) -> bool {
     let installed = log::set_boxed_logger(Box::new(LogBridge { fallback })).is_ok();
     if installed {
+        BRIDGED.store(true, Ordering::Relaxed);
         log::set_max_level(log::LevelFilter::Info);
     }
     installed

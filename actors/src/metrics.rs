@@ -3,15 +3,16 @@
 //! generation, state and the last failure. Exported as Prometheus text and as snapshots.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::{lock, ActorPath, ExitReason};
@@ -99,7 +100,7 @@ pub struct ActorSnapshot {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PathLabel {
+pub(crate) struct PathLabel {
     path: String,
 }
 
@@ -115,12 +116,69 @@ struct StateLabel {
     state: String,
 }
 
-fn latency_histogram() -> Histogram {
-    // 1 µs to ~16 s in factors of four.
-    Histogram::new(exponential_buckets(1e-6, 4.0, 13))
+/// Upper bounds of the latency buckets in nanoseconds: 1 µs to ~16.8 s in factors of four.
+const LATENCY_BOUNDS_NS: [u64; 13] = {
+    let mut bounds = [0u64; 13];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = 1_000 * 4u64.pow(i as u32);
+        i += 1;
+    }
+    bounds
+};
+
+/// A lock-free latency histogram: every message observes two, so an observation is a few
+/// relaxed atomic adds rather than a lock.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LatencyHistogram(Arc<LatencyCounts>);
+
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Per bucket, not cumulative; the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
 }
 
-type HistogramFamily = Family<PathLabel, Histogram, fn() -> Histogram>;
+impl LatencyHistogram {
+    pub(crate) fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|bound| ns <= *bound)
+            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        let counts = &self.0;
+        let bounds = LATENCY_BOUNDS_NS
+            .iter()
+            .map(|ns| *ns as f64 / 1e9)
+            .chain([f64::MAX]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&counts.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let sum = counts.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = counts.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+type HistogramFamily = Family<PathLabel, LatencyHistogram>;
 
 /// The metric families of a whole tree, registered once with a Prometheus registry.
 pub(crate) struct Families {
@@ -146,8 +204,8 @@ impl Families {
             depth_max: Family::default(),
             enqueued: Family::default(),
             handled: Family::default(),
-            mailbox_wait: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            handling: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            mailbox_wait: Family::default(),
+            handling: Family::default(),
             starts: Family::default(),
             restarts: Family::default(),
             generation: Family::default(),
@@ -246,8 +304,8 @@ pub(crate) struct ActorMetrics {
     depth_max: Gauge,
     enqueued: Counter,
     handled: Counter,
-    mailbox_wait: Histogram,
-    handling: Histogram,
+    mailbox_wait: LatencyHistogram,
+    handling: LatencyHistogram,
     starts: Counter,
     generation: Gauge,
     last_failure_ts: Gauge,
@@ -271,7 +329,7 @@ impl ActorMetrics {
     pub(crate) fn dequeued(&self, waited: Duration) {
         self.depth.dec();
         self.taken.fetch_add(1, Ordering::Relaxed);
-        self.mailbox_wait.observe(waited.as_secs_f64());
+        self.mailbox_wait.observe(waited);
     }
 
     /// A message left the mailbox unhandled (its incarnation ended).
@@ -283,7 +341,7 @@ impl ActorMetrics {
     /// A message's handling finished after `took`.
     pub(crate) fn handled(&self, took: Duration) {
         self.handled.inc();
-        self.handling.observe(took.as_secs_f64());
+        self.handling.observe(took);
     }
 
     /// An incarnation numbered `generation` is starting.

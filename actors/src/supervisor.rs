@@ -18,7 +18,7 @@ use crate::spawn::{ChildEvent, ChildEventKind, EventSink, RunningChild, StartArg
 use crate::spec::{validate_name, ChildKind, SpecError};
 use crate::{
     Actor, ActorPath, ChildSpec, Ctx, ExitReason, Failure, Handler, Message, Reply, Restart,
-    Shutdown, Started, Strategy, SupervisorSpec,
+    Shutdown, Started, Strategy, SupervisorSpec, Timer,
 };
 
 // ---- messages ----
@@ -109,7 +109,7 @@ pub struct Supervisor {
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     phase: Phase,
-    wake_at: Option<Instant>,
+    wake: Option<(Instant, Timer)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -136,6 +136,8 @@ struct Child {
     not_before: Option<Instant>,
     /// The reason to report when the supervisor itself killed it (start timeout).
     kill_reason: Option<ExitReason>,
+    /// The child's one pending timer: start timeout, stop timeout or backoff reset.
+    timer: Option<Timer>,
     on_started: Vec<oneshot::Sender<Result<(), ChildError>>>,
     on_stopped: Vec<oneshot::Sender<Result<(), ChildError>>>,
 }
@@ -153,6 +155,7 @@ impl Child {
             failures: 0,
             not_before: None,
             kill_reason: None,
+            timer: None,
             on_started: Vec::new(),
             on_stopped: Vec::new(),
         }
@@ -160,6 +163,13 @@ impl Child {
 
     fn generation(&self) -> Option<u64> {
         self.running.as_ref().map(|r| r.generation)
+    }
+
+    /// Replace the child's pending timer (cancelling the old one) with `timer`, if any.
+    fn set_timer<A: Actor>(&mut self, ctx: &mut Ctx<'_, A>, timer: Option<Timer>) {
+        if let Some(old) = std::mem::replace(&mut self.timer, timer) {
+            ctx.cancel(old);
+        }
     }
 }
 
@@ -170,7 +180,7 @@ impl Supervisor {
             children: Vec::new(),
             restarts: VecDeque::new(),
             phase: Phase::Starting,
-            wake_at: None,
+            wake: None,
         }
     }
 
@@ -386,13 +396,14 @@ impl Supervisor {
         child.running = Some(running);
         child.status = ChildStatus::Starting;
         slog::debug!(ctx.log(), "starting child"; "child" => %child.path, "generation" => generation);
-        if let Some(timeout) = child.spec.start_timeout {
+        let timer = child.spec.start_timeout.map(|timeout| {
             let name = child.spec.name.clone();
             ctx.run_later(timeout, move |sup, ctx| {
                 sup.start_timed_out(&name, generation, timeout, ctx);
                 Ok(())
-            });
-        }
+            })
+        });
+        child.set_timer(ctx, timer);
         Ok(())
     }
 
@@ -409,10 +420,11 @@ impl Supervisor {
             Shutdown::Timeout(timeout) => {
                 running.request_stop();
                 let (name, generation) = (child.spec.name.clone(), running.generation);
-                ctx.run_later(timeout, move |sup, ctx| {
+                let timer = ctx.run_later(timeout, move |sup, ctx| {
                     sup.stop_timed_out(&name, generation, ctx);
                     Ok(())
                 });
+                child.set_timer(ctx, Some(timer));
             }
         }
     }
@@ -428,17 +440,20 @@ impl Supervisor {
         for tx in child.on_started.drain(..) {
             let _ = tx.send(Ok(()));
         }
+        child.set_timer(ctx, None);
         if child.failures > 0 {
             let (name, generation) = (child.spec.name.clone(), child.generation());
-            ctx.run_later(reset_after, move |sup, _| {
+            let timer = ctx.run_later(reset_after, move |sup, _| {
                 if let Some(i) = sup.position(&name) {
                     let child = &mut sup.children[i];
                     if child.status == ChildStatus::Up && child.generation() == generation {
                         child.failures = 0;
+                        child.timer = None;
                     }
                 }
                 Ok(())
             });
+            child.set_timer(ctx, Some(timer));
         }
     }
 
@@ -451,6 +466,7 @@ impl Supervisor {
         ctx: &mut Ctx<'_, Self>,
     ) {
         let child = &mut self.children[i];
+        child.set_timer(ctx, None);
         let reason = child.kill_reason.take().unwrap_or(reason);
         if was == ChildStatus::Stopping {
             child.must_stop = false;
@@ -600,16 +616,19 @@ impl Supervisor {
         }
     }
 
+    /// Drive again at `at` (a backoff ends), unless an earlier wake-up is already due.
     fn wake(&mut self, at: Instant, ctx: &mut Ctx<'_, Self>) {
-        if self.wake_at.is_some_and(|w| w <= at) {
+        if self.wake.as_ref().is_some_and(|(w, _)| *w <= at) {
             return;
         }
-        self.wake_at = Some(at);
-        ctx.run_later(at.saturating_duration_since(Instant::now()), |sup, ctx| {
-            sup.wake_at = None;
+        let timer = ctx.run_later(at.saturating_duration_since(Instant::now()), |sup, ctx| {
+            sup.wake = None;
             sup.drive(ctx);
             Ok(())
         });
+        if let Some((_, old)) = self.wake.replace((at, timer)) {
+            ctx.cancel(old);
+        }
     }
 
     /// Check that `spec` may join the running children.

@@ -74,16 +74,16 @@ async fn one_for_one_restarts_only_the_failed_child() {
 #[actix_rt::test]
 async fn one_for_all_restarts_every_child_in_order() {
     tokio::time::pause();
-    for failing in 0..3 {
+    for (failing, failed) in NAMES.iter().enumerate() {
         let (gens, log) = strategy_case(Strategy::OneForAll, failing).await;
         assert_eq!(gens, vec![2, 2, 2], "failing child {failing}");
         let stops: Vec<String> = NAMES
             .iter()
             .rev()
-            .filter(|n| **n != NAMES[failing])
+            .filter(|n| *n != failed)
             .map(|n| format!("{n} stopping"))
             .collect();
-        let mut want = vec![format!("{} stopping", NAMES[failing])];
+        let mut want = vec![format!("{failed} stopping")];
         want.extend(stops);
         for n in NAMES {
             want.push(format!("{n} start"));

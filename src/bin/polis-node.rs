@@ -1,1 +1,84 @@
-fn main() {}
+//! `polis-node`: the init process of a Polis node. It runs the node's supervision tree and its
+//! loopback debug endpoint until it is told to stop or the tree gives up.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use actix_rt::signal::unix::{signal, SignalKind};
+use clap::Parser;
+use polis_actors::debug_http::DebugServer;
+use polis_actors::{bridge_log_crate, terminal_logger, ExitReason, Tree};
+
+/// Run a Polis node.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Loopback address of the debug endpoint (/metrics, /debug/tree, /debug/logs, /debug/kill).
+    #[arg(long, default_value = "127.0.0.1:7840")]
+    debug_listen: SocketAddr,
+    /// Lowest level of log records written to standard error.
+    #[arg(long, default_value = "info", value_parser = parse_level)]
+    log_level: slog::Level,
+}
+
+fn parse_level(s: &str) -> Result<slog::Level, String> {
+    s.parse().map_err(|_| {
+        format!("unknown log level {s:?} (critical, error, warning, info, debug, trace)")
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    actix_rt::System::new().block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let log = terminal_logger(args.log_level);
+    bridge_log_crate(log.clone());
+    let tree = match Tree::start(polis::node::tree_spec(), log.clone()).await {
+        Ok(tree) => tree,
+        Err(e) => {
+            slog::crit!(log, "the node did not start"; "error" => %e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let debug = match DebugServer::start(tree.registry().clone(), args.debug_listen) {
+        Ok(server) => server,
+        Err(e) => {
+            slog::crit!(log, "no debug endpoint"; "error" => %e);
+            tree.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    slog::info!(log, "node running"; "debug" => %debug.addr());
+
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        _ => {
+            slog::crit!(log, "cannot install signal handlers");
+            tree.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    let reason = tokio::select! {
+        _ = term.recv() => stop(&tree, &log, "SIGTERM").await,
+        _ = int.recv() => stop(&tree, &log, "SIGINT").await,
+        reason = tree.exited() => reason,
+    };
+    debug.stop().await;
+    if reason == ExitReason::Shutdown {
+        slog::info!(log, "node stopped");
+        ExitCode::SUCCESS
+    } else {
+        slog::crit!(log, "node failed"; "reason" => %reason);
+        ExitCode::FAILURE
+    }
+}
+
+async fn stop(tree: &Tree, log: &slog::Logger, signal: &str) -> ExitReason {
+    slog::info!(log, "stopping the node"; "signal" => signal);
+    tree.shutdown().await
+}

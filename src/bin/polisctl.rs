@@ -1,1 +1,162 @@
-fn main() {}
+//! `polisctl`: operate Polis nodes. For now it reads and drives a node's debug endpoint: its
+//! supervision tree, its metrics, an actor's logs, and fault injection.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use polis::debug_client::{request, DebugClientError};
+
+/// Operate Polis nodes.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The node's debug endpoint.
+    #[arg(long, global = true, default_value = "127.0.0.1:7840")]
+    debug: SocketAddr,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the node's supervision tree with each actor's state.
+    Tree,
+    /// Print the node's metrics in Prometheus text.
+    Metrics,
+    /// Print an actor's recent log lines.
+    Logs {
+        /// The actor's path, e.g. /core.
+        path: String,
+    },
+    /// Fault injection: kill an actor; its supervisor reacts as to a real failure.
+    KillActor {
+        /// The actor's path, e.g. /core.
+        path: String,
+        /// How: crash (panics like a bug) or brutal (stopped at once).
+        #[arg(long, value_enum, default_value_t = How::Crash)]
+        how: How,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum How {
+    Crash,
+    Brutal,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("polisctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Debug(#[from] DebugClientError),
+    #[error("the node at {0} sent JSON that polisctl cannot read: {1}")]
+    Json(SocketAddr, serde_json::Error),
+}
+
+fn run(cli: &Cli) -> Result<(), CliError> {
+    let addr = cli.debug;
+    match &cli.command {
+        Command::Metrics => print!("{}", request(addr, "GET", "/metrics", "")?),
+        Command::Tree => {
+            let body = request(addr, "GET", "/debug/tree", "")?;
+            match cli.output {
+                Output::Json => println!("{body}"),
+                Output::Human => {
+                    let nodes: Vec<serde_json::Value> =
+                        serde_json::from_str(&body).map_err(|e| CliError::Json(addr, e))?;
+                    print_tree(&nodes);
+                }
+            }
+        }
+        Command::Logs { path } => {
+            let body = request(
+                addr,
+                "GET",
+                &format!("/debug/logs?path={}", encode(path)),
+                "",
+            )?;
+            match cli.output {
+                Output::Json => println!("{body}"),
+                Output::Human => {
+                    let lines: Vec<String> =
+                        serde_json::from_str(&body).map_err(|e| CliError::Json(addr, e))?;
+                    lines.iter().for_each(|l| println!("{l}"));
+                }
+            }
+        }
+        Command::KillActor { path, how } => {
+            let how = match how {
+                How::Crash => "crash",
+                How::Brutal => "brutal",
+            };
+            let body = serde_json::json!({ "path": path, "how": how }).to_string();
+            print!("{}", request(addr, "POST", "/debug/kill", &body)?);
+        }
+    }
+    Ok(())
+}
+
+/// One line per actor, indented by depth: path, state, generation, restarts, queue depth.
+fn print_tree(nodes: &[serde_json::Value]) {
+    println!(
+        "{:<32} {:<11} {:>4} {:>8} {:>6}",
+        "ACTOR", "STATE", "GEN", "RESTARTS", "QUEUE"
+    );
+    for node in nodes {
+        let path = node["path"].as_str().unwrap_or("?");
+        let depth = if path == "/" {
+            0
+        } else {
+            path.matches('/').count()
+        };
+        let name = if path == "/" {
+            "/"
+        } else {
+            path.rsplit('/').next().unwrap_or(path)
+        };
+        let restarts: u64 = node["restarts"]
+            .as_object()
+            .map(|r| r.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        println!(
+            "{:<32} {:<11} {:>4} {:>8} {:>6}",
+            format!("{}{}", "  ".repeat(depth), name),
+            node["state"].as_str().unwrap_or("?"),
+            node["generation"],
+            restarts,
+            node["queue_depth"],
+        );
+    }
+}
+
+/// Percent-encode a path for a query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
