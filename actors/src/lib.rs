@@ -31,7 +31,7 @@ pub use actor::{Actor, Handler, Message, Reply, Started};
 pub use address::{ActorRef, SendError};
 pub use context::{Ctx, Timer};
 pub use exit::{ExitReason, Failure};
-pub use logging::{bridge_log_crate, terminal_logger, LogRing};
+pub use logging::{bridge_log_crate, log_panics, terminal_logger, LogRing};
 pub use metrics::{ActorSnapshot, ActorState, FailureReport};
 pub use path::ActorPath;
 pub use registry::{Kill, KillError, Registry};

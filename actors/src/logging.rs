@@ -97,7 +97,8 @@ thread_local! {
     static CURRENT: RefCell<Vec<Logger>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether the `log` bridge is installed; without it nobody reads `CURRENT`, so actors skip it.
+/// Whether the `log` bridge or the panic hook is installed; without them nobody reads
+/// `CURRENT`, so actors skip it.
 static BRIDGED: AtomicBool = AtomicBool::new(false);
 
 /// Marks `logger` as the running actor's until the guard drops, so that bridged records from
@@ -163,6 +164,29 @@ pub fn bridge_log_crate(fallback: Logger) -> bool {
         log::set_max_level(log::LevelFilter::Info);
     }
     installed
+}
+
+/// Log panics as structured records instead of raw text on standard error: to the actor running
+/// on this thread (so its ring keeps it), else to `fallback`. The supervisor contains the panic
+/// and reports it as the actor's exit reason; this keeps where it happened.
+pub fn log_panics(fallback: Logger) {
+    std::panic::set_hook(Box::new(move |info| {
+        let current = CURRENT.with(|c| c.try_borrow().ok().and_then(|c| c.last().cloned()));
+        let logger = current.as_ref().unwrap_or(&fallback);
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        slog::crit!(logger, "panic"; "message" => message, "at" => location);
+    }));
+    // Panics are attributed through the same per-thread scope the log bridge uses.
+    BRIDGED.store(true, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use actix_rt::signal::unix::{signal, SignalKind};
 use clap::Parser;
 use polis_actors::debug_http::DebugServer;
-use polis_actors::{bridge_log_crate, terminal_logger, ExitReason, Tree};
+use polis_actors::{bridge_log_crate, log_panics, terminal_logger, ExitReason, Tree};
 
 /// Run a Polis node.
 #[derive(Parser, Debug)]
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> ExitCode {
     let log = terminal_logger(args.log_level);
     bridge_log_crate(log.clone());
+    log_panics(log.clone());
     let tree = match Tree::start(polis::node::tree_spec(), log.clone()).await {
         Ok(tree) => tree,
         Err(e) => {

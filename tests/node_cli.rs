@@ -1,0 +1,136 @@
+//! End to end through the real binaries: `polis-node` runs its tree and debug endpoint,
+//! `polisctl` reads the tree, injects a fault and sees the recovery, and SIGTERM stops the node
+//! cleanly.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output};
+use std::thread::sleep;
+use std::time::Duration;
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn panic_logged_as_a_record(stderr: &str) -> bool {
+    stderr.contains("CRIT panic")
+        && stderr.contains("fault injection: crash of /core")
+        && !stderr.contains("stack backtrace")
+}
+
+fn polisctl(debug: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_polisctl"))
+        .arg("--debug")
+        .arg(debug)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn tree_json(debug: &str) -> Vec<serde_json::Value> {
+    let out = polisctl(debug, &["--output", "json", "tree"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn generation_of(debug: &str, path: &str) -> u64 {
+    tree_json(debug)
+        .iter()
+        .find(|n| n["path"] == path)
+        .and_then(|n| n["generation"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
+    let debug = format!("127.0.0.1:{}", free_port());
+    let mut node = Node(
+        Command::new(env!("CARGO_BIN_EXE_polis-node"))
+            .args(["--debug-listen", &debug, "--log-level", "warning"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    until("the debug endpoint answers", || {
+        polisctl(&debug, &["tree"]).status.success()
+    });
+
+    let human = String::from_utf8(polisctl(&debug, &["tree"]).stdout).unwrap();
+    assert!(
+        human
+            .lines()
+            .any(|l| l.trim_start().starts_with("core") && l.contains("healthy")),
+        "{human}"
+    );
+
+    let out = polisctl(&debug, &["kill-actor", "/core", "--how", "crash"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until("/core restarted", || generation_of(&debug, "/core") == 2);
+
+    let logs = String::from_utf8(polisctl(&debug, &["logs", "/"]).stdout).unwrap();
+    assert!(logs.contains("fault injection: crash of /core"), "{logs}");
+    let metrics = String::from_utf8(polisctl(&debug, &["metrics"]).stdout).unwrap();
+    assert!(
+        metrics.contains("polis_actor_restarts_total{path=\"/core\",reason=\"panic\"} 1"),
+        "{metrics}"
+    );
+
+    let out = polisctl(&debug, &["kill-actor", "/nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no actor at /nope"));
+
+    let pid = node.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(node.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status = node.0.wait().unwrap();
+    assert!(status.success(), "a clean stop exits 0, got {status}");
+    assert!(panic_logged_as_a_record(&stderr), "{stderr}");
+    let out = polisctl(&debug, &["tree"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the debug endpoint"));
+}
+
+#[test]
+fn node_refuses_a_debug_endpoint_beyond_loopback() {
+    let out = Command::new(env!("CARGO_BIN_EXE_polis-node"))
+        .args(["--debug-listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only binds to loopback"));
+}
