@@ -2,5 +2,7 @@
 //! this crate holds the node's subsystems, its protobufs and its binaries.
 
 pub mod debug_client;
+pub mod fsutil;
 pub mod node;
 pub mod proto;
+pub mod storage;

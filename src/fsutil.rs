@@ -1,0 +1,132 @@
+//! The one way Polis writes a file that must survive a crash whole: a temporary file beside it
+//! (truncated, written, fsynced), renamed over the target, then the directory fsynced. A reader
+//! sees the old contents or the new, never half of either.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A filesystem operation that failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {path}: {source}")]
+pub struct FsError {
+    /// What was being done.
+    pub op: &'static str,
+    /// To which file.
+    pub path: PathBuf,
+    /// Why it failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FsError {
+    /// Wrap an I/O error with the operation and file it concerns.
+    pub fn new(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        FsError {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether the file was not there.
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::NotFound
+    }
+}
+
+/// File mode for secrets: readable by the owner only.
+pub const SECRET_MODE: u32 = 0o400;
+/// File mode for everything else Polis writes.
+pub const PUBLIC_MODE: u32 = 0o644;
+
+/// Replace `path` with `contents` atomically and durably, creating its directory if needed;
+/// the file gets `mode`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| FsError::new("create directory", dir, e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| FsError::new("write", path, std::io::ErrorKind::InvalidInput.into()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    // A temporary file left by a crash may be read-only; it is garbage, never data.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(FsError::new("remove stale", &tmp, e))
+        }
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| FsError::new("create", &tmp, e))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| FsError::new("set mode of", &tmp, e))?;
+    file.write_all(contents)
+        .map_err(|e| FsError::new("write", &tmp, e))?;
+    file.sync_all()
+        .map_err(|e| FsError::new("fsync", &tmp, e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| FsError::new("rename into place", path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FsError::new("fsync directory", dir, e))
+}
+
+/// Read a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
+    fs::read(path).map_err(|e| FsError::new("read", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_files_with_the_given_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("esp/metropolis/x.pb");
+        write_atomic(&path, b"first", PUBLIC_MODE).unwrap();
+        write_atomic(&path, b"second, longer", SECRET_MODE).unwrap();
+        assert_eq!(read(&path).unwrap(), b"second, longer");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SECRET_MODE);
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec!["x.pb"]);
+    }
+
+    #[test]
+    fn a_stale_read_only_temporary_file_does_not_block_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        let stale = dir.path().join(".key.pem.tmp");
+        fs::write(&stale, b"half").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o400)).unwrap();
+        write_atomic(&path, b"whole", SECRET_MODE).unwrap();
+        assert_eq!(read(&path).unwrap(), b"whole");
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let err = read(Path::new("/nonexistent/polis/file")).unwrap_err();
+        assert!(err.is_not_found());
+        assert_eq!(
+            err.to_string(),
+            "cannot read /nonexistent/polis/file: No such file or directory (os error 2)"
+        );
+    }
+}

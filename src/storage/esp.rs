@@ -1,0 +1,269 @@
+//! Typed access to the ESP files. Reads tell "absent" from "unreadable" from "corrupted";
+//! writes are atomic. The sealed configuration is handled only inside its versioned envelope,
+//! so a sealed blob is never parsed as plaintext.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::proto::api::NodeParameters;
+use crate::proto::common::ClusterDirectory;
+use crate::proto::private::sealed_envelope::Protection;
+use crate::proto::private::SealedEnvelope;
+use crate::storage::NodeRoot;
+
+/// The envelope version this code writes and reads.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// What can be wrong with an ESP file; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum EspError {
+    /// The installer left no parameters.
+    #[error("no node parameters at {0}")]
+    NoParameters(PathBuf),
+    /// The parameters do not decode.
+    #[error("node parameters at {path} are corrupted: {source}")]
+    ParametersCorrupted {
+        /// The file.
+        path: PathBuf,
+        /// The decode error.
+        source: prost::DecodeError,
+    },
+    /// No sealed configuration: the node is not a member yet.
+    #[error("no sealed configuration at {0}")]
+    NoSealed(PathBuf),
+    /// The sealed configuration exists but cannot be read now (I/O); retrying may help.
+    #[error("sealed configuration unavailable: {0}")]
+    SealedUnavailable(#[source] FsError),
+    /// The sealed configuration is not a valid envelope.
+    #[error("sealed configuration at {path} is corrupted: {reason}")]
+    SealedCorrupted {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No cluster directory.
+    #[error("no cluster directory at {0}")]
+    NoDirectory(PathBuf),
+    /// The cluster directory does not decode.
+    #[error("cluster directory at {path} is corrupted: {source}")]
+    DirectoryCorrupted {
+        /// The file.
+        path: PathBuf,
+        /// The decode error.
+        source: prost::DecodeError,
+    },
+    /// Another I/O failure, naming the file.
+    #[error(transparent)]
+    Io(#[from] FsError),
+}
+
+/// The ESP of one node root.
+#[derive(Clone, Debug)]
+pub struct Esp {
+    root: NodeRoot,
+}
+
+impl Esp {
+    /// The ESP below `root`.
+    pub fn new(root: NodeRoot) -> Self {
+        Esp { root }
+    }
+
+    /// The node parameters the installer left.
+    pub fn parameters(&self) -> Result<NodeParameters, EspError> {
+        let path = self.root.parameters();
+        let bytes = fsutil::read(&path).map_err(|e| match e.is_not_found() {
+            true => EspError::NoParameters(path.clone()),
+            false => EspError::Io(e),
+        })?;
+        NodeParameters::decode(bytes.as_slice())
+            .map_err(|source| EspError::ParametersCorrupted { path, source })
+    }
+
+    /// Write node parameters (the installer's and the launcher's job).
+    pub fn write_parameters(&self, params: &NodeParameters) -> Result<(), EspError> {
+        Ok(fsutil::write_atomic(
+            &self.root.parameters(),
+            &params.encode_to_vec(),
+            PUBLIC_MODE,
+        )?)
+    }
+
+    /// The sealed configuration's envelope, checked for format and version; unsealing it is the
+    /// TPM sealer's job.
+    pub fn sealed(&self) -> Result<SealedEnvelope, EspError> {
+        let path = self.root.sealed_configuration();
+        let bytes = fsutil::read(&path).map_err(|e| match e.is_not_found() {
+            true => EspError::NoSealed(path.clone()),
+            false => EspError::SealedUnavailable(e),
+        })?;
+        let corrupted = |reason: String| EspError::SealedCorrupted {
+            path: path.clone(),
+            reason,
+        };
+        let envelope = SealedEnvelope::decode(bytes.as_slice())
+            .map_err(|e| corrupted(format!("not an envelope: {e}")))?;
+        if envelope.version != ENVELOPE_VERSION {
+            return Err(corrupted(format!(
+                "unknown envelope version {}",
+                envelope.version
+            )));
+        }
+        match Protection::try_from(envelope.protection) {
+            Ok(Protection::Tpm2Pcr7 | Protection::InsecurePlaintext) => Ok(envelope),
+            _ => Err(corrupted(format!(
+                "unknown protection {}",
+                envelope.protection
+            ))),
+        }
+    }
+
+    /// Replace the sealed configuration (owner-only file, atomic).
+    pub fn write_sealed(&self, envelope: &SealedEnvelope) -> Result<(), EspError> {
+        let path = self.root.sealed_configuration();
+        Ok(fsutil::write_atomic(
+            &path,
+            &envelope.encode_to_vec(),
+            SECRET_MODE,
+        )?)
+    }
+
+    /// The cluster directory.
+    pub fn directory(&self) -> Result<ClusterDirectory, EspError> {
+        let path = self.root.cluster_directory();
+        let bytes = fsutil::read(&path).map_err(|e| match e.is_not_found() {
+            true => EspError::NoDirectory(path.clone()),
+            false => EspError::Io(e),
+        })?;
+        ClusterDirectory::decode(bytes.as_slice())
+            .map_err(|source| EspError::DirectoryCorrupted { path, source })
+    }
+
+    /// Replace the cluster directory.
+    pub fn write_directory(&self, directory: &ClusterDirectory) -> Result<(), EspError> {
+        let path = self.root.cluster_directory();
+        Ok(fsutil::write_atomic(
+            &path,
+            &directory.encode_to_vec(),
+            PUBLIC_MODE,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap};
+    use crate::proto::common::{cluster_directory, Address};
+
+    fn esp() -> (tempfile::TempDir, NodeRoot, Esp) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NodeRoot::new(dir.path());
+        (dir, root.clone(), Esp::new(root))
+    }
+
+    #[test]
+    fn absent_files_are_told_apart() {
+        let (_d, root, esp) = esp();
+        assert!(
+            matches!(esp.parameters(), Err(EspError::NoParameters(p)) if p == root.parameters())
+        );
+        assert!(matches!(esp.sealed(), Err(EspError::NoSealed(_))));
+        assert!(matches!(esp.directory(), Err(EspError::NoDirectory(_))));
+    }
+
+    #[test]
+    fn round_trips() {
+        let (_d, root, esp) = esp();
+        let params = NodeParameters {
+            cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
+                owner_public_key: vec![1; 32],
+            })),
+        };
+        esp.write_parameters(&params).unwrap();
+        assert_eq!(esp.parameters().unwrap(), params);
+
+        let directory = ClusterDirectory {
+            nodes: vec![cluster_directory::Node {
+                addresses: vec![Address {
+                    host: "198.18.0.2".into(),
+                }],
+                id: "metropolis-00".into(),
+            }],
+        };
+        esp.write_directory(&directory).unwrap();
+        assert_eq!(esp.directory().unwrap(), directory);
+
+        let envelope = SealedEnvelope {
+            version: ENVELOPE_VERSION,
+            protection: Protection::Tpm2Pcr7 as i32,
+            payload: vec![9; 100],
+        };
+        esp.write_sealed(&envelope).unwrap();
+        assert_eq!(esp.sealed().unwrap(), envelope);
+        let mode = fs::metadata(root.sealed_configuration())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400);
+    }
+
+    #[test]
+    fn corrupted_files_are_typed_errors() {
+        let (_d, root, esp) = esp();
+        fs::create_dir_all(root.esp()).unwrap();
+        // A truncated length-delimited field.
+        fs::write(root.parameters(), [0x0a, 0x05, 0x01]).unwrap();
+        assert!(matches!(
+            esp.parameters(),
+            Err(EspError::ParametersCorrupted { .. })
+        ));
+        fs::write(root.cluster_directory(), [0x0a, 0xff]).unwrap();
+        assert!(matches!(
+            esp.directory(),
+            Err(EspError::DirectoryCorrupted { .. })
+        ));
+
+        // Raw sealed bytes, as an older format or an attacker would leave them.
+        fs::write(root.sealed_configuration(), [0xde, 0xad, 0xbe, 0xef]).unwrap();
+        assert!(matches!(
+            esp.sealed(),
+            Err(EspError::SealedCorrupted { .. })
+        ));
+        let future = SealedEnvelope {
+            version: 2,
+            protection: 1,
+            payload: vec![],
+        };
+        fs::write(root.sealed_configuration(), future.encode_to_vec()).unwrap();
+        let err = esp.sealed().unwrap_err();
+        assert!(
+            err.to_string().contains("unknown envelope version 2"),
+            "{err}"
+        );
+        let unprotected = SealedEnvelope {
+            version: 1,
+            protection: 0,
+            payload: vec![],
+        };
+        fs::write(root.sealed_configuration(), unprotected.encode_to_vec()).unwrap();
+        assert!(matches!(
+            esp.sealed(),
+            Err(EspError::SealedCorrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_sealed_configuration_is_unavailable_not_absent() {
+        let (_d, root, esp) = esp();
+        // A directory where the file should be: reading it fails with an I/O error.
+        fs::create_dir_all(root.sealed_configuration()).unwrap();
+        assert!(matches!(esp.sealed(), Err(EspError::SealedUnavailable(_))));
+    }
+}

@@ -1,0 +1,9 @@
+//! Node-local storage: the node root's layout, the ESP's files, and the data partition.
+
+mod data;
+mod esp;
+mod layout;
+
+pub use data::{DataBackend, DataError, UnlockKey, VolumeKey, KEY_LEN};
+pub use esp::{Esp, EspError, ENVELOPE_VERSION};
+pub use layout::NodeRoot;
