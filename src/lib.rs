@@ -4,5 +4,7 @@
 pub mod debug_client;
 pub mod fsutil;
 pub mod node;
+pub mod process;
 pub mod proto;
 pub mod storage;
+pub mod tpm;

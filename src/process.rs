@@ -1,0 +1,332 @@
+//! The one way Polis runs a long-lived child process (etcd, swtpm): in its own process group, with
+//! the parent's death delivering SIGKILL to it, its output logged line by line under the owning
+//! actor's logger, reaped by a waiter thread, and killed (group and all) when its handle drops.
+//! So a child never outlives its actor: not on a crash, not on a brutal kill, not when
+//! `polis-node` itself dies.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use slog::Logger;
+use tokio::sync::watch;
+
+/// Why a child process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program could not be executed.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running child process, owned by one actor.
+pub struct ChildProcess {
+    pid: u32,
+    name: String,
+    log: Logger,
+    exit: Arc<Exit>,
+    exited: watch::Receiver<Option<ExitStatus>>,
+}
+
+struct Exit {
+    status: Mutex<Option<ExitStatus>>,
+    reaped: Condvar,
+}
+
+impl ChildProcess {
+    /// Start `cmd`, naming it `name` in logs; its stdout and stderr go to `log`.
+    ///
+    /// The parent-death signal follows the thread that forks: call this from a long-lived thread
+    /// (an actor's arbiter), never from a short-lived worker thread.
+    pub fn spawn(mut cmd: Command, name: &str, log: &Logger) -> Result<Self, ProcessError> {
+        let parent = std::process::id();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Runs in the child between fork and exec: only async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // The parent may have died before the line above took effect.
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    return Err(std::io::Error::other("parent died during spawn"));
+                }
+                Ok(())
+            });
+        }
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id();
+        let log = log.new(slog::o!("process" => name.to_owned(), "pid" => pid));
+        if let Some(out) = child.stdout.take() {
+            forward_lines(out, "stdout", log.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            forward_lines(err, "stderr", log.clone());
+        }
+        let exit = Arc::new(Exit {
+            status: Mutex::new(None),
+            reaped: Condvar::new(),
+        });
+        let (tx, exited) = watch::channel(None);
+        spawn_waiter(child, exit.clone(), tx, log.clone());
+        slog::info!(log, "started"; "program" => program);
+        Ok(ChildProcess {
+            pid,
+            name: name.to_owned(),
+            log,
+            exit,
+            exited,
+        })
+    }
+
+    /// The child's process ID (also its process group ID).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How it ended, if it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *lock(&self.exit.status)
+    }
+
+    /// Wait until it has ended.
+    pub async fn exited(&self) -> ExitStatus {
+        let mut rx = self.exited.clone();
+        let status = match rx.wait_for(Option::is_some).await {
+            Ok(status) => *status,
+            Err(_) => None,
+        };
+        // The waiter thread sends before it can drop its sender, so this is always set.
+        status.unwrap_or_else(|| self.exit_status().unwrap_or_default())
+    }
+
+    /// Ask it to stop (SIGTERM to its group); after `grace`, kill the group. Returns how it
+    /// ended.
+    pub async fn terminate(&self, grace: Duration) -> ExitStatus {
+        self.signal_group(Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.exited()).await {
+            Ok(status) => status,
+            Err(_) => {
+                slog::warn!(self.log, "did not stop in time, killing it"; "grace_ms" => grace.as_millis() as u64);
+                self.signal_group(Signal::SIGKILL);
+                self.exited().await
+            }
+        }
+    }
+
+    fn signal_group(&self, signal: Signal) {
+        // Only while unreaped: a reaped PID may belong to someone else.
+        let status = lock(&self.exit.status);
+        if status.is_none() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), signal);
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    /// Kill the whole group and wait for the reap, so no orphan is left behind.
+    fn drop(&mut self) {
+        let mut status = lock(&self.exit.status);
+        if status.is_none() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let deadline = Duration::from_secs(10);
+            status = self
+                .exit
+                .reaped
+                .wait_timeout_while(status, deadline, |s| s.is_none())
+                .map(|(s, _)| s)
+                .unwrap_or_else(|e| e.into_inner().0);
+            if status.is_none() {
+                slog::error!(self.log, "killed child was not reaped"; "name" => &self.name);
+            }
+        }
+    }
+}
+
+fn spawn_waiter(
+    mut child: Child,
+    exit: Arc<Exit>,
+    tx: watch::Sender<Option<ExitStatus>>,
+    log: Logger,
+) {
+    std::thread::spawn(move || {
+        let status = match child.wait() {
+            Ok(status) => status,
+            Err(e) => {
+                slog::error!(log, "cannot wait for child"; "error" => %e);
+                ExitStatus::default()
+            }
+        };
+        slog::info!(log, "exited"; "status" => %status);
+        *lock(&exit.status) = Some(status);
+        exit.reaped.notify_all();
+        tx.send_replace(Some(status));
+    });
+}
+
+fn forward_lines(stream: impl Read + Send + 'static, name: &'static str, log: Logger) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => slog::info!(log, "{}", line; "stream" => name),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::Path;
+
+    use super::*;
+
+    fn quiet() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn alive(pid: u32) -> bool {
+        Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
+    #[test]
+    fn output_is_logged_and_exit_is_reported() {
+        let (ring, log) = capture();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let child = ChildProcess::spawn(cmd, "sh", &log).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let status = rt.block_on(child.exited());
+        assert_eq!(status.code(), Some(3));
+        // Readers may trail the exit by a moment.
+        for _ in 0..100 {
+            if lines(&ring)
+                .iter()
+                .filter(|l| l.contains("stream="))
+                .count()
+                == 2
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lines = lines(&ring);
+        assert!(lines.iter().any(|l| l == "out stream=stdout"), "{lines:?}");
+        assert!(lines.iter().any(|l| l == "err stream=stderr"), "{lines:?}");
+    }
+
+    #[test]
+    fn dropping_the_handle_kills_the_whole_group() {
+        let mut cmd = Command::new("sh");
+        // A grandchild in the same group, which must die too.
+        cmd.args(["-c", "sleep 300 & echo $! ; wait"]);
+        let (ring, log) = capture();
+        let child = ChildProcess::spawn(cmd, "sh", &log).unwrap();
+        let mut grandchild = None;
+        for _ in 0..200 {
+            grandchild = lines(&ring)
+                .iter()
+                .find(|l| l.ends_with("stream=stdout"))
+                .and_then(|l| l.split(' ').next()?.parse::<u32>().ok());
+            if grandchild.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (pid, grandchild) = (child.pid(), grandchild.expect("grandchild pid"));
+        assert!(alive(pid) && alive(grandchild));
+        drop(child);
+        assert!(!alive(pid), "the child is reaped");
+        for _ in 0..200 {
+            if !alive(grandchild) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("grandchild {grandchild} survived");
+    }
+
+    #[test]
+    fn terminate_escalates_to_kill_after_the_grace_period() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; while true; do sleep 0.05; done"]);
+        let child = ChildProcess::spawn(cmd, "stubborn", &quiet()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // let the trap be installed
+        let status = rt.block_on(child.terminate(Duration::from_millis(200)));
+        assert_eq!(status.signal(), Some(9));
+    }
+
+    #[test]
+    fn a_missing_program_is_a_typed_error() {
+        let err = ChildProcess::spawn(Command::new("/nonexistent/etcd"), "etcd", &quiet())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("cannot start /nonexistent/etcd"),
+            "{err}"
+        );
+    }
+
+    type Lines = Arc<Mutex<Vec<String>>>;
+
+    fn capture() -> (Lines, Logger) {
+        let lines = Lines::default();
+        (lines.clone(), Logger::root(Capture(lines), slog::o!()))
+    }
+
+    fn lines(l: &Lines) -> Vec<String> {
+        lock(l).clone()
+    }
+
+    /// A drain that keeps only the message and record keys, for asserting on output lines.
+    struct Capture(Lines);
+    impl slog::Drain for Capture {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, r: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            let mut line = r.msg().to_string();
+            let mut kv = KvOnly(&mut line);
+            let _ = slog::KV::serialize(&r.kv(), r, &mut kv);
+            lock(&self.0).push(line);
+            Ok(())
+        }
+    }
+    struct KvOnly<'a>(&'a mut String);
+    impl slog::Serializer for KvOnly<'_> {
+        fn emit_arguments(&mut self, k: slog::Key, v: &std::fmt::Arguments<'_>) -> slog::Result {
+            use std::fmt::Write;
+            let _ = write!(self.0, " {k}={v}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Sealing to the TPM, bound to PCR 7 (the Secure Boot state). Blocking calls into tss-esapi: run
+//! them on the TPM actor's own thread, never on an arbiter.
+//!
+//! A TPM sealed object holds at most 128 bytes, so the TPM seals a fresh 32-byte key under a
+//! PCR 7 policy, and that key encrypts the secret with AES-256-GCM. The sealed blob is:
+//! `u32 len ‖ TPM2B_PUBLIC ‖ u32 len ‖ TPM2B_PRIVATE ‖ 12-byte nonce ‖ ciphertext+tag`.
+//! Every TPM exchange runs in a session salted by the storage primary key, with command and
+//! response encryption, so the secrets do not cross the TPM bus in the clear.
+
+use std::str::FromStr;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, SessionHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
+    SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+
+/// What went wrong talking to the TPM or with sealed data.
+#[derive(Debug, thiserror::Error)]
+pub enum TpmError {
+    /// The TCTI configuration string is not valid.
+    #[error("invalid TPM configuration {tcti:?}: {reason}")]
+    BadTcti {
+        /// The configuration.
+        tcti: String,
+        /// Why.
+        reason: String,
+    },
+    /// No TPM answered.
+    #[error("no TPM reachable at {tcti}: {reason}")]
+    Unreachable {
+        /// Where it was looked for.
+        tcti: String,
+        /// Why.
+        reason: String,
+    },
+    /// The sealed blob is malformed, tampered with, or from another TPM.
+    #[error("sealed data is corrupted: {0}")]
+    SealedCorrupted(String),
+    /// The TPM refused to unseal: PCR 7 differs from when the data was sealed.
+    #[error(
+        "the TPM refused to unseal (the Secure Boot state in PCR 7 changed since sealing): {0}"
+    )]
+    PolicyRejected(String),
+    /// Another TPM command failed.
+    #[error("TPM {op} failed: {reason}")]
+    Command {
+        /// The command.
+        op: &'static str,
+        /// The TPM's or the library's error.
+        reason: String,
+    },
+    /// The operating system's random generator failed.
+    #[error("the operating system's random generator failed")]
+    Rng,
+}
+
+fn command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+    move |e| TpmError::Command {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+/// A connection to one TPM.
+pub struct Sealer {
+    ctx: Context,
+}
+
+impl Sealer {
+    /// Connect through `tcti`, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub fn connect(tcti: &str) -> Result<Sealer, TpmError> {
+        let conf = TctiNameConf::from_str(tcti).map_err(|e| TpmError::BadTcti {
+            tcti: tcti.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let ctx = Context::new(conf).map_err(|e| TpmError::Unreachable {
+            tcti: tcti.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Sealer { ctx })
+    }
+
+    /// `n` bytes from the TPM's random generator.
+    pub fn random(&mut self, n: usize) -> Result<Vec<u8>, TpmError> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let chunk = (n - out.len()).min(32);
+            let bytes = self.ctx.get_random(chunk).map_err(command("GetRandom"))?;
+            out.extend_from_slice(bytes.value());
+        }
+        Ok(out)
+    }
+
+    /// Seal `secret` to this TPM and the current PCR 7.
+    pub fn seal(&mut self, secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| TpmError::Rng)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| TpmError::Rng)?;
+        let mut ciphertext = secret.to_vec();
+        aead_key(&key)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                &mut ciphertext,
+            )
+            .map_err(|_| TpmError::Rng)?;
+
+        let primary = self.primary()?;
+        let sealed = self.seal_key(primary, &key);
+        key.fill(0);
+        self.flush(primary.into());
+        let (public, private) = sealed?;
+
+        let mut blob = Vec::new();
+        for part in [&public, &private] {
+            blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            blob.extend_from_slice(part);
+        }
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&ciphertext);
+        Ok(blob)
+    }
+
+    /// Unseal a blob from [`Sealer::seal`].
+    pub fn unseal(&mut self, blob: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let parts = SealedParts::parse(blob)?;
+        let public = Public::unmarshall(parts.public)
+            .map_err(|e| TpmError::SealedCorrupted(format!("public area: {e}")))?;
+        let private = Private::try_from(parts.private.to_vec())
+            .map_err(|e| TpmError::SealedCorrupted(format!("private area: {e}")))?;
+        let primary = self.primary()?;
+        let key = self.unseal_key(primary, public, private);
+        self.flush(primary.into());
+        let key = key?;
+        let mut plaintext = parts.ciphertext.to_vec();
+        let opened = aead_key(&key)
+            .open_in_place(
+                Nonce::assume_unique_for_key(parts.nonce),
+                Aad::empty(),
+                &mut plaintext,
+            )
+            .map_err(|_| TpmError::SealedCorrupted("ciphertext fails authentication".into()))?;
+        Ok(opened.to_vec())
+    }
+
+    /// Extend PCR 7 with `data`'s SHA-256, as firmware does when the Secure Boot state changes.
+    /// After this, data sealed before no longer unseals.
+    pub fn extend_pcr7(&mut self, data: &[u8]) -> Result<(), TpmError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, data);
+        let mut values = DigestValues::new();
+        values.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(digest.as_ref().to_vec()).map_err(command("PCR_Extend"))?,
+        );
+        self.ctx
+            .execute_with_nullauth_session(|ctx| ctx.pcr_extend(PcrHandle::Pcr7, values))
+            .map_err(command("PCR_Extend"))
+    }
+
+    /// The storage primary key: derived from the owner seed, so the same key every time.
+    fn primary(&mut self) -> Result<KeyHandle, TpmError> {
+        let template = storage_key_template().map_err(command("CreatePrimary"))?;
+        self.ctx
+            .execute_with_nullauth_session(|ctx| {
+                ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            })
+            .map(|r| r.key_handle)
+            .map_err(command("CreatePrimary"))
+    }
+
+    fn seal_key(
+        &mut self,
+        primary: KeyHandle,
+        key: &[u8; 32],
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let policy = self.pcr7_policy(primary)?;
+        let digest = self.ctx.policy_get_digest(policy);
+        self.flush_session(policy);
+        let digest = digest.map_err(command("PolicyGetDigest"))?;
+        let template = sealed_object_template(digest).map_err(command("Create"))?;
+        let data = SensitiveData::try_from(key.to_vec()).map_err(command("Create"))?;
+        let session = self.salted_session(primary, SessionType::Hmac)?;
+        let created = self.ctx.execute_with_session(Some(session), |ctx| {
+            ctx.create(primary, template, None, Some(data), None, None)
+        });
+        self.flush_session(session);
+        let created = created.map_err(command("Create"))?;
+        let public = created.out_public.marshall().map_err(command("Create"))?;
+        Ok((public, created.out_private.value().to_vec()))
+    }
+
+    fn unseal_key(
+        &mut self,
+        primary: KeyHandle,
+        public: Public,
+        private: Private,
+    ) -> Result<[u8; 32], TpmError> {
+        let session = self.salted_session(primary, SessionType::Hmac)?;
+        let loaded = self
+            .ctx
+            .execute_with_session(Some(session), |ctx| ctx.load(primary, private, public));
+        self.flush_session(session);
+        let object = loaded
+            .map_err(|e| TpmError::SealedCorrupted(format!("the TPM refused to load it: {e}")))?;
+        let policy = self.pcr7_policy(primary);
+        let unsealed = policy.and_then(|policy| {
+            let out = self
+                .ctx
+                .execute_with_session(Some(AuthSession::from(policy)), |ctx| {
+                    ctx.unseal(object.into())
+                })
+                .map_err(|e| TpmError::PolicyRejected(e.to_string()));
+            self.flush_session(policy);
+            out
+        });
+        self.flush(object.into());
+        let unsealed = unsealed?;
+        unsealed
+            .value()
+            .try_into()
+            .map_err(|_| TpmError::SealedCorrupted("sealed key has the wrong length".into()))
+    }
+
+    /// A policy session, salted by `primary`, that has asserted the current PCR 7.
+    fn pcr7_policy(&mut self, primary: KeyHandle) -> Result<PolicySession, TpmError> {
+        let session = self.salted_session(primary, SessionType::Policy)?;
+        let policy = PolicySession::try_from(session).map_err(command("StartAuthSession"))?;
+        if let Err(e) = self.ctx.policy_pcr(policy, Digest::default(), pcr7()) {
+            self.flush_session(session);
+            return Err(command("PolicyPCR")(e));
+        }
+        Ok(policy)
+    }
+
+    /// A session salted by `primary`, encrypting command and response parameters.
+    fn salted_session(
+        &mut self,
+        primary: KeyHandle,
+        kind: SessionType,
+    ) -> Result<AuthSession, TpmError> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                Some(primary),
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(command("StartAuthSession"))?
+            .ok_or_else(|| TpmError::Command {
+                op: "StartAuthSession",
+                reason: "no session returned".into(),
+            })?;
+        let (attributes, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        if let Err(e) = self.ctx.tr_sess_set_attributes(session, attributes, mask) {
+            self.flush_session(session);
+            return Err(command("TRSess_SetAttributes")(e));
+        }
+        Ok(session)
+    }
+
+    /// Free a transient handle; a failure only leaks a slot until the TPM's next reset.
+    fn flush(&mut self, handle: ObjectHandle) {
+        let _ = self.ctx.flush_context(handle);
+    }
+
+    fn flush_session(&mut self, session: impl Into<SessionHandle>) {
+        self.flush(ObjectHandle::from(session.into()));
+    }
+}
+
+fn pcr7() -> PcrSelectionList {
+    // A fixed, valid selection: building it cannot fail.
+    PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &[PcrSlot::Slot7])
+        .build()
+        .unwrap_or_default()
+}
+
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is always valid for AES-256-GCM.
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap_or_else(|_| unreachable!()))
+}
+
+/// ECC P-256 storage key: fast to derive on every call, even on a software TPM.
+fn storage_key_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_decrypt(true)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// A sealed data object that only the PCR 7 policy `digest` can unseal.
+fn sealed_object_template(digest: Digest) -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_no_da(true)
+        .with_admin_with_policy(true)
+        .with_user_with_auth(false)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_auth_policy(digest)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+/// The pieces of a sealed blob, borrowed from it.
+struct SealedParts<'a> {
+    public: &'a [u8],
+    private: &'a [u8],
+    nonce: [u8; NONCE_LEN],
+    ciphertext: &'a [u8],
+}
+
+impl<'a> SealedParts<'a> {
+    fn parse(blob: &'a [u8]) -> Result<Self, TpmError> {
+        let truncated = || TpmError::SealedCorrupted("truncated".into());
+        let mut rest = blob;
+        let mut take = |n: usize| -> Result<&'a [u8], TpmError> {
+            if rest.len() < n {
+                return Err(truncated());
+            }
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            Ok(head)
+        };
+        let mut sized = || -> Result<&'a [u8], TpmError> {
+            let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| truncated())?);
+            take(len as usize)
+        };
+        let public = sized()?;
+        let private = sized()?;
+        let nonce = take(NONCE_LEN)?.try_into().map_err(|_| truncated())?;
+        let ciphertext = rest;
+        if ciphertext.len() < AES_256_GCM.tag_len() {
+            return Err(truncated());
+        }
+        Ok(SealedParts {
+            public,
+            private,
+            nonce,
+            ciphertext,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! A software TPM (`swtpm`) as a supervised child process: the TPM of tests and of the local
+//! cluster launcher. Its state directory plays the part of the TPM chip, so a node restarted with
+//! the same directory finds its seeds, and therefore its sealed data, again.
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use slog::Logger;
+
+use crate::process::{ChildProcess, ProcessError};
+
+/// Why a software TPM did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SwtpmError {
+    /// The process could not be started.
+    #[error(transparent)]
+    Spawn(#[from] ProcessError),
+    /// It started but never listened.
+    #[error("swtpm with state {state} did not come up: {reason}")]
+    NotReady {
+        /// Its state directory.
+        state: PathBuf,
+        /// Why it is considered failed.
+        reason: String,
+    },
+}
+
+/// A running software TPM on loopback.
+pub struct Swtpm {
+    process: ChildProcess,
+    port: u16,
+}
+
+impl Swtpm {
+    /// Start swtpm with its state in `state_dir` (created if missing), logging to `log`.
+    pub fn start(state_dir: &Path, log: &Logger) -> Result<Swtpm, SwtpmError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| SwtpmError::NotReady {
+            state: state_dir.to_owned(),
+            reason: format!("cannot create the state directory: {e}"),
+        })?;
+        // Free ports can be taken between the probe and swtpm's bind; try a few pairs.
+        let mut last = String::new();
+        for _ in 0..5 {
+            // The swtpm TCTI finds the control channel at the server port + 1.
+            let Some(port) = free_port_pair() else {
+                last = "no two consecutive free ports on loopback".into();
+                continue;
+            };
+            let ctrl = port + 1;
+            let mut cmd = Command::new("swtpm");
+            cmd.arg("socket")
+                .arg("--tpm2")
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+                .arg("--tpmstate")
+                .arg(format!("dir={}", state_dir.display()))
+                .args(["--flags", "not-need-init,startup-clear"]);
+            let process = ChildProcess::spawn(cmd, "swtpm", log)?;
+            match wait_listening(&process, ctrl) {
+                Ok(()) => return Ok(Swtpm { process, port }),
+                Err(reason) => last = reason,
+            }
+        }
+        Err(SwtpmError::NotReady {
+            state: state_dir.to_owned(),
+            reason: last,
+        })
+    }
+
+    /// The TCTI configuration that reaches it.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// A free loopback port whose successor is free too.
+fn free_port_pair() -> Option<u16> {
+    (0..20).find_map(|_| {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+        let port = first.local_addr().ok()?.port();
+        let next = port.checked_add(1)?;
+        TcpListener::bind((Ipv4Addr::LOCALHOST, next))
+            .ok()
+            .map(|_| port)
+    })
+}
+
+fn wait_listening(process: &ChildProcess, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = process.exit_status() {
+            return Err(format!("it exited with {status}"));
+        }
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err("it did not listen within 10 s".into())
+}

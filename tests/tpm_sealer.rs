@@ -1,0 +1,123 @@
+//! The sealer against real software TPMs, each test with its own swtpm process.
+
+use polis::tpm::{Sealer, Swtpm, TpmError};
+
+fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn tpm() -> (tempfile::TempDir, Swtpm, Sealer) {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+    (dir, swtpm, sealer)
+}
+
+/// Larger than a TPM sealed object can hold, like a sealed configuration with a CA certificate.
+fn secret() -> Vec<u8> {
+    (0..2048u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[test]
+fn seal_and_unseal_round_trip_and_survive_a_tpm_restart() {
+    let (dir, swtpm, mut sealer) = tpm();
+    let blob = sealer.seal(&secret()).unwrap();
+    assert!(
+        !blob
+            .windows(64)
+            .any(|w| secret().windows(64).any(|s| s == w)),
+        "no plaintext in the blob"
+    );
+    assert_eq!(sealer.unseal(&blob).unwrap(), secret());
+
+    // A reboot: a new TPM process on the same state, PCRs reset.
+    drop(sealer);
+    drop(swtpm);
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+    assert_eq!(sealer.unseal(&blob).unwrap(), secret());
+}
+
+#[test]
+fn a_changed_pcr7_refuses_to_unseal() {
+    let (_dir, _swtpm, mut sealer) = tpm();
+    let blob = sealer.seal(b"node unlock key").unwrap();
+    sealer.extend_pcr7(b"secure boot disabled").unwrap();
+    match sealer.unseal(&blob) {
+        Err(TpmError::PolicyRejected(_)) => {}
+        other => panic!("expected PolicyRejected, got {other:?}"),
+    }
+    // Sealing again binds to the new state.
+    let again = sealer.seal(b"node unlock key").unwrap();
+    assert_eq!(sealer.unseal(&again).unwrap(), b"node unlock key");
+}
+
+#[test]
+fn tampered_or_truncated_blobs_are_corrupted() {
+    let (_dir, _swtpm, mut sealer) = tpm();
+    let blob = sealer.seal(&secret()).unwrap();
+    let public_len = u32::from_be_bytes(blob[..4].try_into().unwrap()) as usize;
+    let private_at = 4 + public_len + 4;
+    // One bit in the public area (past its size field), in the private area, in the ciphertext.
+    for at in [4 + 20, private_at + 40, blob.len() - 100] {
+        let mut bad = blob.clone();
+        bad[at] ^= 0x01;
+        match sealer.unseal(&bad) {
+            Err(TpmError::SealedCorrupted(_)) => {}
+            other => panic!("bit {at} flipped: expected SealedCorrupted, got {other:?}"),
+        }
+    }
+    for len in [0, 3, 10, private_at, blob.len() - 1] {
+        assert!(
+            matches!(
+                sealer.unseal(&blob[..len]),
+                Err(TpmError::SealedCorrupted(_))
+            ),
+            "truncated to {len}"
+        );
+    }
+    assert_eq!(
+        sealer.unseal(&blob).unwrap(),
+        secret(),
+        "the TPM is still usable"
+    );
+}
+
+#[test]
+fn data_sealed_by_one_tpm_does_not_unseal_on_another() {
+    let (_d1, _t1, mut first) = tpm();
+    let (_d2, _t2, mut second) = tpm();
+    let blob = first.seal(b"only for the first").unwrap();
+    assert!(matches!(
+        second.unseal(&blob),
+        Err(TpmError::SealedCorrupted(_))
+    ));
+}
+
+#[test]
+fn random_bytes_come_in_any_length() {
+    let (_dir, _swtpm, mut sealer) = tpm();
+    let a = sealer.random(100).unwrap();
+    let b = sealer.random(100).unwrap();
+    assert_eq!((a.len(), b.len()), (100, 100));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn no_tpm_and_bad_configuration_are_clear_errors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    match Sealer::connect(&tcti) {
+        Err(e @ TpmError::Unreachable { .. }) => assert!(e.to_string().contains(&tcti), "{e}"),
+        Err(other) => panic!("expected Unreachable, got {other}"),
+        Ok(_) => panic!("nothing listens there"),
+    }
+    assert!(matches!(
+        Sealer::connect("carrier-pigeon:coop=1"),
+        Err(TpmError::BadTcti { .. })
+    ));
+}
