@@ -1,7 +1,10 @@
-//! The TPM: sealing to PCR 7 and randomness, and a software TPM for tests and local runs.
+//! The TPM: the actor that owns it, sealing to PCR 7 and randomness, and a software TPM for
+//! tests and local runs.
 
+mod actor;
 mod sealer;
 mod swtpm;
 
+pub use actor::{Random, Seal, Tpm, TpmConfig, Unseal};
 pub use sealer::{Sealer, TpmError};
 pub use swtpm::{Swtpm, SwtpmError};

@@ -1,0 +1,120 @@
+//! The TPM actor under supervision, against a real swtpm: requests, fault injection while a
+//! client keeps asking, the insecure mode, and a missing TPM.
+
+use std::time::Duration;
+
+use polis::proto::private::sealed_envelope::Protection;
+use polis::tpm::{Random, Seal, Swtpm, Tpm, TpmConfig, TpmError, Unseal};
+use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree, TreeError};
+
+fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+async fn start(config: TpmConfig) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
+    let (spec, tpm) = ChildSpec::worker("tpm", move || Ok(Tpm::new(config.clone())));
+    let root = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(10, Duration::from_secs(10))
+        .child(spec);
+    Ok((Tree::start(root, quiet()).await?, tpm))
+}
+
+#[actix_rt::test]
+async fn seals_unseals_and_serializes_concurrent_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(dir.path(), &quiet()).unwrap();
+    let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
+    let sealed = tpm.ask(Seal(b"join key".to_vec())).await.unwrap().unwrap();
+    assert_eq!(sealed.protection, Protection::Tpm2Pcr7 as i32);
+    assert_eq!(tpm.ask(Unseal(sealed)).await.unwrap().unwrap(), b"join key");
+
+    let asks: Vec<_> = (0..8).map(|_| tpm.ask(Random(32))).collect();
+    for reply in futures::future::join_all(asks).await {
+        assert_eq!(reply.unwrap().unwrap().len(), 32);
+    }
+    let snap = tree.registry().actor("/tpm").unwrap();
+    assert_eq!((snap.handled, snap.queue_depth_max >= 7), (10, true));
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn requests_succeed_again_after_each_kind_of_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(dir.path(), &quiet()).unwrap();
+    let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
+    let sealed = tpm.ask(Seal(b"survives".to_vec())).await.unwrap().unwrap();
+    for (round, how) in [Kill::Crash, Kill::Brutal].into_iter().enumerate() {
+        tree.kill("/tpm", how).unwrap();
+        let mut failures = 0;
+        // A client that keeps asking: some requests fail while the actor restarts, then all work.
+        let unsealed = loop {
+            match tpm.ask(Unseal(sealed.clone())).await {
+                Ok(result) => break result.unwrap(),
+                Err(_) => failures += 1,
+            }
+            assert!(failures < 1000, "the TPM actor never came back");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(unsealed, b"survives");
+        let snap = tree.registry().actor("/tpm").unwrap();
+        assert_eq!(snap.generation, round as u64 + 2, "{how:?}");
+    }
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
+    let (tree, insecure) = start(TpmConfig::InsecureNone).await.unwrap();
+    tree.kill("/tpm", Kill::Crash).unwrap();
+    while tree.registry().actor("/tpm").unwrap().generation < 2 || !insecure.is_running() {
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let warnings = tree
+        .registry()
+        .logs("/tpm")
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("WARN INSECURE: running without a TPM"))
+        .count();
+    assert_eq!(warnings, 2);
+    let plaintext = insecure.ask(Seal(b"k".to_vec())).await.unwrap().unwrap();
+    assert_eq!(plaintext.protection, Protection::InsecurePlaintext as i32);
+    assert_eq!(
+        insecure
+            .ask(Unseal(plaintext.clone()))
+            .await
+            .unwrap()
+            .unwrap(),
+        b"k"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(dir.path(), &quiet()).unwrap();
+    let (tpm_tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
+    let refused = tpm.ask(Unseal(plaintext)).await.unwrap();
+    assert!(
+        matches!(refused, Err(TpmError::SealedCorrupted(ref r)) if r.contains("plaintext")),
+        "{refused:?}"
+    );
+    let sealed = tpm.ask(Seal(b"k".to_vec())).await.unwrap().unwrap();
+    assert!(insecure.ask(Unseal(sealed)).await.unwrap().is_err());
+    tpm_tree.shutdown().await;
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_missing_tpm_fails_the_start_with_the_place_it_looked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    match start(TpmConfig::Tcti(tcti.clone())).await {
+        Err(TreeError::StartFailed(reason)) => {
+            assert!(reason.to_string().contains(&tcti), "{reason}")
+        }
+        Err(other) => panic!("unexpected {other}"),
+        Ok(_) => panic!("no TPM there"),
+    }
+}
