@@ -1,9 +1,11 @@
 //! Node-local storage: the node root's layout, the ESP's files, and the data partition.
 
+mod actor;
 mod data;
 mod esp;
 mod layout;
 
+pub use actor::{GetEsp, MountExisting, MountNew, Storage, StorageConfig, StorageError};
 pub use data::{DataBackend, DataError, UnlockKey, VolumeKey, KEY_LEN};
 pub use esp::{Esp, EspError, ENVELOPE_VERSION};
 pub use layout::NodeRoot;

@@ -1,0 +1,216 @@
+//! The storage actor: owns the node root. It prepares `ephemeral/` (a tmpfs on a real node),
+//! hands out the ESP's typed accessors, and mounts the data partition on request, new or
+//! existing. Formatting and mounting block, so they run on the blocking pool.
+
+use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
+
+use crate::fsutil::FsError;
+use crate::storage::{DataBackend, DataError, Esp, NodeRoot, UnlockKey, VolumeKey, KEY_LEN};
+use crate::tpm::{Random, Tpm, TpmError};
+
+// ---- messages ----
+
+/// Create and mount a new data partition. Answers the new key halves (NUK, CUK), which the
+/// caller must persist (sealed NUK, CUK to the cluster) before anything else depends on them.
+pub struct MountNew;
+impl Message for MountNew {
+    type Reply = Result<(UnlockKey, UnlockKey), StorageError>;
+}
+
+/// Mount the existing data partition with NUK ⊕ CUK.
+pub struct MountExisting {
+    /// The node half, from the sealed configuration.
+    pub nuk: UnlockKey,
+    /// The cluster half, from the cluster.
+    pub cuk: UnlockKey,
+}
+impl Message for MountExisting {
+    type Reply = Result<(), StorageError>;
+}
+
+/// The ESP's typed accessors (reads and atomic writes).
+pub struct GetEsp;
+impl Message for GetEsp {
+    type Reply = Esp;
+}
+
+/// Why a storage request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The data partition is mounted already.
+    #[error("the data partition is already mounted")]
+    AlreadyMounted,
+    /// The data partition refused or failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The TPM could not give randomness for new keys.
+    #[error("no randomness from the TPM: {0}")]
+    Tpm(#[from] TpmError),
+    /// The TPM actor is not running.
+    #[error("the TPM actor is unavailable: {0}")]
+    TpmUnavailable(#[from] SendError),
+}
+
+// ---- state ----
+
+/// Where the node's storage is and how it is set up.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// The node root.
+    pub root: NodeRoot,
+    /// The data partition's backend.
+    pub backend: DataBackend,
+    /// Mount a tmpfs at `ephemeral/` (a real node); tests use a plain directory.
+    pub ephemeral_tmpfs: bool,
+}
+
+/// The storage actor.
+pub struct Storage {
+    config: StorageConfig,
+    tpm: ActorRef<Tpm>,
+    mounted: bool,
+}
+
+impl Storage {
+    /// A storage actor for `config` that asks `tpm` for key material.
+    pub fn new(config: StorageConfig, tpm: ActorRef<Tpm>) -> Self {
+        Storage {
+            config,
+            tpm,
+            mounted: false,
+        }
+    }
+}
+
+// ---- handlers ----
+
+impl Actor for Storage {
+    fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
+        if !self.config.backend.is_encrypted() {
+            slog::warn!(ctx.log(), "INSECURE: the data partition is a plain directory, not encrypted";
+                "path" => %self.config.root.data().display());
+        }
+        let ephemeral = self.config.root.ephemeral();
+        std::fs::create_dir_all(&ephemeral).map_err(|e| FsError::new("create", &ephemeral, e))?;
+        if self.config.ephemeral_tmpfs && !is_mount_point(&ephemeral) {
+            use nix::mount::{mount, MsFlags};
+            mount(
+                Some("tmpfs"),
+                &ephemeral,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0755"),
+            )
+            .map_err(|e| {
+                Failure::msg(format!(
+                    "cannot mount tmpfs at {}: {e}",
+                    ephemeral.display()
+                ))
+            })?;
+        }
+        Ok(Started::Healthy)
+    }
+}
+
+impl Handler<MountNew> for Storage {
+    fn handle(
+        &mut self,
+        _: MountNew,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <MountNew as Message>::Reply>, Failure> {
+        if self.mounted {
+            return Ok(Reply::now(Err(StorageError::AlreadyMounted)));
+        }
+        slog::info!(ctx.log(), "formatting a new data partition"; "backend" => ?self.config.backend);
+        let (root, backend, tpm) = (
+            self.config.root.clone(),
+            self.config.backend.clone(),
+            self.tpm.clone(),
+        );
+        let work = async move {
+            let random = match tpm.ask(Random(2 * KEY_LEN)).await {
+                Ok(Ok(random)) => random,
+                Ok(Err(e)) => return Ok(Err(e.into())),
+                Err(e) => return Ok(Err(e.into())),
+            };
+            let keys = UnlockKey::generate(&random[..KEY_LEN])
+                .and_then(|nuk| Ok((nuk, UnlockKey::generate(&random[KEY_LEN..])?)));
+            let (nuk, cuk) = match keys {
+                Ok(keys) => keys,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            let key = VolumeKey::combine(&nuk, &cuk);
+            let formatted = tokio::task::spawn_blocking(move || backend.format(&root, &key))
+                .await
+                .map_err(|e| Failure::msg(format!("formatting thread failed: {e}")))?;
+            Ok(formatted.map(|()| (nuk, cuk)).map_err(StorageError::from))
+        };
+        Ok(Reply::later_then(
+            work,
+            |result, storage: &mut Self, ctx| {
+                storage.note_mount(&result, ctx);
+                Ok(result)
+            },
+        ))
+    }
+}
+
+impl Handler<MountExisting> for Storage {
+    fn handle(
+        &mut self,
+        msg: MountExisting,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <MountExisting as Message>::Reply>, Failure> {
+        if self.mounted {
+            return Ok(Reply::now(Err(StorageError::AlreadyMounted)));
+        }
+        let (root, backend) = (self.config.root.clone(), self.config.backend.clone());
+        let key = VolumeKey::combine(&msg.nuk, &msg.cuk);
+        slog::info!(ctx.log(), "mounting the data partition"; "backend" => ?backend);
+        let work = async move {
+            tokio::task::spawn_blocking(move || backend.open(&root, &key))
+                .await
+                .map_err(|e| Failure::msg(format!("mounting thread failed: {e}")))
+        };
+        Ok(Reply::later_then(
+            work,
+            |result, storage: &mut Self, ctx| {
+                let result = result.map_err(StorageError::from);
+                storage.note_mount(&result, ctx);
+                Ok(result)
+            },
+        ))
+    }
+}
+
+impl Handler<GetEsp> for Storage {
+    fn handle(&mut self, _: GetEsp, _: &mut Ctx<'_, Self>) -> Result<Reply<Self, Esp>, Failure> {
+        Ok(Reply::now(Esp::new(self.config.root.clone())))
+    }
+}
+
+// ---- helpers ----
+
+impl Storage {
+    fn note_mount<T>(&mut self, result: &Result<T, StorageError>, ctx: &mut Ctx<'_, Self>) {
+        match result {
+            Ok(_) => {
+                self.mounted = true;
+                slog::info!(ctx.log(), "data partition mounted"; "path" => %self.config.root.data().display());
+            }
+            Err(e) => slog::error!(ctx.log(), "data partition not mounted"; "error" => %e),
+        }
+    }
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+fn is_mount_point(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(own), Some(Ok(parent))) => own.dev() != parent.dev(),
+        _ => false,
+    }
+}

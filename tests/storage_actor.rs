@@ -1,0 +1,140 @@
+//! The storage actor with a real swtpm: new and existing data partitions across a reboot, wrong
+//! keys refused, fault injection, and the insecure backend named at every start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use polis::storage::{
+    DataBackend, DataError, GetEsp, MountExisting, MountNew, NodeRoot, Storage, StorageConfig,
+    StorageError, UnlockKey,
+};
+use polis::tpm::{Swtpm, Tpm, TpmConfig};
+use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
+
+fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// A node's `core` subtree as DESIGN §2 orders it: storage, then tpm.
+async fn core(root: &Path, tcti: String) -> (Tree, ActorRef<Storage>) {
+    let (tpm_spec, tpm) =
+        ChildSpec::worker("tpm", move || Ok(Tpm::new(TpmConfig::Tcti(tcti.clone()))));
+    let config = StorageConfig {
+        root: NodeRoot::new(root),
+        backend: DataBackend::Directory,
+        ephemeral_tmpfs: false,
+    };
+    let (storage_spec, storage) = ChildSpec::worker("storage", move || {
+        Ok(Storage::new(config.clone(), tpm.clone()))
+    });
+    let core = SupervisorSpec::new(Strategy::RestForOne)
+        .intensity(10, Duration::from_secs(10))
+        .child(storage_spec)
+        .child(tpm_spec);
+    let root_spec =
+        SupervisorSpec::new(Strategy::OneForOne).child(ChildSpec::supervisor("core", core).0);
+    (Tree::start(root_spec, quiet()).await.unwrap(), storage)
+}
+
+fn same(k: &UnlockKey) -> UnlockKey {
+    UnlockKey::from_slice(k.as_bytes()).unwrap()
+}
+
+#[actix_rt::test]
+async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let node = dir.path().join("node");
+
+    let (tree, storage) = core(&node, swtpm.tcti()).await;
+    let (nuk, cuk) = storage.ask(MountNew).await.unwrap().unwrap();
+    assert_ne!(nuk, cuk);
+    std::fs::write(node.join("data/precious"), b"kept").unwrap();
+    assert!(matches!(
+        storage.ask(MountNew).await.unwrap(),
+        Err(StorageError::AlreadyMounted)
+    ));
+    assert!(node.join("ephemeral").is_dir());
+    tree.shutdown().await;
+
+    // Reboot: a new tree on the same node root.
+    let (tree, storage) = core(&node, swtpm.tcti()).await;
+    let wrong = UnlockKey::from_slice(&[7; 32]).unwrap();
+    let refused = storage
+        .ask(MountExisting {
+            nuk: same(&nuk),
+            cuk: wrong,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Err(StorageError::Data(DataError::WrongKey(_)))),
+        "{refused:?}"
+    );
+    let again = storage.ask(MountNew).await.unwrap();
+    assert!(
+        matches!(
+            again,
+            Err(StorageError::Data(DataError::AlreadyFormatted(_)))
+        ),
+        "{again:?}"
+    );
+    storage
+        .ask(MountExisting {
+            nuk: same(&nuk),
+            cuk: same(&cuk),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(std::fs::read(node.join("data/precious")).unwrap(), b"kept");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn storage_serves_again_after_each_kind_of_kill_and_names_its_insecure_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let (tree, storage) = core(&dir.path().join("node"), swtpm.tcti()).await;
+    let (nuk, cuk) = storage.ask(MountNew).await.unwrap().unwrap();
+    for how in [Kill::Crash, Kill::Brutal] {
+        let before = tree.registry().actor("/core/storage").unwrap().generation;
+        tree.kill("/core/storage", how).unwrap();
+        let mut tries = 0;
+        let mounted = loop {
+            match storage
+                .ask(MountExisting {
+                    nuk: same(&nuk),
+                    cuk: same(&cuk),
+                })
+                .await
+            {
+                Ok(result) => break result,
+                Err(_) => tries += 1,
+            }
+            assert!(tries < 1000, "storage never came back");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        };
+        mounted.unwrap();
+        assert_eq!(
+            tree.registry().actor("/core/storage").unwrap().generation,
+            before + 1
+        );
+        // rest_for_one: the TPM after it was restarted too.
+        assert_eq!(
+            tree.registry().actor("/core/tpm").unwrap().generation,
+            before + 1
+        );
+    }
+    let esp = storage.ask(GetEsp).await.unwrap();
+    assert!(esp.parameters().is_err(), "no installer ran here");
+    let warnings = tree
+        .registry()
+        .logs("/core/storage")
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("WARN INSECURE: the data partition is a plain directory"))
+        .count();
+    assert_eq!(warnings, 3, "one warning per start");
+    tree.shutdown().await;
+}
