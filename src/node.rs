@@ -4,21 +4,41 @@ use std::time::Duration;
 
 use polis_actors::{Backoff, ChildSpec, Strategy, SupervisorSpec};
 
+use crate::storage::{Storage, StorageConfig};
+use crate::tpm::{Tpm, TpmConfig};
+
 /// Restarts tolerated at the root before the node gives up (on a real node: reboots).
 const ROOT_MAX_RESTARTS: u32 = 3;
 const ROOT_PERIOD: Duration = Duration::from_secs(60);
 
+/// What a node needs to build its tree.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node root, the data partition's backend and the ephemeral tmpfs.
+    pub storage: StorageConfig,
+    /// Where the TPM is, or the explicit choice to run without one.
+    pub tpm: TpmConfig,
+}
+
 /// The root supervisor: one_for_one, so that a failure inside `core` never stops the lifecycle
-/// actor. The node-local subsystems (storage, tpm, network) join `core` in dependency order, and
-/// `lifecycle` and `cluster` follow, as they are built.
-pub fn tree_spec() -> SupervisorSpec {
+/// actor. `core` holds the node-local subsystems in dependency order (storage, tpm; network
+/// joins them next), rest_for_one; `lifecycle` and `cluster` follow as they are built.
+pub fn tree_spec(config: &NodeConfig) -> SupervisorSpec {
+    let tpm_config = config.tpm.clone();
+    let (tpm, tpm_ref) = ChildSpec::worker("tpm", move || Ok(Tpm::new(tpm_config.clone())));
+    let storage_config = config.storage.clone();
+    let (storage, _) = ChildSpec::worker("storage", move || {
+        Ok(Storage::new(storage_config.clone(), tpm_ref.clone()))
+    });
     let core = SupervisorSpec::new(Strategy::RestForOne)
         .intensity(5, Duration::from_secs(30))
         .backoff(Backoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(10),
             reset_after: Duration::from_secs(60),
-        });
+        })
+        .child(storage)
+        .child(tpm);
     SupervisorSpec::new(Strategy::OneForOne)
         .intensity(ROOT_MAX_RESTARTS, ROOT_PERIOD)
         .child(ChildSpec::supervisor("core", core).0)

@@ -67,12 +67,29 @@ fn generation_of(debug: &str, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
 #[test]
 fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = polis::tpm::Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let root = dir.path().join("node");
     let debug = format!("127.0.0.1:{}", free_port());
     let mut node = Node(
         Command::new(env!("CARGO_BIN_EXE_polis-node"))
-            .args(["--debug-listen", &debug, "--log-level", "warning"])
+            .args([
+                "--debug-listen",
+                &debug,
+                "--log-level",
+                "warning",
+                "--tpm",
+                &swtpm.tcti(),
+            ])
+            .arg("--root")
+            .arg(&root)
+            .arg("--insecure-data-directory")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
@@ -127,10 +144,75 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
 
 #[test]
 fn node_refuses_a_debug_endpoint_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_polis-node"))
-        .args(["--debug-listen", "0.0.0.0:0"])
+        .args([
+            "--debug-listen",
+            "0.0.0.0:0",
+            "--insecure-no-tpm",
+            "--insecure-data-directory",
+        ])
+        .arg("--root")
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only binds to loopback"));
+}
+
+#[test]
+fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let tcti = format!("swtpm:host=127.0.0.1,port={}", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_polis-node"))
+        .args([
+            "--tpm",
+            &tcti,
+            "--insecure-data-directory",
+            "--debug-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--root")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the node did not start") && stderr.contains(&tcti),
+        "{stderr}"
+    );
+
+    let debug = format!("127.0.0.1:{}", free_port());
+    let mut node = Node(
+        Command::new(env!("CARGO_BIN_EXE_polis-node"))
+            .args([
+                "--insecure-no-tpm",
+                "--insecure-data-directory",
+                "--debug-listen",
+                &debug,
+            ])
+            .arg("--root")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    until("the insecure node answers", || {
+        polisctl(&debug, &["tree"]).status.success()
+    });
+    let logs = String::from_utf8(polisctl(&debug, &["logs", "/core/tpm"]).stdout).unwrap();
+    assert!(logs.contains("INSECURE: running without a TPM"), "{logs}");
+    let pid = node.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(node.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("CRIT INSECURE: --insecure-no-tpm"),
+        "{stderr}"
+    );
 }

@@ -5,14 +5,42 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use actix_rt::signal::unix::{signal, SignalKind};
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser};
+use polis::node::NodeConfig;
+use polis::storage::{DataBackend, NodeRoot, StorageConfig};
+use polis::tpm::TpmConfig;
 use polis_actors::debug_http::DebugServer;
 use polis_actors::{bridge_log_crate, log_panics, terminal_logger, ExitReason, Tree};
 
 /// Run a Polis node.
 #[derive(Parser, Debug)]
 #[command(version, about)]
+#[command(group(ArgGroup::new("data").required(true).args(["data_device", "insecure_data_directory"])))]
 struct Args {
+    /// The node root: `/` on a real node, a directory for local runs.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// The TPM, as a TCTI: `device:/dev/tpmrm0`, or `swtpm:host=127.0.0.1,port=2321`.
+    #[arg(
+        long,
+        default_value = "device:/dev/tpmrm0",
+        conflicts_with = "insecure_no_tpm"
+    )]
+    tpm: String,
+    /// Run without a TPM: sealed data is stored in PLAINTEXT. For development only.
+    #[arg(long)]
+    insecure_no_tpm: bool,
+    /// The block device of the LUKS2 data partition.
+    #[arg(long)]
+    data_device: Option<PathBuf>,
+    /// Keep data in a plain directory below the root: NOT ENCRYPTED. For local runs only.
+    #[arg(long)]
+    insecure_data_directory: bool,
+    /// Mount a tmpfs at <root>/ephemeral (a real node does).
+    #[arg(long)]
+    ephemeral_tmpfs: bool,
     /// Loopback address of the debug endpoint (/metrics, /debug/tree, /debug/logs, /debug/kill).
     #[arg(long, default_value = "127.0.0.1:7840")]
     debug_listen: SocketAddr,
@@ -27,6 +55,27 @@ fn parse_level(s: &str) -> Result<slog::Level, String> {
     })
 }
 
+fn node_config(args: &Args) -> NodeConfig {
+    let backend = match &args.data_device {
+        Some(device) => DataBackend::Luks2 {
+            device: device.clone(),
+        },
+        None => DataBackend::Directory,
+    };
+    NodeConfig {
+        storage: StorageConfig {
+            root: NodeRoot::new(&args.root),
+            backend,
+            ephemeral_tmpfs: args.ephemeral_tmpfs,
+        },
+        tpm: if args.insecure_no_tpm {
+            TpmConfig::InsecureNone
+        } else {
+            TpmConfig::Tcti(args.tpm.clone())
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     actix_rt::System::new().block_on(run(args))
@@ -36,7 +85,14 @@ async fn run(args: Args) -> ExitCode {
     let log = terminal_logger(args.log_level);
     bridge_log_crate(log.clone());
     log_panics(log.clone());
-    let tree = match Tree::start(polis::node::tree_spec(), log.clone()).await {
+    let config = node_config(&args);
+    if config.tpm == TpmConfig::InsecureNone {
+        slog::crit!(
+            log,
+            "INSECURE: --insecure-no-tpm: this node's secrets are stored in plaintext"
+        );
+    }
+    let tree = match Tree::start(polis::node::tree_spec(&config), log.clone()).await {
         Ok(tree) => tree,
         Err(e) => {
             slog::crit!(log, "the node did not start"; "error" => %e);
