@@ -4,6 +4,7 @@
 pub mod debug_client;
 pub mod fsutil;
 pub mod node;
+pub mod pki;
 pub mod process;
 pub mod proto;
 pub mod storage;

@@ -1,0 +1,279 @@
+//! A certificate authority on Ed25519: the cluster CA (node, owner and client certificates) and
+//! etcd's peer CA are both one of these. It issues certificates from templates, numbers them with
+//! random serials, and signs revocation lists.
+
+use std::net::IpAddr;
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm, PKCS_ED25519,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::{Duration, OffsetDateTime};
+
+/// How long issued certificates are valid. Node identity outlives reboots and upgrades;
+/// revocation, not expiry, is how a certificate is withdrawn.
+const VALIDITY: Duration = Duration::days(365 * 20);
+/// Tolerance for clocks that run behind the issuer's.
+const BACKDATE: Duration = Duration::hours(1);
+/// How long a CRL is current; the CRL watcher reissues well before.
+const CRL_VALIDITY: Duration = Duration::days(365);
+
+/// Why a certificate could not be made or a key not read.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// rcgen refused the parameters or the key.
+    #[error("cannot {op}: {source}")]
+    Rcgen {
+        /// What was being done.
+        op: &'static str,
+        /// rcgen's error.
+        source: rcgen::Error,
+    },
+    /// A stored key is not a valid Ed25519 PKCS#8 key.
+    #[error("stored CA key is not a valid Ed25519 key: {0}")]
+    BadKey(String),
+    /// The operating system's random generator failed.
+    #[error("the operating system's random generator failed")]
+    Rng,
+}
+
+fn rcgen_err(op: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |source| PkiError::Rcgen { op, source }
+}
+
+/// What kind of certificate to issue for a public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Template {
+    /// A node's identity: SAN = node ID, for serving and for calling other nodes.
+    Node {
+        /// `metropolis-…` from the node's public key.
+        node_id: String,
+    },
+    /// An etcd peer: served and presented on the peer port, named by DNS and IP.
+    Peer {
+        /// The member's name (its node ID).
+        name: String,
+        /// DNS names it is reached by.
+        dns: Vec<String>,
+        /// Addresses it is reached by.
+        ips: Vec<IpAddr>,
+    },
+    /// A client only (the owner, a tool): common name, client authentication.
+    Client {
+        /// Who it is, e.g. `owner`.
+        common_name: String,
+    },
+}
+
+/// An issued certificate: its serial (for revocation) and DER.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The serial number, big-endian.
+    pub serial: Vec<u8>,
+    /// The certificate.
+    pub der: Vec<u8>,
+}
+
+/// A certificate authority with its key.
+pub struct CertificateAuthority {
+    name: String,
+    key: SigningKey,
+    certificate: Vec<u8>,
+}
+
+impl CertificateAuthority {
+    /// A new, self-signed CA called `name`, with a fresh key.
+    pub fn new(name: &str) -> Result<Self, PkiError> {
+        let mut seed = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut seed)
+            .map_err(|_| PkiError::Rng)?;
+        let key = SigningKey::from_bytes(&seed);
+        seed.fill(0);
+        let params = ca_params(name, random_serial()?);
+        let certificate = params
+            .self_signed(&rcgen_key(&key)?)
+            .map_err(rcgen_err("self-sign the CA"))?;
+        Ok(CertificateAuthority {
+            name: name.to_owned(),
+            key,
+            certificate: certificate.der().to_vec(),
+        })
+    }
+
+    /// A CA restored from its stored key (PKCS#8 DER) and certificate (DER).
+    pub fn from_parts(
+        name: &str,
+        key_pkcs8: &[u8],
+        certificate: Vec<u8>,
+    ) -> Result<Self, PkiError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let key =
+            SigningKey::from_pkcs8_der(key_pkcs8).map_err(|e| PkiError::BadKey(e.to_string()))?;
+        Ok(CertificateAuthority {
+            name: name.to_owned(),
+            key,
+            certificate,
+        })
+    }
+
+    /// The CA's certificate (DER), the trust anchor its users pin.
+    pub fn certificate(&self) -> &[u8] {
+        &self.certificate
+    }
+
+    /// The CA's key as PKCS#8 DER, for storing it (in etcd, never on the ESP).
+    pub fn key_pkcs8(&self) -> Result<Vec<u8>, PkiError> {
+        Ok(self
+            .key
+            .to_pkcs8_der()
+            .map_err(|e| PkiError::BadKey(e.to_string()))?
+            .as_bytes()
+            .to_vec())
+    }
+
+    /// Issue a certificate of kind `template` for `public`.
+    pub fn issue(&self, template: &Template, public: &VerifyingKey) -> Result<Issued, PkiError> {
+        let serial = random_serial()?;
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = OffsetDateTime::now_utc() - BACKDATE;
+        params.not_after = OffsetDateTime::now_utc() + VALIDITY;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let mut dn = DistinguishedName::new();
+        match template {
+            Template::Node { node_id } => {
+                dn.push(DnType::CommonName, node_id.as_str());
+                params.subject_alt_names = vec![dns(node_id)?];
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+            Template::Peer {
+                name,
+                dns: names,
+                ips,
+            } => {
+                dn.push(DnType::CommonName, name.as_str());
+                let mut sans = names
+                    .iter()
+                    .map(|n| dns(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+                params.subject_alt_names = sans;
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+            Template::Client { common_name } => {
+                dn.push(DnType::CommonName, common_name.as_str());
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+        }
+        params.distinguished_name = dn;
+        let certificate = params
+            .signed_by(&Ed25519Public(*public), &self.issuer()?)
+            .map_err(rcgen_err("sign a certificate"))?;
+        Ok(Issued {
+            serial,
+            der: certificate.der().to_vec(),
+        })
+    }
+
+    /// A CRL numbered `number` that revokes `serials`.
+    pub fn crl(&self, number: u64, serials: &[Vec<u8>]) -> Result<Vec<u8>, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + CRL_VALIDITY,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: now - BACKDATE,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer()?)
+            .map_err(rcgen_err("sign the CRL"))?;
+        Ok(crl.der().to_vec())
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        // The issuer's name and key identifier are derived the same way every time, so a CA
+        // restored from storage signs exactly like the one that was created.
+        Ok(Issuer::new(
+            ca_params(&self.name, vec![1]),
+            rcgen_key(&self.key)?,
+        ))
+    }
+}
+
+fn ca_params(name: &str, serial: Vec<u8>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.not_before = OffsetDateTime::now_utc() - BACKDATE;
+    params.not_after = OffsetDateTime::now_utc() + VALIDITY;
+    params
+}
+
+/// An Ed25519 public key as rcgen's subject key.
+struct Ed25519Public(VerifyingKey);
+
+impl PublicKeyData for Ed25519Public {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ED25519
+    }
+}
+
+fn rcgen_key(key: &SigningKey) -> Result<KeyPair, PkiError> {
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| PkiError::BadKey(e.to_string()))?;
+    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &PKCS_ED25519)
+        .map_err(rcgen_err("load the CA key"))
+}
+
+fn dns(name: &str) -> Result<SanType, PkiError> {
+    Ok(SanType::DnsName(
+        name.try_into().map_err(rcgen_err("use a DNS name"))?,
+    ))
+}
+
+/// 16 random bytes with the top bit clear: a positive, unguessable serial.
+fn random_serial() -> Result<Vec<u8>, PkiError> {
+    let mut serial = vec![0u8; 16];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| PkiError::Rng)?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    Ok(serial)
+}

@@ -1,0 +1,44 @@
+//! Node identity: Ed25519 keys and the node ID derived from the public key.
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::pki::PkiError;
+
+/// A fresh Ed25519 key (a node key or a join key).
+pub fn generate_key() -> Result<SigningKey, PkiError> {
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| PkiError::Rng)?;
+    let key = SigningKey::from_bytes(&seed);
+    seed.fill(0);
+    Ok(key)
+}
+
+/// The node ID: `metropolis-` and the hex of the public key's first 16 bytes.
+pub fn node_id(public: &VerifyingKey) -> String {
+    let hex: String = public.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("metropolis-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_the_hex_of_the_first_half_of_the_public_key() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let id = node_id(&key.verifying_key());
+        let hex: String = key.verifying_key().as_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(id, format!("metropolis-{hex}"));
+        assert_eq!(id.len(), "metropolis-".len() + 32);
+        assert_ne!(node_id(&generate_key().unwrap().verifying_key()), id);
+    }
+}

@@ -1,0 +1,217 @@
+//! Every certificate the PKI issues, parsed and verified the way rustls will verify it
+//! (webpki, Ed25519 only), including revocation through the CRL.
+
+use std::net::IpAddr;
+
+use polis::pki::{generate_key, node_id, CertificateAuthority, PkiError, Template};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use webpki::{
+    anchor_from_trusted_cert, CertRevocationList, EndEntityCert, Error, KeyUsage,
+    OwnedCertRevocationList, RevocationOptionsBuilder,
+};
+
+fn verify(ca: &[u8], cert: &[u8], usage: KeyUsage, crl: Option<&[u8]>) -> Result<(), Error> {
+    let ca = CertificateDer::from(ca.to_vec());
+    let anchors = [anchor_from_trusted_cert(&ca).unwrap().to_owned()];
+    let cert = CertificateDer::from(cert.to_vec());
+    let end = EndEntityCert::try_from(&cert)?;
+    let crls: Vec<CertRevocationList<'_>> = crl
+        .map(|der| {
+            let der = CertificateRevocationListDer::from(der.to_vec());
+            OwnedCertRevocationList::from_der(&der).unwrap().into()
+        })
+        .into_iter()
+        .collect();
+    let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+    let revocation =
+        (!crl_refs.is_empty()).then(|| RevocationOptionsBuilder::new(&crl_refs).unwrap().build());
+    end.verify_for_usage(
+        &[webpki::ring::ED25519],
+        &anchors,
+        &[],
+        UnixTime::now(),
+        usage,
+        revocation,
+        None,
+    )
+    .map(|_| ())
+}
+
+fn valid_for(cert: &[u8], name: &str) -> bool {
+    let cert = CertificateDer::from(cert.to_vec());
+    let end = EndEntityCert::try_from(&cert).unwrap();
+    end.verify_is_valid_for_subject_name(&ServerName::try_from(name.to_owned()).unwrap())
+        .is_ok()
+}
+
+#[test]
+fn node_certificates_name_the_node_and_serve_and_call() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let node = generate_key().unwrap();
+    let id = node_id(&node.verifying_key());
+    let cert = ca
+        .issue(
+            &Template::Node {
+                node_id: id.clone(),
+            },
+            &node.verifying_key(),
+        )
+        .unwrap();
+    verify(ca.certificate(), &cert.der, KeyUsage::server_auth(), None).unwrap();
+    verify(ca.certificate(), &cert.der, KeyUsage::client_auth(), None).unwrap();
+    assert!(valid_for(&cert.der, &id));
+    assert!(!valid_for(&cert.der, "metropolis-someoneelse"));
+
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der).unwrap();
+    assert_eq!(
+        parsed.subject_pki.subject_public_key.data.as_ref(),
+        node.verifying_key().as_bytes()
+    );
+    assert_eq!(
+        parsed.signature_algorithm.algorithm.to_id_string(),
+        "1.3.101.112",
+        "Ed25519"
+    );
+    assert_eq!(parsed.raw_serial(), cert.serial.as_slice());
+    assert!(!parsed.is_ca());
+    let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.certificate()).unwrap();
+    assert!(ca_parsed.is_ca());
+}
+
+#[test]
+fn peer_and_client_certificates_carry_their_names_and_usages() {
+    let ca = CertificateAuthority::new("etcd peer CA").unwrap();
+    let key = generate_key().unwrap();
+    let ip: IpAddr = "198.18.0.2".parse().unwrap();
+    let peer = ca
+        .issue(
+            &Template::Peer {
+                name: "metropolis-ab".into(),
+                dns: vec!["metropolis-ab".into()],
+                ips: vec![ip],
+            },
+            &key.verifying_key(),
+        )
+        .unwrap();
+    verify(ca.certificate(), &peer.der, KeyUsage::server_auth(), None).unwrap();
+    verify(ca.certificate(), &peer.der, KeyUsage::client_auth(), None).unwrap();
+    assert!(valid_for(&peer.der, "metropolis-ab") && valid_for(&peer.der, "198.18.0.2"));
+
+    let owner = ca
+        .issue(
+            &Template::Client {
+                common_name: "owner".into(),
+            },
+            &key.verifying_key(),
+        )
+        .unwrap();
+    verify(ca.certificate(), &owner.der, KeyUsage::client_auth(), None).unwrap();
+    assert!(matches!(
+        verify(ca.certificate(), &owner.der, KeyUsage::server_auth(), None),
+        Err(Error::RequiredEkuNotFoundContext(_))
+    ));
+}
+
+#[test]
+fn the_crl_revokes_exactly_the_listed_certificates() {
+    let ca = CertificateAuthority::new("etcd peer CA").unwrap();
+    let issue = |name: &str| {
+        let key = generate_key().unwrap();
+        ca.issue(
+            &Template::Node {
+                node_id: name.into(),
+            },
+            &key.verifying_key(),
+        )
+        .unwrap()
+    };
+    let (gone, kept) = (issue("metropolis-gone"), issue("metropolis-kept"));
+    let crl = ca.crl(2, std::slice::from_ref(&gone.serial)).unwrap();
+    assert_eq!(
+        verify(
+            ca.certificate(),
+            &gone.der,
+            KeyUsage::client_auth(),
+            Some(&crl)
+        ),
+        Err(Error::CertRevoked)
+    );
+    verify(
+        ca.certificate(),
+        &kept.der,
+        KeyUsage::client_auth(),
+        Some(&crl),
+    )
+    .unwrap();
+    let empty = ca.crl(1, &[]).unwrap();
+    verify(
+        ca.certificate(),
+        &gone.der,
+        KeyUsage::client_auth(),
+        Some(&empty),
+    )
+    .unwrap();
+
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&crl).unwrap();
+    assert_eq!(parsed.crl_number().map(|n| n.to_string()), Some("2".into()));
+    let listed: Vec<&[u8]> = parsed
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial())
+        .collect();
+    assert_eq!(listed, vec![gone.serial.as_slice()]);
+}
+
+#[test]
+fn a_restored_ca_signs_like_the_original_and_other_cas_are_not_trusted() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let restored = CertificateAuthority::from_parts(
+        "Polis cluster CA",
+        &ca.key_pkcs8().unwrap(),
+        ca.certificate().to_vec(),
+    )
+    .unwrap();
+    let key = generate_key().unwrap();
+    let cert = restored
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-x".into(),
+            },
+            &key.verifying_key(),
+        )
+        .unwrap();
+    verify(ca.certificate(), &cert.der, KeyUsage::server_auth(), None).unwrap();
+    let crl = restored.crl(3, std::slice::from_ref(&cert.serial)).unwrap();
+    assert_eq!(
+        verify(
+            ca.certificate(),
+            &cert.der,
+            KeyUsage::server_auth(),
+            Some(&crl)
+        ),
+        Err(Error::CertRevoked)
+    );
+
+    let stranger = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let foreign = stranger
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-x".into(),
+            },
+            &key.verifying_key(),
+        )
+        .unwrap();
+    assert!(verify(
+        ca.certificate(),
+        &foreign.der,
+        KeyUsage::server_auth(),
+        None
+    )
+    .is_err());
+
+    assert!(matches!(
+        CertificateAuthority::from_parts("x", b"not a key", vec![]),
+        Err(PkiError::BadKey(_))
+    ));
+}
