@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config
   protobuf-compiler            # build.rs compiles proto/ with Debian's protoc
+  libprotobuf-dev              # the well-known protos (descriptor.proto) etcd-client compiles against
   libclang-dev                 # bindgen for libcryptsetup-rs and tss-esapi
   libcryptsetup-dev            # LUKS2 data partition
   libtss2-dev                  # TPM 2.0 through tss-esapi

@@ -30,10 +30,15 @@ pub enum ProcessError {
 
 /// A running child process, owned by one actor.
 pub struct ChildProcess {
+    shared: Arc<Shared>,
+}
+
+/// What the handle, its futures and the waiter thread share.
+struct Shared {
     pid: u32,
     name: String,
     log: Logger,
-    exit: Arc<Exit>,
+    exit: Exit,
     exited: watch::Receiver<Option<ExitStatus>>,
 }
 
@@ -77,55 +82,68 @@ impl ChildProcess {
         if let Some(err) = child.stderr.take() {
             forward_lines(err, "stderr", log.clone());
         }
-        let exit = Arc::new(Exit {
-            status: Mutex::new(None),
-            reaped: Condvar::new(),
-        });
         let (tx, exited) = watch::channel(None);
-        spawn_waiter(child, exit.clone(), tx, log.clone());
-        slog::info!(log, "started"; "program" => program);
-        Ok(ChildProcess {
+        let shared = Arc::new(Shared {
             pid,
             name: name.to_owned(),
-            log,
-            exit,
+            log: log.clone(),
+            exit: Exit {
+                status: Mutex::new(None),
+                reaped: Condvar::new(),
+            },
             exited,
-        })
+        });
+        spawn_waiter(child, shared.clone(), tx);
+        slog::info!(log, "started"; "program" => program);
+        Ok(ChildProcess { shared })
     }
 
     /// The child's process ID (also its process group ID).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.shared.pid
     }
 
     /// How it ended, if it has.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *lock(&self.exit.status)
+        *lock(&self.shared.exit.status)
     }
 
-    /// Wait until it has ended.
-    pub async fn exited(&self) -> ExitStatus {
+    /// A future that resolves when it has ended; it does not keep the process alive.
+    pub fn exited(&self) -> impl std::future::Future<Output = ExitStatus> + 'static {
+        let shared = self.shared.clone();
+        async move { shared.exited().await }
+    }
+
+    /// Ask it to stop (SIGTERM to its group); after `grace`, kill the group. Resolves with how it
+    /// ended.
+    pub fn terminate(
+        &self,
+        grace: Duration,
+    ) -> impl std::future::Future<Output = ExitStatus> + 'static {
+        let shared = self.shared.clone();
+        async move {
+            shared.signal_group(Signal::SIGTERM);
+            match tokio::time::timeout(grace, shared.exited()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    slog::warn!(shared.log, "did not stop in time, killing it"; "grace_ms" => grace.as_millis() as u64);
+                    shared.signal_group(Signal::SIGKILL);
+                    shared.exited().await
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    async fn exited(&self) -> ExitStatus {
         let mut rx = self.exited.clone();
         let status = match rx.wait_for(Option::is_some).await {
             Ok(status) => *status,
             Err(_) => None,
         };
-        // The waiter thread sends before it can drop its sender, so this is always set.
-        status.unwrap_or_else(|| self.exit_status().unwrap_or_default())
-    }
-
-    /// Ask it to stop (SIGTERM to its group); after `grace`, kill the group. Returns how it
-    /// ended.
-    pub async fn terminate(&self, grace: Duration) -> ExitStatus {
-        self.signal_group(Signal::SIGTERM);
-        match tokio::time::timeout(grace, self.exited()).await {
-            Ok(status) => status,
-            Err(_) => {
-                slog::warn!(self.log, "did not stop in time, killing it"; "grace_ms" => grace.as_millis() as u64);
-                self.signal_group(Signal::SIGKILL);
-                self.exited().await
-            }
-        }
+        // The waiter thread records the status before it sends, so this is always set.
+        status.unwrap_or_else(|| lock(&self.exit.status).unwrap_or_default())
     }
 
     fn signal_group(&self, signal: Signal) {
@@ -140,30 +158,27 @@ impl ChildProcess {
 impl Drop for ChildProcess {
     /// Kill the whole group and wait for the reap, so no orphan is left behind.
     fn drop(&mut self) {
-        let mut status = lock(&self.exit.status);
+        let shared = &self.shared;
+        let mut status = lock(&shared.exit.status);
         if status.is_none() {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(shared.pid as i32), Signal::SIGKILL);
             let deadline = Duration::from_secs(10);
-            status = self
+            status = shared
                 .exit
                 .reaped
                 .wait_timeout_while(status, deadline, |s| s.is_none())
                 .map(|(s, _)| s)
                 .unwrap_or_else(|e| e.into_inner().0);
             if status.is_none() {
-                slog::error!(self.log, "killed child was not reaped"; "name" => &self.name);
+                slog::error!(shared.log, "killed child was not reaped"; "name" => &shared.name);
             }
         }
     }
 }
 
-fn spawn_waiter(
-    mut child: Child,
-    exit: Arc<Exit>,
-    tx: watch::Sender<Option<ExitStatus>>,
-    log: Logger,
-) {
+fn spawn_waiter(mut child: Child, shared: Arc<Shared>, tx: watch::Sender<Option<ExitStatus>>) {
     std::thread::spawn(move || {
+        let (log, exit) = (&shared.log, &shared.exit);
         let status = match child.wait() {
             Ok(status) => status,
             Err(e) => {

@@ -1,0 +1,196 @@
+//! Debian's etcd as this node's consensus member: its command line, its peer PKI on disk, and a
+//! client over the local unix socket.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use etcd_client::Client;
+use hyper_util::rt::TokioIo;
+use tonic::transport::Endpoint;
+
+use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::pki::{CertificateAuthority, PkiError, Template};
+use crate::storage::NodeRoot;
+
+/// The etcd peer port.
+pub const PEER_PORT: u16 = 7834;
+/// The socket's name in etcd's working directory (`ephemeral/consensus`): etcd 3.4 reads a
+/// `unix://name:0` URL relative to its working directory, and names the socket file `name:0`.
+const SOCKET_NAME: &str = "client.sock";
+
+/// Why consensus could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    /// A file of the peer PKI or etcd's data could not be read or written.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The peer PKI could not be made.
+    #[error("etcd peer PKI: {0}")]
+    Pki(#[from] PkiError),
+    /// etcd could not be reached or refused a request.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// etcd is not ready yet.
+    #[error("etcd is not ready yet")]
+    NotReady,
+    /// A key read back in the same transaction that found it was gone.
+    #[error("etcd key {0} vanished during a transaction")]
+    Vanished(String),
+    /// The client connection could not be set up.
+    #[error("cannot connect to etcd at {path}: {reason}")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the node's etcd member is called and where it listens.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// The member name: the node ID.
+    pub name: String,
+    /// The host other members reach it by: its node ID, resolved through the hosts file (an
+    /// address in loopback tests).
+    pub advertise_host: String,
+    /// Where it listens for peers.
+    pub peer_listen: SocketAddr,
+}
+
+impl Member {
+    fn peer_url(&self) -> String {
+        format!(
+            "https://{}:{}",
+            self.advertise_host,
+            self.peer_listen.port()
+        )
+    }
+}
+
+/// Create the peer PKI of a new cluster on disk: a fresh peer CA, this member's certificate and
+/// key, and an empty CRL. Returns the CA, which the caller commits to etcd once it runs.
+pub fn bootstrap_peer_pki(
+    root: &NodeRoot,
+    member: &Member,
+) -> Result<CertificateAuthority, ConsensusError> {
+    let ca = CertificateAuthority::new("Polis etcd peer CA")?;
+    let key = crate::pki::generate_key()?;
+    let template = Template::Peer {
+        name: member.name.clone(),
+        dns: vec![member.name.clone()],
+        ips: vec![member.peer_listen.ip()],
+    };
+    let cert = ca.issue(&template, &key.verifying_key())?;
+    let dir = root.etcd_peer_pki();
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key_der = key
+        .to_pkcs8_der()
+        .map_err(|e| PkiError::BadKey(e.to_string()))?;
+    fsutil::write_atomic(
+        &dir.join("ca.pem"),
+        pem_of("CERTIFICATE", ca.certificate()).as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    fsutil::write_atomic(
+        &dir.join("cert.pem"),
+        pem_of("CERTIFICATE", &cert.der).as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    fsutil::write_atomic(
+        &dir.join("key.pem"),
+        pem_of("PRIVATE KEY", key_der.as_bytes()).as_bytes(),
+        SECRET_MODE,
+    )?;
+    fsutil::write_atomic(&root.etcd_peer_crl(), &ca.crl(1, &[])?, PUBLIC_MODE)?;
+    Ok(ca)
+}
+
+fn pem_of(tag: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(tag, der.to_vec()))
+}
+
+/// The etcd command line for `member` as the first member of a new cluster (or restarting one
+/// from its data directory, where etcd ignores the initial-cluster flags).
+pub fn command(root: &NodeRoot, member: &Member) -> Command {
+    let pki = root.etcd_peer_pki();
+    let socket = format!("unix://{SOCKET_NAME}:0");
+    let mut cmd = Command::new("etcd");
+    cmd.current_dir(socket_dir(root))
+        .arg("--name")
+        .arg(&member.name)
+        .arg("--data-dir")
+        .arg(root.etcd_data())
+        .arg("--listen-client-urls")
+        .arg(&socket)
+        .arg("--advertise-client-urls")
+        .arg(&socket)
+        .arg("--listen-peer-urls")
+        .arg(format!("https://{}", member.peer_listen))
+        .arg("--initial-advertise-peer-urls")
+        .arg(member.peer_url())
+        .arg("--initial-cluster")
+        .arg(format!("{}={}", member.name, member.peer_url()))
+        .arg("--initial-cluster-state")
+        .arg("new")
+        .arg("--peer-cert-file")
+        .arg(pki.join("cert.pem"))
+        .arg("--peer-key-file")
+        .arg(pki.join("key.pem"))
+        .arg("--peer-trusted-ca-file")
+        .arg(pki.join("ca.pem"))
+        .arg("--peer-client-cert-auth")
+        .arg("--peer-crl-file")
+        .arg(root.etcd_peer_crl())
+        .args(["--logger", "zap", "--log-outputs", "stderr"]);
+    cmd
+}
+
+/// The directory etcd runs in and its socket lives in.
+pub fn socket_dir(root: &NodeRoot) -> std::path::PathBuf {
+    root.consensus_socket()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.ephemeral())
+}
+
+/// The socket file etcd creates.
+fn socket_path(root: &NodeRoot) -> std::path::PathBuf {
+    socket_dir(root).join(format!("{SOCKET_NAME}:0"))
+}
+
+/// Remove the socket a killed etcd left behind, which would stop the next one from listening.
+pub fn remove_stale_socket(root: &NodeRoot) -> Result<(), FsError> {
+    let path = socket_path(root);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(FsError::new("remove stale socket", &path, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A client over the local socket.
+pub async fn connect(root: &NodeRoot) -> Result<Client, ConsensusError> {
+    let path = socket_path(root);
+    let display = path.display().to_string();
+    let connect_err = |reason: String| ConsensusError::Connect {
+        path: display.clone(),
+        reason,
+    };
+    // The URI is a placeholder: the connector below dials the socket.
+    let channel = Endpoint::try_from("http://[::1]:2379")
+        .map_err(|e| connect_err(e.to_string()))?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
+}

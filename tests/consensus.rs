@@ -1,0 +1,151 @@
+//! The consensus actor against Debian's etcd: a new single-member cluster with peer TLS, keys that
+//! survive crashes and brutal kills of the actor, no etcd process ever left behind, and the peer
+//! CA committed once and kept.
+
+use std::path::Path;
+use std::time::Duration;
+
+use polis::consensus::{Consensus, ConsensusConfig, Kv, Member, NamespacedKv};
+use polis::storage::NodeRoot;
+use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
+
+fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(root: &Path, peer_port: u16) -> (Tree, ActorRef<Consensus>) {
+    let config = ConsensusConfig {
+        root: NodeRoot::new(root),
+        member: Member {
+            name: "metropolis-0123456789abcdef0123456789abcdef".into(),
+            advertise_host: "127.0.0.1".into(),
+            peer_listen: format!("127.0.0.1:{peer_port}").parse().unwrap(),
+        },
+    };
+    let (spec, consensus) =
+        ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
+    let spec = spec.start_timeout(Some(Duration::from_secs(60)));
+    let root_spec = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(10, Duration::from_secs(60))
+        .child(spec);
+    (Tree::start(root_spec, quiet()).await.unwrap(), consensus)
+}
+
+/// PIDs of etcd processes whose command line mentions `root`.
+fn etcds_of(root: &Path) -> Vec<u32> {
+    let needle = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            cmdline.starts_with("etcd\0") && cmdline.contains(&needle) && !stat.contains(") Z ")
+        })
+        .collect()
+}
+
+async fn kv(consensus: &ActorRef<Consensus>, prefix: &str) -> NamespacedKv {
+    for _ in 0..600 {
+        if let Ok(Ok(kv)) = consensus.ask(Kv(prefix.into())).await {
+            return kv;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("consensus never became ready");
+}
+
+#[actix_rt::test]
+async fn keys_survive_every_kind_of_kill_and_no_etcd_is_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, consensus) = start(dir.path(), free_port()).await;
+    let mut curator = kv(&consensus, "/curator/").await;
+    curator.put("nodes/a", b"first").await.unwrap();
+    let first = etcds_of(dir.path());
+    assert_eq!(first.len(), 1, "one etcd runs");
+    let peer_ca = kv(&consensus, "/consensus/")
+        .await
+        .get("peer-ca/certificate")
+        .await
+        .unwrap()
+        .unwrap();
+    let on_disk = std::fs::read_to_string(dir.path().join("data/etcd/peer_pki/ca.pem")).unwrap();
+    assert!(on_disk.contains("BEGIN CERTIFICATE"));
+
+    let mut previous = first;
+    for (round, how) in [Kill::Crash, Kill::Brutal].into_iter().enumerate() {
+        tree.kill("/consensus", how).unwrap();
+        let mut curator = kv(&consensus, "/curator/").await;
+        assert_eq!(
+            tree.registry().actor("/consensus").unwrap().generation,
+            round as u64 + 2
+        );
+        let now = etcds_of(dir.path());
+        for pid in &previous {
+            assert!(!now.contains(pid), "old etcd {pid} orphaned after {how:?}");
+        }
+        assert_eq!(now.len(), 1, "exactly one etcd after {how:?}: {now:?}");
+        assert_eq!(
+            curator.get("nodes/a").await.unwrap().as_deref(),
+            Some(&b"first"[..]),
+            "{how:?}"
+        );
+        curator
+            .put(&format!("nodes/{round}"), b"more")
+            .await
+            .unwrap();
+        previous = now;
+    }
+
+    // Restarted from disk: the same peer CA, committed once.
+    let mut consensus_kv = kv(&consensus, "/consensus/").await;
+    assert_eq!(
+        consensus_kv
+            .get("peer-ca/certificate")
+            .await
+            .unwrap()
+            .unwrap(),
+        peer_ca
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/etcd/peer_pki/ca.pem")).unwrap(),
+        on_disk
+    );
+    assert_eq!(
+        consensus_kv
+            .ensure("peer-ca/certificate", b"another")
+            .await
+            .unwrap(),
+        peer_ca
+    );
+
+    tree.shutdown().await;
+    assert!(etcds_of(dir.path()).is_empty(), "shutdown stops etcd");
+}
+
+#[actix_rt::test]
+async fn the_peer_key_is_owner_only_and_namespaces_do_not_mix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, consensus) = start(dir.path(), free_port()).await;
+    let mode = std::fs::metadata(dir.path().join("data/etcd/peer_pki/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o400);
+    let mut a = kv(&consensus, "/a/").await;
+    let mut b = kv(&consensus, "/b/").await;
+    a.put("k", b"in a").await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), None);
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"in a"[..]));
+    tree.shutdown().await;
+}
