@@ -4,6 +4,8 @@
 pub mod consensus;
 pub mod debug_client;
 pub mod fsutil;
+pub mod hostsfile;
+pub mod network;
 pub mod node;
 pub mod pki;
 pub mod process;

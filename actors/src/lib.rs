@@ -26,6 +26,7 @@ mod spawn;
 mod spec;
 mod supervisor;
 mod tree;
+mod watchable;
 
 pub use actor::{Actor, Handler, Message, Reply, Started};
 pub use address::{ActorRef, SendError};
@@ -44,6 +45,7 @@ pub use supervisor::{
     ChildError, ChildInfo, ChildStatus, StartChild, Supervisor, TerminateChild, WhichChildren,
 };
 pub use tree::{Tree, TreeError};
+pub use watchable::Watchable;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

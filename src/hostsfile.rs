@@ -1,0 +1,196 @@
+//! The hostsfile actor: keeps `ephemeral/hosts` listing localhost, this node and every node of
+//! the cluster directory (etcd peers name each other by node ID, so every node must resolve before
+//! etcd starts), writes `ephemeral/machine-id`, and sets the hostname when told to. It rewrites on
+//! every change of the network status or the directory; nodes that leave the directory (e.g.
+//! decommissioned ones) leave the file.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use polis_actors::{Actor, Ctx, Failure, Started, Watchable};
+
+use crate::fsutil::{self, PUBLIC_MODE};
+use crate::network::NetworkStatus;
+use crate::proto::common::ClusterDirectory;
+use crate::storage::NodeRoot;
+
+/// What the hostsfile actor writes and from what.
+#[derive(Clone, Debug)]
+pub struct HostsConfig {
+    /// Where `ephemeral/` is.
+    pub root: NodeRoot,
+    /// This node's ID.
+    pub node_id: String,
+    /// Set the system hostname to the node ID (a real node, or a test in its own UTS namespace).
+    pub set_hostname: bool,
+}
+
+/// The hostsfile actor.
+pub struct Hostsfile {
+    config: HostsConfig,
+    network: Watchable<NetworkStatus>,
+    directory: Watchable<ClusterDirectory>,
+}
+
+/// Why the hosts file could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    /// The written file does not resolve this node's ID to its address.
+    #[error("{path} does not resolve {node_id} to {address}")]
+    SelfNotResolved {
+        /// The hosts file.
+        path: String,
+        /// This node.
+        node_id: String,
+        /// Its address.
+        address: IpAddr,
+    },
+}
+
+impl Hostsfile {
+    /// Keep the hosts file from `network` and `directory`.
+    pub fn new(
+        config: HostsConfig,
+        network: Watchable<NetworkStatus>,
+        directory: Watchable<ClusterDirectory>,
+    ) -> Self {
+        Hostsfile {
+            config,
+            network,
+            directory,
+        }
+    }
+}
+
+impl Actor for Hostsfile {
+    fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
+        let machine_id = machine_id(&self.config.node_id);
+        fsutil::write_atomic(
+            &self.config.root.machine_id(),
+            format!("{machine_id}\n").as_bytes(),
+            PUBLIC_MODE,
+        )?;
+        if self.config.set_hostname {
+            nix::unistd::sethostname(&self.config.node_id)
+                .map_err(|e| Failure::msg(format!("cannot set the hostname: {e}")))?;
+        }
+        self.rewrite(ctx)?;
+        self.watch(ctx);
+        Ok(Started::Healthy)
+    }
+}
+
+impl Hostsfile {
+    /// Wait for the next change of either input, rewrite, and wait again.
+    fn watch(&self, ctx: &mut Ctx<'_, Self>) {
+        let (mut network, mut directory) = (self.network.subscribe(), self.directory.subscribe());
+        // The receivers start marked as changed; consume that, the file was just written.
+        network.borrow_and_update();
+        directory.borrow_and_update();
+        ctx.spawn(
+            async move {
+                tokio::select! {
+                    r = network.changed() => r.is_ok(),
+                    r = directory.changed() => r.is_ok(),
+                }
+            },
+            |alive, hostsfile, ctx| {
+                if alive {
+                    hostsfile.rewrite(ctx)?;
+                    hostsfile.watch(ctx);
+                }
+                Ok(())
+            },
+        );
+    }
+
+    fn rewrite(&self, ctx: &mut Ctx<'_, Self>) -> Result<(), Failure> {
+        let own = self.network.get().external_address;
+        let hosts = render(&self.config.node_id, own, &self.directory.get());
+        let path = self.config.root.hosts();
+        fsutil::write_atomic(&path, hosts.as_bytes(), PUBLIC_MODE)?;
+        if let Some(address) = own {
+            if resolve(&hosts, &self.config.node_id) != Some(address) {
+                return Err(HostsError::SelfNotResolved {
+                    path: path.display().to_string(),
+                    node_id: self.config.node_id.clone(),
+                    address,
+                }
+                .into());
+            }
+        }
+        slog::debug!(ctx.log(), "hosts file written"; "entries" => hosts.lines().count());
+        Ok(())
+    }
+}
+
+/// The hosts file: localhost, this node (when its address is known), then every other node of
+/// the directory at its first address, sorted by ID.
+fn render(node_id: &str, own: Option<IpAddr>, directory: &ClusterDirectory) -> String {
+    let mut out = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    if let Some(address) = own {
+        out.push_str(&format!("{address} {node_id}\n"));
+    }
+    let others: BTreeMap<&str, IpAddr> = directory
+        .nodes
+        .iter()
+        .filter(|n| n.id != node_id)
+        .filter_map(|n| {
+            let address = n.addresses.iter().find_map(|a| a.host.parse().ok())?;
+            Some((n.id.as_str(), address))
+        })
+        .collect();
+    for (id, address) in others {
+        out.push_str(&format!("{address} {id}\n"));
+    }
+    out
+}
+
+/// What `name` resolves to in hosts-file text.
+fn resolve(hosts: &str, name: &str) -> Option<IpAddr> {
+    hosts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let address = fields.next()?.parse().ok()?;
+        fields.any(|n| n == name).then_some(address)
+    })
+}
+
+/// The machine ID: the 32 hex digits of the node ID (the first 16 bytes of its public key).
+fn machine_id(node_id: &str) -> String {
+    node_id.trim_start_matches("metropolis-").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::common::{cluster_directory::Node, Address};
+
+    fn node(id: &str, host: &str) -> Node {
+        Node {
+            id: id.into(),
+            addresses: vec![Address { host: host.into() }],
+        }
+    }
+
+    #[test]
+    fn lists_localhost_self_and_every_other_node() {
+        let dir = ClusterDirectory {
+            nodes: vec![
+                node("metropolis-c", "198.18.0.4"),
+                node("metropolis-a", "198.18.0.2"),
+                node("metropolis-b", "198.18.0.3"),
+            ],
+        };
+        let hosts = render("metropolis-a", Some("198.18.0.2".parse().unwrap()), &dir);
+        assert_eq!(
+            hosts,
+            "127.0.0.1 localhost\n::1 localhost\n198.18.0.2 metropolis-a\n198.18.0.3 metropolis-b\n198.18.0.4 metropolis-c\n"
+        );
+        assert_eq!(
+            resolve(&hosts, "metropolis-c"),
+            Some("198.18.0.4".parse().unwrap())
+        );
+        assert_eq!(resolve(&hosts, "metropolis-z"), None);
+        assert_eq!(machine_id("metropolis-0123"), "0123");
+    }
+}
