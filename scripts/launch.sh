@@ -25,7 +25,7 @@ swtpm socket --tpm2 --tpmstate "dir=$work/tpm" --flags not-need-init,startup-cle
   --ctrl "type=tcp,port=$((tpm_port + 1)),bindaddr=127.0.0.1" &
 pids+=($!)
 ./target/release/polis-node --root "$work/node" --tpm "swtpm:host=127.0.0.1,port=$tpm_port" \
-  --insecure-data-directory --debug-listen "$debug" 2>"$work/node.log" &
+  --address 127.0.0.1 --insecure-data-directory --debug-listen "$debug" 2>"$work/node.log" &
 pids+=($!)
 
 for _ in $(seq 100); do ctl tree >/dev/null 2>&1 && break; sleep 0.1; done

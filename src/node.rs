@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use polis_actors::{Backoff, ChildSpec, Strategy, SupervisorSpec};
+use polis_actors::{Backoff, ChildSpec, Strategy, SupervisorSpec, Watchable};
 
+use crate::network::{AddressSource, Network, NetworkStatus};
 use crate::storage::{Storage, StorageConfig};
 use crate::tpm::{Tpm, TpmConfig};
 
@@ -18,12 +19,28 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     /// Where the TPM is, or the explicit choice to run without one.
     pub tpm: TpmConfig,
+    /// Where the node's external address comes from.
+    pub address: AddressSource,
+}
+
+/// The values actors of the tree publish for others, which outlive any one incarnation.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    /// The node's network status, published by `/core/network`.
+    pub network: Watchable<NetworkStatus>,
 }
 
 /// The root supervisor: one_for_one, so that a failure inside `core` never stops the lifecycle
-/// actor. `core` holds the node-local subsystems in dependency order (storage, tpm; network
-/// joins them next), rest_for_one; `lifecycle` and `cluster` follow as they are built.
-pub fn tree_spec(config: &NodeConfig) -> SupervisorSpec {
+/// actor. `core` holds the node-local subsystems in dependency order (storage, tpm, network),
+/// rest_for_one; `lifecycle` and `cluster` follow as they are built.
+pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
+    let state = NodeState {
+        network: Watchable::new(NetworkStatus::default()),
+    };
+    let (source, status) = (config.address.clone(), state.network.clone());
+    let (network, _) = ChildSpec::worker("network", move || {
+        Ok(Network::new(source.clone(), status.clone()))
+    });
     let tpm_config = config.tpm.clone();
     let (tpm, tpm_ref) = ChildSpec::worker("tpm", move || Ok(Tpm::new(tpm_config.clone())));
     let storage_config = config.storage.clone();
@@ -38,8 +55,10 @@ pub fn tree_spec(config: &NodeConfig) -> SupervisorSpec {
             reset_after: Duration::from_secs(60),
         })
         .child(storage)
-        .child(tpm);
-    SupervisorSpec::new(Strategy::OneForOne)
+        .child(tpm)
+        .child(network);
+    let root = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(ROOT_MAX_RESTARTS, ROOT_PERIOD)
-        .child(ChildSpec::supervisor("core", core).0)
+        .child(ChildSpec::supervisor("core", core).0);
+    (root, state)
 }

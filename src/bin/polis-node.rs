@@ -8,6 +8,7 @@ use actix_rt::signal::unix::{signal, SignalKind};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Parser};
+use polis::network::AddressSource;
 use polis::node::NodeConfig;
 use polis::storage::{DataBackend, NodeRoot, StorageConfig};
 use polis::tpm::TpmConfig;
@@ -38,6 +39,12 @@ struct Args {
     /// Keep data in a plain directory below the root: NOT ENCRYPTED. For local runs only.
     #[arg(long)]
     insecure_data_directory: bool,
+    /// The node's external address, fixed.
+    #[arg(long, conflicts_with = "interface")]
+    address: Option<std::net::IpAddr>,
+    /// The interface whose address is the node's external address.
+    #[arg(long, default_value = "eth0")]
+    interface: String,
     /// Mount a tmpfs at <root>/ephemeral (a real node does).
     #[arg(long)]
     ephemeral_tmpfs: bool,
@@ -68,6 +75,10 @@ fn node_config(args: &Args) -> NodeConfig {
             backend,
             ephemeral_tmpfs: args.ephemeral_tmpfs,
         },
+        address: match args.address {
+            Some(ip) => AddressSource::Static(ip),
+            None => AddressSource::Interface(args.interface.clone()),
+        },
         tpm: if args.insecure_no_tpm {
             TpmConfig::InsecureNone
         } else {
@@ -92,7 +103,8 @@ async fn run(args: Args) -> ExitCode {
             "INSECURE: --insecure-no-tpm: this node's secrets are stored in plaintext"
         );
     }
-    let tree = match Tree::start(polis::node::tree_spec(&config), log.clone()).await {
+    let (spec, _state) = polis::node::tree_spec(&config);
+    let tree = match Tree::start(spec, log.clone()).await {
         Ok(tree) => tree,
         Err(e) => {
             slog::crit!(log, "the node did not start"; "error" => %e);
