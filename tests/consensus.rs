@@ -2,41 +2,23 @@
 //! survive crashes and brutal kills of the actor, no etcd process ever left behind, and the peer
 //! CA committed once and kept.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-use polis::consensus::{Consensus, ConsensusConfig, Kv, Member, NamespacedKv};
-use polis::storage::NodeRoot;
-use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
+use polis::consensus::{Consensus, Kv, NamespacedKv};
+use polis_actors::{ActorRef, Kill, Strategy, SupervisorSpec, Tree};
 
-fn quiet() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(root: &Path, peer_port: u16) -> (Tree, ActorRef<Consensus>) {
-    let config = ConsensusConfig {
-        root: NodeRoot::new(root),
-        member: Member {
-            name: "metropolis-0123456789abcdef0123456789abcdef".into(),
-            advertise_host: "127.0.0.1".into(),
-            peer_listen: format!("127.0.0.1:{peer_port}").parse().unwrap(),
-        },
-    };
-    let (spec, consensus) =
-        ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
-    let spec = spec.start_timeout(Some(Duration::from_secs(60)));
+async fn start(root: &Path) -> (Tree, ActorRef<Consensus>) {
+    let (spec, consensus) = common::consensus(root);
     let root_spec = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10, Duration::from_secs(60))
         .child(spec);
-    (Tree::start(root_spec, quiet()).await.unwrap(), consensus)
+    (
+        Tree::start(root_spec, common::quiet()).await.unwrap(),
+        consensus,
+    )
 }
 
 /// PIDs of etcd processes whose command line mentions `root`.
@@ -67,7 +49,7 @@ async fn kv(consensus: &ActorRef<Consensus>, prefix: &str) -> NamespacedKv {
 #[actix_rt::test]
 async fn keys_survive_every_kind_of_kill_and_no_etcd_is_left_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let (tree, consensus) = start(dir.path(), free_port()).await;
+    let (tree, consensus) = start(dir.path()).await;
     let mut curator = kv(&consensus, "/curator/").await;
     curator.put("nodes/a", b"first").await.unwrap();
     let first = etcds_of(dir.path());
@@ -136,7 +118,7 @@ async fn keys_survive_every_kind_of_kill_and_no_etcd_is_left_behind() {
 async fn the_peer_key_is_owner_only_and_namespaces_do_not_mix() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (tree, consensus) = start(dir.path(), free_port()).await;
+    let (tree, consensus) = start(dir.path()).await;
     let mode = std::fs::metadata(dir.path().join("data/etcd/peer_pki/key.pem"))
         .unwrap()
         .permissions()

@@ -1,41 +1,15 @@
 //! Every certificate the PKI issues, parsed and verified the way rustls will verify it
 //! (webpki, Ed25519 only), including revocation through the CRL.
 
+mod common;
+
 use std::net::IpAddr;
 
-use polis::pki::{generate_key, node_id, CertificateAuthority, PkiError, Template};
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
-use webpki::{
-    anchor_from_trusted_cert, CertRevocationList, EndEntityCert, Error, KeyUsage,
-    OwnedCertRevocationList, RevocationOptionsBuilder,
-};
+use common::verify;
 
-fn verify(ca: &[u8], cert: &[u8], usage: KeyUsage, crl: Option<&[u8]>) -> Result<(), Error> {
-    let ca = CertificateDer::from(ca.to_vec());
-    let anchors = [anchor_from_trusted_cert(&ca).unwrap().to_owned()];
-    let cert = CertificateDer::from(cert.to_vec());
-    let end = EndEntityCert::try_from(&cert)?;
-    let crls: Vec<CertRevocationList<'_>> = crl
-        .map(|der| {
-            let der = CertificateRevocationListDer::from(der.to_vec());
-            OwnedCertRevocationList::from_der(&der).unwrap().into()
-        })
-        .into_iter()
-        .collect();
-    let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
-    let revocation =
-        (!crl_refs.is_empty()).then(|| RevocationOptionsBuilder::new(&crl_refs).unwrap().build());
-    end.verify_for_usage(
-        &[webpki::ring::ED25519],
-        &anchors,
-        &[],
-        UnixTime::now(),
-        usage,
-        revocation,
-        None,
-    )
-    .map(|_| ())
-}
+use polis::pki::{generate_key, node_id, CertificateAuthority, PkiError, Template};
+use rustls_pki_types::{CertificateDer, ServerName};
+use webpki::{EndEntityCert, Error, KeyUsage};
 
 fn valid_for(cert: &[u8], name: &str) -> bool {
     let cert = CertificateDer::from(cert.to_vec());

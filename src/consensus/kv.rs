@@ -35,19 +35,72 @@ impl NamespacedKv {
     /// Create `key` with `value` unless it exists, in one transaction; returns the value that is
     /// there now. Two concurrent calls agree on one value.
     pub async fn ensure(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, ConsensusError> {
-        let full = self.key(key);
+        let mut values = self.ensure_all(&[(key, value)]).await?;
+        values
+            .pop()
+            .ok_or_else(|| ConsensusError::Vanished(self.key(key)))
+    }
+
+    /// Create all `entries` unless the first key exists, in one transaction; returns the values
+    /// that are there now, in order. The first key guards the group: of two concurrent calls,
+    /// exactly one writes, and both return its values.
+    pub async fn ensure_all(
+        &mut self,
+        entries: &[(&str, &[u8])],
+    ) -> Result<Vec<Vec<u8>>, ConsensusError> {
+        let keys: Vec<String> = entries.iter().map(|(k, _)| self.key(k)).collect();
+        let Some(guard) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        let puts: Vec<TxnOp> = keys
+            .iter()
+            .zip(entries)
+            .map(|(k, (_, v))| TxnOp::put(k.as_str(), *v, None))
+            .collect();
+        let gets: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
         let txn = Txn::new()
-            .when([Compare::create_revision(full.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(full.as_str(), value, None)])
-            .or_else([TxnOp::get(full.as_str(), None)]);
+            .when([Compare::create_revision(
+                guard.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(puts)
+            .or_else(gets);
         let response = self.client.txn(txn).await?;
         if response.succeeded() {
-            return Ok(value.to_vec());
+            return Ok(entries.iter().map(|(_, v)| v.to_vec()).collect());
         }
-        let existing = response.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-            _ => None,
-        });
-        existing.ok_or(ConsensusError::Vanished(full))
+        let found: Vec<Option<Vec<u8>>> = response
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .collect();
+        keys.into_iter()
+            .zip(found.into_iter().chain(std::iter::repeat(None)))
+            .map(|(k, v)| v.ok_or(ConsensusError::Vanished(k)))
+            .collect()
+    }
+
+    /// Keys under `prefix` (relative to this namespace) with their values.
+    pub async fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ConsensusError> {
+        let full = self.key(prefix);
+        let response = self
+            .client
+            .get(
+                full.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                (key[self.prefix.len()..].to_owned(), kv.value().to_vec())
+            })
+            .collect())
     }
 }

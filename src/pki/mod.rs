@@ -1,7 +1,12 @@
-//! The PKI: certificate authorities (cluster and etcd peer), and node identities.
+//! The PKI: certificate authorities (cluster and etcd peer), node identities, and the issuer
+//! actor that keeps the cluster CA in etcd.
 
 mod ca;
 mod identity;
+mod issuer;
 
 pub use ca::{CertificateAuthority, Issued, PkiError, Template};
 pub use identity::{generate_key, node_id};
+pub use issuer::{
+    ensure_ca, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, NAMESPACE,
+};

@@ -1,0 +1,253 @@
+//! The PKI issuer: the cluster CA kept in etcd under `/cluster-pki/`, created with *Ensure*
+//! semantics (create-if-absent in one transaction: two concurrent starts agree on one CA), every
+//! issued certificate recorded, and revocation through a CRL stored beside it.
+//!
+//! Bootstrap is the exception: the first node needs its certificate before etcd holds anything,
+//! so a [`PendingCa`] issues in memory and is committed, with what it issued, once etcd runs.
+
+use std::rc::Rc;
+
+use ed25519_dalek::VerifyingKey;
+use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
+
+use crate::consensus::{Consensus, ConsensusError, Kv, NamespacedKv};
+use crate::pki::{CertificateAuthority, Issued, PkiError, Template};
+
+/// The etcd namespace of the cluster PKI.
+pub const NAMESPACE: &str = "/cluster-pki/";
+const CA_NAME: &str = "Polis cluster CA";
+const CA_CERTIFICATE: &str = "ca/certificate";
+const CA_KEY: &str = "ca/key";
+const CRL: &str = "crl";
+
+/// Why the issuer could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    /// etcd failed.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// A certificate could not be made.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The consensus actor is not running.
+    #[error("consensus unavailable: {0}")]
+    Unavailable(#[from] SendError),
+    /// The CA is not loaded yet (the issuer is not healthy yet).
+    #[error("the cluster CA is not loaded yet")]
+    NotReady,
+    /// A pending CA met a different CA already committed in etcd.
+    #[error(
+        "etcd already holds a different cluster CA; this node's bootstrap CA cannot be committed"
+    )]
+    Conflict,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Load the cluster CA from etcd, or store `candidate` as it if there is none; returns the CA
+/// that is committed now.
+pub async fn ensure_ca(
+    kv: &mut NamespacedKv,
+    candidate: &CertificateAuthority,
+) -> Result<CertificateAuthority, IssuerError> {
+    let key = candidate.key_pkcs8()?;
+    let values = kv
+        .ensure_all(&[(CA_CERTIFICATE, candidate.certificate()), (CA_KEY, &key)])
+        .await?;
+    let [certificate, key] =
+        <[Vec<u8>; 2]>::try_from(values).map_err(|_| ConsensusError::Vanished(CA_KEY.into()))?;
+    Ok(CertificateAuthority::from_parts(
+        CA_NAME,
+        &key,
+        certificate,
+    )?)
+}
+
+async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerError> {
+    kv.put(&format!("issued/{}", hex(&issued.serial)), &issued.der)
+        .await?;
+    Ok(())
+}
+
+/// A cluster CA that exists before etcd does: the bootstrap case.
+pub struct PendingCa {
+    ca: CertificateAuthority,
+    issued: Vec<Issued>,
+}
+
+impl PendingCa {
+    /// A fresh cluster CA, held in memory.
+    pub fn new() -> Result<Self, PkiError> {
+        Ok(PendingCa {
+            ca: CertificateAuthority::new(CA_NAME)?,
+            issued: Vec::new(),
+        })
+    }
+
+    /// The CA certificate (DER).
+    pub fn certificate(&self) -> &[u8] {
+        self.ca.certificate()
+    }
+
+    /// Issue a certificate now; it is recorded in etcd on [`PendingCa::commit`].
+    pub fn issue(
+        &mut self,
+        template: &Template,
+        public: &VerifyingKey,
+    ) -> Result<Issued, PkiError> {
+        let issued = self.ca.issue(template, public)?;
+        self.issued.push(issued.clone());
+        Ok(issued)
+    }
+
+    /// Store the CA and everything it issued in etcd. Idempotent; refuses if etcd holds another
+    /// CA already.
+    pub async fn commit(&self, kv: &mut NamespacedKv) -> Result<(), IssuerError> {
+        let committed = ensure_ca(kv, &self.ca).await?;
+        if committed.certificate() != self.ca.certificate() {
+            return Err(IssuerError::Conflict);
+        }
+        for issued in &self.issued {
+            record(kv, issued).await?;
+        }
+        Ok(())
+    }
+}
+
+// ---- messages ----
+
+/// Issue a certificate of `template` for a public key.
+pub struct Issue(pub Template, pub VerifyingKey);
+impl Message for Issue {
+    type Reply = Result<Issued, IssuerError>;
+}
+
+/// The cluster CA certificate (DER).
+pub struct GetCaCertificate;
+impl Message for GetCaCertificate {
+    type Reply = Result<Vec<u8>, IssuerError>;
+}
+
+/// Revoke the certificate with this serial; answers the new CRL (DER).
+pub struct Revoke(pub Vec<u8>);
+impl Message for Revoke {
+    type Reply = Result<Vec<u8>, IssuerError>;
+}
+
+// ---- state ----
+
+/// The issuer actor.
+pub struct Issuer {
+    consensus: ActorRef<Consensus>,
+    ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
+}
+
+impl Issuer {
+    /// An issuer keeping its state through `consensus`.
+    pub fn new(consensus: ActorRef<Consensus>) -> Self {
+        Issuer {
+            consensus,
+            ready: None,
+        }
+    }
+}
+
+// ---- handlers ----
+
+impl Actor for Issuer {
+    fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
+        let consensus = self.consensus.clone();
+        let load = async move {
+            let mut kv = consensus
+                .ask(Kv(NAMESPACE.into()))
+                .await
+                .map_err(IssuerError::from)??;
+            let ca = ensure_ca(&mut kv, &CertificateAuthority::new(CA_NAME)?).await?;
+            Ok::<_, IssuerError>((kv, ca))
+        };
+        ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
+            let (kv, ca) = loaded?;
+            slog::info!(ctx.log(), "cluster CA loaded");
+            issuer.ready = Some((kv, Rc::new(ca)));
+            ctx.healthy();
+            Ok(())
+        });
+        Ok(Started::Pending)
+    }
+}
+
+impl Handler<Issue> for Issuer {
+    fn handle(
+        &mut self,
+        Issue(template, public): Issue,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <Issue as Message>::Reply>, Failure> {
+        let Some((mut kv, ca)) = self.state() else {
+            return Ok(Reply::now(Err(IssuerError::NotReady)));
+        };
+        slog::info!(ctx.log(), "issuing"; "template" => ?template);
+        Ok(Reply::later(async move {
+            let issue = async {
+                let issued = ca.issue(&template, &public)?;
+                record(&mut kv, &issued).await?;
+                Ok(issued)
+            };
+            Ok(issue.await)
+        }))
+    }
+}
+
+impl Handler<GetCaCertificate> for Issuer {
+    fn handle(
+        &mut self,
+        _: GetCaCertificate,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <GetCaCertificate as Message>::Reply>, Failure> {
+        Ok(Reply::now(
+            self.state()
+                .map(|(_, ca)| ca.certificate().to_vec())
+                .ok_or(IssuerError::NotReady),
+        ))
+    }
+}
+
+impl Handler<Revoke> for Issuer {
+    fn handle(
+        &mut self,
+        Revoke(serial): Revoke,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <Revoke as Message>::Reply>, Failure> {
+        let Some((mut kv, ca)) = self.state() else {
+            return Ok(Reply::now(Err(IssuerError::NotReady)));
+        };
+        slog::warn!(ctx.log(), "revoking"; "serial" => hex(&serial));
+        Ok(Reply::later(async move {
+            let revoke = async {
+                kv.put(&format!("revoked/{}", hex(&serial)), &serial)
+                    .await?;
+                let revoked: Vec<Vec<u8>> = kv
+                    .list("revoked/")
+                    .await?
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect();
+                // The CRL number grows with every revocation (revocations are never undone).
+                let crl = ca.crl(revoked.len() as u64 + 1, &revoked)?;
+                kv.put(CRL, &crl).await?;
+                Ok(crl)
+            };
+            Ok(revoke.await)
+        }))
+    }
+}
+
+// ---- helpers ----
+
+impl Issuer {
+    /// The KV and CA, once loaded.
+    fn state(&self) -> Option<(NamespacedKv, Rc<CertificateAuthority>)> {
+        self.ready.as_ref().map(|(kv, ca)| (kv.clone(), ca.clone()))
+    }
+}

@@ -1,0 +1,71 @@
+//! Helpers shared by the node's integration tests: loggers, ports, a consensus child on real
+//! etcd, and certificate verification as rustls does it.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::Path;
+use std::time::Duration;
+
+use polis::consensus::{Consensus, ConsensusConfig, Member};
+use polis::storage::NodeRoot;
+use polis_actors::{ActorRef, ChildSpec};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use webpki::{
+    anchor_from_trusted_cert, CertRevocationList, EndEntityCert, Error, KeyUsage,
+    OwnedCertRevocationList, RevocationOptionsBuilder,
+};
+
+pub fn quiet() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A consensus child running a new single-member etcd below `root`, on loopback.
+pub fn consensus(root: &Path) -> (ChildSpec, ActorRef<Consensus>) {
+    let config = ConsensusConfig {
+        root: NodeRoot::new(root),
+        member: Member {
+            name: "metropolis-0123456789abcdef0123456789abcdef".into(),
+            advertise_host: "127.0.0.1".into(),
+            peer_listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        },
+    };
+    let (spec, consensus) =
+        ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
+    (spec.start_timeout(Some(Duration::from_secs(60))), consensus)
+}
+
+/// Verify `cert` against the CA `ca` for `usage`, with `crl` if given, Ed25519 only.
+pub fn verify(ca: &[u8], cert: &[u8], usage: KeyUsage, crl: Option<&[u8]>) -> Result<(), Error> {
+    let ca = CertificateDer::from(ca.to_vec());
+    let anchors = [anchor_from_trusted_cert(&ca).unwrap().to_owned()];
+    let cert = CertificateDer::from(cert.to_vec());
+    let end = EndEntityCert::try_from(&cert)?;
+    let crls: Vec<CertRevocationList<'_>> = crl
+        .map(|der| {
+            let der = CertificateRevocationListDer::from(der.to_vec());
+            OwnedCertRevocationList::from_der(&der).unwrap().into()
+        })
+        .into_iter()
+        .collect();
+    let crl_refs: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+    let revocation =
+        (!crl_refs.is_empty()).then(|| RevocationOptionsBuilder::new(&crl_refs).unwrap().build());
+    end.verify_for_usage(
+        &[webpki::ring::ED25519],
+        &anchors,
+        &[],
+        UnixTime::now(),
+        usage,
+        revocation,
+        None,
+    )
+    .map(|_| ())
+}

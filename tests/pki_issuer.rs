@@ -1,0 +1,128 @@
+//! The issuer actor on real etcd: one CA however many start at once, certificates recorded and
+//! verifiable, revocation through the CRL, restarts keeping the CA, and the bootstrap commit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::verify;
+use polis::consensus::Kv;
+use polis::pki::{
+    generate_key, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, Template,
+    NAMESPACE,
+};
+use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
+use webpki::{Error, KeyUsage};
+
+#[actix_rt::test]
+async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (consensus_spec, consensus) = common::consensus(dir.path());
+    let (a_cons, b_cons) = (consensus.clone(), consensus.clone());
+    let (a_spec, a) = ChildSpec::worker("issuer-a", move || Ok(Issuer::new(a_cons.clone())));
+    let (b_spec, b) = ChildSpec::worker("issuer-b", move || Ok(Issuer::new(b_cons.clone())));
+    // A spec starts children one after another; to make the two issuers race for the CA,
+    // both are added at run time at once, after etcd is up.
+    let spec = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(10, Duration::from_secs(60))
+        .child(consensus_spec);
+    let tree = Tree::start(spec, common::quiet()).await.unwrap();
+    let (ra, rb) = futures::join!(
+        tree.root().ask(polis_actors::StartChild(a_spec)),
+        tree.root().ask(polis_actors::StartChild(b_spec))
+    );
+    ra.unwrap().unwrap();
+    rb.unwrap().unwrap();
+    let ca = a.ask(GetCaCertificate).await.unwrap().unwrap();
+    assert_eq!(
+        b.ask(GetCaCertificate).await.unwrap().unwrap(),
+        ca,
+        "one CA"
+    );
+
+    let node = generate_key().unwrap();
+    let issued = a
+        .ask(Issue(
+            Template::Node {
+                node_id: "metropolis-aa".into(),
+            },
+            node.verifying_key(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    verify(&ca, &issued.der, KeyUsage::server_auth(), None).unwrap();
+    let mut kv = consensus.ask(Kv(NAMESPACE.into())).await.unwrap().unwrap();
+    let recorded = kv.list("issued/").await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].1, issued.der);
+
+    let crl = b.ask(Revoke(issued.serial.clone())).await.unwrap().unwrap();
+    assert_eq!(
+        verify(&ca, &issued.der, KeyUsage::server_auth(), Some(&crl)),
+        Err(Error::CertRevoked)
+    );
+    assert_eq!(kv.get("crl").await.unwrap(), Some(crl));
+
+    tree.kill("/issuer-a", Kill::Crash).unwrap();
+    let mut again = None;
+    for _ in 0..500 {
+        if let Ok(Ok(cert)) = a.ask(GetCaCertificate).await {
+            again = Some(cert);
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(again, Some(ca), "the restarted issuer loads the same CA");
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_bootstrap_ca_commits_what_it_issued_and_never_overwrites_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (consensus_spec, consensus) = common::consensus(dir.path());
+    let tree = Tree::start(
+        SupervisorSpec::new(Strategy::OneForOne).child(consensus_spec),
+        common::quiet(),
+    )
+    .await
+    .unwrap();
+
+    // Before etcd: the first node's certificate.
+    let mut pending = PendingCa::new().unwrap();
+    let node = generate_key().unwrap();
+    let first = pending
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-first".into(),
+            },
+            &node.verifying_key(),
+        )
+        .unwrap();
+    let mut kv = consensus.ask(Kv(NAMESPACE.into())).await.unwrap().unwrap();
+    pending.commit(&mut kv).await.unwrap();
+    pending.commit(&mut kv).await.unwrap();
+    assert_eq!(
+        kv.get("ca/certificate").await.unwrap().as_deref(),
+        Some(pending.certificate())
+    );
+    assert_eq!(kv.list("issued/").await.unwrap().len(), 1);
+    verify(
+        pending.certificate(),
+        &first.der,
+        KeyUsage::client_auth(),
+        None,
+    )
+    .unwrap();
+
+    let other = PendingCa::new().unwrap();
+    assert!(matches!(
+        other.commit(&mut kv).await,
+        Err(IssuerError::Conflict)
+    ));
+    assert_eq!(
+        kv.get("ca/certificate").await.unwrap().as_deref(),
+        Some(pending.certificate())
+    );
+    tree.shutdown().await;
+}
