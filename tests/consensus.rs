@@ -131,3 +131,36 @@ async fn the_peer_key_is_owner_only_and_namespaces_do_not_mix() {
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"in a"[..]));
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, consensus) = start(dir.path()).await;
+    let file = dir.path().join("data/etcd/peer_crl.pem");
+    let mut store = kv(&consensus, polis::consensus::NAMESPACE).await;
+    let read = || std::fs::read(&file).unwrap_or_default();
+    for version in [&b"crl version 2"[..], b"crl version 3"] {
+        store.put(polis::consensus::PEER_CRL_KEY, version)
+            .await
+            .unwrap();
+        for _ in 0..500 {
+            if read() == version {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(read(), version);
+    }
+    // A restarted actor copies the current CRL again, even over a stale file.
+    std::fs::write(&file, b"stale").unwrap();
+    tree.kill("/consensus", Kill::Brutal).unwrap();
+    let _ = kv(&consensus, "/").await;
+    for _ in 0..500 {
+        if read() == b"crl version 3" {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(read(), b"crl version 3");
+    tree.shutdown().await;
+}

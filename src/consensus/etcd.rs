@@ -34,6 +34,9 @@ pub enum ConsensusError {
     /// etcd is not ready yet.
     #[error("etcd is not ready yet")]
     NotReady,
+    /// etcd closed a watch.
+    #[error("etcd closed the watch on {0}")]
+    WatchClosed(String),
     /// A key read back in the same transaction that found it was gone.
     #[error("etcd key {0} vanished during a transaction")]
     Vanished(String),

@@ -13,7 +13,7 @@ use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 pub use etcd::{ConsensusError, Member, PEER_PORT};
 pub use kv::NamespacedKv;
 
-use crate::fsutil::FsError;
+use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::pki::CertificateAuthority;
 use crate::process::ChildProcess;
 use crate::storage::NodeRoot;
@@ -22,8 +22,11 @@ use crate::storage::NodeRoot;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long etcd gets to stop cleanly before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// The etcd namespace of the consensus actor's own records (the peer CA).
-const NAMESPACE: &str = "/consensus/";
+/// The etcd namespace of the consensus actor's own records (the peer CA and its CRL).
+pub const NAMESPACE: &str = "/consensus/";
+/// The peer CRL (DER) under [`NAMESPACE`]; whoever revokes a peer writes it there, and every
+/// member's CRL watcher copies it to the file etcd checks peers against.
+pub const PEER_CRL_KEY: &str = "peer-crl";
 
 // ---- messages ----
 
@@ -93,6 +96,10 @@ impl Actor for Consensus {
         ctx.spawn(ready(root, new_ca), |result, consensus: &mut Self, ctx| {
             let client = result?;
             slog::info!(ctx.log(), "etcd ready");
+            let crl_file = consensus.config.root.etcd_peer_crl();
+            ctx.spawn(watch_crl(client.clone(), crl_file), |ended, _, _| {
+                Err(Failure::msg(format!("the peer CRL watch ended: {ended}")))
+            });
             consensus.client = Some(client);
             ctx.healthy();
             Ok(())
@@ -127,6 +134,43 @@ impl Handler<Kv> for Consensus {
 }
 
 // ---- helpers ----
+
+/// Copy the stored peer CRL to `file` now and on every change; returns only when the watch
+/// breaks (the actor then fails and restarts, and the copy starts over).
+async fn watch_crl(mut client: Client, file: std::path::PathBuf) -> ConsensusError {
+    let key = format!("{NAMESPACE}{PEER_CRL_KEY}");
+    let mut stream = match client.watch(key.as_str(), None).await {
+        Ok(stream) => stream,
+        Err(e) => return e.into(),
+    };
+    // Read after the watch exists, so no change between the two is missed.
+    match client.get(key.as_str(), None).await {
+        Ok(current) => {
+            if let Some(kv) = current.kvs().first() {
+                if let Err(e) = fsutil::write_atomic(&file, kv.value(), PUBLIC_MODE) {
+                    return e.into();
+                }
+            }
+        }
+        Err(e) => return e.into(),
+    }
+    loop {
+        match stream.message().await {
+            Ok(Some(response)) => {
+                for event in response.events() {
+                    let Some(kv) = event.kv().filter(|kv| !kv.value().is_empty()) else {
+                        continue;
+                    };
+                    if let Err(e) = fsutil::write_atomic(&file, kv.value(), PUBLIC_MODE) {
+                        return e.into();
+                    }
+                }
+            }
+            Ok(None) => return ConsensusError::WatchClosed(key),
+            Err(e) => return e.into(),
+        }
+    }
+}
 
 /// Wait until etcd answers, then commit a new cluster's peer CA (create-if-absent).
 async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
