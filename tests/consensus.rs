@@ -140,7 +140,8 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
     let mut store = kv(&consensus, polis::consensus::NAMESPACE).await;
     let read = || std::fs::read(&file).unwrap_or_default();
     for version in [&b"crl version 2"[..], b"crl version 3"] {
-        store.put(polis::consensus::PEER_CRL_KEY, version)
+        store
+            .put(polis::consensus::PEER_CRL_KEY, version)
             .await
             .unwrap();
         for _ in 0..500 {

@@ -34,6 +34,9 @@ pub enum ConsensusError {
     /// etcd is not ready yet.
     #[error("etcd is not ready yet")]
     NotReady,
+    /// etcd 3.4 allows one learner at a time, and one is still waiting for promotion.
+    #[error("a learner ({0}) is still waiting for promotion; add the next member after it")]
+    LearnerPending(String),
     /// etcd closed a watch.
     #[error("etcd closed the watch on {0}")]
     WatchClosed(String),
@@ -62,8 +65,30 @@ pub struct Member {
     pub peer_listen: SocketAddr,
 }
 
+/// How this member comes into being the first time it starts (later starts reuse its data).
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// The first member of a new cluster; it creates the peer CA.
+    Bootstrap,
+    /// A member the cluster has added as a learner (see `AddLearner`), with the peer PKI the
+    /// cluster issued for it.
+    Join {
+        /// Every member as `name=url`, this one included.
+        initial_cluster: String,
+        /// The peer CA certificate (DER).
+        ca: Vec<u8>,
+        /// This member's peer certificate (DER).
+        certificate: Vec<u8>,
+        /// This member's peer key (PKCS#8 DER).
+        key: Vec<u8>,
+        /// The current peer CRL (DER).
+        crl: Vec<u8>,
+    },
+}
+
 impl Member {
-    fn peer_url(&self) -> String {
+    /// The URL other members reach this one at.
+    pub fn peer_url(&self) -> String {
         format!(
             "https://{}:{}",
             self.advertise_host,
@@ -80,43 +105,65 @@ pub fn bootstrap_peer_pki(
 ) -> Result<CertificateAuthority, ConsensusError> {
     let ca = CertificateAuthority::new("Polis etcd peer CA")?;
     let key = crate::pki::generate_key()?;
-    let template = Template::Peer {
-        name: member.name.clone(),
-        dns: vec![member.name.clone()],
-        ips: vec![member.peer_listen.ip()],
-    };
-    let cert = ca.issue(&template, &key.verifying_key())?;
-    let dir = root.etcd_peer_pki();
+    let cert = ca.issue(&peer_template(member), &key.verifying_key())?;
     use ed25519_dalek::pkcs8::EncodePrivateKey;
     let key_der = key
         .to_pkcs8_der()
         .map_err(|e| PkiError::BadKey(e.to_string()))?;
+    write_peer_pki(
+        root,
+        ca.certificate(),
+        &cert.der,
+        key_der.as_bytes(),
+        &ca.crl(1, &[])?,
+    )?;
+    Ok(ca)
+}
+
+/// What a peer certificate for `member` says: its name, and its name and address as SANs.
+pub fn peer_template(member: &Member) -> Template {
+    Template::Peer {
+        name: member.name.clone(),
+        dns: vec![member.name.clone()],
+        ips: vec![member.peer_listen.ip()],
+    }
+}
+
+/// Write the peer PKI files etcd reads: CA, certificate and key (owner-only) as PEM, CRL as DER.
+pub fn write_peer_pki(
+    root: &NodeRoot,
+    ca: &[u8],
+    cert: &[u8],
+    key: &[u8],
+    crl: &[u8],
+) -> Result<(), FsError> {
+    let dir = root.etcd_peer_pki();
     fsutil::write_atomic(
         &dir.join("ca.pem"),
-        pem_of("CERTIFICATE", ca.certificate()).as_bytes(),
+        pem_of("CERTIFICATE", ca).as_bytes(),
         PUBLIC_MODE,
     )?;
     fsutil::write_atomic(
         &dir.join("cert.pem"),
-        pem_of("CERTIFICATE", &cert.der).as_bytes(),
+        pem_of("CERTIFICATE", cert).as_bytes(),
         PUBLIC_MODE,
     )?;
     fsutil::write_atomic(
         &dir.join("key.pem"),
-        pem_of("PRIVATE KEY", key_der.as_bytes()).as_bytes(),
+        pem_of("PRIVATE KEY", key).as_bytes(),
         SECRET_MODE,
     )?;
-    fsutil::write_atomic(&root.etcd_peer_crl(), &ca.crl(1, &[])?, PUBLIC_MODE)?;
-    Ok(ca)
+    fsutil::write_atomic(&root.etcd_peer_crl(), crl, PUBLIC_MODE)
 }
 
 fn pem_of(tag: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(tag, der.to_vec()))
 }
 
-/// The etcd command line for `member` as the first member of a new cluster (or restarting one
-/// from its data directory, where etcd ignores the initial-cluster flags).
-pub fn command(root: &NodeRoot, member: &Member) -> Command {
+/// The etcd command line for `member`: with `join` unset, the first member of a new cluster;
+/// with `join` set (every member as `name=url`), a learner joining an existing one. Restarting
+/// from a data directory, etcd ignores both.
+pub fn command(root: &NodeRoot, member: &Member, join: Option<&str>) -> Command {
     let pki = root.etcd_peer_pki();
     let socket = format!("unix://{SOCKET_NAME}:0");
     let mut cmd = Command::new("etcd");
@@ -134,9 +181,12 @@ pub fn command(root: &NodeRoot, member: &Member) -> Command {
         .arg("--initial-advertise-peer-urls")
         .arg(member.peer_url())
         .arg("--initial-cluster")
-        .arg(format!("{}={}", member.name, member.peer_url()))
+        .arg(join.map_or_else(
+            || format!("{}={}", member.name, member.peer_url()),
+            str::to_owned,
+        ))
         .arg("--initial-cluster-state")
-        .arg("new")
+        .arg(if join.is_some() { "existing" } else { "new" })
         .arg("--peer-cert-file")
         .arg(pki.join("cert.pem"))
         .arg("--peer-key-file")

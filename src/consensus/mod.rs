@@ -10,7 +10,7 @@ use std::time::Duration;
 use etcd_client::Client;
 use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 
-pub use etcd::{ConsensusError, Member, PEER_PORT};
+pub use etcd::{connect, peer_template, ConsensusError, Member, Mode, PEER_PORT};
 pub use kv::NamespacedKv;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
@@ -20,6 +20,8 @@ use crate::storage::NodeRoot;
 
 /// How long etcd gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the autopromoter looks for learners to promote.
+const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 /// How long etcd gets to stop cleanly before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The etcd namespace of the consensus actor's own records (the peer CA and its CRL).
@@ -36,6 +38,19 @@ impl Message for Kv {
     type Reply = Result<NamespacedKv, ConsensusError>;
 }
 
+/// Add a member as a learner (etcd 3.4 allows one learner at a time; a second is refused until
+/// the first is promoted). Answers the `--initial-cluster` the new member starts with. Repeating
+/// the call for a member already added answers the same and adds nothing.
+pub struct AddLearner {
+    /// The new member's name (its node ID).
+    pub name: String,
+    /// Where other members reach it.
+    pub peer_url: String,
+}
+impl Message for AddLearner {
+    type Reply = Result<String, ConsensusError>;
+}
+
 // ---- state ----
 
 /// Where the node's etcd lives and what it is called.
@@ -45,6 +60,8 @@ pub struct ConsensusConfig {
     pub root: NodeRoot,
     /// This member's name and addresses.
     pub member: Member,
+    /// How it first comes into being.
+    pub mode: Mode,
 }
 
 /// The consensus actor.
@@ -52,6 +69,7 @@ pub struct Consensus {
     config: ConsensusConfig,
     etcd: Option<ChildProcess>,
     client: Option<Client>,
+    promoting: bool,
 }
 
 impl Consensus {
@@ -61,6 +79,7 @@ impl Consensus {
             config,
             etcd: None,
             client: None,
+            promoting: false,
         }
     }
 }
@@ -72,7 +91,10 @@ impl Actor for Consensus {
         let root = self.config.root.clone();
         let dir = etcd::socket_dir(&root);
         std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
-        let new_ca = if root.etcd_data().join("member").exists() {
+        let restart = root.etcd_data().join("member").exists();
+        let mut new_ca = None;
+        let mut join = None;
+        if restart {
             if !root.etcd_peer_pki().join("key.pem").exists() {
                 return Err(Failure::msg(format!(
                     "etcd data exists at {} but its peer PKI at {} is missing",
@@ -81,14 +103,28 @@ impl Actor for Consensus {
                 )));
             }
             slog::info!(ctx.log(), "restarting etcd from its data directory");
-            None
         } else {
-            slog::info!(ctx.log(), "starting a new single-member cluster"; "member" => &self.config.member.name);
-            Some(etcd::bootstrap_peer_pki(&root, &self.config.member)?)
-        };
+            match &self.config.mode {
+                Mode::Bootstrap => {
+                    slog::info!(ctx.log(), "starting a new single-member cluster"; "member" => &self.config.member.name);
+                    new_ca = Some(etcd::bootstrap_peer_pki(&root, &self.config.member)?);
+                }
+                Mode::Join {
+                    initial_cluster,
+                    ca,
+                    certificate,
+                    key,
+                    crl,
+                } => {
+                    slog::info!(ctx.log(), "joining the cluster as a learner"; "initial_cluster" => initial_cluster);
+                    etcd::write_peer_pki(&root, ca, certificate, key, crl)?;
+                    join = Some(initial_cluster.clone());
+                }
+            }
+        }
         etcd::remove_stale_socket(&root)?;
-        let process =
-            ChildProcess::spawn(etcd::command(&root, &self.config.member), "etcd", ctx.log())?;
+        let command = etcd::command(&root, &self.config.member, join.as_deref());
+        let process = ChildProcess::spawn(command, "etcd", ctx.log())?;
         ctx.spawn(process.exited(), |status, _, _| {
             Err(Failure::msg(format!("etcd exited unexpectedly: {status}")))
         });
@@ -102,6 +138,10 @@ impl Actor for Consensus {
             });
             consensus.client = Some(client);
             ctx.healthy();
+            ctx.run_interval(PROMOTE_EVERY, |consensus: &mut Self, ctx| {
+                consensus.autopromote(ctx);
+                Ok(())
+            });
             Ok(())
         });
         Ok(Started::Pending)
@@ -133,7 +173,102 @@ impl Handler<Kv> for Consensus {
     }
 }
 
+impl Handler<AddLearner> for Consensus {
+    fn handle(
+        &mut self,
+        msg: AddLearner,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <AddLearner as Message>::Reply>, Failure> {
+        let Some(client) = self.client.clone() else {
+            return Ok(Reply::now(Err(ConsensusError::NotReady)));
+        };
+        slog::info!(ctx.log(), "adding a learner"; "name" => &msg.name, "peer_url" => &msg.peer_url);
+        Ok(Reply::later(
+            async move { Ok(add_learner(client, msg).await) },
+        ))
+    }
+}
+
 // ---- helpers ----
+
+impl Consensus {
+    /// On the leader, promote one learner that has started (etcd itself refuses one that has not
+    /// caught up). etcd 3.4.23 may wrongly promote a learner whose process never started, hence
+    /// the started check here.
+    fn autopromote(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let Some(client) = self.client.clone().filter(|_| !self.promoting) else {
+            return;
+        };
+        self.promoting = true;
+        ctx.spawn(
+            promote_started_learner(client),
+            |result, consensus: &mut Self, ctx| {
+                consensus.promoting = false;
+                match result {
+                    Ok(Some(name)) => {
+                        slog::info!(ctx.log(), "promoted a learner to voter"; "name" => name)
+                    }
+                    Ok(None) => {}
+                    Err(e) => slog::debug!(ctx.log(), "no learner promoted"; "reason" => %e),
+                }
+                Ok(())
+            },
+        );
+    }
+}
+
+async fn promote_started_learner(mut client: Client) -> Result<Option<String>, ConsensusError> {
+    let status = client.status().await?;
+    let me = status.header().map(|h| h.member_id());
+    if me != Some(status.leader()) {
+        return Ok(None);
+    }
+    let members = client.member_list().await?;
+    let Some(learner) = members
+        .members()
+        .iter()
+        .find(|m| m.is_learner() && !m.name().is_empty() && !m.client_urls().is_empty())
+    else {
+        return Ok(None);
+    };
+    let (id, name) = (learner.id(), learner.name().to_owned());
+    client.member_promote(id).await?;
+    Ok(Some(name))
+}
+
+async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, ConsensusError> {
+    let members = client.member_list().await?;
+    let known = members
+        .members()
+        .iter()
+        .any(|m| m.peer_urls().contains(&msg.peer_url));
+    if !known {
+        if let Some(learner) = members.members().iter().find(|m| m.is_learner()) {
+            return Err(ConsensusError::LearnerPending(
+                learner.peer_urls().join(","),
+            ));
+        }
+        let options = etcd_client::MemberAddOptions::new().with_is_learner();
+        client
+            .member_add([msg.peer_url.as_str()], Some(options))
+            .await?;
+    }
+    let members = client.member_list().await?;
+    Ok(members
+        .members()
+        .iter()
+        .filter_map(|m| {
+            let url = m.peer_urls().first()?;
+            let name = if *url == msg.peer_url {
+                msg.name.as_str()
+            } else {
+                m.name()
+            };
+            Some(format!("{name}={url}"))
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
 
 /// Copy the stored peer CRL to `file` now and on every change; returns only when the watch
 /// breaks (the actor then fails and restarts, and the copy starts over).

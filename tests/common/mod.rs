@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use polis::consensus::{Consensus, ConsensusConfig, Member};
+use polis::consensus::{Consensus, ConsensusConfig, Member, Mode};
 use polis::storage::NodeRoot;
 use polis_actors::{ActorRef, ChildSpec};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
@@ -36,6 +36,7 @@ pub fn consensus(root: &Path) -> (ChildSpec, ActorRef<Consensus>) {
             advertise_host: "127.0.0.1".into(),
             peer_listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         },
+        mode: Mode::Bootstrap,
     };
     let (spec, consensus) =
         ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
