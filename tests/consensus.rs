@@ -37,11 +37,13 @@ fn etcds_of(root: &Path) -> Vec<u32> {
 }
 
 async fn kv(consensus: &ActorRef<Consensus>, prefix: &str) -> NamespacedKv {
+    // Right after a kill no incarnation may run yet; once one does, WaitReady answers when etcd
+    // is ready, and from then on a client is there at the first ask.
     for _ in 0..600 {
-        if let Ok(Ok(kv)) = consensus.ask(Kv(prefix.into())).await {
-            return kv;
+        if let Ok(Ok(())) = consensus.ask(polis::consensus::WaitReady).await {
+            return consensus.ask(Kv(prefix.into())).await.unwrap().unwrap();
         }
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("consensus never became ready");
 }

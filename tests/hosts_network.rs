@@ -130,3 +130,44 @@ async fn an_interface_address_is_published() {
     );
     tree.shutdown().await;
 }
+
+#[test]
+fn the_hostname_is_set_in_the_nodes_own_uts_namespace() {
+    // The node's actors run on a thread of their own that gets its own UTS namespace; this
+    // thread, like the machine, keeps its hostname.
+    let before = nix::unistd::gethostname().unwrap();
+    let inside = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)
+            .expect("a UTS namespace (tests run as root)");
+        actix_rt::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = HostsConfig {
+                root: NodeRoot::new(dir.path()),
+                node_id: SELF.into(),
+                set_hostname: true,
+            };
+            let (status, directory) = (
+                Watchable::new(NetworkStatus::default()),
+                Watchable::new(ClusterDirectory::default()),
+            );
+            let (hostsfile, _) = ChildSpec::worker("hostsfile", move || {
+                Ok(Hostsfile::new(
+                    config.clone(),
+                    status.clone(),
+                    directory.clone(),
+                ))
+            });
+            let spec = SupervisorSpec::new(Strategy::OneForOne).child(hostsfile);
+            let tree = Tree::start(spec, slog::Logger::root(slog::Discard, slog::o!()))
+                .await
+                .unwrap();
+            let hostname = nix::unistd::gethostname().unwrap();
+            tree.shutdown().await;
+            hostname
+        })
+    })
+    .join()
+    .unwrap();
+    assert_eq!(inside, SELF);
+    assert_eq!(nix::unistd::gethostname().unwrap(), before);
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
+use tokio::sync::oneshot;
 
 pub use etcd::{connect, peer_template, ConsensusError, Member, Mode, PEER_PORT};
 pub use kv::NamespacedKv;
@@ -36,6 +37,12 @@ pub const PEER_CRL_KEY: &str = "peer-crl";
 pub struct Kv(pub String);
 impl Message for Kv {
     type Reply = Result<NamespacedKv, ConsensusError>;
+}
+
+/// Answer once etcd is ready (at once if it is).
+pub struct WaitReady;
+impl Message for WaitReady {
+    type Reply = Result<(), ConsensusError>;
 }
 
 /// Add a member as a learner (etcd 3.4 allows one learner at a time; a second is refused until
@@ -70,6 +77,7 @@ pub struct Consensus {
     etcd: Option<ChildProcess>,
     client: Option<Client>,
     promoting: bool,
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl Consensus {
@@ -80,6 +88,7 @@ impl Consensus {
             etcd: None,
             client: None,
             promoting: false,
+            waiting: Vec::new(),
         }
     }
 }
@@ -137,6 +146,9 @@ impl Actor for Consensus {
                 Err(Failure::msg(format!("the peer CRL watch ended: {ended}")))
             });
             consensus.client = Some(client);
+            for waiter in consensus.waiting.drain(..) {
+                let _ = waiter.send(());
+            }
             ctx.healthy();
             ctx.run_interval(PROMOTE_EVERY, |consensus: &mut Self, ctx| {
                 consensus.autopromote(ctx);
@@ -169,6 +181,23 @@ impl Handler<Kv> for Consensus {
         Ok(Reply::now(match &self.client {
             Some(client) => Ok(NamespacedKv::new(client.clone(), prefix)),
             None => Err(ConsensusError::NotReady),
+        }))
+    }
+}
+
+impl Handler<WaitReady> for Consensus {
+    fn handle(
+        &mut self,
+        _: WaitReady,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <WaitReady as Message>::Reply>, Failure> {
+        if self.client.is_some() {
+            return Ok(Reply::now(Ok(())));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting.push(tx);
+        Ok(Reply::detached(async move {
+            Ok(rx.await.map_err(|_| ConsensusError::NotReady))
         }))
     }
 }
