@@ -2,6 +2,8 @@
 //! `polisctl` reads the tree, injects a fault and sees the recovery, and SIGTERM stops the node
 //! cleanly.
 
+mod common;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Output};
 use std::thread::sleep;
@@ -9,19 +11,24 @@ use std::time::Duration;
 
 struct Node(Child);
 
+impl Node {
+    /// SIGTERM, then how it exited and what it wrote to standard error.
+    fn terminate(&mut self) -> (std::process::ExitStatus, String) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut stderr = String::new();
+        if let Some(err) = self.0.stderr.as_mut() {
+            std::io::Read::read_to_string(err, &mut stderr).unwrap();
+        }
+        (self.0.wait().unwrap(), stderr)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn panic_logged_as_a_record(stderr: &str) -> bool {
@@ -67,16 +74,12 @@ fn generation_of(debug: &str, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn quiet() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
 #[test]
 fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = polis::tpm::Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let swtpm = polis::tpm::Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let root = dir.path().join("node");
-    let debug = format!("127.0.0.1:{}", free_port());
+    let debug = format!("127.0.0.1:{}", common::free_port());
     let mut node = Node(
         Command::new(env!("CARGO_BIN_EXE_polis-node"))
             .args([
@@ -126,15 +129,7 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no actor at /nope"));
 
-    let pid = node.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(node.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    let status = node.0.wait().unwrap();
+    let (status, stderr) = node.terminate();
     assert!(status.success(), "a clean stop exits 0, got {status}");
     assert!(panic_logged_as_a_record(&stderr), "{stderr}");
     let out = polisctl(&debug, &["tree"]);
@@ -163,7 +158,7 @@ fn node_refuses_a_debug_endpoint_beyond_loopback() {
 #[test]
 fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
     let dir = tempfile::tempdir().unwrap();
-    let tcti = format!("swtpm:host=127.0.0.1,port={}", free_port());
+    let tcti = format!("swtpm:host=127.0.0.1,port={}", common::free_port());
     let out = Command::new(env!("CARGO_BIN_EXE_polis-node"))
         .args([
             "--tpm",
@@ -183,7 +178,7 @@ fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
         "{stderr}"
     );
 
-    let debug = format!("127.0.0.1:{}", free_port());
+    let debug = format!("127.0.0.1:{}", common::free_port());
     let mut node = Node(
         Command::new(env!("CARGO_BIN_EXE_polis-node"))
             .args([
@@ -203,14 +198,7 @@ fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
     });
     let logs = String::from_utf8(polisctl(&debug, &["logs", "/core/tpm"]).stdout).unwrap();
     assert!(logs.contains("INSECURE: running without a TPM"), "{logs}");
-    let pid = node.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(node.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (_, stderr) = node.terminate();
     assert!(
         stderr.contains("CRIT INSECURE: --insecure-no-tpm"),
         "{stderr}"

@@ -1,6 +1,8 @@
 //! The storage actor with a real swtpm: new and existing data partitions across a reboot, wrong
 //! keys refused, fault injection, and the insecure backend named at every start.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,10 +12,6 @@ use polis::storage::{
 };
 use polis::tpm::{Swtpm, Tpm, TpmConfig};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
-
-fn quiet() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
 
 /// A node's `core` subtree as DESIGN §2 orders it: storage, then tpm.
 async fn core(root: &Path, tcti: String) -> (Tree, ActorRef<Storage>) {
@@ -33,7 +31,10 @@ async fn core(root: &Path, tcti: String) -> (Tree, ActorRef<Storage>) {
         .child(tpm_spec);
     let root_spec =
         SupervisorSpec::new(Strategy::OneForOne).child(ChildSpec::supervisor("core", core).0);
-    (Tree::start(root_spec, quiet()).await.unwrap(), storage)
+    (
+        Tree::start(root_spec, common::quiet()).await.unwrap(),
+        storage,
+    )
 }
 
 fn same(k: &UnlockKey) -> UnlockKey {
@@ -43,7 +44,7 @@ fn same(k: &UnlockKey) -> UnlockKey {
 #[actix_rt::test]
 async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let node = dir.path().join("node");
 
     let (tree, storage) = core(&node, swtpm.tcti()).await;
@@ -94,7 +95,7 @@ async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
 #[actix_rt::test]
 async fn storage_serves_again_after_each_kind_of_kill_and_names_its_insecure_backend() {
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let (tree, storage) = core(&dir.path().join("node"), swtpm.tcti()).await;
     let (nuk, cuk) = storage.ask(MountNew).await.unwrap().unwrap();
     for how in [Kill::Crash, Kill::Brutal] {

@@ -1,28 +1,26 @@
 //! The TPM actor under supervision, against a real swtpm: requests, fault injection while a
 //! client keeps asking, the insecure mode, and a missing TPM.
 
+mod common;
+
 use std::time::Duration;
 
 use polis::proto::private::sealed_envelope::Protection;
 use polis::tpm::{Random, Seal, Swtpm, Tpm, TpmConfig, TpmError, Unseal};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree, TreeError};
 
-fn quiet() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
 async fn start(config: TpmConfig) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
     let (spec, tpm) = ChildSpec::worker("tpm", move || Ok(Tpm::new(config.clone())));
     let root = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10, Duration::from_secs(10))
         .child(spec);
-    Ok((Tree::start(root, quiet()).await?, tpm))
+    Ok((Tree::start(root, common::quiet()).await?, tpm))
 }
 
 #[actix_rt::test]
 async fn seals_unseals_and_serializes_concurrent_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(dir.path(), &quiet()).unwrap();
+    let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
     let sealed = tpm.ask(Seal(b"join key".to_vec())).await.unwrap().unwrap();
     assert_eq!(sealed.protection, Protection::Tpm2Pcr7 as i32);
@@ -40,7 +38,7 @@ async fn seals_unseals_and_serializes_concurrent_requests() {
 #[actix_rt::test]
 async fn requests_succeed_again_after_each_kind_of_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(dir.path(), &quiet()).unwrap();
+    let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
     let sealed = tpm.ask(Seal(b"survives".to_vec())).await.unwrap().unwrap();
     for (round, how) in [Kill::Crash, Kill::Brutal].into_iter().enumerate() {
@@ -89,7 +87,7 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(dir.path(), &quiet()).unwrap();
+    let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tpm_tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
     let refused = tpm.ask(Unseal(plaintext)).await.unwrap();
     assert!(
@@ -104,11 +102,7 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
 
 #[actix_rt::test]
 async fn a_missing_tpm_fails_the_start_with_the_place_it_looked() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let tcti = format!("swtpm:host=127.0.0.1,port={port}");
     match start(TpmConfig::Tcti(tcti.clone())).await {
         Err(TreeError::StartFailed(reason)) => {

@@ -1,14 +1,12 @@
 //! The sealer against real software TPMs, each test with its own swtpm process.
 
-use polis::tpm::{Sealer, Swtpm, TpmError};
+mod common;
 
-fn quiet() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
+use polis::tpm::{Sealer, Swtpm, TpmError};
 
 fn tpm() -> (tempfile::TempDir, Swtpm, Sealer) {
     let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let sealer = Sealer::connect(&swtpm.tcti()).unwrap();
     (dir, swtpm, sealer)
 }
@@ -33,7 +31,7 @@ fn seal_and_unseal_round_trip_and_survive_a_tpm_restart() {
     // A reboot: a new TPM process on the same state, PCRs reset.
     drop(sealer);
     drop(swtpm);
-    let swtpm = Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
     assert_eq!(sealer.unseal(&blob).unwrap(), secret());
 }
@@ -105,11 +103,7 @@ fn random_bytes_come_in_any_length() {
 
 #[test]
 fn no_tpm_and_bad_configuration_are_clear_errors() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let tcti = format!("swtpm:host=127.0.0.1,port={port}");
     match Sealer::connect(&tcti) {
         Err(e @ TpmError::Unreachable { .. }) => assert!(e.to_string().contains(&tcti), "{e}"),
