@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Output};
 use std::thread::sleep;
 use std::time::Duration;
