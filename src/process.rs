@@ -287,6 +287,29 @@ mod tests {
     }
 
     #[test]
+    fn the_child_dies_with_its_parent_even_without_the_handle() {
+        // The parent-death signal follows the forking thread: a thread that spawns, leaks the
+        // handle (so no drop kills the child) and ends stands for polis-node dying.
+        let pid = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("300");
+            let child = ChildProcess::spawn(cmd, "orphan-candidate", &quiet()).unwrap();
+            let pid = child.pid();
+            std::mem::forget(child);
+            pid
+        })
+        .join()
+        .unwrap();
+        for _ in 0..200 {
+            if !alive(pid) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("child {pid} outlived its parent");
+    }
+
+    #[test]
     fn terminate_escalates_to_kill_after_the_grace_period() {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "trap '' TERM; while true; do sleep 0.05; done"]);
