@@ -11,4 +11,5 @@ pub mod pki;
 pub mod process;
 pub mod proto;
 pub mod storage;
+pub mod tls;
 pub mod tpm;

@@ -222,6 +222,25 @@ impl CertificateAuthority {
     }
 }
 
+/// A self-signed client certificate for `key`: the ephemeral credential of a node that has no
+/// certificate yet (registering with its node key, joining with its join key). Whoever accepts
+/// it authorizes by the public key alone.
+pub fn self_signed_client(key: &SigningKey) -> Result<Vec<u8>, PkiError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "polis ephemeral");
+    params.distinguished_name = dn;
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    params.not_before = OffsetDateTime::now_utc() - BACKDATE;
+    params.not_after = OffsetDateTime::now_utc() + VALIDITY;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let certificate = params
+        .self_signed(&rcgen_key(key)?)
+        .map_err(rcgen_err("self-sign an ephemeral certificate"))?;
+    Ok(certificate.der().to_vec())
+}
+
 fn ca_params(name: &str, serial: Vec<u8>) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();

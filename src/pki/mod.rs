@@ -5,7 +5,7 @@ mod ca;
 mod identity;
 mod issuer;
 
-pub use ca::{CertificateAuthority, Issued, PkiError, Template};
+pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template};
 pub use identity::{generate_key, node_id};
 pub use issuer::{
     ensure_ca, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, NAMESPACE,

@@ -1,0 +1,220 @@
+//! The one TLS configuration builder of Polis. Every gRPC connection is TLS 1.3 with Ed25519
+//! certificates only, and checks CRLs. tonic's built-in TLS would accept revoked and
+//! non-Ed25519 peers, so tonic gets these rustls configurations instead.
+//!
+//! Trust is pinned: a client trusts exactly the cluster CA it was given, not the system's roots.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+use crate::pki::{self_signed_client, PkiError};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused a certificate, key, CRL or setting.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A verifier could not be built (e.g. an unparsable CA or CRL).
+    #[error("TLS verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A key could not be encoded.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// Ed25519 is the only signature algorithm Polis accepts, in certificates and handshakes.
+static ED25519_ONLY: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
+    all: &[webpki::ring::ED25519],
+    mapping: &[(SignatureScheme::ED25519, &[webpki::ring::ED25519])],
+};
+
+/// The crypto provider behind every config: ring, TLS 1.3 suites only, Ed25519 only.
+pub fn provider() -> Arc<CryptoProvider> {
+    let base = ring::default_provider();
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        signature_verification_algorithms: ED25519_ONLY,
+        ..base
+    })
+}
+
+/// A certificate chain and the Ed25519 key that goes with it.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Identity(..)")
+    }
+}
+
+impl Identity {
+    /// `key` with the certificate (DER) the cluster CA issued for it.
+    pub fn new(key: &SigningKey, certificate: Vec<u8>) -> Result<Self, TlsError> {
+        let pkcs8 = key
+            .to_pkcs8_der()
+            .map_err(|e| PkiError::BadKey(e.to_string()))?;
+        Ok(Identity {
+            chain: vec![CertificateDer::from(certificate)],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec())),
+        })
+    }
+
+    /// `key` with a self-signed certificate: the credential of a node without a certificate.
+    pub fn ephemeral(key: &SigningKey) -> Result<Self, TlsError> {
+        Identity::new(key, self_signed_client(key)?)
+    }
+}
+
+/// What a peer's certificate must chain to: the cluster CA and its current CRLs (DER).
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// The CA certificate.
+    pub ca: Vec<u8>,
+    /// Revocation lists issued by it.
+    pub crls: Vec<Vec<u8>>,
+}
+
+impl Trust {
+    fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(self.ca.clone()))?;
+        Ok(Arc::new(roots))
+    }
+
+    fn crls(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.crls
+            .iter()
+            .map(|c| CertificateRevocationListDer::from(c.clone()))
+            .collect()
+    }
+}
+
+/// Which clients a server admits at the TLS layer.
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    /// Only clients with an unrevoked certificate from the CA (nodes, the owner).
+    Ca(Trust),
+    /// Those, and clients with a valid self-signed Ed25519 certificate (registering and joining
+    /// nodes); the service authorizes those by their public key.
+    CaOrEphemeral(Trust),
+}
+
+/// A server config presenting `identity`, admitting clients as `clients` says.
+pub fn server_config(identity: Identity, clients: ClientAuth) -> Result<ServerConfig, TlsError> {
+    let trust = match &clients {
+        ClientAuth::Ca(trust) | ClientAuth::CaOrEphemeral(trust) => trust,
+    };
+    let ca_verifier = WebPkiClientVerifier::builder_with_provider(trust.roots()?, provider())
+        .with_crls(trust.crls())
+        .build()?;
+    let verifier: Arc<dyn ClientCertVerifier> = match clients {
+        ClientAuth::Ca(_) => ca_verifier,
+        ClientAuth::CaOrEphemeral(_) => Arc::new(CaOrEphemeral { ca: ca_verifier }),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A client config trusting only `server`'s CA (with its CRLs), presenting `identity` if any.
+pub fn client_config(identity: Option<Identity>, server: &Trust) -> Result<ClientConfig, TlsError> {
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(server.roots()?, provider())
+            .with_crls(server.crls())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier);
+    let mut config = match identity {
+        Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Admits a CA-issued client certificate, or else a self-signed Ed25519 one that verifies
+/// against itself (valid signature, in its validity period, for client authentication).
+#[derive(Debug)]
+struct CaOrEphemeral {
+    ca: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for CaOrEphemeral {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.ca.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ca_error = match self.ca.verify_client_cert(end_entity, intermediates, now) {
+            Ok(verified) => return Ok(verified),
+            Err(e) => e,
+        };
+        let anchor = webpki::anchor_from_trusted_cert(end_entity).map_err(|_| ca_error.clone())?;
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| ca_error.clone())?;
+        cert.verify_for_usage(
+            ED25519_ONLY.all,
+            &[anchor],
+            &[],
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map(|_| ClientCertVerified::assertion())
+        .map_err(|_| ca_error)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.ca.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}

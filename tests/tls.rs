@@ -1,0 +1,239 @@
+//! The TLS builder under real handshakes: mutual TLS 1.3 with Ed25519 certificates from a pinned
+//! CA works; revoked, foreign-CA, non-Ed25519 and TLS 1.2 peers are refused; ephemeral
+//! self-signed clients are admitted only where asked for.
+
+use std::sync::Arc;
+
+use polis::pki::{generate_key, CertificateAuthority, Template};
+use polis::tls::{client_config, server_config, ClientAuth, Identity, Trust};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ProtocolVersion, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Run one handshake; the server's view decides client authentication, the client's view
+/// server authentication.
+async fn handshake(
+    server: ServerConfig,
+    client: ClientConfig,
+    name: &str,
+) -> (Result<ProtocolVersion, String>, Result<(), String>) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let connector = TlsConnector::from(Arc::new(client));
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let (s, c) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+    let server_view = s
+        .map(|stream| stream.get_ref().1.protocol_version().unwrap())
+        .map_err(|e| e.to_string());
+    (server_view, c.map(|_| ()).map_err(|e| e.to_string()))
+}
+
+struct Node {
+    id: String,
+    key: ed25519_dalek::SigningKey,
+    serial: Vec<u8>,
+    cert: Vec<u8>,
+}
+
+fn node(ca: &CertificateAuthority, id: &str) -> Node {
+    let key = generate_key().unwrap();
+    let issued = ca
+        .issue(&Template::Node { node_id: id.into() }, &key.verifying_key())
+        .unwrap();
+    Node {
+        id: id.into(),
+        key,
+        serial: issued.serial,
+        cert: issued.der,
+    }
+}
+
+fn identity(n: &Node) -> Identity {
+    Identity::new(&n.key, n.cert.clone()).unwrap()
+}
+
+fn trust(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> Trust {
+    Trust {
+        ca: ca.certificate().to_vec(),
+        crls,
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_13_between_nodes_of_one_ca() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (a, b) = (node(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
+    let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let (s, c) = handshake(server, client, &a.id).await;
+    assert_eq!(s, Ok(ProtocolVersion::TLSv1_3));
+    assert_eq!(c, Ok(()));
+}
+
+#[tokio::test]
+async fn a_revoked_client_and_a_wrong_server_name_are_refused() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (a, b) = (node(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
+    let crl = ca.crl(2, std::slice::from_ref(&b.serial)).unwrap();
+    let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![crl]))).unwrap();
+    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let (s, _) = handshake(server, client, &a.id).await;
+    assert!(s.as_ref().unwrap_err().contains("Revoked"), "{s:?}");
+
+    let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let (_, c) = handshake(server, client, "metropolis-someone-else").await;
+    assert!(
+        c.is_err(),
+        "the server's certificate must name the node asked for"
+    );
+}
+
+#[tokio::test]
+async fn certificates_of_another_ca_are_refused_both_ways() {
+    let ours = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let theirs = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (a, stranger) = (node(&ours, "metropolis-a"), node(&theirs, "metropolis-a"));
+    // A client with a foreign certificate.
+    let server = server_config(identity(&a), ClientAuth::Ca(trust(&ours, vec![]))).unwrap();
+    let client = client_config(Some(identity(&stranger)), &trust(&ours, vec![])).unwrap();
+    assert!(handshake(server, client, &a.id).await.0.is_err());
+    // A server with a foreign certificate: the client pins its own CA.
+    let server =
+        server_config(identity(&stranger), ClientAuth::Ca(trust(&theirs, vec![]))).unwrap();
+    let client = client_config(Some(identity(&a)), &trust(&ours, vec![])).unwrap();
+    let (_, c) = handshake(server, client, &a.id).await;
+    assert!(c.unwrap_err().contains("invalid peer certificate"));
+}
+
+#[tokio::test]
+async fn ephemeral_clients_only_where_admitted() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let a = node(&ca, "metropolis-a");
+    let joining = generate_key().unwrap();
+    let strict = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let client = client_config(
+        Some(Identity::ephemeral(&joining).unwrap()),
+        &trust(&ca, vec![]),
+    )
+    .unwrap();
+    assert!(handshake(strict, client, &a.id).await.0.is_err());
+
+    let open = server_config(identity(&a), ClientAuth::CaOrEphemeral(trust(&ca, vec![]))).unwrap();
+    let client = client_config(
+        Some(Identity::ephemeral(&joining).unwrap()),
+        &trust(&ca, vec![]),
+    )
+    .unwrap();
+    assert_eq!(
+        handshake(open, client, &a.id).await.0,
+        Ok(ProtocolVersion::TLSv1_3)
+    );
+
+    // Still refused there: a revoked CA-issued client (it does not fall back to "self-signed").
+    let b = node(&ca, "metropolis-b");
+    let crl = ca.crl(2, std::slice::from_ref(&b.serial)).unwrap();
+    let open = server_config(
+        identity(&a),
+        ClientAuth::CaOrEphemeral(trust(&ca, vec![crl])),
+    )
+    .unwrap();
+    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    assert!(handshake(open, client, &a.id).await.0.is_err());
+}
+
+/// An ECDSA P-256 CA and a leaf for `name`, as a foreign implementation would use.
+fn ecdsa(name: &str) -> (Vec<u8>, Vec<u8>, PrivateKeyDer<'static>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
+    };
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    (ca_cert.der().to_vec(), leaf.der().to_vec(), der)
+}
+
+fn foreign_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[tokio::test]
+async fn non_ed25519_and_tls_12_peers_are_refused() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let a = node(&ca, "metropolis-a");
+
+    // An ECDSA client certificate, even from a CA the server trusts.
+    let (ecdsa_ca, leaf, key) = ecdsa("metropolis-x");
+    let server = server_config(
+        identity(&a),
+        ClientAuth::Ca(Trust {
+            ca: ecdsa_ca.clone(),
+            crls: vec![],
+        }),
+    )
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.certificate().to_vec().into()).unwrap();
+    let client = ClientConfig::builder_with_provider(foreign_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(vec![leaf.clone().into()], key.clone_key())
+        .unwrap();
+    assert!(
+        handshake(server, client, &a.id).await.0.is_err(),
+        "ECDSA client admitted"
+    );
+
+    // An ECDSA server, even under the pinned CA's name.
+    let server = ServerConfig::builder_with_provider(foreign_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.into()], key)
+        .unwrap();
+    let client = client_config(
+        None,
+        &Trust {
+            ca: ecdsa_ca,
+            crls: vec![],
+        },
+    )
+    .unwrap();
+    assert!(
+        handshake(server, client, "metropolis-x").await.1.is_err(),
+        "ECDSA server accepted"
+    );
+
+    // A TLS 1.2 client.
+    let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let client = ClientConfig::builder_with_provider(foreign_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(identity_chain(&a), identity_key(&a))
+        .unwrap();
+    let (s, _) = handshake(server, client, &a.id).await;
+    assert!(
+        s.unwrap_err().contains("Tls12NotOfferedOrEnabled"),
+        "TLS 1.2 admitted"
+    );
+}
+
+fn identity_chain(n: &Node) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    vec![n.cert.clone().into()]
+}
+
+fn identity_key(n: &Node) -> PrivateKeyDer<'static> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        n.key.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+    ))
+}
