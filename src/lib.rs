@@ -4,6 +4,7 @@
 pub mod consensus;
 pub mod debug_client;
 pub mod fsutil;
+pub mod grpc;
 pub mod hostsfile;
 pub mod network;
 pub mod node;

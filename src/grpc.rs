@@ -1,0 +1,190 @@
+//! gRPC over Polis TLS: tonic servers fed by our own rustls acceptor (handshakes off the accept
+//! loop, with a timeout), client channels through our own rustls connector, and the verified
+//! client certificate handed to handlers, which authorize by it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::{SinkExt, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    /// The server name is not a valid DNS name or address.
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    /// Connecting or the TLS handshake failed.
+    #[error("cannot reach {addr} as {name}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The name its certificate had to carry.
+        name: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Who is on the other end of a server connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Where the connection comes from.
+    pub remote: SocketAddr,
+    /// The client's end-entity certificate (DER), as verified by the TLS config.
+    pub certificate: Option<Vec<u8>>,
+}
+
+impl Peer {
+    /// The Ed25519 public key of the client's certificate (Polis accepts no other kind).
+    pub fn public_key(&self) -> Option<[u8; 32]> {
+        let der = self.certificate.as_ref()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        cert.public_key()
+            .subject_public_key
+            .data
+            .as_ref()
+            .try_into()
+            .ok()
+    }
+}
+
+/// A server-side TLS connection, telling tonic who the peer is.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The connections accepted on `listener` that complete a TLS handshake under `config`, for
+/// `Router::serve_with_incoming`. Each handshake runs on its own task, so a slow or hostile
+/// client cannot hold up the others; failed handshakes are logged and dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: ServerConfig,
+    log: slog::Logger,
+) -> impl Stream<Item = Result<TlsConnection, io::Error>> {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    slog::warn!(log, "accept failed"; "error" => %e);
+                    continue;
+                }
+            };
+            let (acceptor, mut sender, log) = (acceptor.clone(), tx.clone(), log.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let certificate = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|c| c.to_vec());
+                        let peer = Peer {
+                            remote,
+                            certificate,
+                        };
+                        let _ = sender.send(TlsConnection { stream, peer }).await;
+                    }
+                    Ok(Err(e)) => {
+                        slog::info!(log, "TLS handshake refused"; "peer" => %remote, "error" => %e)
+                    }
+                    Err(_) => slog::info!(log, "TLS handshake timed out"; "peer" => %remote),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx.map(Ok)
+}
+
+/// A channel to `addr`, whose certificate must name `server_name`, under `config`. Connects
+/// (and completes the handshake) before returning.
+pub async fn channel(
+    addr: SocketAddr,
+    server_name: &str,
+    config: ClientConfig,
+) -> Result<Channel, GrpcError> {
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|_| GrpcError::ServerName(server_name.to_owned()))?;
+    let connector = TlsConnector::from(Arc::new(config));
+    // The URI only satisfies tonic; the connector below dials `addr` and speaks TLS itself.
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).map_err(|source| GrpcError::Connect {
+            addr,
+            name: server_name.to_owned(),
+            source,
+        })?;
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (connector, name) = (connector.clone(), name.clone());
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|source| GrpcError::Connect {
+            addr,
+            name: server_name.to_owned(),
+            source,
+        })
+}

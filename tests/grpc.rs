@@ -1,0 +1,153 @@
+//! gRPC over Polis TLS end to end: a tonic service behind our acceptor sees the caller's verified
+//! key; ephemeral, CA-issued, revoked and certificate-less callers get what the config says.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use polis::grpc::{channel, incoming, Peer};
+use polis::pki::{generate_key, CertificateAuthority, Template};
+use polis::proto::curator::curator_local_client::CuratorLocalClient;
+use polis::proto::curator::curator_local_server::{CuratorLocal, CuratorLocalServer};
+use polis::proto::curator::{GetCaCertificateRequest, GetCaCertificateResponse};
+use polis::tls::{client_config, server_config, ClientAuth, Identity, Trust};
+use tonic::{Request, Response, Status};
+
+/// Answers with the caller's public key, to show what a handler can authorize by.
+struct Echo;
+
+#[tonic::async_trait]
+impl CuratorLocal for Echo {
+    async fn get_ca_certificate(
+        &self,
+        request: Request<GetCaCertificateRequest>,
+    ) -> Result<Response<GetCaCertificateResponse>, Status> {
+        let key = request
+            .extensions()
+            .get::<Peer>()
+            .and_then(Peer::public_key)
+            .ok_or_else(|| Status::unauthenticated("no client key"))?;
+        Ok(Response::new(GetCaCertificateResponse {
+            ca_certificate: key.to_vec(),
+        }))
+    }
+}
+
+async fn serve(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> SocketAddr {
+    let key = generate_key().unwrap();
+    let cert = ca
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-server".into(),
+            },
+            &key.verifying_key(),
+        )
+        .unwrap();
+    let trust = Trust {
+        ca: ca.certificate().to_vec(),
+        crls,
+    };
+    let config = server_config(
+        Identity::new(&key, cert.der).unwrap(),
+        ClientAuth::CaOrEphemeral(trust),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = incoming(listener, config, common::quiet());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CuratorLocalServer::new(Echo))
+            .serve_with_incoming(connections),
+    );
+    addr
+}
+
+async fn ask(
+    addr: SocketAddr,
+    ca: &CertificateAuthority,
+    identity: Option<Identity>,
+) -> Result<Vec<u8>, String> {
+    let trust = Trust {
+        ca: ca.certificate().to_vec(),
+        crls: vec![],
+    };
+    let channel = channel(
+        addr,
+        "metropolis-server",
+        client_config(identity, &trust).unwrap(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    CuratorLocalClient::new(channel)
+        .get_ca_certificate(GetCaCertificateRequest {})
+        .await
+        .map(|r| r.into_inner().ca_certificate)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn handlers_see_the_verified_caller_and_refused_callers_get_nowhere() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let node = generate_key().unwrap();
+    let node_cert = ca
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-n".into(),
+            },
+            &node.verifying_key(),
+        )
+        .unwrap();
+    let revoked = generate_key().unwrap();
+    let revoked_cert = ca
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-r".into(),
+            },
+            &revoked.verifying_key(),
+        )
+        .unwrap();
+    let addr = serve(
+        &ca,
+        vec![ca
+            .crl(2, std::slice::from_ref(&revoked_cert.serial))
+            .unwrap()],
+    )
+    .await;
+
+    let joining = generate_key().unwrap();
+    assert_eq!(
+        ask(addr, &ca, Some(Identity::ephemeral(&joining).unwrap()))
+            .await
+            .unwrap(),
+        joining.verifying_key().to_bytes()
+    );
+    assert_eq!(
+        ask(
+            addr,
+            &ca,
+            Some(Identity::new(&node, node_cert.der).unwrap())
+        )
+        .await
+        .unwrap(),
+        node.verifying_key().to_bytes()
+    );
+    assert!(ask(
+        addr,
+        &ca,
+        Some(Identity::new(&revoked, revoked_cert.der).unwrap())
+    )
+    .await
+    .is_err());
+    assert!(
+        ask(addr, &ca, None).await.is_err(),
+        "a client certificate is required"
+    );
+
+    // A client pinning another CA does not talk to this server at all.
+    let other = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let err = ask(addr, &other, Some(Identity::ephemeral(&joining).unwrap()))
+        .await
+        .unwrap_err();
+    assert!(err.contains("cannot reach"), "{err}");
+}
