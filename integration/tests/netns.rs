@@ -1,0 +1,153 @@
+//! The cluster network harness: guard route, bridge, per-node namespaces with reachability only
+//! between nodes, processes with known real PIDs and their own hostnames, and clean removal.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+
+use polis::netns::{ClusterNetwork, BRIDGE_ADDRESS, GUARD_RANGE};
+use polis::process::ChildProcess;
+use polis_integration::enter_netns;
+
+fn ip(args: &[&str]) -> String {
+    String::from_utf8(Command::new("ip").args(args).output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn nodes_reach_each_other_only_through_the_bridge_and_vanish_when_dropped() {
+    let net = ClusterNetwork::create(2).unwrap();
+    assert!(ip(&["route", "show", GUARD_RANGE]).starts_with("unreachable 198.18.0.0/15"));
+    assert!(
+        ip(&["addr", "show", "dev", net.bridge()]).contains(&format!("inet {BRIDGE_ADDRESS}/24"))
+    );
+    for node in net.nodes() {
+        assert!(ip(&["route", "get", &node.address.to_string()])
+            .contains(&format!("dev {}", net.bridge())));
+        assert_eq!(
+            ip(&["-n", &node.namespace, "route", "show", "default"]),
+            "",
+            "no way out of {}",
+            node.namespace
+        );
+    }
+    let (a, b) = (net.nodes()[0].clone(), net.nodes()[1].clone());
+
+    // b listens on its address; a connects to it across the bridge.
+    let listener = {
+        let (ns, addr) = (b.namespace.clone(), b.address);
+        thread::spawn(move || {
+            enter_netns(&ns).unwrap();
+            TcpListener::bind((addr, 7835)).unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let server = thread::spawn(move || {
+        let (mut conn, from) = listener.accept().unwrap();
+        conn.write_all(b"hello").unwrap();
+        from
+    });
+    let reply = {
+        let (ns, to) = (a.namespace.clone(), b.address);
+        thread::spawn(move || {
+            enter_netns(&ns).unwrap();
+            let mut stream = TcpStream::connect((to, 7835)).unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            reply
+        })
+        .join()
+        .unwrap()
+    };
+    assert_eq!(reply, "hello");
+    assert_eq!(server.join().unwrap().ip(), std::net::IpAddr::V4(a.address));
+
+    // A node's loopback is its own: the host's listeners are not there.
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let ns = a.namespace.clone();
+    let reached = thread::spawn(move || {
+        enter_netns(&ns).unwrap();
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .join()
+    .unwrap();
+    assert!(!reached, "a node reached the host's loopback");
+
+    let names: Vec<String> = net.nodes().iter().map(|n| n.namespace.clone()).collect();
+    let bridge = net.bridge().to_owned();
+    drop(net);
+    let listed = ip(&["netns", "list"]);
+    assert!(
+        names.iter().all(|n| !listed.contains(n.as_str())),
+        "{listed}"
+    );
+    assert!(!ip(&["link", "show"]).contains(&bridge));
+}
+
+#[test]
+fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
+    let net = ClusterNetwork::create(1).unwrap();
+    let dir = std::env::temp_dir().join(format!("polis-netns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let out = net
+        .command(
+            0,
+            "node-0",
+            &dir.join("once.pid"),
+            "/bin/cat".as_ref(),
+            &["/proc/sys/kernel/hostname".into()],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "node-0\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        nix::unistd::gethostname().unwrap(),
+        "node-0",
+        "the host keeps its name"
+    );
+
+    let pid_file = dir.join("sleep.pid");
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let child = ChildProcess::spawn(
+        net.command(
+            0,
+            "node-0",
+            &pid_file,
+            "/bin/sleep".as_ref(),
+            &["300".into()],
+        ),
+        "sleep",
+        &log,
+    )
+    .unwrap();
+    let mut pid = String::new();
+    for _ in 0..200 {
+        pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        if !pid.is_empty() {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid: u32 = pid.trim().parse().unwrap();
+    assert_eq!(pid, child.pid(), "the exec chain keeps the real PID");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(netns, std::fs::read_link("/proc/self/ns/net").unwrap());
+    drop(child);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/comm")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

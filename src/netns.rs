@@ -1,0 +1,256 @@
+//! Networks for local clusters: each node in its own network namespace, its `eth0` a veth into
+//! one bridge in the root namespace, addresses from 198.18.0.0/24 only. Before anything is
+//! created, `198.18.0.0/15` is made unreachable in the root namespace, so no packet for these
+//! addresses can leave the machine; the bridge gets 198.18.0.1/24, and every node address is
+//! checked to route via the bridge. Nodes get no default route. Processes started in a node's
+//! namespace report their real PID, and are ended by it.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+use nix::fcntl::{Flock, FlockArg};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The range that must never leave the machine.
+pub const GUARD_RANGE: &str = "198.18.0.0/15";
+/// The bridge's address.
+pub const BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+/// Why a cluster network could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// An `ip` command failed.
+    #[error("`{command}` failed: {reason}")]
+    Ip {
+        /// The command line.
+        command: String,
+        /// Its standard error, or why it did not run.
+        reason: String,
+    },
+    /// A node address would not route via the bridge: refusing to go on.
+    #[error("{address} does not route via {bridge}: `ip route get` says {route:?}")]
+    Unsafe {
+        /// The node address.
+        address: Ipv4Addr,
+        /// The bridge.
+        bridge: String,
+        /// What the kernel said.
+        route: String,
+    },
+    /// More nodes than the /24 holds.
+    #[error("at most 253 nodes fit in 198.18.0.0/24, not {0}")]
+    TooMany(usize),
+}
+
+/// One node's namespace and address.
+#[derive(Clone, Debug)]
+pub struct NodeNetwork {
+    /// The network namespace (also used as the UTS name of its processes' namespace).
+    pub namespace: String,
+    /// Its `eth0` address.
+    pub address: Ipv4Addr,
+}
+
+/// The lock that makes one cluster network per machine: they all use 198.18.0.0/24.
+const LOCK_FILE: &str = "/run/polis-cluster-network.lock";
+
+/// A bridge and its nodes' namespaces; removed when dropped.
+pub struct ClusterNetwork {
+    bridge: String,
+    prefix: String,
+    nodes: Vec<NodeNetwork>,
+    /// Held for the network's life, released after its removal (fields drop after `drop`).
+    _lock: Flock<std::fs::File>,
+}
+
+fn ip(args: &[&str]) -> Result<String, NetError> {
+    let command = format!("ip {}", args.join(" "));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip {
+            command: command.clone(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Ip {
+            command,
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl ClusterNetwork {
+    /// Make a network for `nodes` nodes. Node `i` (0-based) gets 198.18.0.(i+2). There is one
+    /// such network per machine at a time (they share the range): this waits for any other to be
+    /// removed first. Names carry a random prefix, so leftovers of a crash never collide.
+    pub fn create(nodes: usize) -> Result<Self, NetError> {
+        if nodes > 253 {
+            return Err(NetError::TooMany(nodes));
+        }
+        let lock_err = |reason: String| NetError::Ip {
+            command: format!("lock {LOCK_FILE}"),
+            reason,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_FILE)
+            .map_err(|e| lock_err(e.to_string()))?;
+        let lock =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.to_string()))?;
+        ip(&["route", "replace", "unreachable", GUARD_RANGE])?;
+        let mut tag = [0u8; 3];
+        SystemRandom::new()
+            .fill(&mut tag)
+            .map_err(|_| NetError::Ip {
+                command: "random name".into(),
+                reason: "the operating system's random generator failed".into(),
+            })?;
+        let prefix = format!(
+            "pl{}",
+            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut network = ClusterNetwork {
+            bridge: format!("{prefix}br"),
+            prefix,
+            nodes: Vec::new(),
+            _lock: lock,
+        };
+        // From here on, a failure drops `network`, which removes what was made.
+        let bridge = network.bridge.clone();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{BRIDGE_ADDRESS}/24"),
+            "dev",
+            &bridge,
+        ])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for i in 0..nodes {
+            network.add_node(i)?;
+        }
+        network.check_routes()?;
+        Ok(network)
+    }
+
+    fn add_node(&mut self, i: usize) -> Result<(), NetError> {
+        let namespace = format!("{}n{i}", self.prefix);
+        let veth = format!("{}v{i}", self.prefix);
+        let address = Ipv4Addr::new(198, 18, 0, i as u8 + 2);
+        ip(&["netns", "add", &namespace])?;
+        self.nodes.push(NodeNetwork {
+            namespace: namespace.clone(),
+            address,
+        });
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
+        ])?;
+        ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
+        ip(&[
+            "-n",
+            &namespace,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Every node address must route via the bridge from the root namespace.
+    fn check_routes(&self) -> Result<(), NetError> {
+        for node in &self.nodes {
+            let route = ip(&["route", "get", &node.address.to_string()])?;
+            if !route
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["dev", self.bridge.as_str()])
+            {
+                return Err(NetError::Unsafe {
+                    address: node.address,
+                    bridge: self.bridge.clone(),
+                    route: route.trim().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The nodes' namespaces and addresses.
+    pub fn nodes(&self) -> &[NodeNetwork] {
+        &self.nodes
+    }
+
+    /// The bridge's name.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// A command that runs `program args…` in node `i`'s network namespace and a UTS namespace
+    /// of its own (hostname `hostname`), writing its real PID to `pid_file` before it starts.
+    pub fn command(
+        &self,
+        i: usize,
+        hostname: &str,
+        pid_file: &Path,
+        program: &Path,
+        args: &[String],
+    ) -> Command {
+        let mut script = format!(
+            "hostname {} && echo $$ > {} && exec {}",
+            shell_quote(hostname),
+            shell_quote(&pid_file.to_string_lossy()),
+            shell_quote(&program.to_string_lossy())
+        );
+        for arg in args {
+            script.push(' ');
+            script.push_str(&shell_quote(arg));
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.nodes[i].namespace,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        cmd
+    }
+}
+
+impl Drop for ClusterNetwork {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = ip(&["netns", "del", &node.namespace]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// Quote for `sh`: single quotes, with embedded ones closed and escaped.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_quotes_and_spaces() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
