@@ -6,6 +6,7 @@ pub mod debug_client;
 pub mod fsutil;
 pub mod grpc;
 pub mod hostsfile;
+pub mod lifecycle;
 pub mod netns;
 pub mod network;
 pub mod node;

@@ -2,7 +2,7 @@
 //! writes are atomic. The sealed configuration is handled only inside its versioned envelope,
 //! so a sealed blob is never parsed as plaintext.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 
@@ -44,6 +44,9 @@ pub enum EspError {
         /// What is wrong with it.
         reason: String,
     },
+    /// No enrolment journal: no enrolment is under way.
+    #[error("no enrolment journal at {0}")]
+    NoJournal(PathBuf),
     /// No cluster directory.
     #[error("no cluster directory at {0}")]
     NoDirectory(PathBuf),
@@ -96,29 +99,38 @@ impl Esp {
     /// TPM sealer's job.
     pub fn sealed(&self) -> Result<SealedEnvelope, EspError> {
         let path = self.root.sealed_configuration();
-        let bytes = fsutil::read(&path).map_err(|e| match e.is_not_found() {
-            true => EspError::NoSealed(path.clone()),
-            false => EspError::SealedUnavailable(e),
-        })?;
-        let corrupted = |reason: String| EspError::SealedCorrupted {
-            path: path.clone(),
-            reason,
-        };
-        let envelope = SealedEnvelope::decode(bytes.as_slice())
-            .map_err(|e| corrupted(format!("not an envelope: {e}")))?;
-        if envelope.version != ENVELOPE_VERSION {
-            return Err(corrupted(format!(
-                "unknown envelope version {}",
-                envelope.version
-            )));
-        }
-        match Protection::try_from(envelope.protection) {
-            Ok(Protection::Tpm2Pcr7 | Protection::InsecurePlaintext) => Ok(envelope),
-            _ => Err(corrupted(format!(
-                "unknown protection {}",
-                envelope.protection
-            ))),
-        }
+        read_envelope(&path, EspError::NoSealed(path.clone()))
+    }
+
+    /// The sealed enrolment journal's envelope, checked like the sealed configuration's.
+    pub fn journal(&self) -> Result<SealedEnvelope, EspError> {
+        let path = self.root.enrolment_journal();
+        read_envelope(&path, EspError::NoJournal(path.clone()))
+    }
+
+    /// Replace the enrolment journal (owner-only file, atomic).
+    pub fn write_journal(&self, envelope: &SealedEnvelope) -> Result<(), EspError> {
+        let path = self.root.enrolment_journal();
+        Ok(fsutil::write_atomic(
+            &path,
+            &envelope.encode_to_vec(),
+            SECRET_MODE,
+        )?)
+    }
+
+    /// Where the sealed configuration lives.
+    pub fn sealed_path(&self) -> PathBuf {
+        self.root.sealed_configuration()
+    }
+
+    /// Where the enrolment journal lives.
+    pub fn journal_path(&self) -> PathBuf {
+        self.root.enrolment_journal()
+    }
+
+    /// Where the node parameters live.
+    pub fn parameters_path(&self) -> PathBuf {
+        self.root.parameters()
     }
 
     /// Replace the sealed configuration (owner-only file, atomic).
@@ -150,6 +162,34 @@ impl Esp {
             &directory.encode_to_vec(),
             PUBLIC_MODE,
         )?)
+    }
+}
+
+/// Read a sealed envelope at `path`: `absent` if there is none, `SealedUnavailable` if it cannot
+/// be read now, `SealedCorrupted` unless it is an envelope of a known version and protection.
+fn read_envelope(path: &Path, absent: EspError) -> Result<SealedEnvelope, EspError> {
+    let bytes = fsutil::read(path).map_err(|e| match e.is_not_found() {
+        true => absent,
+        false => EspError::SealedUnavailable(e),
+    })?;
+    let corrupted = |reason: String| EspError::SealedCorrupted {
+        path: path.to_owned(),
+        reason,
+    };
+    let envelope = SealedEnvelope::decode(bytes.as_slice())
+        .map_err(|e| corrupted(format!("not an envelope: {e}")))?;
+    if envelope.version != ENVELOPE_VERSION {
+        return Err(corrupted(format!(
+            "unknown envelope version {}",
+            envelope.version
+        )));
+    }
+    match Protection::try_from(envelope.protection) {
+        Ok(Protection::Tpm2Pcr7 | Protection::InsecurePlaintext) => Ok(envelope),
+        _ => Err(corrupted(format!(
+            "unknown protection {}",
+            envelope.protection
+        ))),
     }
 }
 

@@ -35,6 +35,11 @@ impl NodeRoot {
         self.esp().join("sealed_configuration.pb")
     }
 
+    /// The TPM-sealed EnrolmentJournal of an unfinished bootstrap or register.
+    pub fn enrolment_journal(&self) -> PathBuf {
+        self.esp().join("enrolment_journal.pb")
+    }
+
     /// The ClusterDirectory, in cleartext.
     pub fn cluster_directory(&self) -> PathBuf {
         self.esp().join("cluster_directory.pb")
