@@ -88,12 +88,7 @@ pub struct CertificateAuthority {
 impl CertificateAuthority {
     /// A new, self-signed CA called `name`, with a fresh key.
     pub fn new(name: &str) -> Result<Self, PkiError> {
-        let mut seed = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut seed)
-            .map_err(|_| PkiError::Rng)?;
-        let key = SigningKey::from_bytes(&seed);
-        seed.fill(0);
+        let key = crate::pki::generate_key()?;
         let params = ca_params(name, random_serial()?);
         let certificate = params
             .self_signed(&rcgen_key(&key)?)
