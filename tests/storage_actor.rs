@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use polis::storage::{
-    DataBackend, DataError, GetEsp, MountExisting, MountNew, NodeRoot, Storage, StorageConfig,
-    StorageError, UnlockKey,
+    DataBackend, DataError, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Storage,
+    StorageConfig, StorageError, UnlockKey,
 };
 use polis::tpm::{Swtpm, Tpm, TpmConfig};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
@@ -48,11 +48,22 @@ async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
     let node = dir.path().join("node");
 
     let (tree, storage) = core(&node, swtpm.tcti()).await;
-    let (nuk, cuk) = storage.ask(MountNew).await.unwrap().unwrap();
+    let (nuk, cuk) = storage.ask(NewKeys).await.unwrap().unwrap();
     assert_ne!(nuk, cuk);
+    let (other_nuk, _) = storage.ask(NewKeys).await.unwrap().unwrap();
+    assert_ne!(nuk, other_nuk, "every call gives fresh keys");
+    assert!(
+        !node.join("data").exists(),
+        "asking for keys writes nothing"
+    );
+    let new = |nuk: &UnlockKey, cuk: &UnlockKey| MountNew {
+        nuk: same(nuk),
+        cuk: same(cuk),
+    };
+    storage.ask(new(&nuk, &cuk)).await.unwrap().unwrap();
     std::fs::write(node.join("data/precious"), b"kept").unwrap();
     assert!(matches!(
-        storage.ask(MountNew).await.unwrap(),
+        storage.ask(new(&nuk, &cuk)).await.unwrap(),
         Err(StorageError::AlreadyMounted)
     ));
     assert!(node.join("ephemeral").is_dir());
@@ -72,7 +83,7 @@ async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
         matches!(refused, Err(StorageError::Data(DataError::WrongKey(_)))),
         "{refused:?}"
     );
-    let again = storage.ask(MountNew).await.unwrap();
+    let again = storage.ask(new(&nuk, &cuk)).await.unwrap();
     assert!(
         matches!(
             again,
@@ -97,7 +108,15 @@ async fn storage_serves_again_after_each_kind_of_kill_and_names_its_insecure_bac
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let (tree, storage) = core(&dir.path().join("node"), swtpm.tcti()).await;
-    let (nuk, cuk) = storage.ask(MountNew).await.unwrap().unwrap();
+    let (nuk, cuk) = storage.ask(NewKeys).await.unwrap().unwrap();
+    storage
+        .ask(MountNew {
+            nuk: same(&nuk),
+            cuk: same(&cuk),
+        })
+        .await
+        .unwrap()
+        .unwrap();
     for how in [Kill::Crash, Kill::Brutal] {
         let before = tree.registry().actor("/core/storage").unwrap().generation;
         tree.kill("/core/storage", how).unwrap();

@@ -10,11 +10,23 @@ use crate::tpm::{Random, Tpm, TpmError};
 
 // ---- messages ----
 
-/// Create and mount a new data partition. Answers the new key halves (NUK, CUK), which the
-/// caller must persist (sealed NUK, CUK to the cluster) before anything else depends on them.
-pub struct MountNew;
-impl Message for MountNew {
+/// Fresh key halves (NUK, CUK) for a new data partition: the TPM's randomness mixed with the
+/// operating system's. Nothing is written; the caller seals them into its enrolment journal
+/// before it asks for [`MountNew`], so a crash after formatting never loses them.
+pub struct NewKeys;
+impl Message for NewKeys {
     type Reply = Result<(UnlockKey, UnlockKey), StorageError>;
+}
+
+/// Format a new data partition with NUK ⊕ CUK and mount it. Refuses a formatted one.
+pub struct MountNew {
+    /// The node half.
+    pub nuk: UnlockKey,
+    /// The cluster half.
+    pub cuk: UnlockKey,
+}
+impl Message for MountNew {
+    type Reply = Result<(), StorageError>;
 }
 
 /// Mount the existing data partition with NUK ⊕ CUK.
@@ -112,22 +124,14 @@ impl Actor for Storage {
     }
 }
 
-impl Handler<MountNew> for Storage {
+impl Handler<NewKeys> for Storage {
     fn handle(
         &mut self,
-        _: MountNew,
-        ctx: &mut Ctx<'_, Self>,
-    ) -> Result<Reply<Self, <MountNew as Message>::Reply>, Failure> {
-        if self.mounted {
-            return Ok(Reply::now(Err(StorageError::AlreadyMounted)));
-        }
-        slog::info!(ctx.log(), "formatting a new data partition"; "backend" => ?self.config.backend);
-        let (root, backend, tpm) = (
-            self.config.root.clone(),
-            self.config.backend.clone(),
-            self.tpm.clone(),
-        );
-        let work = async move {
+        _: NewKeys,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <NewKeys as Message>::Reply>, Failure> {
+        let tpm = self.tpm.clone();
+        Ok(Reply::later(async move {
             let random = match tpm.ask(Random(2 * KEY_LEN)).await {
                 Ok(Ok(random)) => random,
                 Ok(Err(e)) => return Ok(Err(e.into())),
@@ -135,23 +139,19 @@ impl Handler<MountNew> for Storage {
             };
             let keys = UnlockKey::generate(&random[..KEY_LEN])
                 .and_then(|nuk| Ok((nuk, UnlockKey::generate(&random[KEY_LEN..])?)));
-            let (nuk, cuk) = match keys {
-                Ok(keys) => keys,
-                Err(e) => return Ok(Err(e.into())),
-            };
-            let key = VolumeKey::combine(&nuk, &cuk);
-            let formatted = tokio::task::spawn_blocking(move || backend.format(&root, &key))
-                .await
-                .map_err(|e| Failure::msg(format!("formatting thread failed: {e}")))?;
-            Ok(formatted.map(|()| (nuk, cuk)).map_err(StorageError::from))
-        };
-        Ok(Reply::later_then(
-            work,
-            |result, storage: &mut Self, ctx| {
-                storage.note_mount(&result, ctx);
-                Ok(result)
-            },
-        ))
+            Ok(keys.map_err(StorageError::from))
+        }))
+    }
+}
+
+impl Handler<MountNew> for Storage {
+    fn handle(
+        &mut self,
+        msg: MountNew,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <MountNew as Message>::Reply>, Failure> {
+        slog::info!(ctx.log(), "formatting a new data partition"; "backend" => ?self.config.backend);
+        Ok(self.mount(VolumeKey::combine(&msg.nuk, &msg.cuk), DataBackend::format))
     }
 }
 
@@ -161,25 +161,8 @@ impl Handler<MountExisting> for Storage {
         msg: MountExisting,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <MountExisting as Message>::Reply>, Failure> {
-        if self.mounted {
-            return Ok(Reply::now(Err(StorageError::AlreadyMounted)));
-        }
-        let (root, backend) = (self.config.root.clone(), self.config.backend.clone());
-        let key = VolumeKey::combine(&msg.nuk, &msg.cuk);
-        slog::info!(ctx.log(), "mounting the data partition"; "backend" => ?backend);
-        let work = async move {
-            tokio::task::spawn_blocking(move || backend.open(&root, &key))
-                .await
-                .map_err(|e| Failure::msg(format!("mounting thread failed: {e}")))
-        };
-        Ok(Reply::later_then(
-            work,
-            |result, storage: &mut Self, ctx| {
-                let result = result.map_err(StorageError::from);
-                storage.note_mount(&result, ctx);
-                Ok(result)
-            },
-        ))
+        slog::info!(ctx.log(), "mounting the data partition"; "backend" => ?self.config.backend);
+        Ok(self.mount(VolumeKey::combine(&msg.nuk, &msg.cuk), DataBackend::open))
     }
 }
 
@@ -192,14 +175,32 @@ impl Handler<GetEsp> for Storage {
 // ---- helpers ----
 
 impl Storage {
-    fn note_mount<T>(&mut self, result: &Result<T, StorageError>, ctx: &mut Ctx<'_, Self>) {
-        match result {
-            Ok(_) => {
-                self.mounted = true;
-                slog::info!(ctx.log(), "data partition mounted"; "path" => %self.config.root.data().display());
-            }
-            Err(e) => slog::error!(ctx.log(), "data partition not mounted"; "error" => %e),
+    /// Run `op` (format or open) with `key` on the blocking pool, then record the mount.
+    fn mount(
+        &self,
+        key: VolumeKey,
+        op: fn(&DataBackend, &NodeRoot, &VolumeKey) -> Result<(), DataError>,
+    ) -> Reply<Self, Result<(), StorageError>> {
+        if self.mounted {
+            return Reply::now(Err(StorageError::AlreadyMounted));
         }
+        let (root, backend) = (self.config.root.clone(), self.config.backend.clone());
+        let work = async move {
+            tokio::task::spawn_blocking(move || op(&backend, &root, &key))
+                .await
+                .map_err(|e| Failure::msg(format!("data partition thread failed: {e}")))
+        };
+        Reply::later_then(work, |result, storage: &mut Self, ctx| {
+            let result = result.map_err(StorageError::from);
+            match &result {
+                Ok(()) => {
+                    storage.mounted = true;
+                    slog::info!(ctx.log(), "data partition mounted"; "path" => %storage.config.root.data().display());
+                }
+                Err(e) => slog::error!(ctx.log(), "data partition not mounted"; "error" => %e),
+            }
+            Ok(result)
+        })
     }
 }
 

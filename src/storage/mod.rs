@@ -5,7 +5,7 @@ mod data;
 mod esp;
 mod layout;
 
-pub use actor::{GetEsp, MountExisting, MountNew, Storage, StorageConfig, StorageError};
+pub use actor::{GetEsp, MountExisting, MountNew, NewKeys, Storage, StorageConfig, StorageError};
 pub use data::{DataBackend, DataError, UnlockKey, VolumeKey, KEY_LEN};
 pub use esp::{Esp, EspError, ENVELOPE_VERSION};
 pub use layout::NodeRoot;
