@@ -339,7 +339,7 @@ async fn watch_crl(mut client: Client, file: std::path::PathBuf) -> ConsensusErr
 /// Wait until etcd answers, then commit a new cluster's peer CA (create-if-absent).
 async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    let mut client = loop {
+    let client = loop {
         let attempt = async {
             let mut client = etcd::connect(&root).await?;
             client.status().await?;
@@ -361,6 +361,5 @@ async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<C
         kv.ensure("peer-ca/certificate", ca.certificate()).await?;
         kv.ensure("peer-ca/key", &ca.key_pkcs8()?).await?;
     }
-    client.status().await.map_err(ConsensusError::from)?;
     Ok(client)
 }
