@@ -41,6 +41,13 @@ pub(crate) struct Core<A: Actor> {
 }
 
 impl<A: Actor> Core<A> {
+    /// End the incarnation with `failure`: log it, record it as the exit reason, stop.
+    pub(crate) fn fail(&self, actx: &mut actix::Context<Cell<A>>, failure: Failure) {
+        slog::error!(self.logger, "failed"; "error" => %failure);
+        self.incarnation.exit(ExitReason::error(&failure));
+        actix::ActorContext::stop(actx);
+    }
+
     pub(crate) fn new(
         logger: Logger,
         base_log: Logger,
@@ -113,9 +120,7 @@ impl<A: Actor> Cell<A> {
     }
 
     fn fail(&mut self, actx: &mut actix::Context<Self>, failure: Failure) {
-        slog::error!(self.core.logger, "failed"; "error" => %failure);
-        self.core.incarnation.exit(ExitReason::error(&failure));
-        actix::ActorContext::stop(actx);
+        self.core.fail(actx, failure);
     }
 
     /// Answer a caller and count the message as handled.

@@ -65,9 +65,7 @@ impl<A: Actor> Ctx<'_, A> {
 
     /// Fail this incarnation with `failure`; its supervisor decides what follows.
     pub fn fail(&mut self, failure: impl Into<Failure>) {
-        let failure = failure.into();
-        slog::error!(self.core.logger, "failed"; "error" => %failure);
-        self.exit(ExitReason::error(&failure));
+        self.core.fail(self.actx, failure.into());
     }
 
     /// End this incarnation with exactly `reason` (a supervisor's escalation).
