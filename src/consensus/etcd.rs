@@ -2,7 +2,6 @@
 //! client over the local unix socket.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 
 use etcd_client::Client;
@@ -167,7 +166,7 @@ pub fn command(root: &NodeRoot, member: &Member, join: Option<&str>) -> Command 
     let pki = root.etcd_peer_pki();
     let socket = format!("unix://{SOCKET_NAME}:0");
     let mut cmd = Command::new("etcd");
-    cmd.current_dir(socket_dir(root))
+    cmd.current_dir(root.consensus())
         .arg("--name")
         .arg(&member.name)
         .arg("--data-dir")
@@ -200,17 +199,9 @@ pub fn command(root: &NodeRoot, member: &Member, join: Option<&str>) -> Command 
     cmd
 }
 
-/// The directory etcd runs in and its socket lives in.
-pub fn socket_dir(root: &NodeRoot) -> std::path::PathBuf {
-    root.consensus_socket()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.ephemeral())
-}
-
 /// The socket file etcd creates.
 fn socket_path(root: &NodeRoot) -> std::path::PathBuf {
-    socket_dir(root).join(format!("{SOCKET_NAME}:0"))
+    root.consensus().join(format!("{SOCKET_NAME}:0"))
 }
 
 /// Remove the socket a killed etcd left behind, which would stop the next one from listening.

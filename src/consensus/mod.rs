@@ -98,7 +98,7 @@ impl Consensus {
 impl Actor for Consensus {
     fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
         let root = self.config.root.clone();
-        let dir = etcd::socket_dir(&root);
+        let dir = root.consensus();
         std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
         let restart = root.etcd_data().join("member").exists();
         let mut new_ca = None;

@@ -85,9 +85,9 @@ impl NodeRoot {
         self.ephemeral().join("machine-id")
     }
 
-    /// The local etcd client socket.
-    pub fn consensus_socket(&self) -> PathBuf {
-        self.ephemeral().join("consensus/client.sock")
+    /// etcd's working directory, where its local client socket lives (etcd names the file).
+    pub fn consensus(&self) -> PathBuf {
+        self.ephemeral().join("consensus")
     }
 }
 
@@ -120,7 +120,7 @@ mod tests {
             ),
             (r.hosts(), "/n/ephemeral/hosts"),
             (r.machine_id(), "/n/ephemeral/machine-id"),
-            (r.consensus_socket(), "/n/ephemeral/consensus/client.sock"),
+            (r.consensus(), "/n/ephemeral/consensus"),
         ];
         for (got, want) in paths {
             assert_eq!(got, PathBuf::from(want));
