@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::Endpoint;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
-use crate::pki::{CertificateAuthority, PkiError, Template};
+use crate::pki::{to_pem, CertificateAuthority, PkiError, Template};
 use crate::storage::NodeRoot;
 
 /// The etcd peer port.
@@ -139,24 +139,20 @@ pub fn write_peer_pki(
     let dir = root.etcd_peer_pki();
     fsutil::write_atomic(
         &dir.join("ca.pem"),
-        pem_of("CERTIFICATE", ca).as_bytes(),
+        to_pem("CERTIFICATE", ca).as_bytes(),
         PUBLIC_MODE,
     )?;
     fsutil::write_atomic(
         &dir.join("cert.pem"),
-        pem_of("CERTIFICATE", cert).as_bytes(),
+        to_pem("CERTIFICATE", cert).as_bytes(),
         PUBLIC_MODE,
     )?;
     fsutil::write_atomic(
         &dir.join("key.pem"),
-        pem_of("PRIVATE KEY", key).as_bytes(),
+        to_pem("PRIVATE KEY", key).as_bytes(),
         SECRET_MODE,
     )?;
     fsutil::write_atomic(&root.etcd_peer_crl(), crl, PUBLIC_MODE)
-}
-
-fn pem_of(tag: &str, der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new(tag, der.to_vec()))
 }
 
 /// The etcd command line for `member`: with `join` unset, the first member of a new cluster;

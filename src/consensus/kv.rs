@@ -84,6 +84,54 @@ impl NamespacedKv {
             .collect()
     }
 
+    /// The value at `key` with its modification revision (0 and no value if absent), for a later
+    /// [`NamespacedKv::swap`].
+    pub async fn get_versioned(
+        &mut self,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, i64), ConsensusError> {
+        let response = self.client.get(self.key(key), None).await?;
+        Ok(match response.kvs().first() {
+            Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision()),
+            None => (None, 0),
+        })
+    }
+
+    /// Write all `puts` in one transaction if `guard` is still at `revision` (0: still absent).
+    /// Returns whether it wrote; `false` means someone changed `guard` since it was read.
+    pub async fn swap(
+        &mut self,
+        guard: &str,
+        revision: i64,
+        puts: &[(&str, &[u8])],
+    ) -> Result<bool, ConsensusError> {
+        let guard = self.key(guard);
+        let compare = match revision {
+            0 => Compare::create_revision(guard.as_str(), CompareOp::Equal, 0),
+            r => Compare::mod_revision(guard.as_str(), CompareOp::Equal, r),
+        };
+        let ops: Vec<TxnOp> = puts
+            .iter()
+            .map(|(k, v)| TxnOp::put(self.key(k), *v, None))
+            .collect();
+        let response = self
+            .client
+            .txn(Txn::new().when([compare]).and_then(ops))
+            .await?;
+        Ok(response.succeeded())
+    }
+
+    /// A stream of the changes under `prefix` from now on: each item says that something
+    /// changed (read again to see what).
+    pub async fn watch(
+        &mut self,
+        prefix: &str,
+    ) -> Result<etcd_client::WatchStream, ConsensusError> {
+        let options = etcd_client::WatchOptions::new().with_prefix();
+        let stream = self.client.watch(self.key(prefix), Some(options)).await?;
+        Ok(stream)
+    }
+
     /// Keys under `prefix` (relative to this namespace) with their values.
     pub async fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ConsensusError> {
         let full = self.key(prefix);

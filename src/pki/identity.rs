@@ -18,11 +18,12 @@ pub fn generate_key() -> Result<SigningKey, PkiError> {
 
 /// The node ID: `metropolis-` and the hex of the public key's first 16 bytes.
 pub fn node_id(public: &VerifyingKey) -> String {
-    let hex: String = public.as_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("metropolis-{hex}")
+    format!("metropolis-{}", hex(&public.as_bytes()[..16]))
+}
+
+/// Lowercase hex, as node IDs, etcd keys and logs spell binary values.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -11,14 +11,15 @@ use ed25519_dalek::VerifyingKey;
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
 
 use crate::consensus::{Consensus, ConsensusError, Kv, NamespacedKv};
-use crate::pki::{CertificateAuthority, Issued, PkiError, Template};
+use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
 
 /// The etcd namespace of the cluster PKI.
 pub const NAMESPACE: &str = "/cluster-pki/";
 const CA_NAME: &str = "Polis cluster CA";
 const CA_CERTIFICATE: &str = "ca/certificate";
 const CA_KEY: &str = "ca/key";
-const CRL: &str = "crl";
+/// The cluster CRL (DER) under [`NAMESPACE`], which servers check clients against.
+pub const CRL_KEY: &str = "crl";
 
 /// Why the issuer could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +41,6 @@ pub enum IssuerError {
         "etcd already holds a different cluster CA; this node's bootstrap CA cannot be committed"
     )]
     Conflict,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Load the cluster CA from etcd, or store `candidate` as it if there is none; returns the CA
@@ -235,7 +232,7 @@ impl Handler<Revoke> for Issuer {
                     .collect();
                 // The CRL number grows with every revocation (revocations are never undone).
                 let crl = ca.crl(revoked.len() as u64 + 1, &revoked)?;
-                kv.put(CRL, &crl).await?;
+                kv.put(CRL_KEY, &crl).await?;
                 Ok(crl)
             };
             Ok(revoke.await)

@@ -2,11 +2,13 @@
 //! actor that keeps the cluster CA in etcd.
 
 mod ca;
+mod credentials;
 mod identity;
 mod issuer;
 
 pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template};
-pub use identity::{generate_key, node_id};
+pub use credentials::{to_pem, CredentialsError, NodeCredentials};
+pub use identity::{generate_key, hex, node_id};
 pub use issuer::{
-    ensure_ca, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, NAMESPACE,
+    ensure_ca, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, CRL_KEY, NAMESPACE,
 };

@@ -1,0 +1,116 @@
+//! The Curator actor: serves the Curator's services on the node's address once etcd and the
+//! issuer are ready, presenting the node certificate. The server lives as long as the incarnation;
+//! if it ends, the actor fails and its supervisor starts a new one.
+
+use std::net::SocketAddr;
+
+use polis_actors::{Actor, ActorRef, Ctx, Failure, Started};
+use tokio::sync::oneshot;
+
+use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
+use crate::curator::records::{Records, NAMESPACE};
+use crate::curator::Services;
+use crate::grpc::incoming;
+use crate::pki::{Issuer, NodeCredentials, CRL_KEY};
+use crate::proto::api::aaa_server::AaaServer;
+use crate::proto::api::management_server::ManagementServer;
+use crate::proto::curator::curator_local_server::CuratorLocalServer;
+use crate::proto::curator::curator_server::CuratorServer;
+use crate::storage::NodeRoot;
+use crate::tls::{server_config, ClientAuth, Identity, Trust};
+
+/// The Curator's port.
+pub const CURATOR_PORT: u16 = 7835;
+
+/// Where the Curator serves and whose credentials it presents.
+#[derive(Clone, Debug)]
+pub struct CuratorConfig {
+    /// The node root (`data/node/credentials`).
+    pub root: NodeRoot,
+    /// The address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// The Curator actor.
+pub struct Curator {
+    config: CuratorConfig,
+    consensus: ActorRef<Consensus>,
+    issuer: ActorRef<Issuer>,
+    /// Dropping it stops the server.
+    stop_server: Option<oneshot::Sender<()>>,
+}
+
+impl Curator {
+    /// A Curator over `consensus` and `issuer`.
+    pub fn new(
+        config: CuratorConfig,
+        consensus: ActorRef<Consensus>,
+        issuer: ActorRef<Issuer>,
+    ) -> Self {
+        Curator {
+            config,
+            consensus,
+            issuer,
+            stop_server: None,
+        }
+    }
+}
+
+impl Actor for Curator {
+    fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
+        let credentials = NodeCredentials::load(&self.config.root)?.ok_or_else(|| {
+            Failure::msg(format!(
+                "no node credentials at {}",
+                self.config.root.node_credentials().display()
+            ))
+        })?;
+        let (consensus, issuer, listen, log) = (
+            self.consensus.clone(),
+            self.issuer.clone(),
+            self.config.listen,
+            ctx.log().clone(),
+        );
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.stop_server = Some(stop_tx);
+        let serve = async move {
+            let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
+            let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
+            let mut pki_kv = consensus.ask(Kv(crate::pki::NAMESPACE.into())).await??;
+            let trust = Trust {
+                ca: credentials.ca.clone(),
+                crls: pki_kv.get(CRL_KEY).await?.into_iter().collect(),
+            };
+            let identity = Identity::new(&credentials.key, credentials.certificate.clone())?;
+            let tls = server_config(identity, ClientAuth::CaOrEphemeral(trust))?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
+            let services = Services::new(Records::new(kv), peer_kv, issuer, consensus, log.clone());
+            let server = tonic::transport::Server::builder()
+                .add_service(CuratorServer::new(services.clone()))
+                .add_service(CuratorLocalServer::new(services.clone()))
+                .add_service(ManagementServer::new(services.clone()))
+                .add_service(AaaServer::new(services))
+                .serve_with_incoming_shutdown(incoming(listener, tls, log), async {
+                    let _ = stop_rx.await;
+                });
+            Ok::<_, Failure>(server)
+        };
+        ctx.spawn(serve, move |server, _, ctx| {
+            let server = server?;
+            slog::info!(ctx.log(), "serving"; "listen" => %listen);
+            ctx.healthy();
+            ctx.spawn(tokio::spawn(server), |ended, _, _| match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Failure::msg(format!("the Curator server failed: {e}"))),
+                Err(e) => Err(Failure::msg(format!("the Curator server task failed: {e}"))),
+            });
+            Ok(())
+        });
+        Ok(Started::Pending)
+    }
+
+    fn stopping(&mut self, _: &mut Ctx<'_, Self>) {
+        self.stop_server.take();
+    }
+}

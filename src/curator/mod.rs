@@ -1,0 +1,111 @@
+//! The Curator: the cluster's control-plane API, served by every consensus member over Polis TLS.
+//! Nodes register, commit and join through it; the owner escrows and manages through it. Its
+//! state is the node records in etcd ([`records`]); [`service`] holds the RPC handlers and
+//! [`actor`] the supervised server.
+
+mod actor;
+pub mod records;
+mod service;
+
+pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
+pub use records::Records;
+pub use service::Services;
+
+use tonic::{Code, Status};
+
+use crate::consensus::ConsensusError;
+use crate::pki::{IssuerError, PkiError};
+
+/// Why a Curator call was refused or failed; each maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum CuratorError {
+    /// The caller presented no certificate the call can authorize.
+    #[error("no client certificate")]
+    Unauthenticated,
+    /// The register ticket is not the cluster's.
+    #[error("wrong register ticket")]
+    WrongTicket,
+    /// The caller is not the owner.
+    #[error("this call needs the owner certificate")]
+    NotOwner,
+    /// The caller's key is not the bootstrap owner key.
+    #[error("this key is not the cluster's owner key")]
+    NotInitialOwner,
+    /// No node with this ID (or join key).
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    /// The node was decommissioned and may never join.
+    #[error("node {0} is decommissioned")]
+    Decommissioned(String),
+    /// The node registered with another join key.
+    #[error("node {0} is registered with a different join key")]
+    JoinKeyMismatch(String),
+    /// The node committed another CUK before.
+    #[error("node {0} committed a different cluster unlock key before")]
+    CukMismatch(String),
+    /// The owner has not approved the node yet.
+    #[error("node {0} is not approved yet")]
+    NotApproved(String),
+    /// The node is in the wrong state for the call.
+    #[error("node {id} is {state}, not {wanted}")]
+    WrongState {
+        /// The node.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// The state the call needs.
+        wanted: &'static str,
+    },
+    /// A request field is malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// What is asked is not supported.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// etcd lacks a value the cluster must have.
+    #[error("etcd holds no {0}")]
+    Missing(String),
+    /// A record in etcd does not decode.
+    #[error("corrupted record at {key}: {source}")]
+    CorruptRecord {
+        /// The etcd key.
+        key: String,
+        /// The decode error.
+        source: prost::DecodeError,
+    },
+    /// etcd failed or refused (e.g. a learner still pending).
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// The issuer failed.
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    /// A certificate could not be made.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// An actor the Curator needs is not running.
+    #[error("{0}")]
+    Unavailable(#[from] polis_actors::SendError),
+}
+
+impl From<CuratorError> for Status {
+    fn from(e: CuratorError) -> Status {
+        use CuratorError::*;
+        let code = match &e {
+            Unauthenticated => Code::Unauthenticated,
+            WrongTicket | NotOwner | NotInitialOwner | Decommissioned(_) => Code::PermissionDenied,
+            UnknownNode(_) => Code::NotFound,
+            JoinKeyMismatch(_) | CukMismatch(_) => Code::AlreadyExists,
+            NotApproved(_) | WrongState { .. } => Code::FailedPrecondition,
+            Invalid { .. } => Code::InvalidArgument,
+            Unsupported(_) => Code::Unimplemented,
+            Missing(_) | CorruptRecord { .. } | Pki(_) => Code::Internal,
+            Consensus(_) | Issuer(_) | Unavailable(_) => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}

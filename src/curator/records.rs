@@ -1,0 +1,306 @@
+//! The Curator's state in etcd: node records under `nodes/<id>`, the join-key index under
+//! `join_keys/<hex>`, and the cluster-wide values under `global/`. A record changes only in a
+//! transaction guarded by the revision it was read at, so two Curators never overwrite each
+//! other's changes; the node state machine itself is the pure functions at the bottom.
+
+use prost::Message;
+
+use crate::consensus::NamespacedKv;
+use crate::curator::CuratorError;
+use crate::pki::hex;
+use crate::proto::common::{cluster_directory, Address, ClusterDirectory, NodeState, NodeStatus};
+use crate::proto::private::Node;
+
+/// The etcd namespace of the Curator.
+pub const NAMESPACE: &str = "/curator/";
+const NODES: &str = "nodes/";
+const JOIN_KEYS: &str = "join_keys/";
+/// The owner key from the bootstrap parameters: the only key that may escrow.
+pub const INITIAL_OWNER: &str = "global/initial_owner";
+/// The owner certificate Escrow issued, answered to every later Escrow.
+pub const OWNER_CERTIFICATE: &str = "global/owner_certificate";
+/// The current register ticket.
+pub const REGISTER_TICKET: &str = "global/register_ticket";
+
+/// The Curator's records, over a client confined to [`NAMESPACE`].
+#[derive(Clone)]
+pub struct Records {
+    kv: NamespacedKv,
+}
+
+impl Records {
+    /// Records kept through `kv`, which must be confined to [`NAMESPACE`].
+    pub fn new(kv: NamespacedKv) -> Self {
+        Records { kv }
+    }
+
+    /// The raw client, for the `global/` values.
+    pub fn kv(&mut self) -> &mut NamespacedKv {
+        &mut self.kv
+    }
+
+    /// The record of node `id`, if there is one.
+    pub async fn get(&mut self, id: &str) -> Result<Option<Node>, CuratorError> {
+        let key = format!("{NODES}{id}");
+        match self.kv.get(&key).await? {
+            Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every node record, by ID.
+    pub async fn list(&mut self) -> Result<Vec<Node>, CuratorError> {
+        let mut nodes = Vec::new();
+        for (key, bytes) in self.kv.list(NODES).await? {
+            nodes.push(decode(&key, &bytes)?);
+        }
+        Ok(nodes)
+    }
+
+    /// The record of the node that registered `join_key`, if any.
+    pub async fn by_join_key(&mut self, join_key: &[u8]) -> Result<Option<Node>, CuratorError> {
+        match self
+            .kv
+            .get(&format!("{JOIN_KEYS}{}", hex(join_key)))
+            .await?
+        {
+            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Change node `id`'s record by `change` (given the record as it is now, it answers the
+    /// record to write, or `None` to leave it), in a transaction; retried if another writer got
+    /// there first. Answers the record as it stands afterwards. The join-key index is written
+    /// with the record.
+    pub async fn update<F>(&mut self, id: &str, mut change: F) -> Result<Node, CuratorError>
+    where
+        F: FnMut(Option<&Node>) -> Result<Option<Node>, CuratorError>,
+    {
+        let key = format!("{NODES}{id}");
+        loop {
+            let (bytes, revision) = self.kv.get_versioned(&key).await?;
+            let current = bytes.map(|b| decode(&key, &b)).transpose()?;
+            let Some(new) = change(current.as_ref())? else {
+                return current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()));
+            };
+            let record = new.encode_to_vec();
+            let index = format!("{JOIN_KEYS}{}", hex(&new.join_key));
+            let mut puts: Vec<(&str, &[u8])> = vec![(&key, &record)];
+            if !new.join_key.is_empty() {
+                puts.push((&index, id.as_bytes()));
+            }
+            if self.kv.swap(&key, revision, &puts).await? {
+                return Ok(new);
+            }
+        }
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Node, CuratorError> {
+    Node::decode(bytes).map_err(|source| CuratorError::CorruptRecord {
+        key: format!("{NAMESPACE}{key}"),
+        source,
+    })
+}
+
+/// The cluster directory: every node that is UP and has said where it is, by ID.
+pub fn directory(nodes: &[Node]) -> ClusterDirectory {
+    let mut listed: Vec<cluster_directory::Node> = nodes
+        .iter()
+        .filter(|n| n.fsm_state == NodeState::Up as i32)
+        .filter_map(|n| {
+            let host = n.status.as_ref()?.external_address.clone();
+            (!host.is_empty()).then(|| cluster_directory::Node {
+                id: n.id.clone(),
+                addresses: vec![Address { host }],
+            })
+        })
+        .collect();
+    listed.sort_by(|a, b| a.id.cmp(&b.id));
+    ClusterDirectory { nodes: listed }
+}
+
+// ---- the node state machine: NEW → STANDBY → UP, and DECOMMISSIONED ----
+
+/// RegisterNode: a new record in NEW; repeating it with the same join key changes nothing.
+pub fn register(
+    current: Option<&Node>,
+    id: &str,
+    public_key: &[u8],
+    join_key: &[u8],
+    address: &str,
+) -> Result<Option<Node>, CuratorError> {
+    match current {
+        None => Ok(Some(Node {
+            public_key: public_key.to_vec(),
+            fsm_state: NodeState::New as i32,
+            join_key: join_key.to_vec(),
+            id: id.to_owned(),
+            status: Some(status(address)),
+            ..Node::default()
+        })),
+        Some(node) if node.fsm_state == NodeState::Decommissioned as i32 => {
+            Err(CuratorError::Decommissioned(id.to_owned()))
+        }
+        Some(node) if node.join_key == join_key => Ok(None),
+        Some(_) => Err(CuratorError::JoinKeyMismatch(id.to_owned())),
+    }
+}
+
+/// ApproveNode: NEW becomes STANDBY; a node approved already stays as it is.
+pub fn approve(current: Option<&Node>, id: &str) -> Result<Option<Node>, CuratorError> {
+    let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    match NodeState::try_from(node.fsm_state) {
+        Ok(NodeState::New) => Ok(Some(Node {
+            fsm_state: NodeState::Standby as i32,
+            ..node.clone()
+        })),
+        Ok(NodeState::Standby | NodeState::Up) => Ok(None),
+        _ => Err(CuratorError::WrongState {
+            id: id.to_owned(),
+            state: state_name(node.fsm_state),
+            wanted: "NEW",
+        }),
+    }
+}
+
+/// CommitNode: STANDBY becomes UP with its CUK and certificate. A node UP already stays as it
+/// is, if the CUK is the one it committed (the caller then answers the stored certificate).
+pub fn commit(
+    current: Option<&Node>,
+    id: &str,
+    cuk: &[u8],
+    certificate: &[u8],
+) -> Result<Option<Node>, CuratorError> {
+    use subtle::ConstantTimeEq;
+    let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    match NodeState::try_from(node.fsm_state) {
+        Ok(NodeState::Standby) => Ok(Some(Node {
+            fsm_state: NodeState::Up as i32,
+            cluster_unlock_key: cuk.to_vec(),
+            node_certificate: certificate.to_vec(),
+            ..node.clone()
+        })),
+        Ok(NodeState::Up) if bool::from(node.cluster_unlock_key.ct_eq(cuk)) => Ok(None),
+        Ok(NodeState::Up) => Err(CuratorError::CukMismatch(id.to_owned())),
+        Ok(NodeState::New) => Err(CuratorError::NotApproved(id.to_owned())),
+        _ => Err(CuratorError::WrongState {
+            id: id.to_owned(),
+            state: state_name(node.fsm_state),
+            wanted: "STANDBY",
+        }),
+    }
+}
+
+/// DecommissionNode: the node may never join again.
+pub fn decommission(current: Option<&Node>, id: &str) -> Result<Option<Node>, CuratorError> {
+    let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    if node.fsm_state == NodeState::Decommissioned as i32 {
+        return Ok(None);
+    }
+    Ok(Some(Node {
+        fsm_state: NodeState::Decommissioned as i32,
+        ..node.clone()
+    }))
+}
+
+/// A node's reported status at `address`.
+pub fn status(address: &str) -> NodeStatus {
+    NodeStatus {
+        external_address: address.to_owned(),
+        healthy: true,
+    }
+}
+
+/// The state's name as the API spells it.
+pub fn state_name(state: i32) -> &'static str {
+    match NodeState::try_from(state) {
+        Ok(NodeState::New) => "NEW",
+        Ok(NodeState::Standby) => "STANDBY",
+        Ok(NodeState::Up) => "UP",
+        Ok(NodeState::Decommissioned) => "DECOMMISSIONED",
+        _ => "INVALID",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered() -> Node {
+        register(None, "n", &[1; 32], &[2; 32], "198.18.0.2")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_node_goes_new_standby_up_and_repeated_calls_change_nothing() {
+        let node = registered();
+        assert_eq!(node.fsm_state, NodeState::New as i32);
+        assert!(register(Some(&node), "n", &[1; 32], &[2; 32], "x")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            commit(Some(&node), "n", &[3; 32], b"cert"),
+            Err(CuratorError::NotApproved(_))
+        ));
+        let node = approve(Some(&node), "n").unwrap().unwrap();
+        assert_eq!(node.fsm_state, NodeState::Standby as i32);
+        assert!(approve(Some(&node), "n").unwrap().is_none());
+        let node = commit(Some(&node), "n", &[3; 32], b"cert")
+            .unwrap()
+            .unwrap();
+        assert_eq!(node.fsm_state, NodeState::Up as i32);
+        assert_eq!(node.node_certificate, b"cert");
+        assert!(commit(Some(&node), "n", &[3; 32], b"other")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            commit(Some(&node), "n", &[4; 32], b"other"),
+            Err(CuratorError::CukMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn a_decommissioned_node_cannot_register_again_and_another_join_key_is_refused() {
+        let node = registered();
+        assert!(matches!(
+            register(Some(&node), "n", &[1; 32], &[9; 32], "x"),
+            Err(CuratorError::JoinKeyMismatch(_))
+        ));
+        let gone = decommission(Some(&node), "n").unwrap().unwrap();
+        assert!(matches!(
+            register(Some(&gone), "n", &[1; 32], &[2; 32], "x"),
+            Err(CuratorError::Decommissioned(_))
+        ));
+        assert!(matches!(
+            approve(Some(&gone), "n"),
+            Err(CuratorError::WrongState { .. })
+        ));
+        assert!(matches!(
+            approve(None, "m"),
+            Err(CuratorError::UnknownNode(_))
+        ));
+    }
+
+    #[test]
+    fn the_directory_lists_up_nodes_with_addresses_only() {
+        let new = registered();
+        let up = Node {
+            id: "a".into(),
+            fsm_state: NodeState::Up as i32,
+            status: Some(status("198.18.0.3")),
+            ..Node::default()
+        };
+        let silent = Node {
+            id: "b".into(),
+            fsm_state: NodeState::Up as i32,
+            ..Node::default()
+        };
+        let dir = directory(&[new, silent, up]);
+        assert_eq!(dir.nodes.len(), 1);
+        assert_eq!(dir.nodes[0].id, "a");
+        assert_eq!(dir.nodes[0].addresses[0].host, "198.18.0.3");
+    }
+}

@@ -1,0 +1,577 @@
+//! The Curator's RPC handlers: node-facing (`Curator`, `CuratorLocal`) and owner-facing
+//! (`Management`, `AAA`). Every handler authorizes by the caller's TLS certificate, which the
+//! acceptor verified: an ephemeral certificate proves a key (node key, join key, owner key); a
+//! CA-issued one is checked against the certificate the Curator recorded for its holder.
+
+use std::pin::Pin;
+
+use ed25519_dalek::VerifyingKey;
+use futures::{SinkExt, Stream};
+use polis_actors::ActorRef;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use crate::consensus::{AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
+use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
+use crate::curator::CuratorError;
+use crate::grpc::Peer;
+use crate::pki::{node_id, CertificateAuthority, GetCaCertificate, Issue, Issuer, Template};
+use crate::proto::api::aaa_server::Aaa;
+use crate::proto::api::management_server::Management;
+use crate::proto::api::{self, *};
+use crate::proto::common::node_roles::{consensus_member, ConsensusMember, KubernetesWorker};
+use crate::proto::common::{NodeRoles, NodeState};
+use crate::proto::curator::curator_local_server::CuratorLocal;
+use crate::proto::curator::curator_server::Curator;
+use crate::proto::curator::*;
+use crate::proto::private::Node;
+
+/// The etcd peer CA's name, as the consensus actor created it.
+const PEER_CA_NAME: &str = "Polis etcd peer CA";
+
+/// The handlers, sharing etcd clients and the actors they ask.
+#[derive(Clone)]
+pub struct Services {
+    records: Records,
+    peer_kv: NamespacedKv,
+    issuer: ActorRef<Issuer>,
+    consensus: ActorRef<Consensus>,
+    log: slog::Logger,
+}
+
+impl Services {
+    /// Handlers over `records` (the Curator namespace) and `peer_kv` (the consensus namespace,
+    /// for the peer CA), issuing through `issuer` and adding members through `consensus`.
+    pub fn new(
+        records: Records,
+        peer_kv: NamespacedKv,
+        issuer: ActorRef<Issuer>,
+        consensus: ActorRef<Consensus>,
+        log: slog::Logger,
+    ) -> Self {
+        Services {
+            records,
+            peer_kv,
+            issuer,
+            consensus,
+            log,
+        }
+    }
+
+    async fn ca_certificate(&self) -> Result<Vec<u8>, CuratorError> {
+        Ok(self.issuer.ask(GetCaCertificate).await??)
+    }
+
+    /// The caller must hold the owner certificate that Escrow issued.
+    async fn owner<T>(&self, request: &Request<T>) -> Result<(), CuratorError> {
+        let presented = caller_certificate(request)?;
+        let mut records = self.records.clone();
+        match records.kv().get(OWNER_CERTIFICATE).await? {
+            Some(owner) if bool::from(owner.as_slice().ct_eq(presented)) => Ok(()),
+            _ => Err(CuratorError::NotOwner),
+        }
+    }
+
+    /// The caller must present the node certificate recorded for its key: answers its record.
+    async fn node<T>(&self, request: &Request<T>) -> Result<Node, CuratorError> {
+        let presented = caller_certificate(request)?.to_vec();
+        let id = node_id(&caller_key(request)?);
+        let node = self
+            .records
+            .clone()
+            .get(&id)
+            .await?
+            .ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
+        if node.node_certificate.is_empty() || node.node_certificate != presented {
+            return Err(CuratorError::Unauthenticated);
+        }
+        if node.fsm_state == NodeState::Decommissioned as i32 {
+            return Err(CuratorError::Decommissioned(id));
+        }
+        Ok(node)
+    }
+
+    /// Give node `node` the consensus role: a peer certificate for its node key, a place in
+    /// etcd as a learner, and the role in its record, in that order (each step repeatable).
+    async fn add_consensus_member(&self, node: &Node) -> Result<ConsensusMember, CuratorError> {
+        let mut peer_kv = self.peer_kv.clone();
+        let missing =
+            |key: &str| CuratorError::Missing(format!("{}{key}", crate::consensus::NAMESPACE));
+        let ca_cert = peer_kv
+            .get("peer-ca/certificate")
+            .await?
+            .ok_or_else(|| missing("peer-ca/certificate"))?;
+        let ca_key = peer_kv
+            .get("peer-ca/key")
+            .await?
+            .ok_or_else(|| missing("peer-ca/key"))?;
+        let ca = CertificateAuthority::from_parts(PEER_CA_NAME, &ca_key, ca_cert)?;
+        let crl = peer_kv.ensure(PEER_CRL_KEY, &ca.crl(1, &[])?).await?;
+        let host = node
+            .status
+            .as_ref()
+            .map(|s| s.external_address.clone())
+            .unwrap_or_default();
+        let ip = host.parse().map_err(|_| CuratorError::Invalid {
+            field: "external_address",
+            reason: format!("node {} has no usable address ({host:?})", node.id),
+        })?;
+        let public = verifying_key(&node.public_key, "public_key")?;
+        let template = Template::Peer {
+            name: node.id.clone(),
+            dns: vec![node.id.clone()],
+            ips: vec![ip],
+        };
+        let certificate = ca.issue(&template, &public)?;
+        let initial_cluster = self
+            .consensus
+            .ask(AddLearner {
+                name: node.id.clone(),
+                peer_url: format!("https://{host}:{PEER_PORT}"),
+            })
+            .await??;
+        Ok(ConsensusMember {
+            ca_certificate: ca.certificate().to_vec(),
+            peer_certificate: certificate.der,
+            initial_crl: crl,
+            peers: parse_initial_cluster(&initial_cluster),
+        })
+    }
+}
+
+/// `name=https://host:port,…` as peers.
+fn parse_initial_cluster(initial_cluster: &str) -> Vec<consensus_member::Peer> {
+    initial_cluster
+        .split(',')
+        .filter_map(|member| {
+            let (name, url) = member.split_once('=')?;
+            let authority = url.strip_prefix("https://")?;
+            let (host, port) = authority.rsplit_once(':')?;
+            Some(consensus_member::Peer {
+                name: name.to_owned(),
+                port: port.parse().ok()?,
+                host: host.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The `--initial-cluster` value of `peers` (the inverse of [`parse_initial_cluster`]).
+pub fn initial_cluster(peers: &[consensus_member::Peer]) -> String {
+    peers
+        .iter()
+        .map(|p| format!("{}=https://{}:{}", p.name, p.host, p.port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn caller_certificate<T>(request: &Request<T>) -> Result<&[u8], CuratorError> {
+    request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|p| p.certificate.as_deref())
+        .ok_or(CuratorError::Unauthenticated)
+}
+
+fn caller_key<T>(request: &Request<T>) -> Result<VerifyingKey, CuratorError> {
+    let key = request
+        .extensions()
+        .get::<Peer>()
+        .and_then(Peer::public_key)
+        .ok_or(CuratorError::Unauthenticated)?;
+    VerifyingKey::from_bytes(&key).map_err(|_| CuratorError::Unauthenticated)
+}
+
+fn verifying_key(bytes: &[u8], field: &'static str) -> Result<VerifyingKey, CuratorError> {
+    let invalid = |reason: String| CuratorError::Invalid { field, reason };
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| invalid(format!("an Ed25519 key is 32 bytes, got {}", bytes.len())))?;
+    VerifyingKey::from_bytes(&array).map_err(|e| invalid(e.to_string()))
+}
+
+fn check_len(bytes: &[u8], field: &'static str) -> Result<(), CuratorError> {
+    if bytes.len() != 32 {
+        return Err(CuratorError::Invalid {
+            field,
+            reason: format!("must be 32 bytes, got {}", bytes.len()),
+        });
+    }
+    Ok(())
+}
+
+/// What a node's Watch sees.
+fn watch_event(nodes: &[Node], id: &str) -> WatchEvent {
+    let own = nodes.iter().find(|n| n.id == id);
+    WatchEvent {
+        directory: Some(records::directory(nodes)),
+        roles: own.and_then(|n| n.roles.clone()),
+        state: own.map_or(NodeState::Invalid as i32, |n| n.fsm_state),
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Curator for Services {
+    async fn register_node(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> Answer<RegisterNodeResponse> {
+        let public = caller_key(&request)?;
+        let msg = request.get_ref();
+        check_len(&msg.join_key, "join_key")?;
+        let mut records = self.records.clone();
+        let ticket = records
+            .kv()
+            .get(REGISTER_TICKET)
+            .await
+            .map_err(CuratorError::from)?;
+        match ticket {
+            Some(t) if bool::from(t.as_slice().ct_eq(&msg.register_ticket)) => {}
+            _ => return Err(CuratorError::WrongTicket.into()),
+        }
+        let id = node_id(&public);
+        records
+            .update(&id, |current| {
+                records::register(
+                    current,
+                    &id,
+                    public.as_bytes(),
+                    &msg.join_key,
+                    &msg.external_address,
+                )
+            })
+            .await?;
+        slog::info!(self.log, "node registered"; "node" => &id);
+        Ok(Response::new(RegisterNodeResponse {}))
+    }
+
+    async fn commit_node(&self, request: Request<CommitNodeRequest>) -> Answer<CommitNodeResponse> {
+        let public = caller_key(&request)?;
+        let cuk = &request.get_ref().cluster_unlock_key;
+        check_len(cuk, "cluster_unlock_key")?;
+        let id = node_id(&public);
+        let mut records = self.records.clone();
+        let current = records.get(&id).await?;
+        // A certificate is issued only for a node that may commit now; the record decides.
+        let certificate = match current.as_ref().map(|n| n.fsm_state) {
+            Some(s) if s == NodeState::Standby as i32 => {
+                let template = Template::Node {
+                    node_id: id.clone(),
+                };
+                self.issuer
+                    .ask(Issue(template, public))
+                    .await
+                    .map_err(CuratorError::from)?
+                    .map_err(CuratorError::from)?
+                    .der
+            }
+            _ => Vec::new(),
+        };
+        let node = records
+            .update(&id, |current| {
+                records::commit(current, &id, cuk, &certificate)
+            })
+            .await?;
+        slog::info!(self.log, "node committed"; "node" => &id);
+        Ok(Response::new(CommitNodeResponse {
+            ca_certificate: self.ca_certificate().await?,
+            node_certificate: node.node_certificate,
+        }))
+    }
+
+    async fn join_node(&self, request: Request<JoinNodeRequest>) -> Answer<JoinNodeResponse> {
+        let join_key = caller_key(&request)?;
+        let address = request.get_ref().external_address.clone();
+        let mut records = self.records.clone();
+        let node = records
+            .by_join_key(join_key.as_bytes())
+            .await?
+            .ok_or_else(|| {
+                CuratorError::UnknownNode(format!(
+                    "with join key {}",
+                    crate::pki::hex(join_key.as_bytes())
+                ))
+            })?;
+        let id = node.id.clone();
+        let node = records
+            .update(&id, |current| {
+                let node = current.ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
+                match NodeState::try_from(node.fsm_state) {
+                    Ok(NodeState::Up) => {}
+                    Ok(NodeState::Decommissioned) => {
+                        return Err(CuratorError::Decommissioned(id.clone()))
+                    }
+                    _ => {
+                        return Err(CuratorError::WrongState {
+                            id: id.clone(),
+                            state: records::state_name(node.fsm_state),
+                            wanted: "UP",
+                        })
+                    }
+                }
+                let moved = !address.is_empty()
+                    && node.status.as_ref().map(|s| s.external_address.as_str())
+                        != Some(address.as_str());
+                Ok(moved.then(|| Node {
+                    status: Some(records::status(&address)),
+                    ..node.clone()
+                }))
+            })
+            .await?;
+        slog::info!(self.log, "node joined"; "node" => &id);
+        Ok(Response::new(JoinNodeResponse {
+            cluster_unlock_key: node.cluster_unlock_key,
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Answer<Self::WatchStream> {
+        let id = self.node(&request).await?.id;
+        let mut records = self.records.clone();
+        let mut changes = records
+            .kv()
+            .watch("nodes/")
+            .await
+            .map_err(CuratorError::from)?;
+        let (mut tx, rx) = futures::channel::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let event = match records.list().await {
+                    Ok(nodes) => watch_event(&nodes, &id),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if last.as_ref() != Some(&event) {
+                    if tx.send(Ok(event.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(event);
+                }
+                if !matches!(changes.message().await, Ok(Some(_))) {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the etcd watch ended")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl CuratorLocal for Services {
+    async fn get_ca_certificate(
+        &self,
+        _: Request<GetCaCertificateRequest>,
+    ) -> Answer<GetCaCertificateResponse> {
+        Ok(Response::new(GetCaCertificateResponse {
+            ca_certificate: self.ca_certificate().await?,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Aaa for Services {
+    async fn escrow(&self, request: Request<EscrowRequest>) -> Answer<EscrowResponse> {
+        let key = caller_key(&request)?;
+        let mut records = self.records.clone();
+        let owner = records
+            .kv()
+            .get(records::INITIAL_OWNER)
+            .await
+            .map_err(CuratorError::from)?;
+        match owner {
+            Some(o) if bool::from(o.as_slice().ct_eq(key.as_bytes())) => {}
+            _ => return Err(CuratorError::NotInitialOwner.into()),
+        }
+        if let Some(certificate) = records
+            .kv()
+            .get(OWNER_CERTIFICATE)
+            .await
+            .map_err(CuratorError::from)?
+        {
+            return Ok(Response::new(EscrowResponse {
+                owner_certificate: certificate,
+            }));
+        }
+        let template = Template::Client {
+            common_name: "owner".into(),
+        };
+        let issued = self
+            .issuer
+            .ask(Issue(template, key))
+            .await
+            .map_err(CuratorError::from)?
+            .map_err(CuratorError::from)?;
+        // Of two concurrent escrows, both answer the certificate that was stored first.
+        let certificate = records
+            .kv()
+            .ensure(OWNER_CERTIFICATE, &issued.der)
+            .await
+            .map_err(CuratorError::from)?;
+        slog::info!(self.log, "the owner took ownership");
+        Ok(Response::new(EscrowResponse {
+            owner_certificate: certificate,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Management for Services {
+    async fn get_register_ticket(
+        &self,
+        request: Request<GetRegisterTicketRequest>,
+    ) -> Answer<GetRegisterTicketResponse> {
+        self.owner(&request).await?;
+        let mut fresh = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+            .map_err(|_| Status::internal("the operating system's random generator failed"))?;
+        let mut records = self.records.clone();
+        let ticket = records
+            .kv()
+            .ensure(REGISTER_TICKET, &fresh)
+            .await
+            .map_err(CuratorError::from)?;
+        Ok(Response::new(GetRegisterTicketResponse { ticket }))
+    }
+
+    async fn get_cluster_info(
+        &self,
+        request: Request<GetClusterInfoRequest>,
+    ) -> Answer<GetClusterInfoResponse> {
+        self.owner(&request).await?;
+        let nodes = self.records.clone().list().await?;
+        Ok(Response::new(GetClusterInfoResponse {
+            cluster_directory: Some(records::directory(&nodes)),
+            ca_certificate: self.ca_certificate().await?,
+        }))
+    }
+
+    async fn get_nodes(&self, request: Request<GetNodesRequest>) -> Answer<GetNodesResponse> {
+        self.owner(&request).await?;
+        let nodes = self.records.clone().list().await?;
+        Ok(Response::new(GetNodesResponse {
+            nodes: nodes
+                .into_iter()
+                .map(|n| api::Node {
+                    pubkey: n.public_key,
+                    state: n.fsm_state,
+                    status: n.status,
+                    roles: n.roles,
+                    id: n.id,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn approve_node(
+        &self,
+        request: Request<ApproveNodeRequest>,
+    ) -> Answer<ApproveNodeResponse> {
+        self.owner(&request).await?;
+        let id = node_id(&verifying_key(&request.get_ref().pubkey, "pubkey")?);
+        self.records
+            .clone()
+            .update(&id, |current| records::approve(current, &id))
+            .await?;
+        slog::info!(self.log, "node approved"; "node" => &id);
+        Ok(Response::new(ApproveNodeResponse {}))
+    }
+
+    async fn update_node_roles(
+        &self,
+        request: Request<UpdateNodeRolesRequest>,
+    ) -> Answer<UpdateNodeRolesResponse> {
+        self.owner(&request).await?;
+        let msg = request.into_inner();
+        let mut records = self.records.clone();
+        let node = records
+            .get(&msg.id)
+            .await?
+            .ok_or_else(|| CuratorError::UnknownNode(msg.id.clone()))?;
+        if node.fsm_state != NodeState::Up as i32 {
+            return Err(CuratorError::WrongState {
+                id: msg.id,
+                state: records::state_name(node.fsm_state),
+                wanted: "UP",
+            }
+            .into());
+        }
+        let has_consensus = node
+            .roles
+            .as_ref()
+            .is_some_and(|r| r.consensus_member.is_some());
+        let member = match msg.consensus_member {
+            Some(true) if !has_consensus => Some(self.add_consensus_member(&node).await?),
+            Some(false) if has_consensus => {
+                return Err(CuratorError::Unsupported(
+                    "removing the consensus role is not supported",
+                )
+                .into())
+            }
+            _ => None,
+        };
+        let id = msg.id.clone();
+        records
+            .update(&id, |current| {
+                let Some(node) = current else {
+                    return Err(CuratorError::UnknownNode(id.clone()));
+                };
+                let mut roles = node.roles.clone().unwrap_or_default();
+                if let Some(member) = &member {
+                    roles.consensus_member.get_or_insert_with(|| member.clone());
+                }
+                match msg.kubernetes_worker {
+                    Some(true) => roles.kubernetes_worker = Some(KubernetesWorker {}),
+                    Some(false) => roles.kubernetes_worker = None,
+                    None => {}
+                }
+                let roles: NodeRoles = roles;
+                Ok((node.roles.as_ref() != Some(&roles)).then(|| Node {
+                    roles: Some(roles),
+                    ..node.clone()
+                }))
+            })
+            .await?;
+        slog::info!(self.log, "node roles updated"; "node" => &msg.id);
+        Ok(Response::new(UpdateNodeRolesResponse {}))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<DecommissionNodeRequest>,
+    ) -> Answer<DecommissionNodeResponse> {
+        self.owner(&request).await?;
+        let id = request.into_inner().id;
+        self.records
+            .clone()
+            .update(&id, |current| records::decommission(current, &id))
+            .await?;
+        slog::warn!(self.log, "node decommissioned"; "node" => &id);
+        Ok(Response::new(DecommissionNodeResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_round_trips_through_peers() {
+        let text = "a=https://198.18.0.2:7834,b=https://198.18.0.3:7834";
+        let peers = parse_initial_cluster(text);
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[1].name, "b");
+        assert_eq!(peers[1].host, "198.18.0.3");
+        assert_eq!(peers[1].port, 7834);
+        assert_eq!(initial_cluster(&peers), text);
+        assert!(parse_initial_cluster("garbage").is_empty());
+    }
+}
