@@ -83,6 +83,20 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
         .map_err(|e| FsError::new("fsync directory", dir, e))
 }
 
+/// Overwrite the file at `path` in place (same inode) and fsync it. Only for a file that is
+/// bind-mounted elsewhere, such as a network namespace's `/etc/hosts`, where a rename would leave
+/// the mount on the old inode; everything else uses [`write_atomic`].
+pub fn overwrite_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| FsError::new("open", path, e))?;
+    file.write_all(contents)
+        .map_err(|e| FsError::new("write", path, e))?;
+    file.sync_all().map_err(|e| FsError::new("fsync", path, e))
+}
+
 /// Read a whole file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
     fs::read(path).map_err(|e| FsError::new("read", path, e))

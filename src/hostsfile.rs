@@ -23,6 +23,9 @@ pub struct HostsConfig {
     pub node_id: String,
     /// Set the system hostname to the node ID (a real node, or a test in its own UTS namespace).
     pub set_hostname: bool,
+    /// Also overwrite this file in place with the same text: the system's `/etc/hosts` where it
+    /// is a bind mount (a node in a network namespace) rather than a link to `ephemeral/hosts`.
+    pub system_hosts: Option<std::path::PathBuf>,
 }
 
 /// The hostsfile actor.
@@ -109,6 +112,9 @@ impl Hostsfile {
         let hosts = render(&self.config.node_id, own, &self.directory.get());
         let path = self.config.root.hosts();
         fsutil::write_atomic(&path, hosts.as_bytes(), PUBLIC_MODE)?;
+        if let Some(system) = &self.config.system_hosts {
+            fsutil::overwrite_in_place(system, hosts.as_bytes())?;
+        }
         if let Some(address) = own {
             if resolve(&hosts, &self.config.node_id) != Some(address) {
                 return Err(HostsError::SelfNotResolved {

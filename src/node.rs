@@ -1,8 +1,11 @@
-//! The node's supervision tree (DESIGN §2), as far as its subsystems exist.
+//! The node's supervision tree (DESIGN §2).
 
 use std::time::Duration;
 
-use polis_actors::{Backoff, ChildSpec, Strategy, SupervisorSpec, Watchable};
+use polis_actors::{Backoff, ChildSpec, Restart, Strategy, SupervisorSpec, Watchable};
+
+use crate::lifecycle::{cluster, Lifecycle, LifecycleConfig, LifecycleDeps};
+use crate::proto::common::ClusterDirectory;
 
 use crate::network::{AddressSource, Network, NetworkStatus};
 use crate::storage::{Storage, StorageConfig};
@@ -21,6 +24,8 @@ pub struct NodeConfig {
     pub tpm: TpmConfig,
     /// Where the node's external address comes from.
     pub address: AddressSource,
+    /// What the lifecycle needs beyond the disk: fw_cfg, hostname, hosts file, test hook.
+    pub lifecycle: LifecycleConfig,
 }
 
 /// The values actors of the tree publish for others, which outlive any one incarnation.
@@ -28,14 +33,18 @@ pub struct NodeConfig {
 pub struct NodeState {
     /// The node's network status, published by `/core/network`.
     pub network: Watchable<NetworkStatus>,
+    /// The cluster directory as the lifecycle last learnt it.
+    pub directory: Watchable<ClusterDirectory>,
 }
 
 /// The root supervisor: one_for_one, so that a failure inside `core` never stops the lifecycle
 /// actor. `core` holds the node-local subsystems in dependency order (storage, tpm, network),
-/// rest_for_one; `lifecycle` and `cluster` follow as they are built.
+/// rest_for_one; `lifecycle` runs once; `cluster` starts empty and the lifecycle fills it once
+/// the data partition is up.
 pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
     let state = NodeState {
         network: Watchable::new(NetworkStatus::default()),
+        directory: Watchable::new(ClusterDirectory::default()),
     };
     let (source, status) = (config.address.clone(), state.network.clone());
     let (network, _) = ChildSpec::worker("network", move || {
@@ -44,8 +53,21 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
     let tpm_config = config.tpm.clone();
     let (tpm, tpm_ref) = ChildSpec::worker("tpm", move || Ok(Tpm::new(tpm_config.clone())));
     let storage_config = config.storage.clone();
-    let (storage, _) = ChildSpec::worker("storage", move || {
-        Ok(Storage::new(storage_config.clone(), tpm_ref.clone()))
+    let storage_tpm = tpm_ref.clone();
+    let (storage, storage_ref) = ChildSpec::worker("storage", move || {
+        Ok(Storage::new(storage_config.clone(), storage_tpm.clone()))
+    });
+    let (cluster, cluster_ref) = cluster::supervisor();
+    let deps = LifecycleDeps {
+        storage: storage_ref,
+        tpm: tpm_ref,
+        cluster: cluster_ref,
+        network: state.network.clone(),
+        directory: state.directory.clone(),
+    };
+    let lifecycle_config = config.lifecycle.clone();
+    let (lifecycle, _) = ChildSpec::worker("lifecycle", move || {
+        Ok(Lifecycle::new(lifecycle_config.clone(), deps.clone()))
     });
     let core = SupervisorSpec::new(Strategy::RestForOne)
         .intensity(5, Duration::from_secs(30))
@@ -59,6 +81,8 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
         .child(network);
     let root = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(ROOT_MAX_RESTARTS, ROOT_PERIOD)
-        .child(ChildSpec::supervisor("core", core).0);
+        .child(ChildSpec::supervisor("core", core).0)
+        .child(lifecycle.restart(Restart::Once).start_timeout(None))
+        .child(cluster);
     (root, state)
 }

@@ -45,6 +45,7 @@ async fn the_hosts_file_follows_network_and_directory_across_restarts() {
         root: root.clone(),
         node_id: SELF.into(),
         set_hostname: false,
+        system_hosts: None,
     };
     let (hosts_status, hosts_directory) = (status.clone(), directory.clone());
     let (hostsfile, _) = ChildSpec::worker("hostsfile", move || {
@@ -145,6 +146,7 @@ fn the_hostname_is_set_in_the_nodes_own_uts_namespace() {
                 root: NodeRoot::new(dir.path()),
                 node_id: SELF.into(),
                 set_hostname: true,
+                system_hosts: None,
             };
             let (status, directory) = (
                 Watchable::new(NetworkStatus::default()),

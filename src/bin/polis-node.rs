@@ -8,6 +8,7 @@ use actix_rt::signal::unix::{signal, SignalKind};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Parser};
+use polis::lifecycle::LifecycleConfig;
 use polis::network::AddressSource;
 use polis::node::NodeConfig;
 use polis::storage::{DataBackend, NodeRoot, StorageConfig};
@@ -51,6 +52,20 @@ struct Args {
     /// Loopback address of the debug endpoint (/metrics, /debug/tree, /debug/logs, /debug/kill).
     #[arg(long, default_value = "127.0.0.1:7840")]
     debug_listen: SocketAddr,
+    /// Where QEMU firmware configuration offers node parameters (they win over the ESP's).
+    #[arg(long, default_value = polis::lifecycle::FW_CFG_PARAMETERS)]
+    fw_cfg: PathBuf,
+    /// Set the hostname to the node ID (a real node, or a node in its own UTS namespace).
+    #[arg(long)]
+    set_hostname: bool,
+    /// Also keep this hosts file current, overwriting it in place: a network namespace's
+    /// bind-mounted `/etc/hosts`.
+    #[arg(long)]
+    system_hosts: Option<PathBuf>,
+    /// Test hook: SIGKILL this process right after an enrolment step (`bootstrap:keys`,
+    /// `register:committed`, …) to prove the step is resumable.
+    #[arg(long, hide = true)]
+    test_crash_after: Option<String>,
     /// Lowest level of log records written to standard error.
     #[arg(long, default_value = "info", value_parser = parse_level)]
     log_level: slog::Level,
@@ -78,6 +93,13 @@ fn node_config(args: &Args) -> NodeConfig {
         address: match args.address {
             Some(ip) => AddressSource::Static(ip),
             None => AddressSource::Interface(args.interface.clone()),
+        },
+        lifecycle: LifecycleConfig {
+            root: NodeRoot::new(&args.root),
+            fw_cfg: args.fw_cfg.clone(),
+            set_hostname: args.set_hostname,
+            system_hosts: args.system_hosts.clone(),
+            crash_after: args.test_crash_after.clone(),
         },
         tpm: if args.insecure_no_tpm {
             TpmConfig::InsecureNone

@@ -69,6 +69,8 @@ pub struct Member {
 pub enum Mode {
     /// The first member of a new cluster; it creates the peer CA.
     Bootstrap,
+    /// A member that has started before: its data directory must exist.
+    Restart,
     /// A member the cluster has added as a learner (see `AddLearner`), with the peer PKI the
     /// cluster issued for it.
     Join {

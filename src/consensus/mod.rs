@@ -114,6 +114,12 @@ impl Actor for Consensus {
             slog::info!(ctx.log(), "restarting etcd from its data directory");
         } else {
             match &self.config.mode {
+                Mode::Restart => {
+                    return Err(Failure::msg(format!(
+                        "this member has run before, but its etcd data at {} is missing",
+                        root.etcd_data().display()
+                    )))
+                }
                 Mode::Bootstrap => {
                     slog::info!(ctx.log(), "starting a new single-member cluster"; "member" => &self.config.member.name);
                     new_ca = Some(etcd::bootstrap_peer_pki(&root, &self.config.member)?);

@@ -9,7 +9,7 @@ mod service;
 
 pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
 pub use records::Records;
-pub use service::Services;
+pub use service::{initial_cluster, Services};
 
 use tonic::{Code, Status};
 

@@ -1,5 +1,11 @@
-//! The cluster lifecycle: deciding the boot flow (and, next, running it).
+//! The cluster lifecycle (DESIGN §3): deciding the boot flow, running it resumably, filling the
+//! `/cluster` subtree, and following the node's record afterwards.
 
+mod actor;
+mod client;
+pub mod cluster;
 mod decide;
 
+pub use actor::{Lifecycle, LifecycleConfig, LifecycleDeps, LifecycleError};
+pub use client::{connect, ReachError};
 pub use decide::{decide, DecideError, Flow, FW_CFG_PARAMETERS, FW_CFG_WINS};

@@ -118,6 +118,17 @@ impl Esp {
         )?)
     }
 
+    /// Remove the enrolment journal once the sealed configuration has replaced it.
+    pub fn remove_journal(&self) -> Result<(), EspError> {
+        let path = self.root.enrolment_journal();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(FsError::new("remove", &path, e).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Where the sealed configuration lives.
     pub fn sealed_path(&self) -> PathBuf {
         self.root.sealed_configuration()

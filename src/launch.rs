@@ -1,0 +1,426 @@
+//! A local cluster for `polisctl launch` and the cluster tests: each node in its own network and
+//! UTS namespace ([`ClusterNetwork`]), with its own swtpm (on the namespace's loopback), its own
+//! node root and the `directory` storage backend. It bootstraps node 0, takes ownership, and
+//! registers, approves and promotes the others. Processes are started so that their real PID is
+//! known, and ended by that PID.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::netns::{ClusterNetwork, NetError};
+use crate::owner::{escrow, CuratorAddress, Owner, OwnerError};
+use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
+use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
+use crate::proto::api::NodeParameters;
+use crate::proto::common::NodeState;
+use crate::storage::{Esp, EspError, NodeRoot};
+
+/// The swtpm port inside every node's namespace (the control channel is the next one).
+const SWTPM_PORT: u16 = 2321;
+/// How long a node gets for each step before the launch gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Why the local cluster could not be launched or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The network namespaces could not be made.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A file could not be written or read.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// An ESP file could not be written.
+    #[error(transparent)]
+    Esp(#[from] EspError),
+    /// Node credentials could not be read.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// A process could not be started.
+    #[error("cannot start {what}: {reason}")]
+    Spawn {
+        /// The process.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// An owner call failed.
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    /// A node did not get where it should in time; its log says why.
+    #[error("node {node} did not {what} within {} s; see {log}", STEP_TIMEOUT.as_secs())]
+    Timeout {
+        /// The node's index.
+        node: usize,
+        /// What it did not do.
+        what: &'static str,
+        /// Its log file.
+        log: String,
+    },
+    /// A key could not be made.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+}
+
+/// One node of the local cluster.
+pub struct LocalNode {
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its address on the bridge.
+    pub address: IpAddr,
+    /// Its node root.
+    pub root: NodeRoot,
+    swtpm: Option<Child>,
+    process: Option<Child>,
+}
+
+impl LocalNode {
+    fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Its log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir().join("node.log")
+    }
+
+    /// Its node ID, once it has credentials.
+    pub fn id(&self) -> Option<String> {
+        let credentials = NodeCredentials::load(&self.root).ok()??;
+        Some(node_id(&credentials.key.verifying_key()))
+    }
+
+    /// The real PID of its `polis-node`, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir().join("node.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+}
+
+/// The local cluster: network, nodes, and the owner's credentials.
+pub struct LocalCluster {
+    dir: PathBuf,
+    binary: PathBuf,
+    net: ClusterNetwork,
+    /// The nodes, by index.
+    pub nodes: Vec<LocalNode>,
+    owner_key: SigningKey,
+    log: slog::Logger,
+}
+
+impl LocalCluster {
+    /// Make the network and the node roots for `n` nodes under `dir`, running `binary`
+    /// (`polis-node`).
+    pub fn create(
+        dir: &Path,
+        n: usize,
+        binary: &Path,
+        log: slog::Logger,
+    ) -> Result<Self, LaunchError> {
+        let net = ClusterNetwork::create(n)?;
+        let owner_key = generate_key()?;
+        fsutil::write_atomic(&dir.join("owner.key"), &owner_key.to_bytes(), SECRET_MODE)?;
+        let mut nodes = Vec::new();
+        for (i, node) in net.nodes().iter().enumerate() {
+            let root = dir.join(format!("node{i}"));
+            // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over the node's /etc/hosts.
+            let etc = PathBuf::from("/etc/netns")
+                .join(&node.namespace)
+                .join("hosts");
+            fsutil::write_atomic(&etc, b"127.0.0.1 localhost\n", PUBLIC_MODE)?;
+            nodes.push(LocalNode {
+                namespace: node.namespace.clone(),
+                address: IpAddr::V4(node.address),
+                root: NodeRoot::new(root),
+                swtpm: None,
+                process: None,
+            });
+        }
+        Ok(LocalCluster {
+            dir: dir.to_owned(),
+            binary: binary.to_owned(),
+            net,
+            nodes,
+            owner_key,
+            log,
+        })
+    }
+
+    /// The directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The owner key (its seed is in `owner.key`).
+    pub fn owner_key(&self) -> &SigningKey {
+        &self.owner_key
+    }
+
+    /// Start node `i`'s swtpm (once) and its `polis-node` with `extra` arguments.
+    pub fn start(&mut self, i: usize, extra: &[&str]) -> Result<(), LaunchError> {
+        if self.nodes[i].swtpm.is_none() {
+            let state = self.nodes[i].dir().join("tpm");
+            std::fs::create_dir_all(&state).map_err(|e| FsError::new("create", &state, e))?;
+            let args: Vec<String> = [
+                "socket",
+                "--tpm2",
+                "--flags",
+                "not-need-init,startup-clear",
+                "--tpmstate",
+                &format!("dir={}", state.display()),
+                "--server",
+                &format!("type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1"),
+                "--ctrl",
+                &format!("type=tcp,port={},bindaddr=127.0.0.1", SWTPM_PORT + 1),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let child = self.spawn(i, "swtpm", Path::new("swtpm"), &args, "swtpm")?;
+            self.nodes[i].swtpm = Some(child);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let node = &self.nodes[i];
+        let mut args: Vec<String> = vec![
+            "--root".into(),
+            node.dir().display().to_string(),
+            "--tpm".into(),
+            format!("swtpm:host=127.0.0.1,port={SWTPM_PORT}"),
+            "--interface".into(),
+            "eth0".into(),
+            "--insecure-data-directory".into(),
+            "--set-hostname".into(),
+            "--system-hosts".into(),
+            "/etc/hosts".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let binary = self.binary.clone();
+        let child = self.spawn(i, "node", &binary, &args, "polis-node")?;
+        self.nodes[i].process = Some(child);
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
+        i: usize,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        what: &str,
+    ) -> Result<Child, LaunchError> {
+        let node = &self.nodes[i];
+        let log_path = node.dir().join(format!("{name}.log"));
+        std::fs::create_dir_all(node.dir()).map_err(|e| FsError::new("create", node.dir(), e))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| FsError::new("open", &log_path, e))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| FsError::new("open", &log_path, e))?;
+        let pid_file = node.dir().join(format!("{name}.pid"));
+        let _ = std::fs::remove_file(&pid_file);
+        let mut command = self
+            .net
+            .command(i, &format!("node{i}"), &pid_file, program, args);
+        command.stdin(Stdio::null()).stdout(log).stderr(err);
+        let child = command.spawn().map_err(|e| LaunchError::Spawn {
+            what: format!("{what} of node {i}"),
+            reason: e.to_string(),
+        })?;
+        slog::debug!(self.log, "started"; "what" => what, "node" => i);
+        Ok(child)
+    }
+
+    /// End node `i`'s `polis-node` by its real PID with `signal` and reap it.
+    pub fn stop(&mut self, i: usize, signal: Signal) {
+        if let Some(pid) = self.nodes[i].pid() {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        if let Some(mut child) = self.nodes[i].process.take() {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
+    }
+
+    /// Wait for node `i`'s `polis-node` to exit by itself (e.g. a test hook killed it).
+    pub fn wait_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i].process.take()?.wait().ok();
+        let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
+        status
+    }
+
+    /// Write node parameters on node `i`'s ESP.
+    pub fn write_parameters(&self, i: usize, cluster: Cluster) -> Result<(), LaunchError> {
+        let esp = Esp::new(self.nodes[i].root.clone());
+        esp.write_parameters(&NodeParameters {
+            cluster: Some(cluster),
+        })?;
+        Ok(())
+    }
+
+    /// Node `i` as a Curator to call, once it has credentials.
+    pub fn curator(&self, i: usize) -> Option<CuratorAddress> {
+        Some(CuratorAddress {
+            node_id: self.nodes[i].id()?,
+            address: self.nodes[i].address,
+        })
+    }
+
+    /// The cluster CA, as node 0 holds it (the launcher reads node 0's data directory, which the
+    /// insecure directory backend leaves readable to root).
+    pub fn ca(&self) -> Result<Vec<u8>, LaunchError> {
+        let credentials = NodeCredentials::load(&self.nodes[0].root)?;
+        Ok(credentials.map(|c| c.ca).unwrap_or_default())
+    }
+
+    /// Bootstrap node 0 and take ownership; answers the owner's client (its certificate is kept
+    /// in `owner.crt`).
+    pub async fn bootstrap(&mut self) -> Result<Owner, LaunchError> {
+        let owner_public = self.owner_key.verifying_key().to_bytes().to_vec();
+        self.write_parameters(
+            0,
+            Cluster::ClusterBootstrap(ClusterBootstrap {
+                owner_public_key: owner_public,
+            }),
+        )?;
+        self.start(0, &[])?;
+        let certificate = self
+            .until(0, "serve the Curator", || async {
+                let curator = self.curator(0)?;
+                escrow(&curator, &self.ca().ok()?, &self.owner_key)
+                    .await
+                    .ok()
+            })
+            .await?;
+        fsutil::write_atomic(&self.dir.join("owner.crt"), &certificate, PUBLIC_MODE)?;
+        slog::info!(self.log, "node 0 bootstrapped the cluster; ownership taken");
+        self.owner(0).await
+    }
+
+    /// The owner's client on node `i`'s Curator.
+    pub async fn owner(&self, i: usize) -> Result<Owner, LaunchError> {
+        let certificate = fsutil::read(&self.dir.join("owner.crt"))?;
+        let curator = self.curator(i).ok_or(LaunchError::Timeout {
+            node: i,
+            what: "have credentials",
+            log: self.nodes[i].log_file().display().to_string(),
+        })?;
+        Ok(Owner::connect(&curator, &self.ca()?, &self.owner_key, certificate).await?)
+    }
+
+    /// Register node `i` through `owner`: parameters with a ticket, start, approve once it is
+    /// NEW, wait until it is UP, then give it the consensus role (one learner at a time).
+    pub async fn register(&mut self, i: usize, owner: &Owner) -> Result<String, LaunchError> {
+        let mut owner_now = owner.clone();
+        let info = owner_now.cluster_info().await?;
+        self.write_parameters(
+            i,
+            Cluster::ClusterRegister(ClusterRegister {
+                cluster_directory: info.cluster_directory,
+                register_ticket: owner_now.ticket().await?,
+                ca_certificate: info.ca_certificate,
+            }),
+        )?;
+        self.start(i, &[])?;
+        let address = self.nodes[i].address.to_string();
+        let node = self
+            .until(i, "register", || {
+                let (mut owner, address) = (owner.clone(), address.clone());
+                async move {
+                    let nodes = owner.nodes().await.ok()?;
+                    nodes.into_iter().find(|n| {
+                        n.status.as_ref().map(|s| s.external_address.as_str()) == Some(&address)
+                    })
+                }
+            })
+            .await?;
+        owner_now.approve(&node.pubkey).await?;
+        self.until(i, "become UP", || {
+            let (mut owner, id) = (owner.clone(), node.id.clone());
+            async move {
+                let nodes = owner.nodes().await.ok()?;
+                nodes
+                    .iter()
+                    .any(|n| n.id == id && n.state == NodeState::Up as i32)
+                    .then_some(())
+            }
+        })
+        .await?;
+        self.until(i, "become a consensus member", || {
+            let (mut owner, id) = (owner.clone(), node.id.clone());
+            async move { owner.make_consensus_member(&id).await.ok() }
+        })
+        .await?;
+        slog::info!(self.log, "node registered, approved and made a consensus member";
+            "node" => i, "id" => &node.id);
+        Ok(node.id)
+    }
+
+    /// Retry `probe` every 200 ms until it answers, or time out naming node `i`'s log.
+    pub async fn until<T, F, Fut>(
+        &self,
+        i: usize,
+        what: &'static str,
+        mut probe: F,
+    ) -> Result<T, LaunchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Some(value) = probe().await {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LaunchError::Timeout {
+                    node: i,
+                    what,
+                    log: self.nodes[i].log_file().display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i, Signal::SIGTERM);
+            if let Some(mut swtpm) = self.nodes[i].swtpm.take() {
+                // The swtpm's real PID is in its pid file; `ip netns exec` execs it.
+                if let Ok(pid) = std::fs::read_to_string(self.nodes[i].dir().join("swtpm.pid")) {
+                    if let Ok(pid) = pid.trim().parse() {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                    }
+                }
+                let _ = swtpm.wait();
+            }
+            let _ =
+                std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.nodes[i].namespace));
+        }
+    }
+}
+
+/// Read an owner key seed written by [`LocalCluster::create`].
+pub fn read_owner_key(dir: &Path) -> Result<SigningKey, LaunchError> {
+    let path = dir.join("owner.key");
+    let seed = fsutil::read(&path)?;
+    let seed: [u8; 32] = seed.try_into().map_err(|_| {
+        FsError::new(
+            "read an Ed25519 seed from",
+            &path,
+            std::io::ErrorKind::InvalidData.into(),
+        )
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
