@@ -1,0 +1,128 @@
+//! What the Curator and a node refuse, each with its error: a wrong ticket, a commit before
+//! approval, unknown and decommissioned join keys, a server from another CA, a management call
+//! without the owner certificate, and a tampered sealed configuration.
+
+use std::net::SocketAddr;
+
+use ed25519_dalek::SigningKey;
+use polis::curator::CURATOR_PORT;
+use polis::grpc::channel;
+use polis::launch::LocalCluster;
+use polis::pki::{generate_key, CertificateAuthority};
+use polis::proto::api::management_client::ManagementClient;
+use polis::proto::api::GetNodesRequest;
+use polis::proto::curator::curator_client::CuratorClient;
+use polis::proto::curator::{CommitNodeRequest, JoinNodeRequest, RegisterNodeRequest};
+use polis::tls::{client_config, Identity, Trust};
+use polis_integration::{polis_node_binary, test_logger};
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn dial(cluster: &LocalCluster, ca: &[u8], key: &SigningKey) -> Result<Channel, String> {
+    let trust = Trust {
+        ca: ca.to_vec(),
+        crls: vec![],
+    };
+    let config = client_config(Some(Identity::ephemeral(key).unwrap()), &trust).unwrap();
+    let addr = SocketAddr::new(cluster.nodes[0].address, CURATOR_PORT);
+    channel(addr, &cluster.nodes[0].id().unwrap(), config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_curator_and_the_node_refuse_what_they_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        LocalCluster::create(dir.path(), 1, &polis_node_binary(), test_logger()).unwrap();
+    let mut owner = cluster.bootstrap().await.unwrap();
+    let ca = cluster.ca().unwrap();
+    let ticket = owner.ticket().await.unwrap();
+    let (node_key, join_key) = (generate_key().unwrap(), generate_key().unwrap());
+    let mut client = CuratorClient::new(dial(&cluster, &ca, &node_key).await.unwrap());
+    let register = |ticket: Vec<u8>| RegisterNodeRequest {
+        register_ticket: ticket,
+        join_key: join_key.verifying_key().to_bytes().to_vec(),
+        external_address: "198.18.0.99".into(),
+    };
+
+    let wrong = client.register_node(register(vec![0; 32])).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong}");
+    assert!(wrong.message().contains("ticket"), "{wrong}");
+
+    client.register_node(register(ticket.clone())).await.unwrap();
+    // Registering again with the same keys is harmless.
+    client.register_node(register(ticket)).await.unwrap();
+    let commit = CommitNodeRequest {
+        cluster_unlock_key: vec![7; 32],
+    };
+    let early = client.commit_node(commit.clone()).await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early}");
+    assert!(early.message().contains("not approved"), "{early}");
+
+    owner
+        .approve(&node_key.verifying_key().to_bytes())
+        .await
+        .unwrap();
+    let first = client.commit_node(commit.clone()).await.unwrap().into_inner();
+    let again = client.commit_node(commit).await.unwrap().into_inner();
+    assert_eq!(first.node_certificate, again.node_certificate);
+    assert_eq!(first.ca_certificate, ca);
+
+    // Join: an unknown join key, then the decommissioned node's.
+    let stranger = generate_key().unwrap();
+    let mut as_stranger = CuratorClient::new(dial(&cluster, &ca, &stranger).await.unwrap());
+    let unknown = as_stranger
+        .join_node(JoinNodeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown}");
+    let mut as_joiner = CuratorClient::new(dial(&cluster, &ca, &join_key).await.unwrap());
+    let cuk = as_joiner
+        .join_node(JoinNodeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cuk.cluster_unlock_key, vec![7; 32]);
+    let id = polis::pki::node_id(&node_key.verifying_key());
+    owner.decommission(&id).await.unwrap();
+    let gone = as_joiner
+        .join_node(JoinNodeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::PermissionDenied, "{gone}");
+    assert!(gone.message().contains("decommissioned"), "{gone}");
+
+    // A client pinning another CA refuses the server.
+    let other_ca = CertificateAuthority::new("another cluster").unwrap();
+    let refused = dial(&cluster, other_ca.certificate(), &node_key).await;
+    assert!(refused.is_err(), "a server from another CA was accepted");
+
+    // Management without the owner certificate: an ephemeral certificate of the owner key.
+    let channel = dial(&cluster, &ca, cluster.owner_key()).await.unwrap();
+    let denied = ManagementClient::new(channel)
+        .get_nodes(GetNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
+    assert!(denied.message().contains("owner certificate"), "{denied}");
+
+    // A tampered sealed configuration stops the node with an error naming it.
+    cluster.stop(0, nix::sys::signal::Signal::SIGTERM);
+    let sealed = cluster.nodes[0].root.sealed_configuration();
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::remove_file(&sealed).unwrap();
+    std::fs::write(&sealed, &bytes).unwrap();
+    let before = std::fs::read_to_string(cluster.nodes[0].log_file()).unwrap().len();
+    cluster.start(0, &[]).unwrap();
+    let status = cluster.wait_exit(0).unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(cluster.nodes[0].log_file()).unwrap();
+    let log = &log[before..];
+    assert!(
+        log.contains("the node cannot join its cluster") && log.contains("TPM"),
+        "{log}"
+    );
+}
