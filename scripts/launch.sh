@@ -1,46 +1,38 @@
 #!/usr/bin/env bash
-# Launches what Polis can run today: one node, with a software TPM, its node-local subsystems
-# (storage, tpm) under the supervision tree, and its debug endpoint on loopback. Then it shows
-# the node working: the tree, a fault injected and recovered from, the logs, the metrics.
-# (The multi-node cluster launcher, `polisctl launch`, replaces this once the lifecycle exists.)
+# README command 1: launch a local Polis cluster. Installs what it needs, builds, and runs
+# `polisctl launch`: three nodes, each in its own network and UTS namespace (198.18.0.0/24, behind
+# the root namespace's `unreachable 198.18.0.0/15` guard route), each with its own swtpm and node
+# root and the insecure directory storage backend. Node 0 bootstraps the cluster, the launcher
+# takes ownership, and registers, approves and promotes the others; then it prints the cluster
+# and runs until Ctrl-C or `polisctl stop`.
+#
+#   bash scripts/launch.sh            # launch, show the cluster working, stop
+#   bash scripts/launch.sh --wait     # launch and keep running until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --locked --bins
 
-work=${POLIS_WORK:-$(mktemp -d /tmp/polis-launch.XXXXXX)}
-debug=127.0.0.1:${POLIS_DEBUG_PORT:-7840}
-tpm_port=${POLIS_TPM_PORT:-2321}          # the swtpm TCTI uses this port and the next
-ctl() { ./target/release/polisctl --debug "$debug" "$@"; }
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+dir=${POLIS_CLUSTER_DIR:-/tmp/polis-cluster}
+nodes=${POLIS_NODES:-3}
+ctl() { ./target/release/polisctl --dir "$dir" "$@"; }
 
-mkdir -p "$work/tpm"
-swtpm socket --tpm2 --tpmstate "dir=$work/tpm" --flags not-need-init,startup-clear \
-  --server "type=tcp,port=$tpm_port,bindaddr=127.0.0.1" \
-  --ctrl "type=tcp,port=$((tpm_port + 1)),bindaddr=127.0.0.1" &
-pids+=($!)
-./target/release/polis-node --root "$work/node" --tpm "swtpm:host=127.0.0.1,port=$tpm_port" \
-  --address 127.0.0.1 --insecure-data-directory --debug-listen "$debug" 2>"$work/node.log" &
-pids+=($!)
-
-for _ in $(seq 100); do ctl tree >/dev/null 2>&1 && break; sleep 0.1; done
-echo "== node root $work/node, log $work/node.log"
-echo "== the node's supervision tree"
-ctl tree
-echo "== fault injection: crash /core/storage; rest_for_one restarts it and the TPM actor after it"
-ctl kill-actor /core/storage --how crash
-sleep 0.5
-ctl tree
-echo "== what /core logged"
-ctl logs /core
-echo "== restart metrics"
-ctl metrics | grep -E '^polis_actor_(restarts_total|starts_total)\{path="/core/' | grep -v ' 0$'
 if [ "${1:-}" = "--wait" ]; then
-  echo "== node running (debug endpoint $debug); Ctrl-C stops it"
-  wait "${pids[1]}"
+  exec ./target/release/polisctl --dir "$dir" launch --nodes "$nodes"
 fi
+
+ctl stop 2>/dev/null || true
+ctl launch --nodes "$nodes" &
+launcher=$!
+trap 'ctl stop 2>/dev/null || true; wait $launcher 2>/dev/null || true' EXIT
+for _ in $(seq 600); do [ -f "$dir/launcher.pid" ] && break; sleep 0.5; done
+[ -f "$dir/launcher.pid" ] || { echo "the cluster did not come up; logs: $dir/node*/node.log"; exit 1; }
+echo "== the cluster, as the owner sees it"
+ctl nodes
+echo "== node 1's supervision tree"
+ctl --node 1 tree
+echo "== fault injection on node 1: crash /cluster/curator; its supervisor restarts it"
+ctl --node 1 kill-actor /cluster/curator --how crash
+sleep 1
+ctl --node 1 tree
+echo "== node logs are in $dir/node*/node.log; stopping the cluster"

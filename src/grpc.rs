@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::channel::mpsc;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::Stream;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
@@ -118,14 +118,19 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // The listener closes as soon as the server drops the stream, not at the next accept.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     slog::warn!(log, "accept failed"; "error" => %e);
                     continue;
                 }
             };
-            let (acceptor, mut sender, log) = (acceptor.clone(), tx.clone(), log.clone());
+            let (acceptor, sender, log) = (acceptor.clone(), tx.clone(), log.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -147,12 +152,11 @@ pub fn incoming(
                     Err(_) => slog::info!(log, "TLS handshake timed out"; "peer" => %remote),
                 }
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
-    rx.map(Ok)
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|connection| (Ok(connection), rx))
+    })
 }
 
 /// A channel to `addr`, whose certificate must name `server_name`, under `config`. Connects

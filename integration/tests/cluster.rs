@@ -9,7 +9,9 @@ use polis_integration::{polis_node_binary, test_logger};
 
 /// etcd's members as node 0's etcd reports them: (name, is_learner).
 async fn etcd_members(cluster: &LocalCluster, i: usize) -> Option<Vec<(String, bool)>> {
-    let mut client = polis::consensus::connect(&cluster.nodes[i].root).await.ok()?;
+    let mut client = polis::consensus::connect(&cluster.nodes[i].root)
+        .await
+        .ok()?;
     let members = client.member_list().await.ok()?;
     Some(
         members
@@ -62,7 +64,9 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
         cluster
             .until(0, "list every node in every hosts file", || async {
                 let text = std::fs::read_to_string(&hosts).ok()?;
-                ids.iter().all(|id| text.contains(id.as_str())).then_some(())
+                ids.iter()
+                    .all(|id| text.contains(id.as_str()))
+                    .then_some(())
             })
             .await
             .unwrap();

@@ -46,11 +46,17 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         external_address: "198.18.0.99".into(),
     };
 
-    let wrong = client.register_node(register(vec![0; 32])).await.unwrap_err();
+    let wrong = client
+        .register_node(register(vec![0; 32]))
+        .await
+        .unwrap_err();
     assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong}");
     assert!(wrong.message().contains("ticket"), "{wrong}");
 
-    client.register_node(register(ticket.clone())).await.unwrap();
+    client
+        .register_node(register(ticket.clone()))
+        .await
+        .unwrap();
     // Registering again with the same keys is harmless.
     client.register_node(register(ticket)).await.unwrap();
     let commit = CommitNodeRequest {
@@ -64,7 +70,11 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         .approve(&node_key.verifying_key().to_bytes())
         .await
         .unwrap();
-    let first = client.commit_node(commit.clone()).await.unwrap().into_inner();
+    let first = client
+        .commit_node(commit.clone())
+        .await
+        .unwrap()
+        .into_inner();
     let again = client.commit_node(commit).await.unwrap().into_inner();
     assert_eq!(first.node_certificate, again.node_certificate);
     assert_eq!(first.ca_certificate, ca);
@@ -115,7 +125,9 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     bytes[last] ^= 0x55;
     std::fs::remove_file(&sealed).unwrap();
     std::fs::write(&sealed, &bytes).unwrap();
-    let before = std::fs::read_to_string(cluster.nodes[0].log_file()).unwrap().len();
+    let before = std::fs::read_to_string(cluster.nodes[0].log_file())
+        .unwrap()
+        .len();
     cluster.start(0, &[]).unwrap();
     let status = cluster.wait_exit(0).unwrap();
     assert!(!status.success());

@@ -34,7 +34,11 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
             }),
         )
         .unwrap();
-    for step in ["bootstrap:keys", "bootstrap:formatted", "bootstrap:committed"] {
+    for step in [
+        "bootstrap:keys",
+        "bootstrap:formatted",
+        "bootstrap:committed",
+    ] {
         crash_after(&mut cluster, 0, step);
     }
     let bootstrap_id = cluster.nodes[0].id().unwrap();

@@ -1,7 +1,12 @@
-//! `polisctl`: operate Polis nodes. For now it reads and drives a node's debug endpoint: its
-//! supervision tree, its metrics, an actor's logs, and fault injection.
+//! `polisctl`: operate Polis. It launches a local cluster in network namespaces, makes the
+//! owner's calls to it (nodes, ticket, approve, decommission), and reads and drives a node's
+//! debug endpoint: its supervision tree, its metrics, an actor's logs, and fault injection.
+
+#[path = "polisctl/cluster.rs"]
+mod cluster;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,6 +19,12 @@ struct Cli {
     /// The node's debug endpoint.
     #[arg(long, global = true, default_value = "127.0.0.1:7840")]
     debug: SocketAddr,
+    /// The local cluster's directory (`launch` creates it; the owner's commands read it).
+    #[arg(long, global = true, default_value = "/tmp/polis-cluster")]
+    dir: PathBuf,
+    /// Run a debug command against node N of the local cluster (inside its namespace).
+    #[arg(long, global = true)]
+    node: Option<usize>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -29,6 +40,28 @@ enum Output {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Launch a local cluster of N nodes and keep it running until `polisctl stop` or Ctrl-C.
+    Launch {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Stop the local cluster that `launch` runs.
+    Stop,
+    /// List the cluster's nodes (owner call).
+    Nodes,
+    /// Print the current register ticket in hex (owner call).
+    Ticket,
+    /// Approve a NEW node by its public key in hex (owner call).
+    Approve {
+        /// The node's public key, hex.
+        pubkey: String,
+    },
+    /// Decommission a node by ID (owner call): it can never join again.
+    Decommission {
+        /// The node ID.
+        id: String,
+    },
     /// Show the node's supervision tree with each actor's state.
     Tree,
     /// Print the node's metrics in Prometheus text.
@@ -56,6 +89,9 @@ enum How {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.node {
+        return in_namespace(&cli, n);
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -65,8 +101,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Re-run this command (without `--node`) inside node `n`'s network namespace, where its
+/// debug endpoint listens on loopback.
+fn in_namespace(cli: &Cli, n: usize) -> ExitCode {
+    let namespace = match cluster::namespace(&cli.dir, n) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("polisctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--node") {
+        args.drain(i..(i + 2).min(args.len()));
+    }
+    args.retain(|a| !a.starts_with("--node="));
+    let exe = std::env::current_exe().unwrap_or_else(|_| "polisctl".into());
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &namespace])
+        .arg(exe)
+        .args(args)
+        .status();
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("polisctl: cannot enter namespace {namespace}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum CliError {
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Debug(#[from] DebugClientError),
     #[error("the node at {0} sent JSON that polisctl cannot read: {1}")]
@@ -76,6 +145,12 @@ enum CliError {
 fn run(cli: &Cli) -> Result<(), CliError> {
     let addr = cli.debug;
     match &cli.command {
+        Command::Launch { nodes } => cluster::launch(&cli.dir, *nodes)?,
+        Command::Stop => cluster::stop(&cli.dir)?,
+        Command::Nodes => cluster::nodes(&cli.dir, matches!(cli.output, Output::Json))?,
+        Command::Ticket => cluster::ticket(&cli.dir)?,
+        Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,
+        Command::Decommission { id } => cluster::decommission(&cli.dir, id)?,
         Command::Metrics => print!("{}", request(addr, "GET", "/metrics", "")?),
         Command::Tree => {
             let body = request(addr, "GET", "/debug/tree", "")?;

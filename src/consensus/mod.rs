@@ -346,9 +346,12 @@ async fn watch_crl(mut client: Client, file: std::path::PathBuf) -> ConsensusErr
 async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let client = loop {
+        // Ready means serving linearizable reads, which a learner refuses until it is promoted.
         let attempt = async {
             let mut client = etcd::connect(&root).await?;
-            client.status().await?;
+            client
+                .get(format!("{NAMESPACE}{PEER_CRL_KEY}"), None)
+                .await?;
             Ok::<_, ConsensusError>(client)
         };
         match attempt.await {

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Started};
-use tokio::sync::oneshot;
 
 use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
 use crate::curator::records::{Records, NAMESPACE};
@@ -36,8 +35,17 @@ pub struct Curator {
     config: CuratorConfig,
     consensus: ActorRef<Consensus>,
     issuer: ActorRef<Issuer>,
-    /// Dropping it stops the server.
-    stop_server: Option<oneshot::Sender<()>>,
+    /// The server task; aborted when the incarnation ends, however it ends, which closes its
+    /// listener and every open stream at once.
+    server: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Curator {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
 }
 
 impl Curator {
@@ -51,7 +59,7 @@ impl Curator {
             config,
             consensus,
             issuer,
-            stop_server: None,
+            server: None,
         }
     }
 }
@@ -70,8 +78,6 @@ impl Actor for Curator {
             self.config.listen,
             ctx.log().clone(),
         );
-        let (stop_tx, stop_rx) = oneshot::channel();
-        self.stop_server = Some(stop_tx);
         let serve = async move {
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
@@ -91,26 +97,21 @@ impl Actor for Curator {
                 .add_service(CuratorLocalServer::new(services.clone()))
                 .add_service(ManagementServer::new(services.clone()))
                 .add_service(AaaServer::new(services))
-                .serve_with_incoming_shutdown(incoming(listener, tls, log), async {
-                    let _ = stop_rx.await;
-                });
+                .serve_with_incoming(incoming(listener, tls, log));
             Ok::<_, Failure>(server)
         };
-        ctx.spawn(serve, move |server, _, ctx| {
-            let server = server?;
+        ctx.spawn(serve, move |server, curator: &mut Self, ctx| {
+            let server = tokio::spawn(server?);
+            curator.server = Some(server.abort_handle());
             slog::info!(ctx.log(), "serving"; "listen" => %listen);
             ctx.healthy();
-            ctx.spawn(tokio::spawn(server), |ended, _, _| match ended {
+            ctx.spawn(server, |ended, _, _| match ended {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(Failure::msg(format!("the Curator server failed: {e}"))),
-                Err(e) => Err(Failure::msg(format!("the Curator server task failed: {e}"))),
+                Err(e) => Err(Failure::msg(format!("the Curator server task ended: {e}"))),
             });
             Ok(())
         });
         Ok(Started::Pending)
-    }
-
-    fn stopping(&mut self, _: &mut Ctx<'_, Self>) {
-        self.stop_server.take();
     }
 }

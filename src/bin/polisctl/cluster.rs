@@ -1,0 +1,251 @@
+//! The local cluster commands: `launch` (which runs until stopped), `stop`, and the owner's calls
+//! against a launched cluster, from the files `launch` leaves in its directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use polis::fsutil::{self, FsError, PUBLIC_MODE};
+use polis::launch::{read_owner_key, LaunchError, LocalCluster};
+use polis::owner::{CuratorAddress, Owner, OwnerError};
+use polis::pki::{hex, NodeCredentials};
+use polis::storage::NodeRoot;
+
+/// Why a cluster command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+const NODES_FILE: &str = "nodes.json";
+const LAUNCHER_PID: &str = "launcher.pid";
+
+/// Launch `n` nodes under `dir`, print them, and run until SIGTERM or SIGINT.
+pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
+    if n == 0 {
+        return Err(ClusterError::Usage(
+            "a cluster needs at least one node".into(),
+        ));
+    }
+    if dir.join(LAUNCHER_PID).exists() {
+        return Err(ClusterError::Usage(format!(
+            "a cluster may be running from {} already; `polisctl stop --dir {}` first",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| FsError::new("create", dir, e))?;
+    let binary = std::env::current_exe()
+        .map_err(|e| FsError::new("find", Path::new("polisctl"), e))?
+        .with_file_name("polis-node");
+    let log = polis_actors::terminal_logger(slog::Level::Info);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FsError::new("start a runtime for", dir, e))?;
+    runtime.block_on(async {
+        eprintln!(
+            "polisctl: creating {n} network namespaces and node roots under {}",
+            dir.display()
+        );
+        let mut cluster = LocalCluster::create(dir, n, &binary, log)?;
+        eprintln!("polisctl: bootstrapping node 0 and taking ownership");
+        let owner = cluster.bootstrap().await?;
+        for i in 1..n {
+            eprintln!("polisctl: registering node {i}, approving it, making it a consensus member");
+            cluster.register(i, &owner).await?;
+        }
+        let entries: Vec<serde_json::Value> = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                serde_json::json!({
+                    "index": i,
+                    "namespace": node.namespace,
+                    "address": node.address.to_string(),
+                    "id": node.id(),
+                    "root": node.root.path(),
+                })
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&entries).unwrap_or_default();
+        fsutil::write_atomic(&dir.join(NODES_FILE), text.as_bytes(), PUBLIC_MODE)?;
+        print_nodes(&owner.clone().nodes().await?, false);
+        let pid = std::process::id().to_string();
+        fsutil::write_atomic(&dir.join(LAUNCHER_PID), pid.as_bytes(), PUBLIC_MODE)?;
+        eprintln!(
+            "polisctl: cluster running; try `polisctl nodes`, `polisctl --node 1 tree`; \
+             `polisctl stop` (or Ctrl-C) stops it"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| FsError::new("handle SIGTERM for", dir, e))?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("polisctl: stopping the cluster");
+        drop(cluster);
+        let _ = std::fs::remove_file(dir.join(LAUNCHER_PID));
+        Ok::<(), ClusterError>(())
+    })
+}
+
+/// Stop the launcher running from `dir` and wait for it to clean up.
+pub fn stop(dir: &Path) -> Result<(), ClusterError> {
+    let path = dir.join(LAUNCHER_PID);
+    let text = String::from_utf8_lossy(&fsutil::read(&path)?).into_owned();
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| ClusterError::Usage(format!("{} holds no PID", path.display())))?;
+    let pid = Pid::from_raw(pid);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        let _ = std::fs::remove_file(&path);
+        return Err(ClusterError::Usage(format!(
+            "no launcher runs as PID {pid}; removed {}",
+            path.display()
+        )));
+    }
+    while kill(pid, None).is_ok() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("polisctl: cluster stopped");
+    Ok(())
+}
+
+/// The namespace of node `n`, from the launch's node list.
+pub fn namespace(dir: &Path, n: usize) -> Result<String, ClusterError> {
+    let nodes = launched(dir)?;
+    nodes
+        .get(n)
+        .and_then(|node| node["namespace"].as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            ClusterError::Usage(format!("the cluster in {} has no node {n}", dir.display()))
+        })
+}
+
+fn launched(dir: &Path) -> Result<Vec<serde_json::Value>, ClusterError> {
+    let path = dir.join(NODES_FILE);
+    serde_json::from_slice(&fsutil::read(&path)?)
+        .map_err(|e| ClusterError::Usage(format!("{} is not a node list: {e}", path.display())))
+}
+
+/// Run `call` as the owner against the first node that answers.
+fn with_owner<T>(
+    dir: &Path,
+    call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError>,
+) -> Result<T, ClusterError> {
+    let key = read_owner_key(dir)?;
+    let certificate = fsutil::read(&dir.join("owner.crt"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FsError::new("start a runtime for", dir, e))?;
+    runtime.block_on(async {
+        let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
+        for node in launched(dir)? {
+            let (Some(id), Some(address), Some(root)) = (
+                node["id"].as_str(),
+                node["address"].as_str().and_then(|a| a.parse().ok()),
+                node["root"].as_str(),
+            ) else {
+                continue;
+            };
+            let ca = match NodeCredentials::load(&NodeRoot::new(root)) {
+                Ok(Some(c)) => c.ca,
+                _ => continue,
+            };
+            let curator = CuratorAddress {
+                node_id: id.to_owned(),
+                address,
+            };
+            match Owner::connect(&curator, &ca, &key, certificate.clone()).await {
+                Ok(mut owner) => match call(&mut owner).await {
+                    Ok(value) => return Ok(value),
+                    Err(e) => last = e.into(),
+                },
+                Err(e) => last = e.into(),
+            }
+        }
+        Err(last)
+    })
+}
+
+pub fn nodes(dir: &Path, json: bool) -> Result<(), ClusterError> {
+    let nodes = with_owner(dir, async |owner| owner.nodes().await)?;
+    print_nodes(&nodes, json);
+    Ok(())
+}
+
+pub fn ticket(dir: &Path) -> Result<(), ClusterError> {
+    println!(
+        "{}",
+        hex(&with_owner(dir, async |owner| owner.ticket().await)?)
+    );
+    Ok(())
+}
+
+pub fn approve(dir: &Path, pubkey: &str) -> Result<(), ClusterError> {
+    let key = unhex(pubkey).ok_or_else(|| ClusterError::Usage(format!("{pubkey:?} is not hex")))?;
+    with_owner(dir, async |owner| owner.approve(&key).await)
+}
+
+pub fn decommission(dir: &Path, id: &str) -> Result<(), ClusterError> {
+    with_owner(dir, async |owner| owner.decommission(id).await)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (s.len() % 2 == 0)
+        .then(|| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
+fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
+    use polis::curator::records::state_name;
+    if json {
+        let list: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id,
+                    "pubkey": hex(&n.pubkey),
+                    "state": state_name(n.state),
+                    "address": n.status.as_ref().map(|s| s.external_address.clone()),
+                    "consensus_member": n.roles.as_ref().is_some_and(|r| r.consensus_member.is_some()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    println!("{:<45} {:<14} {:<15} ROLES", "NODE", "STATE", "ADDRESS");
+    for n in nodes {
+        let roles = match n.roles.as_ref() {
+            Some(r) if r.consensus_member.is_some() => "consensus",
+            _ => "-",
+        };
+        println!(
+            "{:<45} {:<14} {:<15} {roles}",
+            n.id,
+            state_name(n.state),
+            n.status
+                .as_ref()
+                .map_or("", |s| s.external_address.as_str()),
+        );
+    }
+}
