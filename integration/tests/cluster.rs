@@ -77,11 +77,11 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     }
 
     // Restart each node in turn: it rejoins through unseal + JoinNode with the same identity.
-    for i in 0..3 {
+    for (i, id) in ids.iter().enumerate() {
         cluster.stop(i, Signal::SIGTERM);
         cluster.start(i, &[]).unwrap();
         curator_on(&cluster, i).await;
-        assert_eq!(cluster.nodes[i].id().unwrap(), ids[i]);
+        assert_eq!(&cluster.nodes[i].id().unwrap(), id);
     }
 
     // Lose node 0: the others answer; node 0 comes back.

@@ -205,7 +205,8 @@ pub fn decommission(dir: &Path, id: &str) -> Result<(), ClusterError> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    (s.len() % 2 == 0)
+    s.len()
+        .is_multiple_of(2)
         .then(|| {
             (0..s.len())
                 .step_by(2)
