@@ -8,6 +8,22 @@ use std::process::{Child, Command, Output};
 use std::thread::sleep;
 use std::time::Duration;
 
+/// The lifecycle of these nodes waits for an address on an interface that does not exist, after
+/// finding bootstrap parameters (written by [`with_parameters`]): the tree runs, nothing binds.
+const WAITING_LIFECYCLE: [&str; 2] = ["--interface", "polis-none0"];
+
+/// Give the node at `root` bootstrap parameters, so its lifecycle has a flow to start.
+fn with_parameters(root: &std::path::Path) {
+    use polis::proto::api::node_parameters::{Cluster, ClusterBootstrap};
+    let esp = polis::storage::Esp::new(polis::storage::NodeRoot::new(root));
+    esp.write_parameters(&polis::proto::api::NodeParameters {
+        cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
+            owner_public_key: vec![1; 32],
+        })),
+    })
+    .unwrap();
+}
+
 struct Node(Child);
 
 impl Node {
@@ -76,8 +92,10 @@ fn generation_of(debug: &str, path: &str) -> u64 {
 #[test]
 fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    with_parameters(dir.path());
     let swtpm = polis::tpm::Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let root = dir.path().join("node");
+    with_parameters(&root);
     let debug = format!("127.0.0.1:{}", common::free_port());
     let mut node = Node(
         Command::new(env!("CARGO_BIN_EXE_polis-node"))
@@ -89,6 +107,8 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
                 "--tpm",
                 &swtpm.tcti(),
             ])
+            .args(WAITING_LIFECYCLE)
+            .args(WAITING_LIFECYCLE)
             .arg("--root")
             .arg(&root)
             .arg("--insecure-data-directory")
@@ -139,6 +159,7 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
 #[test]
 fn node_refuses_a_debug_endpoint_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
+    with_parameters(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_polis-node"))
         .args([
             "--debug-listen",
@@ -146,6 +167,7 @@ fn node_refuses_a_debug_endpoint_beyond_loopback() {
             "--insecure-no-tpm",
             "--insecure-data-directory",
         ])
+        .args(WAITING_LIFECYCLE)
         .arg("--root")
         .arg(dir.path())
         .output()
@@ -157,6 +179,7 @@ fn node_refuses_a_debug_endpoint_beyond_loopback() {
 #[test]
 fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
     let dir = tempfile::tempdir().unwrap();
+    with_parameters(dir.path());
     let tcti = format!("swtpm:host=127.0.0.1,port={}", common::free_port());
     let out = Command::new(env!("CARGO_BIN_EXE_polis-node"))
         .args([
@@ -166,6 +189,7 @@ fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
             "--debug-listen",
             "127.0.0.1:0",
         ])
+        .args(WAITING_LIFECYCLE)
         .arg("--root")
         .arg(dir.path())
         .output()
@@ -186,6 +210,8 @@ fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
                 "--debug-listen",
                 &debug,
             ])
+            .args(WAITING_LIFECYCLE)
+            .args(WAITING_LIFECYCLE)
             .arg("--root")
             .arg(dir.path())
             .stderr(std::process::Stdio::piped())
