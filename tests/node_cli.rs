@@ -108,7 +108,6 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
                 &swtpm.tcti(),
             ])
             .args(WAITING_LIFECYCLE)
-            .args(WAITING_LIFECYCLE)
             .arg("--root")
             .arg(&root)
             .arg("--insecure-data-directory")
@@ -210,7 +209,6 @@ fn node_without_a_tpm_refuses_to_run_unless_told_to_be_insecure() {
                 "--debug-listen",
                 &debug,
             ])
-            .args(WAITING_LIFECYCLE)
             .args(WAITING_LIFECYCLE)
             .arg("--root")
             .arg(dir.path())
