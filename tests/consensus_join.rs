@@ -12,7 +12,7 @@ use polis::consensus::{
     connect, peer_template, AddLearner, Consensus, ConsensusConfig, ConsensusError, Kv, Member,
     Mode, NAMESPACE,
 };
-use polis::pki::{generate_key, CertificateAuthority};
+use polis::pki::generate_key;
 use polis::storage::NodeRoot;
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 
@@ -51,12 +51,7 @@ async fn a_learner_joins_is_promoted_and_serves() {
     .await;
 
     // The cluster issues the new member's peer certificate from its peer CA.
-    let ca = CertificateAuthority::from_parts(
-        "Polis etcd peer CA",
-        &a_kv.get("peer-ca/key").await.unwrap().unwrap(),
-        a_kv.get("peer-ca/certificate").await.unwrap().unwrap(),
-    )
-    .unwrap();
+    let ca = polis::consensus::peer_ca(&mut a_kv).await.unwrap();
     let member = Member {
         name: "metropolis-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".into(),
         advertise_host: "127.0.0.1".into(),

@@ -12,6 +12,9 @@ use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::pki::{to_pem, CertificateAuthority, PkiError, Template};
 use crate::storage::NodeRoot;
 
+/// The peer CA's name.
+pub const PEER_CA_NAME: &str = "Polis etcd peer CA";
+
 /// The etcd peer port.
 pub const PEER_PORT: u16 = 7834;
 /// The socket's name in etcd's working directory (`ephemeral/consensus`): etcd 3.4 reads a
@@ -39,6 +42,9 @@ pub enum ConsensusError {
     /// etcd closed a watch.
     #[error("etcd closed the watch on {0}")]
     WatchClosed(String),
+    /// A value every running cluster holds is absent.
+    #[error("etcd holds no {0}")]
+    Missing(String),
     /// A key read back in the same transaction that found it was gone.
     #[error("etcd key {0} vanished during a transaction")]
     Vanished(String),
@@ -104,7 +110,7 @@ pub fn bootstrap_peer_pki(
     root: &NodeRoot,
     member: &Member,
 ) -> Result<CertificateAuthority, ConsensusError> {
-    let ca = CertificateAuthority::new("Polis etcd peer CA")?;
+    let ca = CertificateAuthority::new(PEER_CA_NAME)?;
     let key = crate::pki::generate_key()?;
     let cert = ca.issue(&peer_template(member), &key.verifying_key())?;
     use ed25519_dalek::pkcs8::EncodePrivateKey;

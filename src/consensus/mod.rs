@@ -11,7 +11,7 @@ use etcd_client::Client;
 use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
 
-pub use etcd::{connect, peer_template, ConsensusError, Member, Mode, PEER_PORT};
+pub use etcd::{connect, peer_template, ConsensusError, Member, Mode, PEER_CA_NAME, PEER_PORT};
 pub use kv::NamespacedKv;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
@@ -27,6 +27,10 @@ const PROMOTE_EVERY: Duration = Duration::from_secs(1);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The etcd namespace of the consensus actor's own records (the peer CA and its CRL).
 pub const NAMESPACE: &str = "/consensus/";
+/// The peer CA certificate (DER) under [`NAMESPACE`], stored by the cluster's first member.
+pub const PEER_CA_CERTIFICATE: &str = "peer-ca/certificate";
+/// The peer CA key (PKCS#8 DER) under [`NAMESPACE`], for issuing new members' certificates.
+pub const PEER_CA_KEY: &str = "peer-ca/key";
 /// The peer CRL (DER) under [`NAMESPACE`]; whoever revokes a peer writes it there, and every
 /// member's CRL watcher copies it to the file etcd checks peers against.
 pub const PEER_CRL_KEY: &str = "peer-crl";
@@ -342,6 +346,25 @@ async fn watch_crl(mut client: Client, file: std::path::PathBuf) -> ConsensusErr
     }
 }
 
+/// The peer CA as the first member stored it, from `kv` confined to [`NAMESPACE`]: what issues
+/// a new member's peer certificate.
+pub async fn peer_ca(kv: &mut NamespacedKv) -> Result<CertificateAuthority, ConsensusError> {
+    let missing = |key: &str| ConsensusError::Missing(format!("{NAMESPACE}{key}"));
+    let certificate = kv
+        .get(PEER_CA_CERTIFICATE)
+        .await?
+        .ok_or_else(|| missing(PEER_CA_CERTIFICATE))?;
+    let key = kv
+        .get(PEER_CA_KEY)
+        .await?
+        .ok_or_else(|| missing(PEER_CA_KEY))?;
+    Ok(CertificateAuthority::from_parts(
+        PEER_CA_NAME,
+        &key,
+        certificate,
+    )?)
+}
+
 /// Wait until etcd answers, then commit a new cluster's peer CA (create-if-absent).
 async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
@@ -367,8 +390,8 @@ async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<C
     };
     if let Some(ca) = new_ca {
         let mut kv = NamespacedKv::new(client.clone(), NAMESPACE.to_owned());
-        kv.ensure("peer-ca/certificate", ca.certificate()).await?;
-        kv.ensure("peer-ca/key", &ca.key_pkcs8()?).await?;
+        kv.ensure(PEER_CA_CERTIFICATE, ca.certificate()).await?;
+        kv.ensure(PEER_CA_KEY, &ca.key_pkcs8()?).await?;
     }
     Ok(client)
 }

@@ -67,9 +67,6 @@ pub enum CuratorError {
     /// What is asked is not supported.
     #[error("{0}")]
     Unsupported(&'static str),
-    /// etcd lacks a value the cluster must have.
-    #[error("etcd holds no {0}")]
-    Missing(String),
     /// A record in etcd does not decode.
     #[error("corrupted record at {key}: {source}")]
     CorruptRecord {
@@ -103,7 +100,7 @@ impl From<CuratorError> for Status {
             NotApproved(_) | WrongState { .. } => Code::FailedPrecondition,
             Invalid { .. } => Code::InvalidArgument,
             Unsupported(_) => Code::Unimplemented,
-            Missing(_) | CorruptRecord { .. } | Pki(_) => Code::Internal,
+            CorruptRecord { .. } | Pki(_) | Consensus(ConsensusError::Missing(_)) => Code::Internal,
             Consensus(_) | Issuer(_) | Unavailable(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())

@@ -11,11 +11,11 @@ use polis_actors::ActorRef;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::consensus::{AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
+use crate::consensus::{peer_ca, AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
 use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
-use crate::pki::{node_id, CertificateAuthority, GetCaCertificate, Issue, Issuer, Template};
+use crate::pki::{node_id, GetCaCertificate, Issue, Issuer, Template};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::management_server::Management;
 use crate::proto::api::{self, *};
@@ -25,9 +25,6 @@ use crate::proto::curator::curator_local_server::CuratorLocal;
 use crate::proto::curator::curator_server::Curator;
 use crate::proto::curator::*;
 use crate::proto::private::Node;
-
-/// The etcd peer CA's name, as the consensus actor created it.
-const PEER_CA_NAME: &str = "Polis etcd peer CA";
 
 /// The handlers, sharing etcd clients and the actors they ask.
 #[derive(Clone)]
@@ -95,17 +92,7 @@ impl Services {
     /// etcd as a learner, and the role in its record, in that order (each step repeatable).
     async fn add_consensus_member(&self, node: &Node) -> Result<ConsensusMember, CuratorError> {
         let mut peer_kv = self.peer_kv.clone();
-        let missing =
-            |key: &str| CuratorError::Missing(format!("{}{key}", crate::consensus::NAMESPACE));
-        let ca_cert = peer_kv
-            .get("peer-ca/certificate")
-            .await?
-            .ok_or_else(|| missing("peer-ca/certificate"))?;
-        let ca_key = peer_kv
-            .get("peer-ca/key")
-            .await?
-            .ok_or_else(|| missing("peer-ca/key"))?;
-        let ca = CertificateAuthority::from_parts(PEER_CA_NAME, &ca_key, ca_cert)?;
+        let ca = peer_ca(&mut peer_kv).await?;
         let crl = peer_kv.ensure(PEER_CRL_KEY, &ca.crl(1, &[])?).await?;
         let host = node
             .status

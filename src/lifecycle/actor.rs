@@ -410,7 +410,7 @@ impl Run {
                 let peer_ca = consensus
                     .ask(Kv(crate::consensus::NAMESPACE.into()))
                     .await??
-                    .get("peer-ca/certificate")
+                    .get(crate::consensus::PEER_CA_CERTIFICATE)
                     .await?
                     .unwrap_or_default();
                 let record = Node {
