@@ -50,10 +50,7 @@ async fn open(
     ca: &[u8],
     identity: Identity,
 ) -> Result<Channel, OwnerError> {
-    let trust = Trust {
-        ca: ca.to_vec(),
-        crls: vec![],
-    };
+    let trust = Trust::pinned(ca.to_vec());
     let config = client_config(Some(identity), &trust)?;
     let addr = SocketAddr::new(curator.address, CURATOR_PORT);
     Ok(channel(addr, &curator.node_id, config).await?)

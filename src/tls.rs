@@ -97,6 +97,14 @@ pub struct Trust {
 }
 
 impl Trust {
+    /// Trust in `ca` alone, before any of its CRLs is known (a client pinning a cluster CA).
+    pub fn pinned(ca: Vec<u8>) -> Self {
+        Trust {
+            ca,
+            crls: Vec::new(),
+        }
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(self.ca.clone()))?;

@@ -19,10 +19,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn dial(cluster: &LocalCluster, ca: &[u8], key: &SigningKey) -> Result<Channel, String> {
-    let trust = Trust {
-        ca: ca.to_vec(),
-        crls: vec![],
-    };
+    let trust = Trust::pinned(ca.to_vec());
     let config = client_config(Some(Identity::ephemeral(key).unwrap()), &trust).unwrap();
     let addr = SocketAddr::new(cluster.nodes[0].address, CURATOR_PORT);
     channel(addr, &cluster.nodes[0].id().unwrap(), config)

@@ -360,12 +360,7 @@ impl Run {
                 }],
             }],
         });
-        self.start_child(cluster::hostsfile(
-            &cluster,
-            self.deps.network.clone(),
-            self.deps.directory.clone(),
-        ))
-        .await?;
+        self.start_hostsfile(&cluster).await?;
         let member = cluster::member_children(&cluster, Mode::Bootstrap);
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
         self.start_child(member.consensus).await?;
@@ -447,7 +442,7 @@ impl Run {
         self.start_child(member.curator).await?;
         self.finish(JournalFlow::Bootstrap, &keys, &credentials)
             .await?;
-        self.follow(credentials, true).await
+        self.follow(credentials, address, true).await
     }
 
     /// A new node of an existing cluster: RegisterNode, the owner's approval, CommitNode.
@@ -457,12 +452,10 @@ impl Run {
         keys: Keys,
         params: ClusterRegister,
     ) -> Result<(), LifecycleError> {
-        let address = self.address().await.to_string();
+        let ip = self.address().await;
+        let address = ip.to_string();
         let directory = params.cluster_directory.clone().unwrap_or_default();
-        let trust = Trust {
-            ca: params.ca_certificate.clone(),
-            crls: vec![],
-        };
+        let trust = Trust::pinned(params.ca_certificate.clone());
         let ephemeral = || Identity::ephemeral(&keys.node);
         if journal.step < REGISTERED {
             self.retry("RegisterNode", || async {
@@ -523,14 +516,9 @@ impl Run {
         self.finish(JournalFlow::Register, &keys, &credentials)
             .await?;
         let id = node_id(&keys.node.verifying_key());
-        let cluster = self.cluster_config(&id, self.address().await);
-        self.start_child(cluster::hostsfile(
-            &cluster,
-            self.deps.network.clone(),
-            self.deps.directory.clone(),
-        ))
-        .await?;
-        self.follow(credentials, false).await
+        let cluster = self.cluster_config(&id, ip);
+        self.start_hostsfile(&cluster).await?;
+        self.follow(credentials, ip, false).await
     }
 
     /// A member rejoins: unseal, JoinNode for the CUK, mount, and run its roles.
@@ -543,10 +531,7 @@ impl Run {
         })?;
         let nuk = UnlockKey::from_slice(&sealed.node_unlock_key)?;
         let directory = self.esp.directory()?;
-        let trust = Trust {
-            ca: sealed.cluster_ca.clone(),
-            crls: vec![],
-        };
+        let trust = Trust::pinned(sealed.cluster_ca.clone());
         let address = self.address().await;
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len());
         let cuk = self
@@ -570,17 +555,12 @@ impl Run {
         let id = node_id(&credentials.key.verifying_key());
         self.deps.directory.set(directory);
         let cluster = self.cluster_config(&id, address);
-        self.start_child(cluster::hostsfile(
-            &cluster,
-            self.deps.network.clone(),
-            self.deps.directory.clone(),
-        ))
-        .await?;
+        self.start_hostsfile(&cluster).await?;
         let member = self.config.root.etcd_data().join("member").exists();
         if member {
             self.start_member(&cluster, Mode::Restart).await?;
         }
-        self.follow(credentials, member).await
+        self.follow(credentials, address, member).await
     }
 
     /// Follow this node's record through a Curator's Watch, for good: keep the directory
@@ -588,14 +568,11 @@ impl Run {
     async fn follow(
         &self,
         credentials: NodeCredentials,
+        address: std::net::IpAddr,
         mut member: bool,
     ) -> Result<(), LifecycleError> {
-        let trust = Trust {
-            ca: credentials.ca.clone(),
-            crls: vec![],
-        };
+        let trust = Trust::pinned(credentials.ca.clone());
         let id = node_id(&credentials.key.verifying_key());
-        let address = self.address().await;
         let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
         let mut delay = RETRY_FIRST;
         loop {
@@ -654,6 +631,17 @@ impl Run {
     }
 
     // ---- helpers ----
+
+    /// Add the hosts file, the first child of `/cluster`.
+    async fn start_hostsfile(&self, cluster: &ClusterConfig) -> Result<(), LifecycleError> {
+        let network = self.deps.network.clone();
+        self.start_child(cluster::hostsfile(
+            cluster,
+            network,
+            self.deps.directory.clone(),
+        ))
+        .await
+    }
 
     /// Add the consensus member's children to `/cluster`.
     async fn start_member(

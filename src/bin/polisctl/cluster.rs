@@ -48,10 +48,7 @@ pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
         .map_err(|e| FsError::new("find", Path::new("polisctl"), e))?
         .with_file_name("polis-node");
     let log = polis_actors::terminal_logger(slog::Level::Info);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| FsError::new("start a runtime for", dir, e))?;
+    let runtime = runtime(dir)?;
     runtime.block_on(async {
         eprintln!(
             "polisctl: creating {n} network namespaces and node roots under {}",
@@ -98,6 +95,14 @@ pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
         let _ = std::fs::remove_file(dir.join(LAUNCHER_PID));
         Ok::<(), ClusterError>(())
     })
+}
+
+/// The runtime a command runs its async work on.
+fn runtime(dir: &Path) -> Result<tokio::runtime::Runtime, ClusterError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FsError::new("start a runtime for", dir, e))?)
 }
 
 /// Stop the launcher running from `dir` and wait for it to clean up.
@@ -147,10 +152,7 @@ fn with_owner<T>(
 ) -> Result<T, ClusterError> {
     let key = read_owner_key(dir)?;
     let certificate = fsutil::read(&dir.join("owner.crt"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| FsError::new("start a runtime for", dir, e))?;
+    let runtime = runtime(dir)?;
     runtime.block_on(async {
         let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
         for node in launched(dir)? {
