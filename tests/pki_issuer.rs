@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use common::verify;
 use polis::consensus::Kv;
-use polis::pki::{
-    generate_key, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, Template,
-    NAMESPACE,
-};
+use polis::pki::{generate_key, GetCaCertificate, Issue, Issuer, Revoke, Template, NAMESPACE};
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 use webpki::{Error, KeyUsage};
 
@@ -74,55 +71,5 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(again, Some(ca), "the restarted issuer loads the same CA");
-    tree.shutdown().await;
-}
-
-#[actix_rt::test]
-async fn a_bootstrap_ca_commits_what_it_issued_and_never_overwrites_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let (consensus_spec, consensus) = common::consensus(dir.path());
-    let tree = Tree::start(
-        SupervisorSpec::new(Strategy::OneForOne).child(consensus_spec),
-        common::quiet(),
-    )
-    .await
-    .unwrap();
-
-    // Before etcd: the first node's certificate.
-    let mut pending = PendingCa::new().unwrap();
-    let node = generate_key().unwrap();
-    let first = pending
-        .issue(
-            &Template::Node {
-                node_id: "metropolis-first".into(),
-            },
-            &node.verifying_key(),
-        )
-        .unwrap();
-    let mut kv = consensus.ask(Kv(NAMESPACE.into())).await.unwrap().unwrap();
-    pending.commit(&mut kv).await.unwrap();
-    pending.commit(&mut kv).await.unwrap();
-    assert_eq!(
-        kv.get("ca/certificate").await.unwrap().as_deref(),
-        Some(pending.certificate())
-    );
-    assert_eq!(kv.list("issued/").await.unwrap().len(), 1);
-    verify(
-        pending.certificate(),
-        &first.der,
-        KeyUsage::client_auth(),
-        None,
-    )
-    .unwrap();
-
-    let other = PendingCa::new().unwrap();
-    assert!(matches!(
-        other.commit(&mut kv).await,
-        Err(IssuerError::Conflict)
-    ));
-    assert_eq!(
-        kv.get("ca/certificate").await.unwrap().as_deref(),
-        Some(pending.certificate())
-    );
     tree.shutdown().await;
 }

@@ -2,8 +2,8 @@
 //! semantics (create-if-absent in one transaction: two concurrent starts agree on one CA), every
 //! issued certificate recorded, and revocation through a CRL stored beside it.
 //!
-//! Bootstrap is the exception: the first node needs its certificate before etcd holds anything,
-//! so a [`PendingCa`] issues in memory and is committed, with what it issued, once etcd runs.
+//! Bootstrap needs no exception: the lifecycle starts the first node's etcd and this issuer before
+//! it asks for the node's certificate.
 
 use std::rc::Rc;
 
@@ -36,16 +36,11 @@ pub enum IssuerError {
     /// The CA is not loaded yet (the issuer is not healthy yet).
     #[error("the cluster CA is not loaded yet")]
     NotReady,
-    /// A pending CA met a different CA already committed in etcd.
-    #[error(
-        "etcd already holds a different cluster CA; this node's bootstrap CA cannot be committed"
-    )]
-    Conflict,
 }
 
 /// Load the cluster CA from etcd, or store `candidate` as it if there is none; returns the CA
 /// that is committed now.
-pub async fn ensure_ca(
+async fn ensure_ca(
     kv: &mut NamespacedKv,
     candidate: &CertificateAuthority,
 ) -> Result<CertificateAuthority, IssuerError> {
@@ -66,51 +61,6 @@ async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerErro
     kv.put(&format!("issued/{}", hex(&issued.serial)), &issued.der)
         .await?;
     Ok(())
-}
-
-/// A cluster CA that exists before etcd does: the bootstrap case.
-pub struct PendingCa {
-    ca: CertificateAuthority,
-    issued: Vec<Issued>,
-}
-
-impl PendingCa {
-    /// A fresh cluster CA, held in memory.
-    pub fn new() -> Result<Self, PkiError> {
-        Ok(PendingCa {
-            ca: CertificateAuthority::new(CA_NAME)?,
-            issued: Vec::new(),
-        })
-    }
-
-    /// The CA certificate (DER).
-    pub fn certificate(&self) -> &[u8] {
-        self.ca.certificate()
-    }
-
-    /// Issue a certificate now; it is recorded in etcd on [`PendingCa::commit`].
-    pub fn issue(
-        &mut self,
-        template: &Template,
-        public: &VerifyingKey,
-    ) -> Result<Issued, PkiError> {
-        let issued = self.ca.issue(template, public)?;
-        self.issued.push(issued.clone());
-        Ok(issued)
-    }
-
-    /// Store the CA and everything it issued in etcd. Idempotent; refuses if etcd holds another
-    /// CA already.
-    pub async fn commit(&self, kv: &mut NamespacedKv) -> Result<(), IssuerError> {
-        let committed = ensure_ca(kv, &self.ca).await?;
-        if committed.certificate() != self.ca.certificate() {
-            return Err(IssuerError::Conflict);
-        }
-        for issued in &self.issued {
-            record(kv, issued).await?;
-        }
-        Ok(())
-    }
 }
 
 // ---- messages ----

@@ -9,6 +9,4 @@ mod issuer;
 pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template};
 pub use credentials::{to_pem, CredentialsError, NodeCredentials};
 pub use identity::{generate_key, hex, node_id};
-pub use issuer::{
-    ensure_ca, GetCaCertificate, Issue, Issuer, IssuerError, PendingCa, Revoke, CRL_KEY, NAMESPACE,
-};
+pub use issuer::{GetCaCertificate, Issue, Issuer, IssuerError, Revoke, CRL_KEY, NAMESPACE};
