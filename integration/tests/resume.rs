@@ -24,8 +24,9 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
     let mut cluster =
         LocalCluster::create(dir.path(), 2, &polis_node_binary(), test_logger()).unwrap();
 
-    // Bootstrap, killed after each step but the last (a sealed one-node cluster would next
-    // boot into a join that only itself could answer).
+    // Bootstrap, killed after every step. After the last the node is a sealed one-node cluster:
+    // its next boot is a join that no other Curator can answer, so it unlocks with its sealed
+    // CUK (a cold start).
     cluster
         .write_parameters(
             0,
@@ -38,6 +39,7 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
         "bootstrap:keys",
         "bootstrap:formatted",
         "bootstrap:committed",
+        "bootstrap:sealed",
     ] {
         crash_after(&mut cluster, 0, step);
     }
@@ -46,6 +48,7 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
     assert_eq!(cluster.nodes[0].id().unwrap(), bootstrap_id);
     let log = std::fs::read_to_string(cluster.nodes[0].log_file()).unwrap();
     assert!(log.contains("resuming an interrupted enrolment"), "{log}");
+    assert!(log.contains("(cold start)"), "{log}");
 
     // Register node 1, killed after every step, approved while it waits.
     let mut o = owner.clone();

@@ -89,10 +89,11 @@ pub enum CuratorError {
     Unavailable(#[from] polis_actors::SendError),
 }
 
-impl From<CuratorError> for Status {
-    fn from(e: CuratorError) -> Status {
+impl CuratorError {
+    /// The gRPC code a caller sees; `UNAVAILABLE` is the only one worth retrying.
+    pub fn code(&self) -> Code {
         use CuratorError::*;
-        let code = match &e {
+        match self {
             Unauthenticated => Code::Unauthenticated,
             WrongTicket | NotOwner | NotInitialOwner | Decommissioned(_) => Code::PermissionDenied,
             UnknownNode(_) => Code::NotFound,
@@ -102,7 +103,12 @@ impl From<CuratorError> for Status {
             Unsupported(_) => Code::Unimplemented,
             CorruptRecord { .. } | Pki(_) | Consensus(ConsensusError::Missing(_)) => Code::Internal,
             Consensus(_) | Issuer(_) | Unavailable(_) => Code::Unavailable,
-        };
-        Status::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<CuratorError> for Status {
+    fn from(e: CuratorError) -> Status {
+        Status::new(e.code(), e.to_string())
     }
 }

@@ -5,7 +5,11 @@ mod actor;
 mod client;
 pub mod cluster;
 mod decide;
+mod enrol;
+mod error;
+mod join;
 
-pub use actor::{Lifecycle, LifecycleConfig, LifecycleDeps, LifecycleError};
+pub use actor::{Lifecycle, LifecycleConfig, LifecycleDeps};
 pub use client::{connect, ReachError};
 pub use decide::{decide, DecideError, Flow, FW_CFG_PARAMETERS, FW_CFG_WINS};
+pub use error::LifecycleError;

@@ -1,0 +1,349 @@
+//! Enrolment (DESIGN §3, flows 2 and 3): bootstrap a new cluster or register into one. Before
+//! formatting, the keys go into a TPM-sealed journal on the ESP, which advances after each step;
+//! a boot that finds it resumes at its step. The sealed configuration replaces the journal at the
+//! end, and nothing on the ESP claims membership before etcd has recorded it.
+
+use ed25519_dalek::SigningKey;
+use prost::Message;
+use tonic::Code;
+
+use crate::consensus::{Kv, Mode, PEER_PORT};
+use crate::curator::records::{self, Records, INITIAL_OWNER};
+use crate::lifecycle::actor::{refused, signing_key, Run};
+use crate::lifecycle::client::connect;
+use crate::lifecycle::cluster;
+use crate::lifecycle::LifecycleError;
+use crate::pki::{generate_key, node_id, GetCaCertificate, Issue, NodeCredentials, Template};
+use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
+use crate::proto::api::NodeParameters;
+use crate::proto::common::node_roles::{consensus_member, ConsensusMember, KubernetesWorker};
+use crate::proto::common::{cluster_directory, Address, ClusterDirectory, NodeRoles, NodeState};
+use crate::proto::curator::curator_client::CuratorClient;
+use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
+use crate::proto::private::enrolment_journal::Flow as JournalFlow;
+use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
+use crate::storage::{DataError, MountNew, NewKeys, StorageError, UnlockKey};
+use crate::tls::{Identity, Trust};
+use crate::tpm::Seal;
+
+/// Journal steps: the last one completed.
+const KEYS: u32 = 1;
+const FORMATTED: u32 = 2;
+const REGISTERED: u32 = 3;
+const COMMITTED: u32 = 4;
+
+/// What an enrolment works with, from its journal.
+struct Keys {
+    nuk: UnlockKey,
+    cuk: UnlockKey,
+    node: SigningKey,
+    join: SigningKey,
+}
+
+impl Run {
+    /// New keys into a sealed journal: the first write of an enrolment, before anything
+    /// irreversible.
+    pub(super) async fn begin(
+        &self,
+        flow: JournalFlow,
+        params: Cluster,
+    ) -> Result<(), LifecycleError> {
+        slog::info!(self.log, "starting enrolment"; "flow" => ?flow);
+        let (nuk, cuk) = self
+            .retry("new keys", || async {
+                Ok(self.deps.storage.ask(NewKeys).await??)
+            })
+            .await?;
+        let journal = EnrolmentJournal {
+            flow: flow as i32,
+            step: KEYS,
+            node_unlock_key: nuk.as_bytes().to_vec(),
+            cluster_unlock_key: cuk.as_bytes().to_vec(),
+            node_key: generate_key()?.to_bytes().to_vec(),
+            join_key: generate_key()?.to_bytes().to_vec(),
+            parameters: NodeParameters {
+                cluster: Some(params),
+            }
+            .encode_to_vec(),
+        };
+        self.save_journal(&journal).await?;
+        self.checkpoint(flow, "keys");
+        self.enrol(journal).await
+    }
+
+    /// Continue an enrolment from its journal's step.
+    pub(super) async fn enrol(&self, mut journal: EnrolmentJournal) -> Result<(), LifecycleError> {
+        let path = self.esp.journal_path().display().to_string();
+        let corrupted = |reason: &str| LifecycleError::Corrupted {
+            path: path.clone(),
+            reason: reason.to_owned(),
+        };
+        let keys = Keys {
+            nuk: UnlockKey::from_slice(&journal.node_unlock_key)?,
+            cuk: UnlockKey::from_slice(&journal.cluster_unlock_key)?,
+            node: signing_key(&journal.node_key).ok_or_else(|| corrupted("bad node key"))?,
+            join: signing_key(&journal.join_key).ok_or_else(|| corrupted("bad join key"))?,
+        };
+        let params = NodeParameters::decode(journal.parameters.as_slice())
+            .map_err(|e| corrupted(&format!("bad parameters: {e}")))?;
+        let flow = journal.flow();
+        if journal.step < FORMATTED {
+            self.mount_new(&keys).await?;
+            journal.step = FORMATTED;
+            self.save_journal(&journal).await?;
+            self.checkpoint(flow, "formatted");
+        } else {
+            self.mount(&keys.nuk, &keys.cuk).await?;
+        }
+        match (flow, params.cluster) {
+            (JournalFlow::Bootstrap, Some(Cluster::ClusterBootstrap(params))) => {
+                self.bootstrap(journal, keys, params).await
+            }
+            (JournalFlow::Register, Some(Cluster::ClusterRegister(params))) => {
+                self.register(journal, keys, params).await
+            }
+            _ => Err(corrupted("its flow and parameters disagree")),
+        }
+    }
+
+    /// The first node of a new cluster: etcd, the CA, its record, its credentials.
+    async fn bootstrap(
+        &self,
+        mut journal: EnrolmentJournal,
+        keys: Keys,
+        params: ClusterBootstrap,
+    ) -> Result<(), LifecycleError> {
+        let id = node_id(&keys.node.verifying_key());
+        let address = self.address().await;
+        let cluster = self.cluster_config(&id, address);
+        self.deps.directory.set(ClusterDirectory {
+            nodes: vec![cluster_directory::Node {
+                id: id.clone(),
+                addresses: vec![Address {
+                    host: address.to_string(),
+                }],
+            }],
+        });
+        self.start_hostsfile(&cluster).await?;
+        let member = cluster::member_children(&cluster, Mode::Bootstrap);
+        let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
+        self.start_child(member.consensus).await?;
+        self.start_child(member.pki).await?;
+
+        let credentials = self
+            .retry("the node certificate", || async {
+                if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
+                    return Ok(credentials);
+                }
+                let template = Template::Node {
+                    node_id: id.clone(),
+                };
+                let issued = issuer
+                    .ask(Issue(template, keys.node.verifying_key()))
+                    .await??;
+                let credentials = NodeCredentials {
+                    ca: issuer.ask(GetCaCertificate).await??,
+                    certificate: issued.der,
+                    key: keys.node.clone(),
+                };
+                credentials.save(&self.config.root)?;
+                Ok(credentials)
+            })
+            .await?;
+
+        if journal.step < COMMITTED {
+            self.retry("the node record", || async {
+                let mut records =
+                    Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
+                let owner = records
+                    .kv()
+                    .ensure(INITIAL_OWNER, &params.owner_public_key)
+                    .await?;
+                if owner != params.owner_public_key {
+                    return Err(LifecycleError::Inconsistent {
+                        step: "formatted",
+                        reason: "etcd names another owner than the node parameters".into(),
+                        recovery: "reinstall the node with the parameters of this cluster",
+                    });
+                }
+                let peer_ca = consensus
+                    .ask(Kv(crate::consensus::NAMESPACE.into()))
+                    .await??
+                    .get(crate::consensus::PEER_CA_CERTIFICATE)
+                    .await?
+                    .unwrap_or_default();
+                let record = Node {
+                    public_key: keys.node.verifying_key().to_bytes().to_vec(),
+                    cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
+                    fsm_state: NodeState::Up as i32,
+                    roles: Some(NodeRoles {
+                        consensus_member: Some(ConsensusMember {
+                            ca_certificate: peer_ca,
+                            peers: vec![consensus_member::Peer {
+                                name: id.clone(),
+                                port: PEER_PORT.into(),
+                                host: address.to_string(),
+                            }],
+                            ..ConsensusMember::default()
+                        }),
+                        kubernetes_worker: Some(KubernetesWorker {}),
+                    }),
+                    join_key: keys.join.verifying_key().to_bytes().to_vec(),
+                    id: id.clone(),
+                    node_certificate: credentials.certificate.clone(),
+                    status: Some(records::status(&address.to_string())),
+                };
+                records
+                    .update(&id, |current| Ok(current.is_none().then(|| record.clone())))
+                    .await?;
+                Ok(())
+            })
+            .await?;
+            journal.step = COMMITTED;
+            self.save_journal(&journal).await?;
+            self.checkpoint(JournalFlow::Bootstrap, "committed");
+        }
+        self.start_child(member.curator).await?;
+        let sealed = self
+            .finish(JournalFlow::Bootstrap, &keys, &credentials, true)
+            .await?;
+        self.follow(credentials, address, sealed, keys.cuk, true)
+            .await
+    }
+
+    /// A new node of an existing cluster: RegisterNode, the owner's approval, CommitNode.
+    async fn register(
+        &self,
+        mut journal: EnrolmentJournal,
+        keys: Keys,
+        params: ClusterRegister,
+    ) -> Result<(), LifecycleError> {
+        let ip = self.address().await;
+        let address = ip.to_string();
+        let directory = params.cluster_directory.clone().unwrap_or_default();
+        let trust = Trust::pinned(params.ca_certificate.clone());
+        let ephemeral = || Identity::ephemeral(&keys.node);
+        if journal.step < REGISTERED {
+            self.retry("RegisterNode", || async {
+                let channel = connect(&directory, &trust, ephemeral).await?;
+                let request = RegisterNodeRequest {
+                    register_ticket: params.register_ticket.clone(),
+                    join_key: keys.join.verifying_key().to_bytes().to_vec(),
+                    external_address: address.clone(),
+                };
+                CuratorClient::new(channel)
+                    .register_node(request)
+                    .await
+                    .map_err(|status| refused("RegisterNode", status))?;
+                Ok(())
+            })
+            .await?;
+            journal.step = REGISTERED;
+            self.save_journal(&journal).await?;
+            self.checkpoint(JournalFlow::Register, "registered");
+        }
+        let credentials = if journal.step < COMMITTED {
+            let response = self
+                .retry("CommitNode", || async {
+                    let channel = connect(&directory, &trust, ephemeral).await?;
+                    let request = CommitNodeRequest {
+                        cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
+                    };
+                    match CuratorClient::new(channel).commit_node(request).await {
+                        Ok(response) => Ok(response.into_inner()),
+                        Err(s) if s.code() == Code::FailedPrecondition => {
+                            Err(LifecycleError::AwaitingApproval)
+                        }
+                        Err(status) => Err(refused("CommitNode", status)),
+                    }
+                })
+                .await?;
+            if response.ca_certificate != params.ca_certificate {
+                return Err(LifecycleError::Inconsistent {
+                    step: "registered",
+                    reason: "CommitNode answered a CA other than the pinned one".into(),
+                    recovery: "check the CA certificate in the node parameters",
+                });
+            }
+            let credentials = NodeCredentials {
+                ca: response.ca_certificate,
+                certificate: response.node_certificate,
+                key: keys.node.clone(),
+            };
+            credentials.save(&self.config.root)?;
+            journal.step = COMMITTED;
+            self.save_journal(&journal).await?;
+            self.checkpoint(JournalFlow::Register, "committed");
+            credentials
+        } else {
+            self.credentials("committed")?
+        };
+        self.deps.directory.set(directory);
+        let sealed = self
+            .finish(JournalFlow::Register, &keys, &credentials, false)
+            .await?;
+        let id = node_id(&keys.node.verifying_key());
+        let cluster = self.cluster_config(&id, ip);
+        self.start_hostsfile(&cluster).await?;
+        self.follow(credentials, ip, sealed, keys.cuk, false).await
+    }
+
+    // ---- helpers ----
+
+    /// Format the data partition, or — resuming after a crash that came after formatting —
+    /// open what was formatted.
+    async fn mount_new(&self, keys: &Keys) -> Result<(), LifecycleError> {
+        let new = MountNew {
+            nuk: keys.nuk.clone(),
+            cuk: keys.cuk.clone(),
+        };
+        match self.deps.storage.ask(new).await? {
+            Ok(()) => Ok(()),
+            Err(StorageError::Data(DataError::AlreadyFormatted(path))) => {
+                slog::info!(self.log, "the data partition was formatted before a crash; opening it";
+                    "path" => %path.display());
+                self.mount(&keys.nuk, &keys.cuk).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Seal the final configuration over the journal, with the directory beside it. A consensus
+    /// member's includes its CUK: when every member is down, no Curator can hand it out (see
+    /// `join`). Answers what was sealed.
+    async fn finish(
+        &self,
+        flow: JournalFlow,
+        keys: &Keys,
+        credentials: &NodeCredentials,
+        member: bool,
+    ) -> Result<SealedConfiguration, LifecycleError> {
+        let directory = self.deps.directory.get();
+        self.esp.write_directory(&directory)?;
+        let sealed = SealedConfiguration {
+            node_unlock_key: keys.nuk.as_bytes().to_vec(),
+            join_key: keys.join.to_bytes().to_vec(),
+            cluster_ca: credentials.ca.clone(),
+            cluster_unlock_key: if member {
+                keys.cuk.as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+        };
+        self.seal_configuration(&sealed).await?;
+        self.esp.remove_journal()?;
+        slog::info!(self.log, "enrolment complete; the sealed configuration replaced the journal";
+            "node" => node_id(&keys.node.verifying_key()));
+        self.checkpoint(flow, "sealed");
+        Ok(sealed)
+    }
+
+    async fn save_journal(&self, journal: &EnrolmentJournal) -> Result<(), LifecycleError> {
+        let envelope = self
+            .retry("sealing the journal", || async {
+                Ok(self.deps.tpm.ask(Seal(journal.encode_to_vec())).await??)
+            })
+            .await?;
+        Ok(self.esp.write_journal(&envelope)?)
+    }
+}

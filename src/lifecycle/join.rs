@@ -1,0 +1,164 @@
+//! Join (DESIGN §3, flow 1) and what every flow ends in: following the node's record.
+//!
+//! A member rejoins by unsealing its configuration and asking a Curator for its CUK (JoinNode).
+//! A consensus member also keeps its CUK sealed: when no Curator answers — the whole cluster is
+//! starting cold, or a one-node cluster reboots — it unlocks with that, so that its etcd can come
+//! back and with it a Curator. A Curator's answer always wins, so a decommissioned member that
+//! reaches the cluster is refused.
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+
+use crate::consensus::Mode;
+use crate::lifecycle::actor::{refused, signing_key, Backoff, Run};
+use crate::lifecycle::client::connect;
+use crate::lifecycle::LifecycleError;
+use crate::pki::{node_id, NodeCredentials, PkiError};
+use crate::proto::common::NodeState;
+use crate::proto::curator::curator_client::CuratorClient;
+use crate::proto::curator::{JoinNodeRequest, WatchRequest};
+use crate::proto::private::{SealedConfiguration, SealedEnvelope};
+use crate::storage::UnlockKey;
+use crate::tls::{Identity, Trust};
+
+impl Run {
+    /// A member rejoins: unseal, JoinNode for the CUK (or, for a consensus member that no
+    /// Curator answers, the sealed CUK), mount, and run its roles.
+    pub(super) async fn join(&self, envelope: SealedEnvelope) -> Result<(), LifecycleError> {
+        let sealed: SealedConfiguration = self.unseal(envelope, &self.esp.sealed_path()).await?;
+        let join_key = signing_key(&sealed.join_key).ok_or_else(|| LifecycleError::Corrupted {
+            path: self.esp.sealed_path().display().to_string(),
+            reason: "bad join key".into(),
+        })?;
+        let nuk = UnlockKey::from_slice(&sealed.node_unlock_key)?;
+        let sealed_cuk = match sealed.cluster_unlock_key.as_slice() {
+            [] => None,
+            bytes => Some(UnlockKey::from_slice(bytes)?),
+        };
+        let directory = self.esp.directory()?;
+        let trust = Trust::pinned(sealed.cluster_ca.clone());
+        let address = self.address().await;
+        slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),
+            "consensus_member" => sealed_cuk.is_some());
+        let join_node = || async {
+            let channel = connect(&directory, &trust, || Identity::ephemeral(&join_key)).await?;
+            let request = JoinNodeRequest {
+                external_address: address.to_string(),
+            };
+            let response = CuratorClient::new(channel)
+                .join_node(request)
+                .await
+                .map_err(|status| refused("JoinNode", status))?;
+            Ok(UnlockKey::from_slice(
+                &response.into_inner().cluster_unlock_key,
+            )?)
+        };
+        let cuk = match sealed_cuk {
+            None => self.retry("JoinNode", join_node).await?,
+            Some(sealed_cuk) => match join_node().await {
+                Ok(cuk) => cuk,
+                Err(e) if e.is_transient() => {
+                    slog::warn!(self.log, "no Curator answered; this consensus member unlocks with its sealed cluster unlock key (cold start)";
+                        "reason" => %e);
+                    sealed_cuk
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        self.mount(&nuk, &cuk).await?;
+        let credentials = self.credentials("joined")?;
+        let id = node_id(&credentials.key.verifying_key());
+        self.deps.directory.set(directory);
+        let cluster = self.cluster_config(&id, address);
+        self.start_hostsfile(&cluster).await?;
+        let member = self.config.root.etcd_data().join("member").exists();
+        if member {
+            let sealed = self.seal_cuk(sealed.clone(), &cuk).await?;
+            self.start_member(&cluster, Mode::Restart).await?;
+            return self.follow(credentials, address, sealed, cuk, true).await;
+        }
+        self.follow(credentials, address, sealed, cuk, false).await
+    }
+
+    /// Follow this node's record through a Curator's Watch, for good: keep the directory
+    /// (hosts file, ESP) current and start etcd when the node becomes a consensus member.
+    pub(super) async fn follow(
+        &self,
+        credentials: NodeCredentials,
+        address: std::net::IpAddr,
+        mut sealed: SealedConfiguration,
+        cuk: UnlockKey,
+        mut member: bool,
+    ) -> Result<(), LifecycleError> {
+        let trust = Trust::pinned(credentials.ca.clone());
+        let id = node_id(&credentials.key.verifying_key());
+        let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
+        let mut backoff = Backoff::new();
+        loop {
+            let watched = async {
+                let channel = connect(&self.deps.directory.get(), &trust, identity).await?;
+                let mut events = CuratorClient::new(channel)
+                    .watch(WatchRequest {})
+                    .await
+                    .map_err(|s| refused("Watch", s))?
+                    .into_inner();
+                while let Some(event) = events.message().await.map_err(|s| refused("Watch", s))? {
+                    backoff.reset();
+                    if event.state == NodeState::Decommissioned as i32 {
+                        return Err(LifecycleError::Decommissioned);
+                    }
+                    if let Some(directory) = event.directory {
+                        if directory != self.deps.directory.get() && !directory.nodes.is_empty() {
+                            self.esp.write_directory(&directory)?;
+                            self.deps.directory.set(directory);
+                        }
+                    }
+                    let role = event.roles.and_then(|r| r.consensus_member);
+                    if let (false, Some(role)) = (member, role) {
+                        slog::info!(self.log, "this node is now a consensus member; joining etcd";
+                            "peers" => role.peers.len());
+                        sealed = self.seal_cuk(sealed.clone(), &cuk).await?;
+                        let mode = Mode::Join {
+                            initial_cluster: crate::curator::initial_cluster(&role.peers),
+                            ca: role.ca_certificate,
+                            certificate: role.peer_certificate,
+                            key: credentials
+                                .key
+                                .to_pkcs8_der()
+                                .map_err(|e| PkiError::BadKey(e.to_string()))?
+                                .as_bytes()
+                                .to_vec(),
+                            crl: role.initial_crl,
+                        };
+                        self.start_member(&self.cluster_config(&id, address), mode)
+                            .await?;
+                        member = true;
+                    }
+                }
+                Ok::<(), LifecycleError>(())
+            };
+            match watched.await {
+                Ok(()) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
+                Err(e) if e.is_transient() => backoff.wait(&self.log, "watch", &e).await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A consensus member's sealed configuration carries its CUK (see the module comment); add
+    /// it before etcd starts, so a member never runs without it.
+    async fn seal_cuk(
+        &self,
+        mut sealed: SealedConfiguration,
+        cuk: &UnlockKey,
+    ) -> Result<SealedConfiguration, LifecycleError> {
+        if sealed.cluster_unlock_key.as_slice() != cuk.as_bytes() {
+            sealed.cluster_unlock_key = cuk.as_bytes().to_vec();
+            self.seal_configuration(&sealed).await?;
+            slog::info!(
+                self.log,
+                "sealed the cluster unlock key beside the node's (consensus member)"
+            );
+        }
+        Ok(sealed)
+    }
+}
