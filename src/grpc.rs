@@ -15,13 +15,16 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dialling a server (TCP and TLS) may take: a peer that is off drops SYNs, and the
+/// caller has other peers to try.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -106,15 +109,15 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
-/// The connections accepted on `listener` that complete a TLS handshake under `config`, for
-/// `Router::serve_with_incoming`. Each handshake runs on its own task, so a slow or hostile
-/// client cannot hold up the others; failed handshakes are logged and dropped.
+/// The connections accepted on `listener` that complete a TLS handshake under the newest of
+/// `configs` (a server swaps in a new config when its CRL changes, and the next handshake checks
+/// against it), for `Router::serve_with_incoming`. Each handshake runs on its own task, so a slow
+/// or hostile client cannot hold up the others; failed handshakes are logged and dropped.
 pub fn incoming(
     listener: TcpListener,
-    config: ServerConfig,
+    configs: watch::Receiver<Arc<ServerConfig>>,
     log: slog::Logger,
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> {
-    let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -130,7 +133,8 @@ pub fn incoming(
                     continue;
                 }
             };
-            let (acceptor, sender, log) = (acceptor.clone(), tx.clone(), log.clone());
+            let acceptor = TlsAcceptor::from(configs.borrow().clone());
+            let (sender, log) = (tx.clone(), log.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -179,10 +183,15 @@ pub async fn channel(
     endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let (connector, name) = (connector.clone(), name.clone());
-            async move {
+            let dial = async move {
                 let tcp = TcpStream::connect(addr).await?;
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, io::Error>(TokioIo::new(tls))
+            };
+            async move {
+                tokio::time::timeout(CONNECT_TIMEOUT, dial)
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
             }
         }))
         .await

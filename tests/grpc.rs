@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use polis::grpc::{channel, incoming, Peer};
 use polis::pki::{generate_key, CertificateAuthority, Template};
@@ -11,6 +12,8 @@ use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::curator_local_server::{CuratorLocal, CuratorLocalServer};
 use polis::proto::curator::{GetCaCertificateRequest, GetCaCertificateResponse};
 use polis::tls::{client_config, server_config, ClientAuth, Identity, Trust};
+use rustls::ServerConfig;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 /// Answers with the caller's public key, to show what a handler can authorize by.
@@ -33,7 +36,25 @@ impl CuratorLocal for Echo {
     }
 }
 
-async fn serve(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> SocketAddr {
+/// A server trusting `ca` with `crls`; send it new configs through the answered sender.
+async fn serve(
+    ca: &CertificateAuthority,
+    crls: Vec<Vec<u8>>,
+) -> (SocketAddr, watch::Sender<Arc<ServerConfig>>) {
+    let (configs, updates) = watch::channel(Arc::new(config(ca, crls)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = incoming(listener, updates, common::quiet());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CuratorLocalServer::new(Echo))
+            .serve_with_incoming(connections),
+    );
+    (addr, configs)
+}
+
+/// A server config for a new node certificate from `ca`, admitting clients as a Curator does.
+fn config(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> ServerConfig {
     let key = generate_key().unwrap();
     let cert = ca
         .issue(
@@ -47,20 +68,11 @@ async fn serve(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> SocketAddr {
         ca: ca.certificate().to_vec(),
         crls,
     };
-    let config = server_config(
+    server_config(
         Identity::new(&key, cert.der).unwrap(),
         ClientAuth::CaOrEphemeral(trust),
     )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = incoming(listener, config, common::quiet());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CuratorLocalServer::new(Echo))
-            .serve_with_incoming(connections),
-    );
-    addr
+    .unwrap()
 }
 
 async fn ask(
@@ -107,7 +119,7 @@ async fn handlers_see_the_verified_caller_and_refused_callers_get_nowhere() {
             &revoked.verifying_key(),
         )
         .unwrap();
-    let addr = serve(
+    let (addr, _configs) = serve(
         &ca,
         vec![ca
             .crl(2, std::slice::from_ref(&revoked_cert.serial))
@@ -150,4 +162,30 @@ async fn handlers_see_the_verified_caller_and_refused_callers_get_nowhere() {
         .await
         .unwrap_err();
     assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test]
+async fn a_new_crl_refuses_the_next_handshake_of_a_revoked_client() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let node = generate_key().unwrap();
+    let cert = ca
+        .issue(
+            &Template::Node {
+                node_id: "metropolis-n".into(),
+            },
+            &node.verifying_key(),
+        )
+        .unwrap();
+    let (addr, configs) = serve(&ca, vec![ca.crl(1, &[]).unwrap()]).await;
+    let identity = || Some(Identity::new(&node, cert.der.clone()).unwrap());
+    assert!(ask(addr, &ca, identity()).await.is_ok());
+
+    configs.send_replace(Arc::new(config(
+        &ca,
+        vec![ca.crl(2, std::slice::from_ref(&cert.serial)).unwrap()],
+    )));
+    assert!(
+        ask(addr, &ca, identity()).await.is_err(),
+        "the server still admits a certificate its newest CRL revokes"
+    );
 }

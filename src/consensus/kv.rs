@@ -132,6 +132,44 @@ impl NamespacedKv {
         Ok(stream)
     }
 
+    /// Hand `apply` the value at `key` now (if there is one) and after every change, until the
+    /// watch breaks or `apply` fails; answers why it stopped. The watch starts before the first
+    /// read, so no change between the two is missed. Deletions are not applied.
+    pub async fn follow<E: From<ConsensusError>>(
+        &mut self,
+        key: &str,
+        mut apply: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> E {
+        let full = self.key(key);
+        let mut stream = match self.client.watch(full.as_str(), None).await {
+            Ok(stream) => stream,
+            Err(e) => return ConsensusError::from(e).into(),
+        };
+        match self.get(key).await {
+            Ok(Some(value)) => {
+                if let Err(e) = apply(&value) {
+                    return e;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return e.into(),
+        }
+        loop {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return ConsensusError::WatchClosed(full).into(),
+                Err(e) => return ConsensusError::from(e).into(),
+            };
+            for event in response.events() {
+                if let Some(kv) = event.kv().filter(|kv| !kv.value().is_empty()) {
+                    if let Err(e) = apply(kv.value()) {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
     /// Keys under `prefix` (relative to this namespace) with their values.
     pub async fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ConsensusError> {
         let full = self.key(prefix);

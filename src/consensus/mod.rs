@@ -311,39 +311,12 @@ async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, Cons
 
 /// Copy the stored peer CRL to `file` now and on every change; returns only when the watch
 /// breaks (the actor then fails and restarts, and the copy starts over).
-async fn watch_crl(mut client: Client, file: std::path::PathBuf) -> ConsensusError {
-    let key = format!("{NAMESPACE}{PEER_CRL_KEY}");
-    let mut stream = match client.watch(key.as_str(), None).await {
-        Ok(stream) => stream,
-        Err(e) => return e.into(),
-    };
-    // Read after the watch exists, so no change between the two is missed.
-    match client.get(key.as_str(), None).await {
-        Ok(current) => {
-            if let Some(kv) = current.kvs().first() {
-                if let Err(e) = fsutil::write_atomic(&file, kv.value(), PUBLIC_MODE) {
-                    return e.into();
-                }
-            }
-        }
-        Err(e) => return e.into(),
-    }
-    loop {
-        match stream.message().await {
-            Ok(Some(response)) => {
-                for event in response.events() {
-                    let Some(kv) = event.kv().filter(|kv| !kv.value().is_empty()) else {
-                        continue;
-                    };
-                    if let Err(e) = fsutil::write_atomic(&file, kv.value(), PUBLIC_MODE) {
-                        return e.into();
-                    }
-                }
-            }
-            Ok(None) => return ConsensusError::WatchClosed(key),
-            Err(e) => return e.into(),
-        }
-    }
+async fn watch_crl(client: Client, file: std::path::PathBuf) -> ConsensusError {
+    NamespacedKv::new(client, NAMESPACE.to_owned())
+        .follow(PEER_CRL_KEY, |crl| {
+            fsutil::write_atomic(&file, crl, PUBLIC_MODE).map_err(ConsensusError::from)
+        })
+        .await
 }
 
 /// The peer CA as the first member stored it, from `kv` confined to [`NAMESPACE`]: what issues

@@ -1,10 +1,14 @@
 //! The Curator actor: serves the Curator's services on the node's address once etcd and the
 //! issuer are ready, presenting the node certificate. The server lives as long as the incarnation;
-//! if it ends, the actor fails and its supervisor starts a new one.
+//! if it ends, the actor fails and its supervisor starts a new one. The cluster CRL is followed:
+//! each change swaps the TLS config that the next handshake uses.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Started};
+use rustls::ServerConfig;
+use tokio::sync::watch;
 
 use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
 use crate::curator::records::{Records, NAMESPACE};
@@ -16,7 +20,7 @@ use crate::proto::api::management_server::ManagementServer;
 use crate::proto::curator::curator_local_server::CuratorLocalServer;
 use crate::proto::curator::curator_server::CuratorServer;
 use crate::storage::NodeRoot;
-use crate::tls::{server_config, ClientAuth, Identity, Trust};
+use crate::tls::{server_config, ClientAuth, Identity, TlsError, Trust};
 
 /// The Curator's port.
 pub const CURATOR_PORT: u16 = 7835;
@@ -82,12 +86,8 @@ impl Actor for Curator {
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::pki::NAMESPACE.into())).await??;
-            let trust = Trust {
-                ca: credentials.ca.clone(),
-                crls: pki_kv.get(CRL_KEY).await?.into_iter().collect(),
-            };
-            let identity = Identity::new(&credentials.key, credentials.certificate.clone())?;
-            let tls = server_config(identity, ClientAuth::CaOrEphemeral(trust))?;
+            let crl = pki_kv.get(CRL_KEY).await?;
+            let (configs, updates) = watch::channel(tls_config(&credentials, crl)?);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
@@ -97,11 +97,12 @@ impl Actor for Curator {
                 .add_service(CuratorLocalServer::new(services.clone()))
                 .add_service(ManagementServer::new(services.clone()))
                 .add_service(AaaServer::new(services))
-                .serve_with_incoming(incoming(listener, tls, log));
-            Ok::<_, Failure>(server)
+                .serve_with_incoming(incoming(listener, updates, log));
+            Ok::<_, Failure>((server, configs, pki_kv, credentials))
         };
-        ctx.spawn(serve, move |server, curator: &mut Self, ctx| {
-            let server = tokio::spawn(server?);
+        ctx.spawn(serve, move |served, curator: &mut Self, ctx| {
+            let (server, configs, mut pki_kv, credentials) = served?;
+            let server = tokio::spawn(server);
             curator.server = Some(server.abort_handle());
             slog::info!(ctx.log(), "serving"; "listen" => %listen);
             ctx.healthy();
@@ -110,8 +111,44 @@ impl Actor for Curator {
                 Ok(Err(e)) => Err(Failure::msg(format!("the Curator server failed: {e}"))),
                 Err(e) => Err(Failure::msg(format!("the Curator server task ended: {e}"))),
             });
+            // A revocation reaches the next handshake: a new CRL means a new TLS config.
+            let log = ctx.log().clone();
+            let follow_crl = async move {
+                pki_kv
+                    .follow(CRL_KEY, |crl| {
+                        configs.send_replace(tls_config(&credentials, Some(crl.to_vec()))?);
+                        slog::debug!(log, "TLS config follows the cluster CRL";
+                            "crl_bytes" => crl.len());
+                        Ok::<(), Failure>(())
+                    })
+                    .await
+            };
+            ctx.spawn(follow_crl, |ended, _, _| {
+                Err(Failure::msg(format!(
+                    "the cluster CRL watch ended: {ended}"
+                )))
+            });
             Ok(())
         });
         Ok(Started::Pending)
     }
+}
+
+// ---- helpers ----
+
+/// The server config: the node certificate, admitting clients of the cluster CA not revoked by
+/// `crl`, and ephemeral ones (which the handlers authorize by key).
+fn tls_config(
+    credentials: &NodeCredentials,
+    crl: Option<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let trust = Trust {
+        ca: credentials.ca.clone(),
+        crls: crl.into_iter().collect(),
+    };
+    let identity = Identity::new(&credentials.key, credentials.certificate.clone())?;
+    Ok(Arc::new(server_config(
+        identity,
+        ClientAuth::CaOrEphemeral(trust),
+    )?))
 }
