@@ -59,7 +59,29 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
         verify(&ca, &issued.der, KeyUsage::server_auth(), Some(&crl)),
         Err(Error::CertRevoked)
     );
-    assert_eq!(kv.get("crl").await.unwrap(), Some(crl));
+    assert_eq!(kv.get("crl").await.unwrap(), Some(crl.clone()));
+    // Revoking again changes nothing; a second revocation keeps the first.
+    assert_eq!(
+        a.ask(Revoke(issued.serial.clone())).await.unwrap().unwrap(),
+        crl
+    );
+    let other = a
+        .ask(Issue(
+            Template::Node {
+                node_id: "metropolis-bb".into(),
+            },
+            generate_key().unwrap().verifying_key(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let both = a.ask(Revoke(other.serial.clone())).await.unwrap().unwrap();
+    for der in [&issued.der, &other.der] {
+        assert_eq!(
+            verify(&ca, der, KeyUsage::server_auth(), Some(&both)),
+            Err(Error::CertRevoked)
+        );
+    }
 
     tree.kill("/issuer-a", Kill::Crash).unwrap();
     let mut again = None;

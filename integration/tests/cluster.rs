@@ -1,6 +1,6 @@
 //! Tier 3 (DESIGN §7): a three-node cluster in network namespaces, real etcd and swtpm:
 //! bootstrap, register, approve, promote; restarts into join; the loss of the first node; a cold
-//! start of the whole cluster.
+//! start of the whole cluster; decommissioning a member.
 
 use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
@@ -120,6 +120,41 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(&cluster.nodes[i].id().unwrap(), id);
     }
+
+    // Decommission node 2: it leaves etcd, stops by itself, drops out of the hosts files, and
+    // is refused when it boots again.
+    let mut owner = curator_on(&cluster, 0).await;
+    owner.decommission(&ids[2]).await.unwrap();
+    let status = cluster.wait_exit(2).unwrap();
+    assert!(!status.success(), "{status:?}");
+    cluster
+        .until(0, "have two etcd voters", || async {
+            let members = etcd_members(&cluster, 0).await?;
+            (members.len() == 2 && !members.iter().any(|(name, _)| name == &ids[2])).then_some(())
+        })
+        .await
+        .unwrap();
+    let hosts = std::path::Path::new("/etc/netns")
+        .join(&cluster.nodes[0].namespace)
+        .join("hosts");
+    cluster
+        .until(0, "forget node 2 in its hosts file", || async {
+            let text = std::fs::read_to_string(&hosts).ok()?;
+            (!text.contains(ids[2].as_str())).then_some(())
+        })
+        .await
+        .unwrap();
+    let before = log_of(&cluster, 2).len();
+    cluster.start(2, &[]).unwrap();
+    let status = cluster.wait_exit(2).unwrap();
+    assert!(!status.success(), "{status:?}");
+    let log = log_of(&cluster, 2);
+    assert!(
+        log[before..].contains("decommissioned"),
+        "{}",
+        &log[before..]
+    );
+    assert_eq!(owner.nodes().await.unwrap().len(), 3, "the record stays");
 }
 
 /// Node `i`'s log so far (one file across its restarts).

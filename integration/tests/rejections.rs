@@ -1,5 +1,6 @@
 //! What the Curator and a node refuse, each with its error: a wrong ticket, a commit before
-//! approval, unknown and decommissioned join keys, a server from another CA, a management call
+//! approval, unknown and decommissioned join keys, a decommissioned node's revoked certificate,
+//! decommissioning the last consensus member, a server from another CA, a management call
 //! without the owner certificate, and a tampered sealed configuration.
 
 use std::net::SocketAddr;
@@ -12,7 +13,10 @@ use polis::pki::{generate_key, CertificateAuthority};
 use polis::proto::api::management_client::ManagementClient;
 use polis::proto::api::GetNodesRequest;
 use polis::proto::curator::curator_client::CuratorClient;
-use polis::proto::curator::{CommitNodeRequest, JoinNodeRequest, RegisterNodeRequest};
+use polis::proto::curator::curator_local_client::CuratorLocalClient;
+use polis::proto::curator::{
+    CommitNodeRequest, GetCaCertificateRequest, JoinNodeRequest, RegisterNodeRequest,
+};
 use polis::tls::{client_config, Identity, Trust};
 use polis_integration::{polis_node_binary, test_logger};
 use tonic::transport::Channel;
@@ -91,6 +95,21 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         .unwrap()
         .into_inner();
     assert_eq!(cuk.cluster_unlock_key, vec![7; 32]);
+    let trust = Trust::pinned(ca.clone());
+    let addr = SocketAddr::new(cluster.nodes[0].address, CURATOR_PORT);
+    let server = cluster.nodes[0].id().unwrap();
+    let as_node = || async {
+        let identity = Identity::new(&node_key, first.node_certificate.clone()).unwrap();
+        let config = client_config(Some(identity), &trust).unwrap();
+        let channel = channel(addr, &server, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        CuratorLocalClient::new(channel)
+            .get_ca_certificate(GetCaCertificateRequest {})
+            .await
+            .map_err(|e| e.to_string())
+    };
+    assert!(as_node().await.is_ok(), "the node certificate works before");
     let id = polis::pki::node_id(&node_key.verifying_key());
     owner.decommission(&id).await.unwrap();
     let gone = as_joiner
@@ -99,6 +118,20 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::PermissionDenied, "{gone}");
     assert!(gone.message().contains("decommissioned"), "{gone}");
+    // Its node certificate is revoked, and the Curator, following the CRL, refuses it in the
+    // handshake.
+    let mut answer = as_node().await.map(|_| ());
+    for _ in 0..50 {
+        if answer.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        answer = as_node().await.map(|_| ());
+    }
+    assert!(answer.is_err(), "a revoked node certificate was admitted");
+    // The last consensus member cannot be decommissioned.
+    let last = owner.decommission(&server).await.unwrap_err().to_string();
+    assert!(last.contains("last consensus member"), "{last}");
 
     // A client pinning another CA refuses the server.
     let other_ca = CertificateAuthority::new("another cluster").unwrap();

@@ -39,6 +39,9 @@ pub enum ConsensusError {
     /// etcd 3.4 allows one learner at a time, and one is still waiting for promotion.
     #[error("a learner ({0}) is still waiting for promotion; add the next member after it")]
     LearnerPending(String),
+    /// Removing this member would leave the cluster without etcd.
+    #[error("refusing to remove {0}: it is the cluster's last etcd voter")]
+    LastMember(String),
     /// etcd closed a watch.
     #[error("etcd closed the watch on {0}")]
     WatchClosed(String),
@@ -136,6 +139,9 @@ pub fn peer_template(member: &Member) -> Template {
     }
 }
 
+/// This member's peer certificate (PEM) in its peer PKI directory.
+pub const PEER_CERTIFICATE_FILE: &str = "cert.pem";
+
 /// Write the peer PKI files etcd reads: CA, certificate and key (owner-only) as PEM, CRL as DER.
 pub fn write_peer_pki(
     root: &NodeRoot,
@@ -151,7 +157,7 @@ pub fn write_peer_pki(
         PUBLIC_MODE,
     )?;
     fsutil::write_atomic(
-        &dir.join("cert.pem"),
+        &dir.join(PEER_CERTIFICATE_FILE),
         to_pem("CERTIFICATE", cert).as_bytes(),
         PUBLIC_MODE,
     )?;

@@ -11,7 +11,10 @@ use etcd_client::Client;
 use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
 
-pub use etcd::{connect, peer_template, ConsensusError, Member, Mode, PEER_CA_NAME, PEER_PORT};
+pub use etcd::{
+    connect, peer_template, ConsensusError, Member, Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE,
+    PEER_PORT,
+};
 pub use kv::NamespacedKv;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
@@ -60,6 +63,19 @@ pub struct AddLearner {
 }
 impl Message for AddLearner {
     type Reply = Result<String, ConsensusError>;
+}
+
+/// Remove the member called `name` (a node ID) or, if it never started and so has no name yet,
+/// the one at `peer_url`. Answers whether one was removed: repeating the call changes nothing.
+/// Removing the last voter is refused.
+pub struct RemoveMember {
+    /// The member's name (its node ID).
+    pub name: String,
+    /// Where other members reach it.
+    pub peer_url: String,
+}
+impl Message for RemoveMember {
+    type Reply = Result<bool, ConsensusError>;
 }
 
 // ---- state ----
@@ -228,6 +244,22 @@ impl Handler<AddLearner> for Consensus {
     }
 }
 
+impl Handler<RemoveMember> for Consensus {
+    fn handle(
+        &mut self,
+        msg: RemoveMember,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <RemoveMember as Message>::Reply>, Failure> {
+        let Some(client) = self.client.clone() else {
+            return Ok(Reply::now(Err(ConsensusError::NotReady)));
+        };
+        slog::warn!(ctx.log(), "removing a member"; "name" => &msg.name, "peer_url" => &msg.peer_url);
+        Ok(Reply::later(
+            async move { Ok(remove_member(client, msg).await) },
+        ))
+    }
+}
+
 // ---- helpers ----
 
 impl Consensus {
@@ -307,6 +339,23 @@ async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, Cons
         })
         .collect::<Vec<_>>()
         .join(","))
+}
+
+async fn remove_member(mut client: Client, msg: RemoveMember) -> Result<bool, ConsensusError> {
+    let members = client.member_list().await?;
+    let Some(member) = members
+        .members()
+        .iter()
+        .find(|m| m.name() == msg.name || m.peer_urls().contains(&msg.peer_url))
+    else {
+        return Ok(false);
+    };
+    let voters = members.members().iter().filter(|m| !m.is_learner()).count();
+    if !member.is_learner() && voters <= 1 {
+        return Err(ConsensusError::LastMember(msg.name));
+    }
+    client.member_remove(member.id()).await?;
+    Ok(true)
 }
 
 /// Copy the stored peer CRL to `file` now and on every change; returns only when the watch

@@ -14,7 +14,7 @@ pub use service::{initial_cluster, Services};
 use tonic::{Code, Status};
 
 use crate::consensus::ConsensusError;
-use crate::pki::{IssuerError, PkiError};
+use crate::pki::{IssuerError, PkiError, RevocationError};
 
 /// Why a Curator call was refused or failed; each maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum CuratorError {
     /// The node committed another CUK before.
     #[error("node {0} committed a different cluster unlock key before")]
     CukMismatch(String),
+    /// The node is the cluster's last consensus member: without it there is no etcd.
+    #[error("node {0} is the cluster's last consensus member; it cannot be decommissioned")]
+    LastConsensusMember(String),
     /// The owner has not approved the node yet.
     #[error("node {0} is not approved yet")]
     NotApproved(String),
@@ -81,9 +84,12 @@ pub enum CuratorError {
     /// The issuer failed.
     #[error(transparent)]
     Issuer(#[from] IssuerError),
-    /// A certificate could not be made.
+    /// A certificate could not be made or read.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A certificate could not be revoked.
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
     /// An actor the Curator needs is not running.
     #[error("{0}")]
     Unavailable(#[from] polis_actors::SendError),
@@ -98,11 +104,17 @@ impl CuratorError {
             WrongTicket | NotOwner | NotInitialOwner | Decommissioned(_) => Code::PermissionDenied,
             UnknownNode(_) => Code::NotFound,
             JoinKeyMismatch(_) | CukMismatch(_) => Code::AlreadyExists,
-            NotApproved(_) | WrongState { .. } => Code::FailedPrecondition,
+            NotApproved(_)
+            | WrongState { .. }
+            | LastConsensusMember(_)
+            | Consensus(ConsensusError::LastMember(_)) => Code::FailedPrecondition,
             Invalid { .. } => Code::InvalidArgument,
             Unsupported(_) => Code::Unimplemented,
-            CorruptRecord { .. } | Pki(_) | Consensus(ConsensusError::Missing(_)) => Code::Internal,
-            Consensus(_) | Issuer(_) | Unavailable(_) => Code::Unavailable,
+            CorruptRecord { .. }
+            | Pki(_)
+            | Revocation(RevocationError::Pki(_))
+            | Consensus(ConsensusError::Missing(_)) => Code::Internal,
+            Consensus(_) | Issuer(_) | Revocation(_) | Unavailable(_) => Code::Unavailable,
         }
     }
 }

@@ -205,6 +205,18 @@ pub fn decommission(current: Option<&Node>, id: &str) -> Result<Option<Node>, Cu
     }))
 }
 
+/// Whether a node other than `id` is an UP consensus member (the cluster keeps etcd without
+/// `id`).
+pub fn other_consensus_member(nodes: &[Node], id: &str) -> bool {
+    nodes.iter().any(|n| {
+        n.id != id
+            && n.fsm_state == NodeState::Up as i32
+            && n.roles
+                .as_ref()
+                .is_some_and(|r| r.consensus_member.is_some())
+    })
+}
+
 /// A node's reported status at `address`.
 pub fn status(address: &str) -> NodeStatus {
     NodeStatus {

@@ -11,11 +11,13 @@ use polis_actors::ActorRef;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::consensus::{peer_ca, AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
+use crate::consensus::{
+    peer_ca, AddLearner, Consensus, NamespacedKv, RemoveMember, PEER_CRL_KEY, PEER_PORT,
+};
 use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
-use crate::pki::{node_id, GetCaCertificate, Issue, Issuer, Template};
+use crate::pki::{node_id, revoke, serial_of, GetCaCertificate, Issue, Issuer, Revoke, Template};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::management_server::Management;
 use crate::proto::api::{self, *};
@@ -123,6 +125,45 @@ impl Services {
             initial_crl: crl,
             peers: parse_initial_cluster(&initial_cluster),
         })
+    }
+}
+
+impl Services {
+    /// Take from a decommissioned node what it holds: its node certificate (revoked), and if it
+    /// is a consensus member its place in etcd and its peer certificate (revoked, so that etcd
+    /// refuses it should it come back).
+    async fn retire(&self, node: &Node) -> Result<(), CuratorError> {
+        if !node.node_certificate.is_empty() {
+            let serial = serial_of(&node.node_certificate)?;
+            self.issuer.ask(Revoke(serial)).await??;
+        }
+        let Some(member) = node
+            .roles
+            .as_ref()
+            .and_then(|r| r.consensus_member.as_ref())
+        else {
+            return Ok(());
+        };
+        let host = node
+            .status
+            .as_ref()
+            .map(|s| s.external_address.as_str())
+            .unwrap_or_default();
+        let removed = self
+            .consensus
+            .ask(RemoveMember {
+                name: node.id.clone(),
+                peer_url: format!("https://{host}:{PEER_PORT}"),
+            })
+            .await??;
+        slog::info!(self.log, "etcd member removed"; "node" => &node.id, "was_member" => removed);
+        if !member.peer_certificate.is_empty() {
+            let mut peer_kv = self.peer_kv.clone();
+            let ca = peer_ca(&mut peer_kv).await?;
+            let serial = serial_of(&member.peer_certificate)?;
+            revoke(&mut peer_kv, &ca, PEER_CRL_KEY, &serial).await?;
+        }
+        Ok(())
     }
 }
 
@@ -537,11 +578,26 @@ impl Management for Services {
     ) -> Answer<DecommissionNodeResponse> {
         self.owner(&request).await?;
         let id = request.into_inner().id;
-        self.records
-            .clone()
+        let mut records = self.records.clone();
+        let node = records
+            .get(&id)
+            .await?
+            .ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
+        let member = node
+            .roles
+            .as_ref()
+            .is_some_and(|r| r.consensus_member.is_some());
+        if member && !records::other_consensus_member(&records.list().await?, &id) {
+            return Err(CuratorError::LastConsensusMember(id).into());
+        }
+        records
             .update(&id, |current| records::decommission(current, &id))
             .await?;
         slog::warn!(self.log, "node decommissioned"; "node" => &id);
+        // The record refuses the node from here on; the rest takes away what it holds. Each step
+        // is repeatable, so a call that failed half-way is finished by the next.
+        self.retire(&node).await?;
+        slog::info!(self.log, "decommissioned node's certificates revoked"; "node" => &id);
         Ok(Response::new(DecommissionNodeResponse {}))
     }
 }

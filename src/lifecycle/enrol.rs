@@ -7,13 +7,15 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 use tonic::Code;
 
-use crate::consensus::{Kv, Mode, PEER_PORT};
+use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE, PEER_PORT};
 use crate::curator::records::{self, Records, INITIAL_OWNER};
 use crate::lifecycle::actor::{refused, signing_key, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::cluster;
 use crate::lifecycle::LifecycleError;
-use crate::pki::{generate_key, node_id, GetCaCertificate, Issue, NodeCredentials, Template};
+use crate::pki::{
+    generate_key, node_id, read_pem, GetCaCertificate, Issue, NodeCredentials, Template,
+};
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::NodeParameters;
 use crate::proto::common::node_roles::{consensus_member, ConsensusMember, KubernetesWorker};
@@ -172,6 +174,10 @@ impl Run {
                     .get(crate::consensus::PEER_CA_CERTIFICATE)
                     .await?
                     .unwrap_or_default();
+                let peer_certificate = read_pem(
+                    &self.config.root.etcd_peer_pki().join(PEER_CERTIFICATE_FILE),
+                    "CERTIFICATE",
+                )?;
                 let record = Node {
                     public_key: keys.node.verifying_key().to_bytes().to_vec(),
                     cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
@@ -179,6 +185,7 @@ impl Run {
                     roles: Some(NodeRoles {
                         consensus_member: Some(ConsensusMember {
                             ca_certificate: peer_ca,
+                            peer_certificate,
                             peers: vec![consensus_member::Peer {
                                 name: id.clone(),
                                 port: PEER_PORT.into(),

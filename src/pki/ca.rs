@@ -36,6 +36,9 @@ pub enum PkiError {
     /// A stored key is not a valid Ed25519 PKCS#8 key.
     #[error("stored CA key is not a valid Ed25519 key: {0}")]
     BadKey(String),
+    /// A certificate does not parse.
+    #[error("certificate does not parse: {0}")]
+    BadCertificate(String),
     /// The operating system's random generator failed.
     #[error("the operating system's random generator failed")]
     Rng,

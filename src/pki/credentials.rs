@@ -35,6 +35,21 @@ pub fn to_pem(tag: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(tag, der.to_vec()))
 }
 
+/// The DER contents of the PEM file at `path`, which must hold one `tag` block.
+pub fn read_pem(path: &std::path::Path, tag: &'static str) -> Result<Vec<u8>, CredentialsError> {
+    let text = fsutil::read(path)?;
+    let bad = |reason: String| CredentialsError::Pem {
+        path: path.display().to_string(),
+        tag,
+        reason,
+    };
+    let parsed = pem::parse(text).map_err(|e| bad(e.to_string()))?;
+    if parsed.tag() != tag {
+        return Err(bad(format!("found {}", parsed.tag())));
+    }
+    Ok(parsed.into_contents())
+}
+
 /// What a node proves itself with.
 #[derive(Clone)]
 pub struct NodeCredentials {
@@ -80,20 +95,7 @@ impl NodeCredentials {
         if !dir.join(KEY.0).exists() {
             return Ok(None);
         }
-        let read = |(file, tag): (&str, &'static str)| {
-            let path = dir.join(file);
-            let text = fsutil::read(&path)?;
-            let bad = |reason: String| CredentialsError::Pem {
-                path: path.display().to_string(),
-                tag,
-                reason,
-            };
-            let parsed = pem::parse(text).map_err(|e| bad(e.to_string()))?;
-            if parsed.tag() != tag {
-                return Err(bad(format!("found {}", parsed.tag())));
-            }
-            Ok(parsed.into_contents())
-        };
+        let read = |(file, tag): (&str, &'static str)| read_pem(&dir.join(file), tag);
         let key_der = read(KEY)?;
         let key = SigningKey::from_pkcs8_der(&key_der).map_err(|e| CredentialsError::Pem {
             path: dir.join(KEY.0).display().to_string(),

@@ -1,6 +1,7 @@
 //! The PKI issuer: the cluster CA kept in etcd under `/cluster-pki/`, created with *Ensure*
 //! semantics (create-if-absent in one transaction: two concurrent starts agree on one CA), every
-//! issued certificate recorded, and revocation through a CRL stored beside it.
+//! issued certificate recorded, and revocation ([`crate::pki::revoke`]) through a CRL stored
+//! beside it.
 //!
 //! Bootstrap needs no exception: the lifecycle starts the first node's etcd and this issuer before
 //! it asks for the node's certificate.
@@ -11,7 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
 
 use crate::consensus::{Consensus, ConsensusError, Kv, NamespacedKv};
-use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
+use crate::pki::{hex, revoke, CertificateAuthority, Issued, PkiError, RevocationError, Template};
 
 /// The etcd namespace of the cluster PKI.
 pub const NAMESPACE: &str = "/cluster-pki/";
@@ -33,6 +34,9 @@ pub enum IssuerError {
     /// The consensus actor is not running.
     #[error("consensus unavailable: {0}")]
     Unavailable(#[from] SendError),
+    /// A revocation failed.
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
     /// The CA is not loaded yet (the issuer is not healthy yet).
     #[error("the cluster CA is not loaded yet")]
     NotReady,
@@ -171,21 +175,9 @@ impl Handler<Revoke> for Issuer {
         };
         slog::warn!(ctx.log(), "revoking"; "serial" => hex(&serial));
         Ok(Reply::later(async move {
-            let revoke = async {
-                kv.put(&format!("revoked/{}", hex(&serial)), &serial)
-                    .await?;
-                let revoked: Vec<Vec<u8>> = kv
-                    .list("revoked/")
-                    .await?
-                    .into_iter()
-                    .map(|(_, v)| v)
-                    .collect();
-                // The CRL number grows with every revocation (revocations are never undone).
-                let crl = ca.crl(revoked.len() as u64 + 1, &revoked)?;
-                kv.put(CRL_KEY, &crl).await?;
-                Ok(crl)
-            };
-            Ok(revoke.await)
+            Ok(revoke(&mut kv, &ca, CRL_KEY, &serial)
+                .await
+                .map_err(IssuerError::from))
         }))
     }
 }

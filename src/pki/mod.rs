@@ -1,12 +1,14 @@
-//! The PKI: certificate authorities (cluster and etcd peer), node identities, and the issuer
-//! actor that keeps the cluster CA in etcd.
+//! The PKI: certificate authorities (cluster and etcd peer), node identities, revocation, and the
+//! issuer actor that keeps the cluster CA in etcd.
 
 mod ca;
 mod credentials;
 mod identity;
 mod issuer;
+mod revocation;
 
 pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template};
-pub use credentials::{to_pem, CredentialsError, NodeCredentials};
+pub use credentials::{read_pem, to_pem, CredentialsError, NodeCredentials};
 pub use identity::{generate_key, hex, node_id};
 pub use issuer::{GetCaCertificate, Issue, Issuer, IssuerError, Revoke, CRL_KEY, NAMESPACE};
+pub use revocation::{revoke, serial_of, RevocationError};
