@@ -38,6 +38,14 @@ pub enum NetError {
         /// What the kernel said.
         route: String,
     },
+    /// A thread could not enter a node's namespace.
+    #[error("cannot enter network namespace {namespace}: {reason}")]
+    Enter {
+        /// The namespace.
+        namespace: String,
+        /// Why.
+        reason: String,
+    },
     /// More nodes than the /24 holds.
     #[error("at most 253 nodes fit in 198.18.0.0/24, not {0}")]
     TooMany(usize),
@@ -237,6 +245,29 @@ impl Drop for ClusterNetwork {
         }
         let _ = ip(&["link", "del", &self.bridge]);
     }
+}
+
+/// Run `f` on a thread of its own inside the network namespace `namespace` (as `ip netns` names
+/// it): what it connects to is what that namespace reaches, e.g. a node's loopback debug endpoint.
+/// The calling thread stays where it is.
+pub fn within<T: Send>(namespace: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetError> {
+    let fail = |reason: String| NetError::Enter {
+        namespace: namespace.to_owned(),
+        reason,
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let path = Path::new("/var/run/netns").join(namespace);
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| fail(e.to_string()))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| fail("the thread panicked".into()))?
+    })
 }
 
 /// Quote for `sh`: single quotes, with embedded ones closed and escaped.

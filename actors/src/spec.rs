@@ -130,8 +130,10 @@ impl ChildSpec {
     /// A permanent supervisor of its own subtree, stopped with [`Shutdown::Infinity`] and without
     /// a start timeout of its own (its children have theirs).
     pub fn supervisor(name: &str, spec: SupervisorSpec) -> (ChildSpec, ActorRef<Supervisor>) {
-        let (mut child, actor_ref) =
-            ChildSpec::worker(name, move || Ok(Supervisor::new(spec.clone())));
+        let added = Arc::default();
+        let (mut child, actor_ref) = ChildSpec::worker(name, move || {
+            Ok(Supervisor::new(spec.clone(), Arc::clone(&added)))
+        });
         child.kind = ChildKind::Supervisor;
         child.shutdown = Shutdown::Infinity;
         child.start_timeout = None;

@@ -9,7 +9,7 @@
 //! other: stop what must stop (highest first), then start what must run (lowest first).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -23,8 +23,9 @@ use crate::{
 
 // ---- messages ----
 
-/// Add a child at run time (as the lifecycle starts `/cluster`). Answers once the child is
-/// healthy, or with why it could not start.
+/// Add a child at run time (as the lifecycle fills `/cluster`). Answers once the child is
+/// healthy, or with why it could not start. The child stays part of this supervisor until it is
+/// terminated, across restarts of the supervisor itself.
 pub struct StartChild(pub ChildSpec);
 
 impl Message for StartChild {
@@ -106,6 +107,10 @@ pub enum ChildError {
 /// A supervisor actor. Build one through [`ChildSpec::supervisor`] or [`crate::Tree::start`].
 pub struct Supervisor {
     spec: SupervisorSpec,
+    /// Children added at run time and not terminated, shared by every incarnation: a restarted
+    /// supervisor starts them again after its spec's own, so what was added is not lost to a
+    /// crash of the supervisor (OTP would drop them, and leave the adder to notice).
+    added: Arc<Mutex<Vec<ChildSpec>>>,
     children: Vec<Child>,
     restarts: VecDeque<Instant>,
     phase: Phase,
@@ -174,14 +179,22 @@ impl Child {
 }
 
 impl Supervisor {
-    pub(crate) fn new(spec: SupervisorSpec) -> Self {
+    pub(crate) fn new(spec: SupervisorSpec, added: Arc<Mutex<Vec<ChildSpec>>>) -> Self {
         Supervisor {
             spec,
+            added,
             children: Vec::new(),
             restarts: VecDeque::new(),
             phase: Phase::Starting,
             wake: None,
         }
+    }
+
+    /// The children added at run time (the lock is never held across an await).
+    fn added(&self) -> std::sync::MutexGuard<'_, Vec<ChildSpec>> {
+        self.added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -195,10 +208,12 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
         self.spec.validate()?;
         let parent = ctx.path().clone();
+        let added = self.added().clone();
         self.children = self
             .spec
             .children
             .iter()
+            .chain(added.iter())
             .map(|spec| Child::new(spec.clone(), &parent))
             .collect();
         self.drive(ctx);
@@ -259,6 +274,7 @@ impl Handler<StartChild> for Supervisor {
         if let Err(e) = self.admit(&spec) {
             return Ok(Reply::now(Err(e)));
         }
+        self.added().push(spec.clone());
         let (tx, rx) = oneshot::channel();
         let mut child = Child::new(spec, ctx.path());
         child.on_started.push(tx);
@@ -279,6 +295,7 @@ impl Handler<TerminateChild> for Supervisor {
         let Some(i) = self.position(&name) else {
             return Ok(Reply::now(Err(ChildError::NotFound(name))));
         };
+        self.added().retain(|spec| spec.name != name);
         let child = &mut self.children[i];
         child.wanted = false;
         child.remove_when_stopped = true;

@@ -805,3 +805,26 @@ async fn children_are_started_terminated_and_listed_at_run_time() {
         .collect();
     assert_eq!(names, vec!["a", "bad"]);
 }
+
+#[actix_rt::test]
+async fn a_restarted_supervisor_starts_again_what_was_added_to_it_and_not_terminated() {
+    tokio::time::pause();
+    use polis_actors::{StartChild, TerminateChild};
+    let journal = Journal::default();
+    let (sub, sub_ref) = ChildSpec::supervisor("sub", SupervisorSpec::new(Strategy::OneForOne));
+    let tree = start(SupervisorSpec::new(Strategy::OneForOne).child(sub)).await;
+    let (b, b_ref, _) = probe("b", &journal);
+    let (c, c_ref, _) = probe("c", &journal);
+    assert_eq!(sub_ref.ask(StartChild(b)).await, Ok(Ok(())));
+    assert_eq!(sub_ref.ask(StartChild(c)).await, Ok(Ok(())));
+    assert_eq!(sub_ref.ask(TerminateChild("c".into())).await, Ok(Ok(())));
+    assert_eq!(generation(&tree, "/sub/b"), 1);
+
+    tree.kill("/sub", Kill::Crash).unwrap();
+    until("the supervisor restarts", || generation(&tree, "/sub") == 2).await;
+    until("b runs again", || b_ref.is_running()).await;
+    assert_eq!(generation(&tree, "/sub/b"), 2);
+    assert!(b_ref.ask(Ping).await.is_ok());
+    settle().await;
+    assert!(!c_ref.is_running(), "a terminated child stays gone");
+}

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use polis::debug_client::{request, DebugClientError};
+use polis::netns::{within, NetError};
 
 /// Operate Polis nodes.
 #[derive(Parser, Debug)]
@@ -89,44 +90,10 @@ enum How {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(n) = cli.node {
-        return in_namespace(&cli, n);
-    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("polisctl: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Re-run this command (without `--node`) inside node `n`'s network namespace, where its
-/// debug endpoint listens on loopback.
-fn in_namespace(cli: &Cli, n: usize) -> ExitCode {
-    let namespace = match cluster::namespace(&cli.dir, n) {
-        Ok(ns) => ns,
-        Err(e) => {
-            eprintln!("polisctl: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = args.iter().position(|a| a == "--node") {
-        args.drain(i..(i + 2).min(args.len()));
-    }
-    args.retain(|a| !a.starts_with("--node="));
-    let exe = std::env::current_exe().unwrap_or_else(|_| "polisctl".into());
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", &namespace])
-        .arg(exe)
-        .args(args)
-        .status();
-    match status {
-        Ok(s) if s.success() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("polisctl: cannot enter namespace {namespace}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -140,10 +107,23 @@ enum CliError {
     Debug(#[from] DebugClientError),
     #[error("the node at {0} sent JSON that polisctl cannot read: {1}")]
     Json(SocketAddr, serde_json::Error),
+    #[error(transparent)]
+    Net(#[from] NetError),
 }
 
 fn run(cli: &Cli) -> Result<(), CliError> {
     let addr = cli.debug;
+    // With --node, the request is made from inside that node's network namespace, where its
+    // debug endpoint listens on loopback.
+    let debug = |method: &str, path: &str, body: &str| -> Result<String, CliError> {
+        match cli.node {
+            Some(n) => {
+                let namespace = cluster::namespace(&cli.dir, n)?;
+                Ok(within(&namespace, || request(addr, method, path, body))??)
+            }
+            None => Ok(request(addr, method, path, body)?),
+        }
+    };
     match &cli.command {
         Command::Launch { nodes } => cluster::launch(&cli.dir, *nodes)?,
         Command::Stop => cluster::stop(&cli.dir)?,
@@ -151,9 +131,9 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Ticket => cluster::ticket(&cli.dir)?,
         Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,
         Command::Decommission { id } => cluster::decommission(&cli.dir, id)?,
-        Command::Metrics => print!("{}", request(addr, "GET", "/metrics", "")?),
+        Command::Metrics => print!("{}", debug("GET", "/metrics", "")?),
         Command::Tree => {
-            let body = request(addr, "GET", "/debug/tree", "")?;
+            let body = debug("GET", "/debug/tree", "")?;
             match cli.output {
                 Output::Json => println!("{body}"),
                 Output::Human => {
@@ -164,12 +144,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             }
         }
         Command::Logs { path } => {
-            let body = request(
-                addr,
-                "GET",
-                &format!("/debug/logs?path={}", encode(path)),
-                "",
-            )?;
+            let body = debug("GET", &format!("/debug/logs?path={}", encode(path)), "")?;
             match cli.output {
                 Output::Json => println!("{body}"),
                 Output::Human => {
@@ -185,7 +160,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 How::Brutal => "brutal",
             };
             let body = serde_json::json!({ "path": path, "how": how }).to_string();
-            print!("{}", request(addr, "POST", "/debug/kill", &body)?);
+            print!("{}", debug("POST", "/debug/kill", &body)?);
         }
     }
     Ok(())
