@@ -1,8 +1,13 @@
-//! A small client for a node's loopback debug endpoint, used by `polisctl`.
+//! A small client for a node's loopback debug endpoint, used by `polisctl` and the local
+//! cluster launcher.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+/// Where a node's debug endpoint listens unless told otherwise (loopback of its namespace).
+pub const DEBUG_ADDRESS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7840);
 
 /// Why a debug request failed; each names the node's endpoint.
 #[derive(Debug, thiserror::Error)]

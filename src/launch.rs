@@ -14,12 +14,13 @@ use ed25519_dalek::SigningKey;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::debug_client::{request, DebugClientError, DEBUG_ADDRESS};
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
-use crate::netns::{ClusterNetwork, NetError};
+use crate::netns::{within, ClusterNetwork, NetError};
 use crate::owner::{escrow, CuratorAddress, Owner, OwnerError};
 use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
-use crate::proto::api::NodeParameters;
+use crate::proto::api::{Node as ApiNode, NodeParameters};
 use crate::proto::common::NodeState;
 use crate::storage::{Esp, EspError, NodeRoot};
 
@@ -34,6 +35,9 @@ pub enum LaunchError {
     /// The network namespaces could not be made.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A node's debug endpoint failed.
+    #[error(transparent)]
+    Debug(#[from] DebugClientError),
     /// A file could not be written or read.
     #[error(transparent)]
     Fs(#[from] FsError),
@@ -64,6 +68,9 @@ pub enum LaunchError {
         /// Its log file.
         log: String,
     },
+    /// The node's `polis-node` is not running (or was already reaped).
+    #[error("node {0} is not running")]
+    NotRunning(usize),
     /// A key could not be made.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
@@ -251,10 +258,38 @@ impl LocalCluster {
     }
 
     /// Wait for node `i`'s `polis-node` to exit by itself (e.g. a test hook killed it).
-    pub fn wait_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
-        let status = self.nodes[i].process.take()?.wait().ok();
+    pub fn wait_exit(&mut self, i: usize) -> Result<std::process::ExitStatus, LaunchError> {
+        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+        let status = loop {
+            let child = self.nodes[i]
+                .process
+                .as_mut()
+                .ok_or(LaunchError::NotRunning(i))?;
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(self.timed_out(i, "exit"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.nodes[i].process = None;
         let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
-        status
+        Ok(status)
+    }
+
+    /// A request to node `i`'s debug endpoint, made from inside its namespace: its tree,
+    /// metrics, an actor's logs, or fault injection.
+    pub fn debug(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<String, LaunchError> {
+        Ok(within(&self.nodes[i].namespace, || {
+            request(DEBUG_ADDRESS, method, path, body)
+        })??)
     }
 
     /// Write node parameters on node `i`'s ESP.
@@ -308,17 +343,30 @@ impl LocalCluster {
     /// The owner's client on node `i`'s Curator.
     pub async fn owner(&self, i: usize) -> Result<Owner, LaunchError> {
         let certificate = fsutil::read(&self.dir.join("owner.crt"))?;
-        let curator = self.curator(i).ok_or(LaunchError::Timeout {
-            node: i,
-            what: "have credentials",
-            log: self.nodes[i].log_file().display().to_string(),
-        })?;
+        let curator = self
+            .curator(i)
+            .ok_or_else(|| self.timed_out(i, "have credentials"))?;
         Ok(Owner::connect(&curator, &self.ca()?, &self.owner_key, certificate).await?)
     }
 
     /// Register node `i` through `owner`: parameters with a ticket, start, approve once it is
     /// NEW, wait until it is UP, then give it the consensus role (one learner at a time).
     pub async fn register(&mut self, i: usize, owner: &Owner) -> Result<String, LaunchError> {
+        let node = self.start_registration(i, owner).await?;
+        self.approve(i, owner, &node).await?;
+        self.make_consensus_member(i, owner, &node.id).await?;
+        slog::info!(self.log, "node registered, approved and made a consensus member";
+            "node" => i, "id" => &node.id);
+        Ok(node.id)
+    }
+
+    /// The first step of [`LocalCluster::register`]: node `i` gets parameters with a register
+    /// ticket and starts; answers its record once it is registered (NEW).
+    pub async fn start_registration(
+        &mut self,
+        i: usize,
+        owner: &Owner,
+    ) -> Result<ApiNode, LaunchError> {
         let mut owner_now = owner.clone();
         let info = owner_now.cluster_info().await?;
         self.write_parameters(
@@ -331,18 +379,31 @@ impl LocalCluster {
         )?;
         self.start(i, &[])?;
         let address = self.nodes[i].address.to_string();
-        let node = self
-            .until(i, "register", || {
-                let (mut owner, address) = (owner.clone(), address.clone());
-                async move {
-                    let nodes = owner.nodes().await.ok()?;
-                    nodes.into_iter().find(|n| {
-                        n.status.as_ref().map(|s| s.external_address.as_str()) == Some(&address)
-                    })
-                }
-            })
-            .await?;
-        owner_now.approve(&node.pubkey).await?;
+        self.until(i, "register", || {
+            let (mut owner, address) = (owner.clone(), address.clone());
+            async move {
+                let nodes = owner.nodes().await.ok()?;
+                nodes.into_iter().find(|n| {
+                    n.status.as_ref().map(|s| s.external_address.as_str()) == Some(&address)
+                })
+            }
+        })
+        .await
+    }
+
+    /// Approve node `i` (registered as `node`; approving again is harmless, so a Curator
+    /// that is briefly away is retried) and wait until it is UP.
+    pub async fn approve(
+        &self,
+        i: usize,
+        owner: &Owner,
+        node: &ApiNode,
+    ) -> Result<(), LaunchError> {
+        self.until(i, "be approved", || {
+            let mut owner = owner.clone();
+            async move { owner.approve(&node.pubkey).await.ok() }
+        })
+        .await?;
         self.until(i, "become UP", || {
             let (mut owner, id) = (owner.clone(), node.id.clone());
             async move {
@@ -353,15 +414,21 @@ impl LocalCluster {
                     .then_some(())
             }
         })
-        .await?;
+        .await
+    }
+
+    /// Give node `i` (called `id`) the consensus role, retrying while another learner is pending.
+    pub async fn make_consensus_member(
+        &self,
+        i: usize,
+        owner: &Owner,
+        id: &str,
+    ) -> Result<(), LaunchError> {
         self.until(i, "become a consensus member", || {
-            let (mut owner, id) = (owner.clone(), node.id.clone());
-            async move { owner.make_consensus_member(&id).await.ok() }
+            let mut owner = owner.clone();
+            async move { owner.make_consensus_member(id).await.ok() }
         })
-        .await?;
-        slog::info!(self.log, "node registered, approved and made a consensus member";
-            "node" => i, "id" => &node.id);
-        Ok(node.id)
+        .await
     }
 
     /// Retry `probe` every 200 ms until it answers, or time out naming node `i`'s log.
@@ -381,13 +448,19 @@ impl LocalCluster {
                 return Ok(value);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(LaunchError::Timeout {
-                    node: i,
-                    what,
-                    log: self.nodes[i].log_file().display().to_string(),
-                });
+                return Err(self.timed_out(i, what));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl LocalCluster {
+    fn timed_out(&self, i: usize, what: &'static str) -> LaunchError {
+        LaunchError::Timeout {
+            node: i,
+            what,
+            log: self.nodes[i].log_file().display().to_string(),
         }
     }
 }

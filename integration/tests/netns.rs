@@ -6,9 +6,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
 
-use polis::netns::{ClusterNetwork, BRIDGE_ADDRESS, GUARD_RANGE};
+use polis::netns::{within, ClusterNetwork, BRIDGE_ADDRESS, GUARD_RANGE};
 use polis::process::ChildProcess;
-use polis_integration::enter_netns;
 
 fn ip(args: &[&str]) -> String {
     String::from_utf8(Command::new("ip").args(args).output().unwrap().stdout).unwrap()
@@ -34,44 +33,31 @@ fn nodes_reach_each_other_only_through_the_bridge_and_vanish_when_dropped() {
     let (a, b) = (net.nodes()[0].clone(), net.nodes()[1].clone());
 
     // b listens on its address; a connects to it across the bridge.
-    let listener = {
-        let (ns, addr) = (b.namespace.clone(), b.address);
-        thread::spawn(move || {
-            enter_netns(&ns).unwrap();
-            TcpListener::bind((addr, 7835)).unwrap()
-        })
-        .join()
-        .unwrap()
-    };
+    let listener = within(&b.namespace, || {
+        TcpListener::bind((b.address, 7835)).unwrap()
+    })
+    .unwrap();
     let server = thread::spawn(move || {
         let (mut conn, from) = listener.accept().unwrap();
         conn.write_all(b"hello").unwrap();
         from
     });
-    let reply = {
-        let (ns, to) = (a.namespace.clone(), b.address);
-        thread::spawn(move || {
-            enter_netns(&ns).unwrap();
-            let mut stream = TcpStream::connect((to, 7835)).unwrap();
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).unwrap();
-            reply
-        })
-        .join()
-        .unwrap()
-    };
+    let reply = within(&a.namespace, || {
+        let mut stream = TcpStream::connect((b.address, 7835)).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    })
+    .unwrap();
     assert_eq!(reply, "hello");
     assert_eq!(server.join().unwrap().ip(), std::net::IpAddr::V4(a.address));
 
     // A node's loopback is its own: the host's listeners are not there.
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
-    let ns = a.namespace.clone();
-    let reached = thread::spawn(move || {
-        enter_netns(&ns).unwrap();
+    let reached = within(&a.namespace, || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
-    .join()
     .unwrap();
     assert!(!reached, "a node reached the host's loopback");
 

@@ -50,7 +50,7 @@ struct Args {
     #[arg(long)]
     ephemeral_tmpfs: bool,
     /// Loopback address of the debug endpoint (/metrics, /debug/tree, /debug/logs, /debug/kill).
-    #[arg(long, default_value = "127.0.0.1:7840")]
+    #[arg(long, default_value_t = polis::debug_client::DEBUG_ADDRESS)]
     debug_listen: SocketAddr,
     /// Where QEMU firmware configuration offers node parameters (they win over the ESP's).
     #[arg(long, default_value = polis::lifecycle::FW_CFG_PARAMETERS)]

@@ -18,7 +18,7 @@ use polis::netns::{within, NetError};
 #[command(version, about)]
 struct Cli {
     /// The node's debug endpoint.
-    #[arg(long, global = true, default_value = "127.0.0.1:7840")]
+    #[arg(long, global = true, default_value_t = polis::debug_client::DEBUG_ADDRESS)]
     debug: SocketAddr,
     /// The local cluster's directory (`launch` creates it; the owner's commands read it).
     #[arg(long, global = true, default_value = "/tmp/polis-cluster")]
