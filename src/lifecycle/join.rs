@@ -7,13 +7,15 @@
 //! reaches the cluster is refused.
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use tonic::Code;
 
 use crate::consensus::Mode;
 use crate::lifecycle::actor::{refused, signing_key, Backoff, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::LifecycleError;
 use crate::pki::{node_id, NodeCredentials, PkiError};
-use crate::proto::common::NodeState;
+use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{JoinNodeRequest, WatchRequest};
 use crate::proto::private::{SealedConfiguration, SealedEnvelope};
@@ -35,23 +37,10 @@ impl Run {
             bytes => Some(UnlockKey::from_slice(bytes)?),
         };
         let directory = self.esp.directory()?;
-        let trust = Trust::pinned(sealed.cluster_ca.clone());
         let address = self.address().await;
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),
             "consensus_member" => sealed_cuk.is_some());
-        let join_node = || async {
-            let channel = connect(&directory, &trust, || Identity::ephemeral(&join_key)).await?;
-            let request = JoinNodeRequest {
-                external_address: address.to_string(),
-            };
-            let response = CuratorClient::new(channel)
-                .join_node(request)
-                .await
-                .map_err(|status| refused("JoinNode", status))?;
-            Ok(UnlockKey::from_slice(
-                &response.into_inner().cluster_unlock_key,
-            )?)
-        };
+        let join_node = || self.join_node(&directory, &sealed, &join_key, address);
         let cuk = match sealed_cuk {
             None => self.retry("JoinNode", join_node).await?,
             Some(sealed_cuk) => match join_node().await {
@@ -138,10 +127,59 @@ impl Run {
             };
             match watched.await {
                 Ok(()) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
+                Err(e @ LifecycleError::Reach(_)) => {
+                    self.refuse_if_decommissioned(&sealed, address).await?;
+                    backoff.wait(&self.log, "watch", &e).await
+                }
                 Err(e) if e.is_transient() => backoff.wait(&self.log, "watch", &e).await,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// No Curator took the node certificate: it may have been revoked with the node
+    /// decommissioned while no watch was open. JoinNode (by the join key, which no CRL lists)
+    /// says so; any other answer means retrying the watch.
+    async fn refuse_if_decommissioned(
+        &self,
+        sealed: &SealedConfiguration,
+        address: std::net::IpAddr,
+    ) -> Result<(), LifecycleError> {
+        let Some(join_key) = signing_key(&sealed.join_key) else {
+            return Ok(());
+        };
+        let directory = self.deps.directory.get();
+        match self.join_node(&directory, sealed, &join_key, address).await {
+            Err(LifecycleError::Refused { status, .. })
+                if status.code() == Code::PermissionDenied =>
+            {
+                slog::crit!(self.log, "JoinNode refused this node"; "answer" => %status);
+                Err(LifecycleError::Decommissioned)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ask the Curators of `directory` for this node's CUK, as its join key.
+    async fn join_node(
+        &self,
+        directory: &ClusterDirectory,
+        sealed: &SealedConfiguration,
+        join_key: &SigningKey,
+        address: std::net::IpAddr,
+    ) -> Result<UnlockKey, LifecycleError> {
+        let trust = Trust::pinned(sealed.cluster_ca.clone());
+        let channel = connect(directory, &trust, || Identity::ephemeral(join_key)).await?;
+        let request = JoinNodeRequest {
+            external_address: address.to_string(),
+        };
+        let response = CuratorClient::new(channel)
+            .join_node(request)
+            .await
+            .map_err(|status| refused("JoinNode", status))?;
+        Ok(UnlockKey::from_slice(
+            &response.into_inner().cluster_unlock_key,
+        )?)
     }
 
     /// A consensus member's sealed configuration carries its CUK (see the module comment); add
