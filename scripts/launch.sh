@@ -30,9 +30,9 @@ for _ in $(seq 600); do [ -f "$dir/launcher.pid" ] && break; sleep 0.5; done
 echo "== the cluster, as the owner sees it"
 ctl nodes
 echo "== node 1's supervision tree"
-ctl --node 1 tree
+ctl tree 1
 echo "== fault injection on node 1: crash /cluster/curator; its supervisor restarts it"
-ctl --node 1 kill-actor /cluster/curator --how crash
+ctl kill-actor 1 /cluster/curator --how crash
 sleep 1
-ctl --node 1 tree
+ctl tree 1
 echo "== node logs are in $dir/node*/node.log; stopping the cluster"

@@ -63,19 +63,27 @@ enum Command {
         /// The node ID.
         id: String,
     },
-    /// Show the node's supervision tree with each actor's state.
-    Tree,
-    /// Print the node's metrics in Prometheus text.
-    Metrics,
+    /// Show a node's supervision tree with each actor's state.
+    Tree {
+        /// The local cluster's node (as --node).
+        node: Option<usize>,
+    },
+    /// Print a node's metrics in Prometheus text.
+    Metrics {
+        /// The local cluster's node (as --node).
+        node: Option<usize>,
+    },
     /// Print an actor's recent log lines.
     Logs {
-        /// The actor's path, e.g. /core.
-        path: String,
+        /// `[NODE] PATH`: the local cluster's node (as --node), and the actor's path, e.g. /core.
+        #[arg(num_args = 1..=2, required = true, value_name = "[NODE] PATH")]
+        target: Vec<String>,
     },
     /// Fault injection: kill an actor; its supervisor reacts as to a real failure.
     KillActor {
-        /// The actor's path, e.g. /core.
-        path: String,
+        /// `[NODE] PATH`: the local cluster's node (as --node), and the actor's path, e.g. /core.
+        #[arg(num_args = 1..=2, required = true, value_name = "[NODE] PATH")]
+        target: Vec<String>,
         /// How: crash (panics like a bug) or brutal (stopped at once).
         #[arg(long, value_enum, default_value_t = How::Crash)]
         how: How,
@@ -109,20 +117,33 @@ enum CliError {
     Json(SocketAddr, serde_json::Error),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error("{0:?} is not a node number")]
+    NotANode(String),
+}
+
+/// `[NODE] PATH` as (node, path).
+fn node_and_path(target: &[String]) -> Result<(Option<usize>, &str), CliError> {
+    match target {
+        [node, path] => Ok((
+            Some(node.parse().map_err(|_| CliError::NotANode(node.clone()))?),
+            path,
+        )),
+        [path] => Ok((None, path)),
+        _ => Err(CliError::NotANode(target.join(" "))),
+    }
 }
 
 fn run(cli: &Cli) -> Result<(), CliError> {
     let addr = cli.debug;
-    // With --node, the request is made from inside that node's network namespace, where its
-    // debug endpoint listens on loopback.
-    let debug = |method: &str, path: &str, body: &str| -> Result<String, CliError> {
-        match cli.node {
-            Some(n) => {
-                let namespace = cluster::namespace(&cli.dir, n)?;
-                Ok(within(&namespace, || request(addr, method, path, body))??)
-            }
-            None => Ok(request(addr, method, path, body)?),
+    // For a node of the local cluster, the request is made from inside its network namespace,
+    // where its debug endpoint listens on loopback.
+    let debug = |node: Option<usize>, method: &str, path: &str, body: &str| match node.or(cli.node)
+    {
+        Some(n) => {
+            let namespace = cluster::namespace(&cli.dir, n)?;
+            Ok(within(&namespace, || request(addr, method, path, body))??)
         }
+        None => Ok::<_, CliError>(request(addr, method, path, body)?),
     };
     match &cli.command {
         Command::Launch { nodes } => cluster::launch(&cli.dir, *nodes)?,
@@ -131,9 +152,9 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Ticket => cluster::ticket(&cli.dir)?,
         Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,
         Command::Decommission { id } => cluster::decommission(&cli.dir, id)?,
-        Command::Metrics => print!("{}", debug("GET", "/metrics", "")?),
-        Command::Tree => {
-            let body = debug("GET", "/debug/tree", "")?;
+        Command::Metrics { node } => print!("{}", debug(*node, "GET", "/metrics", "")?),
+        Command::Tree { node } => {
+            let body = debug(*node, "GET", "/debug/tree", "")?;
             match cli.output {
                 Output::Json => println!("{body}"),
                 Output::Human => {
@@ -143,8 +164,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 }
             }
         }
-        Command::Logs { path } => {
-            let body = debug("GET", &format!("/debug/logs?path={}", encode(path)), "")?;
+        Command::Logs { target } => {
+            let (node, path) = node_and_path(target)?;
+            let body = debug(
+                node,
+                "GET",
+                &format!("/debug/logs?path={}", encode(path)),
+                "",
+            )?;
             match cli.output {
                 Output::Json => println!("{body}"),
                 Output::Human => {
@@ -154,13 +181,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 }
             }
         }
-        Command::KillActor { path, how } => {
+        Command::KillActor { target, how } => {
+            let (node, path) = node_and_path(target)?;
             let how = match how {
                 How::Crash => "crash",
                 How::Brutal => "brutal",
             };
             let body = serde_json::json!({ "path": path, "how": how }).to_string();
-            print!("{}", debug("POST", "/debug/kill", &body)?);
+            print!("{}", debug(node, "POST", "/debug/kill", &body)?);
         }
     }
     Ok(())

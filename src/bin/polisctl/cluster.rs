@@ -81,7 +81,7 @@ pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
         let pid = std::process::id().to_string();
         fsutil::write_atomic(&dir.join(LAUNCHER_PID), pid.as_bytes(), PUBLIC_MODE)?;
         eprintln!(
-            "polisctl: cluster running; try `polisctl nodes`, `polisctl --node 1 tree`; \
+            "polisctl: cluster running; try `polisctl nodes`, `polisctl tree 1`; \
              `polisctl stop` (or Ctrl-C) stops it"
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
