@@ -2,6 +2,7 @@
 //! loop, with a timeout), client channels through our own rustls connector, and the verified
 //! client certificate handed to handlers, which authorize by it.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
@@ -67,10 +69,25 @@ impl Peer {
     }
 }
 
-/// A server-side TLS connection, telling tonic who the peer is.
+/// A server-side TLS connection, telling tonic who the peer is. It ends (reads and writes fail)
+/// when the server that accepted it ends, so no stream outlives its server's incarnation.
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: Peer,
+    server_ended: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl TlsConnection {
+    /// An error once the accepting server has ended; registers for the wake-up until then.
+    fn check_server(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.server_ended.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server that accepted this connection has ended",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl Connected for TlsConnection {
@@ -87,6 +104,7 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_server(cx)?;
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -97,6 +115,7 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_server(cx)?;
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -119,7 +138,10 @@ pub fn incoming(
     log: slog::Logger,
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(16);
+    let server_ended = CancellationToken::new();
     tokio::spawn(async move {
+        // When the server drops the stream, this loop returns and every connection ends.
+        let _end_connections = server_ended.clone().drop_guard();
         loop {
             // The listener closes as soon as the server drops the stream, not at the next accept.
             let accepted = tokio::select! {
@@ -135,6 +157,7 @@ pub fn incoming(
             };
             let acceptor = TlsAcceptor::from(configs.borrow().clone());
             let (sender, log) = (tx.clone(), log.clone());
+            let server_ended = Box::pin(server_ended.clone().cancelled_owned());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -148,7 +171,12 @@ pub fn incoming(
                             remote,
                             certificate,
                         };
-                        let _ = sender.send(TlsConnection { stream, peer }).await;
+                        let connection = TlsConnection {
+                            stream,
+                            peer,
+                            server_ended,
+                        };
+                        let _ = sender.send(connection).await;
                     }
                     Ok(Err(e)) => {
                         slog::info!(log, "TLS handshake refused"; "peer" => %remote, "error" => %e)

@@ -14,6 +14,7 @@ use polis::proto::curator::{GetCaCertificateRequest, GetCaCertificateResponse};
 use polis::tls::{client_config, server_config, ClientAuth, Identity, Trust};
 use rustls::ServerConfig;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Answers with the caller's public key, to show what a handler can authorize by.
@@ -36,21 +37,27 @@ impl CuratorLocal for Echo {
     }
 }
 
-/// A server trusting `ca` with `crls`; send it new configs through the answered sender.
+/// A server trusting `ca` with `crls`; send it new configs through the answered sender, end it
+/// by aborting the answered task.
 async fn serve(
     ca: &CertificateAuthority,
     crls: Vec<Vec<u8>>,
-) -> (SocketAddr, watch::Sender<Arc<ServerConfig>>) {
+) -> (
+    SocketAddr,
+    watch::Sender<Arc<ServerConfig>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (configs, updates) = watch::channel(Arc::new(config(ca, crls)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = incoming(listener, updates, common::quiet());
-    tokio::spawn(
-        tonic::transport::Server::builder()
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
             .add_service(CuratorLocalServer::new(Echo))
-            .serve_with_incoming(connections),
-    );
-    (addr, configs)
+            .serve_with_incoming(connections)
+            .await;
+    });
+    (addr, configs, server)
 }
 
 /// A server config for a new node certificate from `ca`, admitting clients as a Curator does.
@@ -91,7 +98,11 @@ async fn ask(
     )
     .await
     .map_err(|e| e.to_string())?;
-    CuratorLocalClient::new(channel)
+    ask_on(&channel).await
+}
+
+async fn ask_on(channel: &Channel) -> Result<Vec<u8>, String> {
+    CuratorLocalClient::new(channel.clone())
         .get_ca_certificate(GetCaCertificateRequest {})
         .await
         .map(|r| r.into_inner().ca_certificate)
@@ -119,7 +130,7 @@ async fn handlers_see_the_verified_caller_and_refused_callers_get_nowhere() {
             &revoked.verifying_key(),
         )
         .unwrap();
-    let (addr, _configs) = serve(
+    let (addr, _configs, _server) = serve(
         &ca,
         vec![ca
             .crl(2, std::slice::from_ref(&revoked_cert.serial))
@@ -176,7 +187,7 @@ async fn a_new_crl_refuses_the_next_handshake_of_a_revoked_client() {
             &node.verifying_key(),
         )
         .unwrap();
-    let (addr, configs) = serve(&ca, vec![ca.crl(1, &[]).unwrap()]).await;
+    let (addr, configs, _server) = serve(&ca, vec![ca.crl(1, &[]).unwrap()]).await;
     let identity = || Some(Identity::new(&node, cert.der.clone()).unwrap());
     assert!(ask(addr, &ca, identity()).await.is_ok());
 
@@ -187,5 +198,23 @@ async fn a_new_crl_refuses_the_next_handshake_of_a_revoked_client() {
     assert!(
         ask(addr, &ca, identity()).await.is_err(),
         "the server still admits a certificate its newest CRL revokes"
+    );
+}
+
+#[tokio::test]
+async fn connections_end_with_the_server_that_accepted_them() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (addr, _configs, server) = serve(&ca, vec![]).await;
+    let key = generate_key().unwrap();
+    let trust = Trust::pinned(ca.certificate().to_vec());
+    let config = client_config(Some(Identity::ephemeral(&key).unwrap()), &trust).unwrap();
+    let open = channel(addr, "metropolis-server", config).await.unwrap();
+    assert!(ask_on(&open).await.is_ok());
+
+    server.abort();
+    let _ = server.await;
+    assert!(
+        ask_on(&open).await.is_err(),
+        "a connection outlived the server that accepted it"
     );
 }

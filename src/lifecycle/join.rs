@@ -127,19 +127,19 @@ impl Run {
             };
             match watched.await {
                 Ok(()) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
-                Err(e @ LifecycleError::Reach(_)) => {
+                Err(e) if e.is_transient() => {
                     self.refuse_if_decommissioned(&sealed, address).await?;
                     backoff.wait(&self.log, "watch", &e).await
                 }
-                Err(e) if e.is_transient() => backoff.wait(&self.log, "watch", &e).await,
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// No Curator took the node certificate: it may have been revoked with the node
-    /// decommissioned while no watch was open. JoinNode (by the join key, which no CRL lists)
-    /// says so; any other answer means retrying the watch.
+    /// The watch failed: perhaps because the node was decommissioned while no watch was open,
+    /// and its node certificate revoked (TLS 1.3 reports that only at the first call).
+    /// JoinNode, by the join key, which no CRL lists, says so; any other answer means retrying
+    /// the watch.
     async fn refuse_if_decommissioned(
         &self,
         sealed: &SealedConfiguration,
