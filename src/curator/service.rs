@@ -96,11 +96,7 @@ impl Services {
         let mut peer_kv = self.peer_kv.clone();
         let ca = peer_ca(&mut peer_kv).await?;
         let crl = peer_kv.ensure(PEER_CRL_KEY, &ca.crl(1, &[])?).await?;
-        let host = node
-            .status
-            .as_ref()
-            .map(|s| s.external_address.clone())
-            .unwrap_or_default();
+        let host = external_address(node);
         let ip = host.parse().map_err(|_| CuratorError::Invalid {
             field: "external_address",
             reason: format!("node {} has no usable address ({host:?})", node.id),
@@ -116,7 +112,7 @@ impl Services {
             .consensus
             .ask(AddLearner {
                 name: node.id.clone(),
-                peer_url: format!("https://{host}:{PEER_PORT}"),
+                peer_url: peer_url(node),
             })
             .await??;
         Ok(ConsensusMember {
@@ -126,9 +122,7 @@ impl Services {
             peers: parse_initial_cluster(&initial_cluster),
         })
     }
-}
 
-impl Services {
     /// Take from a decommissioned node what it holds: its node certificate (revoked), and if it
     /// is a consensus member its place in etcd and its peer certificate (revoked, so that etcd
     /// refuses it should it come back).
@@ -144,16 +138,11 @@ impl Services {
         else {
             return Ok(());
         };
-        let host = node
-            .status
-            .as_ref()
-            .map(|s| s.external_address.as_str())
-            .unwrap_or_default();
         let removed = self
             .consensus
             .ask(RemoveMember {
                 name: node.id.clone(),
-                peer_url: format!("https://{host}:{PEER_PORT}"),
+                peer_url: peer_url(node),
             })
             .await??;
         slog::info!(self.log, "etcd member removed"; "node" => &node.id, "was_member" => removed);
@@ -165,6 +154,19 @@ impl Services {
         }
         Ok(())
     }
+}
+
+/// The address a node reported (empty if none).
+fn external_address(node: &Node) -> &str {
+    node.status
+        .as_ref()
+        .map(|s| s.external_address.as_str())
+        .unwrap_or_default()
+}
+
+/// Where other etcd members reach `node`, as it is added and removed.
+fn peer_url(node: &Node) -> String {
+    format!("https://{}:{PEER_PORT}", external_address(node))
 }
 
 /// `name=https://host:port,…` as peers.

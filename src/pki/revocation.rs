@@ -38,11 +38,11 @@ pub async fn revoke(
             .into_iter()
             .map(|(_, v)| v)
             .collect();
-        if let (Some(crl), true) = (&current, revoked.iter().any(|s| s == serial)) {
-            return Ok(crl.clone());
-        }
-        if !revoked.iter().any(|s| s == serial) {
-            revoked.push(serial.to_vec());
+        match (current, revoked.iter().any(|s| s == serial)) {
+            (Some(crl), true) => return Ok(crl),
+            (_, false) => revoked.push(serial.to_vec()),
+            // Listed, but its CRL is missing: write it.
+            (None, true) => {}
         }
         // The CRL number grows with every revocation (revocations are never undone).
         let crl = ca.crl(revoked.len() as u64 + 1, &revoked)?;
