@@ -46,6 +46,10 @@ pub enum CuratorError {
     /// The node is the cluster's last consensus member: without it there is no etcd.
     #[error("node {0} is the cluster's last consensus member; it cannot be decommissioned")]
     LastConsensusMember(String),
+    /// The node was approved after CommitNode read its record, so no certificate was issued
+    /// for it; CommitNode reads again (a caller never sees this).
+    #[error("node {0} was approved while it committed; retry")]
+    ApprovedMeanwhile(String),
     /// The owner has not approved the node yet.
     #[error("node {0} is not approved yet")]
     NotApproved(String),
@@ -114,7 +118,9 @@ impl CuratorError {
             | Pki(_)
             | Revocation(RevocationError::Pki(_))
             | Consensus(ConsensusError::Missing(_)) => Code::Internal,
-            Consensus(_) | Issuer(_) | Revocation(_) | Unavailable(_) => Code::Unavailable,
+            ApprovedMeanwhile(_) | Consensus(_) | Issuer(_) | Revocation(_) | Unavailable(_) => {
+                Code::Unavailable
+            }
         }
     }
 }

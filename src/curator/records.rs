@@ -176,6 +176,10 @@ pub fn commit(
     use subtle::ConstantTimeEq;
     let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
     match NodeState::try_from(node.fsm_state) {
+        // The caller read the record before it was approved and brought no certificate.
+        Ok(NodeState::Standby) if certificate.is_empty() => {
+            Err(CuratorError::ApprovedMeanwhile(id.to_owned()))
+        }
         Ok(NodeState::Standby) => Ok(Some(Node {
             fsm_state: NodeState::Up as i32,
             cluster_unlock_key: cuk.to_vec(),
@@ -260,6 +264,13 @@ mod tests {
         let node = approve(Some(&node), "n").unwrap().unwrap();
         assert_eq!(node.fsm_state, NodeState::Standby as i32);
         assert!(approve(Some(&node), "n").unwrap().is_none());
+        assert!(
+            matches!(
+                commit(Some(&node), "n", &[3; 32], b""),
+                Err(CuratorError::ApprovedMeanwhile(_))
+            ),
+            "a node never becomes UP without a certificate"
+        );
         let node = commit(Some(&node), "n", &[3; 32], b"cert")
             .unwrap()
             .unwrap();

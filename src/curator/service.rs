@@ -283,27 +283,34 @@ impl Curator for Services {
         check_len(cuk, "cluster_unlock_key")?;
         let id = node_id(&public);
         let mut records = self.records.clone();
-        let current = records.get(&id).await?;
-        // A certificate is issued only for a node that may commit now; the record decides.
-        let certificate = match current.as_ref().map(|n| n.fsm_state) {
-            Some(s) if s == NodeState::Standby as i32 => {
-                let template = Template::Node {
-                    node_id: id.clone(),
-                };
-                self.issuer
-                    .ask(Issue(template, public))
-                    .await
-                    .map_err(CuratorError::from)?
-                    .map_err(CuratorError::from)?
-                    .der
+        let node = loop {
+            let current = records.get(&id).await?;
+            // A certificate is issued only for a node that may commit now; the record decides.
+            let certificate = match current.as_ref().map(|n| n.fsm_state) {
+                Some(s) if s == NodeState::Standby as i32 => {
+                    let template = Template::Node {
+                        node_id: id.clone(),
+                    };
+                    self.issuer
+                        .ask(Issue(template, public))
+                        .await
+                        .map_err(CuratorError::from)?
+                        .map_err(CuratorError::from)?
+                        .der
+                }
+                _ => Vec::new(),
+            };
+            match records
+                .update(&id, |current| {
+                    records::commit(current, &id, cuk, &certificate)
+                })
+                .await
+            {
+                // Approved between the read and the write: read again, and issue this time.
+                Err(CuratorError::ApprovedMeanwhile(_)) => continue,
+                committed => break committed?,
             }
-            _ => Vec::new(),
         };
-        let node = records
-            .update(&id, |current| {
-                records::commit(current, &id, cuk, &certificate)
-            })
-            .await?;
         slog::info!(self.log, "node committed"; "node" => &id);
         Ok(Response::new(CommitNodeResponse {
             ca_certificate: self.ca_certificate().await?,
