@@ -28,6 +28,8 @@ use crate::storage::{Esp, EspError, NodeRoot};
 const SWTPM_PORT: u16 = 2321;
 /// How long a node gets for each step before the launch gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How many of a node's last log lines a timeout reports.
+const TAIL_LINES: usize = 40;
 
 /// Why the local cluster could not be launched or driven.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +60,9 @@ pub enum LaunchError {
     /// An owner call failed.
     #[error(transparent)]
     Owner(#[from] OwnerError),
-    /// A node did not get where it should in time; its log says why.
-    #[error("node {node} did not {what} within {} s; see {log}", STEP_TIMEOUT.as_secs())]
+    /// A node did not get where it should in time; its log says why, and its last lines are
+    /// kept here (a test's log file is gone with its directory).
+    #[error("node {node} did not {what} within {} s; see {log}, which ended with:\n{tail}", STEP_TIMEOUT.as_secs())]
     Timeout {
         /// The node's index.
         node: usize,
@@ -67,6 +70,8 @@ pub enum LaunchError {
         what: &'static str,
         /// Its log file.
         log: String,
+        /// The log's last lines.
+        tail: String,
     },
     /// The node's `polis-node` is not running (or was already reaped).
     #[error("node {0} is not running")]
@@ -453,14 +458,17 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
 
-impl LocalCluster {
+    /// Node `i` did not `what` in time: the error, with the end of its log.
     fn timed_out(&self, i: usize, what: &'static str) -> LaunchError {
+        let log = self.nodes[i].log_file();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
         LaunchError::Timeout {
             node: i,
             what,
-            log: self.nodes[i].log_file().display().to_string(),
+            log: log.display().to_string(),
+            tail: lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n"),
         }
     }
 }
