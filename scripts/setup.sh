@@ -13,6 +13,14 @@ packages=(
   etcd-server                  # the consensus actor runs Debian's etcd
   swtpm swtpm-tools            # software TPM for tests and the local launcher
   iproute2                     # network namespaces for cluster tests
+  qemu-system-x86              # the VM tier and `polisctl launch --vm` (TCG)
+  linux-image-amd64            # the VMs' kernel and the modules of their initramfs
+  gdisk                        # sgdisk: the VM disk's GPT
+  dosfstools                   # mkfs.vfat: the VM disk's ESP (and in the initramfs)
+  e2fsprogs                    # mkfs.ext4 in the initramfs: the data partition's filesystem
+  binutils                     # objcopy: strip polis-node for the initramfs
+  cpio                         # checks the initramfs writer against GNU cpio
+  cryptsetup-bin               # cryptsetup luksDump, to inspect a VM disk from the host
 )
 
 missing=()

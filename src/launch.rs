@@ -302,6 +302,7 @@ impl LocalCluster {
         let esp = Esp::new(self.nodes[i].root.clone());
         esp.write_parameters(&NodeParameters {
             cluster: Some(cluster),
+            network: None,
         })?;
         Ok(())
     }

@@ -54,10 +54,13 @@ pub enum NetError {
 /// One node's namespace and address.
 #[derive(Clone, Debug)]
 pub struct NodeNetwork {
-    /// The network namespace (also used as the UTS name of its processes' namespace).
+    /// The network namespace (also used as the UTS name of its processes' namespace); for VMs,
+    /// the one namespace that holds the bridge, every TAP device and every QEMU.
     pub namespace: String,
     /// Its `eth0` address.
     pub address: Ipv4Addr,
+    /// For a VM: its TAP device on the bridge.
+    pub tap: Option<String>,
 }
 
 /// The lock that makes one cluster network per machine: they all use 198.18.0.0/24.
@@ -68,6 +71,8 @@ pub struct ClusterNetwork {
     bridge: String,
     prefix: String,
     nodes: Vec<NodeNetwork>,
+    /// For VMs: the namespace holding the bridge and the TAP devices.
+    vm_namespace: Option<String>,
     /// Held for the network's life, released after its removal (fields drop after `drop`).
     _lock: Flock<std::fs::File>,
 }
@@ -95,6 +100,54 @@ impl ClusterNetwork {
     /// such network per machine at a time (they share the range): this waits for any other to be
     /// removed first. Names carry a random prefix, so leftovers of a crash never collide.
     pub fn create(nodes: usize) -> Result<Self, NetError> {
+        let mut network = Self::reserve(nodes)?;
+        // From here on, a failure drops `network`, which removes what was made.
+        network.add_bridge(&[])?;
+        for i in 0..nodes {
+            network.add_node(i)?;
+        }
+        network.check_routes()?;
+        Ok(network)
+    }
+
+    /// Make a network for `nodes` VMs: one namespace holding the bridge (198.18.0.1/24) and a
+    /// TAP device per VM, for QEMUs started inside it ([`ClusterNetwork::vm_command`]).
+    /// VM `i` is to take 198.18.0.(i+2). The same guard route, lock and route check hold.
+    pub fn create_for_vms(nodes: usize) -> Result<Self, NetError> {
+        let mut network = Self::reserve(nodes)?;
+        let namespace = format!("{}vm", network.prefix);
+        ip(&["netns", "add", &namespace])?;
+        network.vm_namespace = Some(namespace.clone());
+        network.add_bridge(&["-n", &namespace])?;
+        ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+        for i in 0..nodes {
+            let tap = format!("{}t{i}", network.prefix);
+            ip(&[
+                "-n", &namespace, "tuntap", "add", "dev", &tap, "mode", "tap",
+            ])?;
+            ip(&[
+                "-n",
+                &namespace,
+                "link",
+                "set",
+                &tap,
+                "master",
+                &network.bridge,
+                "up",
+            ])?;
+            network.nodes.push(NodeNetwork {
+                namespace: namespace.clone(),
+                address: Ipv4Addr::new(198, 18, 0, i as u8 + 2),
+                tap: Some(tap),
+            });
+        }
+        network.check_routes()?;
+        Ok(network)
+    }
+
+    /// Take the machine's one cluster network (waiting for any other to go), add the guard
+    /// route, and choose random names.
+    fn reserve(nodes: usize) -> Result<Self, NetError> {
         if nodes > 253 {
             return Err(NetError::TooMany(nodes));
         }
@@ -122,28 +175,23 @@ impl ClusterNetwork {
             "pl{}",
             tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        let mut network = ClusterNetwork {
+        Ok(ClusterNetwork {
             bridge: format!("{prefix}br"),
             prefix,
             nodes: Vec::new(),
+            vm_namespace: None,
             _lock: lock,
-        };
-        // From here on, a failure drops `network`, which removes what was made.
-        let bridge = network.bridge.clone();
-        ip(&["link", "add", &bridge, "type", "bridge"])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{BRIDGE_ADDRESS}/24"),
-            "dev",
-            &bridge,
-        ])?;
-        ip(&["link", "set", &bridge, "up"])?;
-        for i in 0..nodes {
-            network.add_node(i)?;
-        }
-        network.check_routes()?;
-        Ok(network)
+        })
+    }
+
+    /// The bridge with 198.18.0.1/24, in the namespace `ns` names (`-n NS`, or the root's).
+    fn add_bridge(&self, ns: &[&str]) -> Result<(), NetError> {
+        let bridge = self.bridge.as_str();
+        let address = format!("{BRIDGE_ADDRESS}/24");
+        ip(&[ns, &["link", "add", bridge, "type", "bridge"]].concat())?;
+        ip(&[ns, &["addr", "add", &address, "dev", bridge]].concat())?;
+        ip(&[ns, &["link", "set", bridge, "up"]].concat())?;
+        Ok(())
     }
 
     fn add_node(&mut self, i: usize) -> Result<(), NetError> {
@@ -154,6 +202,7 @@ impl ClusterNetwork {
         self.nodes.push(NodeNetwork {
             namespace: namespace.clone(),
             address,
+            tap: None,
         });
         ip(&[
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
@@ -173,10 +222,15 @@ impl ClusterNetwork {
         Ok(())
     }
 
-    /// Every node address must route via the bridge from the root namespace.
+    /// Every node address must route via the bridge, from the namespace the bridge is in.
     fn check_routes(&self) -> Result<(), NetError> {
+        let ns: Vec<&str> = match &self.vm_namespace {
+            Some(namespace) => vec!["-n", namespace],
+            None => Vec::new(),
+        };
         for node in &self.nodes {
-            let route = ip(&["route", "get", &node.address.to_string()])?;
+            let address = node.address.to_string();
+            let route = ip(&[&ns[..], &["route", "get", &address]].concat())?;
             if !route
                 .split_whitespace()
                 .collect::<Vec<_>>()
@@ -213,16 +267,8 @@ impl ClusterNetwork {
         program: &Path,
         args: &[String],
     ) -> Command {
-        let mut script = format!(
-            "hostname {} && echo $$ > {} && exec {}",
-            shell_quote(hostname),
-            shell_quote(&pid_file.to_string_lossy()),
-            shell_quote(&program.to_string_lossy())
-        );
-        for arg in args {
-            script.push(' ');
-            script.push_str(&shell_quote(arg));
-        }
+        let prelude = format!("hostname {} && ", shell_quote(hostname));
+        let script = exec_script(&prelude, pid_file, program, args);
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -236,14 +282,45 @@ impl ClusterNetwork {
         ]);
         cmd
     }
+
+    /// A command that runs `program args…` (QEMU) in the VMs' namespace, writing its real PID to
+    /// `pid_file` before it starts. `None` for a network of namespaced processes.
+    pub fn vm_command(&self, pid_file: &Path, program: &Path, args: &[String]) -> Option<Command> {
+        let namespace = self.vm_namespace.as_ref()?;
+        let script = exec_script("", pid_file, program, args);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", namespace, "sh", "-c", &script]);
+        Some(cmd)
+    }
+}
+
+/// `sh -c` text that runs `prelude`, writes the shell's PID to `pid_file` and execs the program
+/// (so the PID written is the program's).
+fn exec_script(prelude: &str, pid_file: &Path, program: &Path, args: &[String]) -> String {
+    let mut script = format!(
+        "{prelude}echo $$ > {} && exec {}",
+        shell_quote(&pid_file.to_string_lossy()),
+        shell_quote(&program.to_string_lossy())
+    );
+    for arg in args {
+        script.push(' ');
+        script.push_str(&shell_quote(arg));
+    }
+    script
 }
 
 impl Drop for ClusterNetwork {
     fn drop(&mut self) {
-        for node in &self.nodes {
-            let _ = ip(&["netns", "del", &node.namespace]);
+        match &self.vm_namespace {
+            // The bridge and the TAP devices go with their namespace.
+            Some(namespace) => drop(ip(&["netns", "del", namespace])),
+            None => {
+                for node in &self.nodes {
+                    let _ = ip(&["netns", "del", &node.namespace]);
+                }
+                let _ = ip(&["link", "del", &self.bridge]);
+            }
         }
-        let _ = ip(&["link", "del", &self.bridge]);
     }
 }
 

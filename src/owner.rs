@@ -8,6 +8,7 @@ use tonic::transport::Channel;
 
 use crate::curator::CURATOR_PORT;
 use crate::grpc::{channel, GrpcError};
+use crate::pki::certificate_node_id;
 use crate::proto::api::aaa_client::AaaClient;
 use crate::proto::api::management_client::ManagementClient;
 use crate::proto::api::{
@@ -15,7 +16,9 @@ use crate::proto::api::{
     GetClusterInfoResponse, GetNodesRequest, GetRegisterTicketRequest, Node,
     UpdateNodeRolesRequest,
 };
-use crate::tls::{client_config, Identity, TlsError, Trust};
+use crate::proto::curator::curator_local_client::CuratorLocalClient;
+use crate::proto::curator::GetCaCertificateRequest;
+use crate::tls::{client_config, first_use_client_config, Identity, TlsError, Trust};
 
 /// Why an owner call failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,35 @@ pub async fn escrow(
         .await
         .map_err(call("Escrow"))?;
     Ok(response.into_inner().owner_certificate)
+}
+
+/// Meet a cluster for the first time at `address`: ask the Curator there for the cluster CA
+/// over a connection that trusts whoever answers (trust on first use; `owner_key` is the
+/// ephemeral client identity), and learn that Curator's node ID from its certificate. Later
+/// calls pin the CA and check the node's certificate against it.
+pub async fn first_use(
+    address: IpAddr,
+    owner_key: &SigningKey,
+) -> Result<(Vec<u8>, CuratorAddress), OwnerError> {
+    let (config, seen) = first_use_client_config(Identity::ephemeral(owner_key)?)?;
+    // Any valid name: the first-use verifier does not match it.
+    let channel = channel(SocketAddr::new(address, CURATOR_PORT), "curator", config).await?;
+    let ca = CuratorLocalClient::new(channel)
+        .get_ca_certificate(GetCaCertificateRequest {})
+        .await
+        .map_err(call("GetCACertificate"))?
+        .into_inner()
+        .ca_certificate;
+    let seen = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .unwrap_or_default();
+    let node_id = certificate_node_id(&seen).map_err(|e| OwnerError::Call {
+        call: "GetCACertificate",
+        status: tonic::Status::internal(format!("the server's certificate: {e}")),
+    })?;
+    Ok((ca, CuratorAddress { node_id, address }))
 }
 
 /// The owner's management client (cheap to clone: clones share the connection).

@@ -39,6 +39,7 @@ mod tests {
             cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: vec![7; 32],
             })),
+            network: None,
         };
         let bytes = params.encode_to_vec();
         assert_eq!(NodeParameters::decode(bytes.as_slice()).unwrap(), params);

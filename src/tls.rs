@@ -167,6 +167,75 @@ pub fn client_config(identity: Option<Identity>, server: &Trust) -> Result<Clien
     Ok(config)
 }
 
+/// A client config for trust on first use (an owner meeting a new cluster): it accepts any
+/// server certificate whose Ed25519 handshake signature verifies, and keeps it in the returned
+/// cell, so the caller can learn who answered (and then pin the CA that server hands out).
+/// Nothing but the CA's certificate should be asked over such a connection.
+pub fn first_use_client_config(
+    identity: Identity,
+) -> Result<(ClientConfig, SeenCertificate), TlsError> {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let verifier = Arc::new(FirstUse { seen: seen.clone() });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((config, seen))
+}
+
+/// The server certificate (DER) a first-use connection was shown, once it has been.
+pub type SeenCertificate = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
+/// Accepts and records the server's certificate; only the handshake signature is checked.
+#[derive(Debug)]
+struct FirstUse {
+    seen: SeenCertificate,
+}
+
+impl rustls::client::danger::ServerCertVerifier for FirstUse {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seen = Some(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
 /// Admits a CA-issued client certificate, or else a self-signed Ed25519 one that verifies
 /// against itself (valid signature, in its validity period, for client authentication).
 #[derive(Debug)]

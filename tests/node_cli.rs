@@ -20,6 +20,7 @@ fn with_parameters(root: &std::path::Path) {
         cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
             owner_public_key: vec![1; 32],
         })),
+        network: None,
     })
     .unwrap();
 }

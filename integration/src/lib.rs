@@ -21,3 +21,12 @@ pub fn polis_node_binary() -> std::path::PathBuf {
 pub fn test_logger() -> slog::Logger {
     polis_actors::terminal_logger(slog::Level::Info)
 }
+
+/// Debian's kernel and an initramfs with the `polis-node` under test, built into `dir`.
+pub fn vm_image(dir: &std::path::Path) -> (polis::vm::Kernel, std::path::PathBuf) {
+    let kernel = polis::vm::Kernel::installed().expect("linux-image-amd64 (scripts/setup.sh)");
+    let initramfs = dir.join("initramfs.cpio");
+    polis::vm::build_initramfs(&polis_node_binary(), &kernel, &initramfs)
+        .expect("the initramfs builds");
+    (kernel, initramfs)
+}

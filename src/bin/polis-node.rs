@@ -1,5 +1,8 @@
 //! `polis-node`: the init process of a Polis node. It runs the node's supervision tree and its
 //! loopback debug endpoint until it is told to stop or the tree gives up.
+//!
+//! As process 1 of a machine it takes no arguments: it prepares the machine itself (`polis::init`),
+//! finds its disk and address, runs the same tree, and halts the machine when the tree stops.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,13 +11,18 @@ use actix_rt::signal::unix::{signal, SignalKind};
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Parser};
+use polis::init;
 use polis::lifecycle::LifecycleConfig;
 use polis::network::AddressSource;
 use polis::node::NodeConfig;
+use polis::process;
 use polis::storage::{DataBackend, NodeRoot, StorageConfig};
 use polis::tpm::TpmConfig;
 use polis_actors::debug_http::DebugServer;
 use polis_actors::{bridge_log_crate, log_panics, terminal_logger, ExitReason, Tree};
+
+/// The TPM of a real machine, through the kernel's resource manager.
+const DEFAULT_TPM: &str = "device:/dev/tpmrm0";
 
 /// Run a Polis node.
 #[derive(Parser, Debug)]
@@ -27,7 +35,7 @@ struct Args {
     /// The TPM, as a TCTI: `device:/dev/tpmrm0`, or `swtpm:host=127.0.0.1,port=2321`.
     #[arg(
         long,
-        default_value = "device:/dev/tpmrm0",
+        default_value = DEFAULT_TPM,
         conflicts_with = "insecure_no_tpm"
     )]
     tpm: String,
@@ -110,11 +118,10 @@ fn node_config(args: &Args) -> NodeConfig {
 }
 
 fn main() -> ExitCode {
+    if init::is_pid1() {
+        machine_init();
+    }
     let args = Args::parse();
-    actix_rt::System::new().block_on(run(args))
-}
-
-async fn run(args: Args) -> ExitCode {
     let log = terminal_logger(args.log_level);
     bridge_log_crate(log.clone());
     log_panics(log.clone());
@@ -125,20 +132,102 @@ async fn run(args: Args) -> ExitCode {
             "INSECURE: --insecure-no-tpm: this node's secrets are stored in plaintext"
         );
     }
+    let reason = actix_rt::System::new().block_on(run(config, args.debug_listen, log.clone()));
+    if reason == ExitReason::Shutdown {
+        slog::info!(log, "node stopped");
+        ExitCode::SUCCESS
+    } else {
+        slog::crit!(log, "node failed"; "reason" => %reason);
+        ExitCode::FAILURE
+    }
+}
+
+/// `polis-node` as process 1: reaper first (before any other thread), then the machine, the
+/// tree, and the halt. Never returns.
+fn machine_init() -> ! {
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") };
+    let log = terminal_logger(slog::Level::Info);
+    let reaper = process::reaper::start(log.new(slog::o!("actor" => "/init/reaper")));
+    bridge_log_crate(log.clone());
+    log_panics(log.clone());
+    let root = NodeRoot::new("/");
+    slog::info!(log, "polis-node is process 1: preparing the machine");
+    let (failure, on_stop, backend) = actix_rt::System::new().block_on(async {
+        if let Err(e) = reaper {
+            return (
+                Some(e.to_string()),
+                init::OnStop::Reboot,
+                DataBackend::Directory,
+            );
+        }
+        let machine = match init::prepare(&log, &root).await {
+            Ok(machine) => machine,
+            Err(e) => {
+                return (
+                    Some(e.to_string()),
+                    init::OnStop::Reboot,
+                    DataBackend::Directory,
+                )
+            }
+        };
+        let config = machine_config(&root, &machine);
+        let backend = config.storage.backend.clone();
+        let reason = run(config, polis::debug_client::DEBUG_ADDRESS, log.clone()).await;
+        let failure = (reason != ExitReason::Shutdown).then(|| reason.to_string());
+        let on_stop = machine.cmdline.on_stop(failure.is_none());
+        (failure, on_stop, backend)
+    });
+    if failure.is_none() {
+        slog::info!(log, "the node's tree stopped in order");
+    }
+    init::halt(&log, failure, on_stop, &backend, &root)
+}
+
+/// The node on a machine it is init of: LUKS2 on the disk's partition 2, the TPM's device, the
+/// configured address, a tmpfs for `ephemeral/`, the hostname set.
+fn machine_config(root: &NodeRoot, machine: &init::Machine) -> NodeConfig {
+    NodeConfig {
+        storage: StorageConfig {
+            root: root.clone(),
+            backend: DataBackend::Luks2 {
+                device: machine.disk.data.clone(),
+            },
+            ephemeral_tmpfs: true,
+        },
+        address: AddressSource::Static(machine.net.address),
+        lifecycle: LifecycleConfig {
+            root: root.clone(),
+            fw_cfg: PathBuf::from(polis::lifecycle::FW_CFG_PARAMETERS),
+            set_hostname: true,
+            system_hosts: None,
+            crash_after: None,
+        },
+        tpm: TpmConfig::Tcti(DEFAULT_TPM.into()),
+    }
+}
+
+/// Run the node's tree and its debug endpoint until a signal or the tree's own end; answers why
+/// the tree stopped.
+async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) -> ExitReason {
     let (spec, _state) = polis::node::tree_spec(&config);
     let tree = match Tree::start(spec, log.clone()).await {
         Ok(tree) => tree,
         Err(e) => {
             slog::crit!(log, "the node did not start"; "error" => %e);
-            return ExitCode::FAILURE;
+            return ExitReason::Error {
+                message: format!("the node did not start: {e}"),
+            };
         }
     };
-    let debug = match DebugServer::start(tree.registry().clone(), args.debug_listen) {
+    let debug = match DebugServer::start(tree.registry().clone(), debug_listen) {
         Ok(server) => server,
         Err(e) => {
             slog::crit!(log, "no debug endpoint"; "error" => %e);
             tree.shutdown().await;
-            return ExitCode::FAILURE;
+            return ExitReason::Error {
+                message: format!("no debug endpoint: {e}"),
+            };
         }
     };
     slog::info!(log, "node running"; "debug" => %debug.addr());
@@ -151,7 +240,9 @@ async fn run(args: Args) -> ExitCode {
         _ => {
             slog::crit!(log, "cannot install signal handlers");
             tree.shutdown().await;
-            return ExitCode::FAILURE;
+            return ExitReason::Error {
+                message: "cannot install signal handlers".into(),
+            };
         }
     };
     let reason = tokio::select! {
@@ -160,13 +251,7 @@ async fn run(args: Args) -> ExitCode {
         reason = tree.exited() => reason,
     };
     debug.stop().await;
-    if reason == ExitReason::Shutdown {
-        slog::info!(log, "node stopped");
-        ExitCode::SUCCESS
-    } else {
-        slog::crit!(log, "node failed"; "reason" => %reason);
-        ExitCode::FAILURE
-    }
+    reason
 }
 
 async fn stop(tree: &Tree, log: &slog::Logger, signal: &str) -> ExitReason {

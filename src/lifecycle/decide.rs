@@ -61,19 +61,12 @@ pub enum DecideError {
 /// A warning the caller should log: parameters in both places, firmware configuration wins.
 pub const FW_CFG_WINS: &str = "node parameters found on the ESP and in firmware configuration; using the firmware configuration's";
 
-/// Decide this boot's flow from `esp` and the firmware configuration file at `fw_cfg` (absent on
-/// most machines). Returns the flow and whether the fw_cfg-wins warning applies.
-pub fn decide(esp: &Esp, fw_cfg: &Path) -> Result<(Flow, bool), DecideError> {
-    match esp.sealed() {
-        Ok(envelope) => return Ok((Flow::Join(envelope), false)),
-        Err(EspError::NoSealed(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match esp.journal() {
-        Ok(envelope) => return Ok((Flow::Resume(envelope), false)),
-        Err(EspError::NoJournal(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
+/// The node parameters, from firmware configuration or else the ESP, with where they came from
+/// and whether both places had some (firmware configuration wins); `None` if neither has any.
+pub fn parameters(
+    esp: &Esp,
+    fw_cfg: &Path,
+) -> Result<Option<(NodeParameters, String, bool)>, DecideError> {
     let from_esp = match esp.parameters() {
         Ok(params) => Some(params),
         Err(EspError::NoParameters(_)) => None,
@@ -89,10 +82,29 @@ pub fn decide(esp: &Esp, fw_cfg: &Path) -> Result<(Flow, bool), DecideError> {
         Err(_) => None,
     };
     let both = from_esp.is_some() && from_fw_cfg.is_some();
-    let (params, source) = match (from_fw_cfg, from_esp) {
-        (Some(params), _) => (params, fw_cfg.display().to_string()),
-        (None, Some(params)) => (params, esp.parameters_path().display().to_string()),
-        (None, None) => {
+    Ok(match (from_fw_cfg, from_esp) {
+        (Some(params), _) => Some((params, fw_cfg.display().to_string(), both)),
+        (None, Some(params)) => Some((params, esp.parameters_path().display().to_string(), both)),
+        (None, None) => None,
+    })
+}
+
+/// Decide this boot's flow from `esp` and the firmware configuration file at `fw_cfg` (absent on
+/// most machines). Returns the flow and whether the fw_cfg-wins warning applies.
+pub fn decide(esp: &Esp, fw_cfg: &Path) -> Result<(Flow, bool), DecideError> {
+    match esp.sealed() {
+        Ok(envelope) => return Ok((Flow::Join(envelope), false)),
+        Err(EspError::NoSealed(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match esp.journal() {
+        Ok(envelope) => return Ok((Flow::Resume(envelope), false)),
+        Err(EspError::NoJournal(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (params, source, both) = match parameters(esp, fw_cfg)? {
+        Some(found) => found,
+        None => {
             return Err(DecideError::NothingFound {
                 sealed: esp.sealed_path(),
                 journal: esp.journal_path(),
@@ -127,6 +139,7 @@ mod tests {
             cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: vec![key; 32],
             })),
+            network: None,
         }
     }
 
@@ -170,7 +183,15 @@ mod tests {
             decide(&esp, &fw_cfg),
             Err(DecideError::FwCfgCorrupted { .. })
         ));
-        std::fs::write(&fw_cfg, NodeParameters { cluster: None }.encode_to_vec()).unwrap();
+        std::fs::write(
+            &fw_cfg,
+            NodeParameters {
+                cluster: None,
+                network: None,
+            }
+            .encode_to_vec(),
+        )
+        .unwrap();
         assert!(matches!(
             decide(&esp, &fw_cfg),
             Err(DecideError::EmptyParameters(_))

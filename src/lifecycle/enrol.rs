@@ -65,6 +65,7 @@ impl Run {
             join_key: generate_key()?.to_bytes().to_vec(),
             parameters: NodeParameters {
                 cluster: Some(params),
+                network: None,
             }
             .encode_to_vec(),
         };

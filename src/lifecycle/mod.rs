@@ -11,5 +11,5 @@ mod join;
 
 pub use actor::{Lifecycle, LifecycleConfig, LifecycleDeps};
 pub use client::{connect, ReachError};
-pub use decide::{decide, DecideError, Flow, FW_CFG_PARAMETERS, FW_CFG_WINS};
+pub use decide::{decide, parameters, DecideError, Flow, FW_CFG_PARAMETERS, FW_CFG_WINS};
 pub use error::LifecycleError;

@@ -26,6 +26,22 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The node ID of the key a certificate (DER) certifies.
+pub fn certificate_node_id(der: &[u8]) -> Result<String, PkiError> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let key: [u8; 32] = certificate
+        .public_key()
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| PkiError::BadCertificate("not an Ed25519 key".into()))?;
+    let key =
+        VerifyingKey::from_bytes(&key).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    Ok(node_id(&key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

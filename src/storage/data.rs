@@ -193,6 +193,15 @@ impl DataBackend {
         }
     }
 
+    /// Make the data partition unavailable again: unmount `data/` and close the LUKS2 mapping
+    /// (the last steps of a node's shutdown). Nothing to do for the directory backend.
+    pub fn close(&self, root: &NodeRoot) -> Result<(), DataError> {
+        match self {
+            DataBackend::Directory => Ok(()),
+            DataBackend::Luks2 { .. } => luks2::close(&root.data()),
+        }
+    }
+
     /// Whether this backend encrypts (for the loud warning the directory backend deserves).
     pub fn is_encrypted(&self) -> bool {
         matches!(self, DataBackend::Luks2 { .. })
@@ -353,23 +362,38 @@ pub(crate) mod luks2 {
     /// Make an ext4 filesystem on the freshly activated mapping.
     pub(super) fn make_filesystem() -> Result<(), DataError> {
         let device = mapped();
-        let out = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&device)
-            .output()
-            .map_err(|e| DataError::Mount {
-                op: "mkfs.ext4",
-                path: device.clone(),
-                reason: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(DataError::Mount {
-                op: "mkfs.ext4",
-                path: device,
-                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
+        let mut cmd = std::process::Command::new("mkfs.ext4");
+        cmd.args(["-q", "-F"]).arg(&device);
+        crate::process::run(cmd).map_err(|e| DataError::Mount {
+            op: "mkfs.ext4",
+            path: device.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(())
+    }
+
+    /// Unmount `target` if the mapping is mounted there, then deactivate the mapping.
+    pub(super) fn close(target: &Path) -> Result<(), DataError> {
+        use libcryptsetup_rs::consts::flags::CryptDeactivate;
+        let device = mapped();
+        if !device.exists() {
+            return Ok(());
+        }
+        match nix::mount::umount(target) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(DataError::Mount {
+                    op: "umount",
+                    path: target.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+        let mut dev = CryptInit::init_by_name_and_header(DM_NAME, None)
+            .map_err(luks_err("find the mapping of", &device))?;
+        dev.activate_handle()
+            .deactivate(DM_NAME, CryptDeactivate::empty())
+            .map_err(luks_err("close", &device))
     }
 
     /// Mount the mapping at `target`.

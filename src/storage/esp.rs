@@ -236,6 +236,7 @@ mod tests {
             cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: vec![1; 32],
             })),
+            network: None,
         };
         esp.write_parameters(&params).unwrap();
         assert_eq!(esp.parameters().unwrap(), params);

@@ -60,7 +60,8 @@ impl Swtpm {
                 .arg(format!("dir={}", state_dir.display()))
                 .args(["--flags", "not-need-init,startup-clear"]);
             let process = ChildProcess::spawn(cmd, "swtpm", log)?;
-            match wait_listening(&process, ctrl) {
+            let probe = || TcpStream::connect((Ipv4Addr::LOCALHOST, ctrl)).is_ok();
+            match wait_ready(&process, probe) {
                 Ok(()) => return Ok(Swtpm { process, port }),
                 Err(reason) => last = reason,
             }
@@ -80,6 +81,37 @@ impl Swtpm {
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
+
+    /// Start swtpm as a VM's TPM: state in `state_dir`, reached by QEMU's `tpm-emulator` through
+    /// the control socket `socket` (QEMU initializes it, as firmware would a chip).
+    pub fn start_for_vm(
+        state_dir: &Path,
+        socket: &Path,
+        log: &Logger,
+    ) -> Result<ChildProcess, SwtpmError> {
+        let not_ready = |reason: String| SwtpmError::NotReady {
+            state: state_dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| not_ready(format!("cannot create the state directory: {e}")))?;
+        let _ = std::fs::remove_file(socket);
+        let mut cmd = Command::new("swtpm");
+        cmd.arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state_dir.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--log")
+            .arg(format!(
+                "level=2,file={}",
+                state_dir.with_extension("log").display()
+            ));
+        let process = ChildProcess::spawn(cmd, "swtpm", log)?;
+        wait_ready(&process, || socket.exists()).map_err(not_ready)?;
+        Ok(process)
+    }
 }
 
 /// A free loopback port whose successor is free too.
@@ -94,13 +126,14 @@ fn free_port_pair() -> Option<u16> {
     })
 }
 
-fn wait_listening(process: &ChildProcess, port: u16) -> Result<(), String> {
+/// Wait until `ready` says so, or the process exits, or 10 s pass.
+fn wait_ready(process: &ChildProcess, ready: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Some(status) = process.exit_status() {
             return Err(format!("it exited with {status}"));
         }
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        if ready() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -2,11 +2,14 @@
 //! the parent's death delivering SIGKILL to it, its output logged line by line under the owning
 //! actor's logger, reaped by a waiter thread, and killed (group and all) when its handle drops.
 //! So a child never outlives its actor: not on a crash, not on a brutal kill, not when
-//! `polis-node` itself dies.
+//! `polis-node` itself dies. Short commands (mkfs) run to completion through [`run`]. Both go
+//! through the [`reaper`] when `polis-node` is PID 1, so their exit status is never lost to it.
+
+pub mod reaper;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -21,6 +24,24 @@ pub enum ProcessError {
     /// The program could not be executed.
     #[error("cannot start {program}: {source}")]
     Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The program ran but failed.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// The end of what it wrote to standard error.
+        stderr: String,
+    },
+    /// Its exit status could not be learnt.
+    #[error("cannot wait for {program}: {source}")]
+    Wait {
         /// The program.
         program: String,
         /// Why.
@@ -70,10 +91,11 @@ impl ChildProcess {
             });
         }
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        let mut spawned = reaper::spawn(&mut cmd).map_err(|source| ProcessError::Spawn {
             program: program.clone(),
             source,
         })?;
+        let child = &mut spawned.child;
         let pid = child.id();
         let log = log.new(slog::o!("process" => name.to_owned(), "pid" => pid));
         if let Some(out) = child.stdout.take() {
@@ -93,7 +115,7 @@ impl ChildProcess {
             },
             exited,
         });
-        spawn_waiter(child, shared.clone(), tx);
+        spawn_waiter(spawned, shared.clone(), tx);
         slog::info!(log, "started"; "program" => program);
         Ok(ChildProcess { shared })
     }
@@ -176,10 +198,55 @@ impl Drop for ChildProcess {
     }
 }
 
-fn spawn_waiter(mut child: Child, shared: Arc<Shared>, tx: watch::Sender<Option<ExitStatus>>) {
+/// Run `cmd` to completion with its output captured; a non-zero exit is an error carrying its
+/// standard error.
+pub fn run(mut cmd: Command) -> Result<Output, ProcessError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut spawned = reaper::spawn(&mut cmd).map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let read = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(spawned.child.stdout.take().map(|s| Box::new(s) as _));
+    let stderr = read(spawned.child.stderr.take().map(|s| Box::new(s) as _));
+    let status = spawned.wait().map_err(|source| ProcessError::Wait {
+        program: program.clone(),
+        source,
+    })?;
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    if !status.success() {
+        return Err(ProcessError::Failed {
+            program,
+            status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(output)
+}
+
+fn spawn_waiter(
+    spawned: reaper::Spawned,
+    shared: Arc<Shared>,
+    tx: watch::Sender<Option<ExitStatus>>,
+) {
     std::thread::spawn(move || {
         let (log, exit) = (&shared.log, &shared.exit);
-        let status = match child.wait() {
+        let status = match spawned.wait() {
             Ok(status) => status,
             Err(e) => {
                 slog::error!(log, "cannot wait for child"; "error" => %e);

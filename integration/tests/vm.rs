@@ -1,0 +1,195 @@
+//! Tier 4 (DESIGN §7): `polis-node` as PID 1 of Debian's kernel in QEMU (TCG), with swtpm as the
+//! VM's `tpm-tis` TPM (the node opens /dev/tpmrm0), node parameters over fw_cfg, a GPT disk with
+//! a vfat ESP and a LUKS2 data partition, and a TAP device on a bridge in a namespace of its own.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use polis::netns::{within, ClusterNetwork};
+use polis::owner::{escrow, first_use, Owner};
+use polis::pki::generate_key;
+use polis::proto::api::node_parameters::{Cluster, ClusterBootstrap, Network};
+use polis::proto::api::NodeParameters;
+use polis::proto::common::NodeState;
+use polis::vm::{luks_uuid, make_disk, Vm, VmConfig};
+use polis_integration::{test_logger, vm_image};
+use prost::Message;
+
+/// Generous: TCG on a shared 2-core machine. Waits end as soon as the line appears.
+const STEP: Duration = Duration::from_secs(300);
+const NODE0: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+
+/// What the owner sees of a one-node cluster: the node's ID and state, and the register ticket
+/// (a value kept in etcd on the data partition).
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    nodes: Vec<(String, i32)>,
+    ticket: Vec<u8>,
+}
+
+/// Take ownership of the cluster node 0 bootstrapped (trust on first use of its CA), from inside
+/// the VMs' namespace; answers the CA and the owner certificate.
+fn take_ownership(net: &ClusterNetwork, owner_key: &SigningKey) -> (Vec<u8>, Vec<u8>) {
+    owner_call(net, || async {
+        let (ca, curator) = first_use(NODE0, owner_key).await.ok()?;
+        let certificate = escrow(&curator, &ca, owner_key).await.ok()?;
+        Some((ca, certificate))
+    })
+}
+
+/// What the owner sees, once a Curator answers.
+fn seen(net: &ClusterNetwork, owner_key: &SigningKey, ca: &[u8], certificate: &[u8]) -> Seen {
+    owner_call(net, || async {
+        let (_, curator) = first_use(NODE0, owner_key).await.ok()?;
+        let mut owner = Owner::connect(&curator, ca, owner_key, certificate.to_vec())
+            .await
+            .ok()?;
+        let nodes = owner.nodes().await.ok()?;
+        Some(Seen {
+            nodes: nodes.into_iter().map(|n| (n.id, n.state)).collect(),
+            ticket: owner.ticket().await.ok()?,
+        })
+    })
+}
+
+/// Retry `call` inside the VMs' network namespace until it answers (or [`STEP`] passes).
+fn owner_call<T: Send, F, Fut>(net: &ClusterNetwork, call: F) -> T
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let namespace = net.nodes()[0].namespace.clone();
+    within(&namespace, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(answer) = rt.block_on(call()) {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Curator answered the owner in {STEP:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .unwrap()
+}
+
+/// The test's directory; kept (and named on standard error) when POLIS_KEEP_VM_DIR is set, to
+/// read the consoles after a failure.
+fn test_dir() -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new();
+    if std::env::var_os("POLIS_KEEP_VM_DIR").is_some() {
+        dir.disable_cleanup(true);
+    }
+    let dir = dir.prefix("polis-vm").tempdir().unwrap();
+    eprintln!("VM test directory: {}", dir.path().display());
+    dir
+}
+
+fn bootstrap_parameters(owner_key: &SigningKey) -> Vec<u8> {
+    NodeParameters {
+        cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
+            owner_public_key: owner_key.verifying_key().to_bytes().to_vec(),
+        })),
+        network: Some(Network {
+            interface: String::new(),
+            address: format!("{NODE0}/24"),
+            gateway: String::new(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn one_vm_bootstraps_on_luks2_powers_off_and_rejoins_after_reboot_and_power_cut() {
+    let log = test_logger();
+    let dir = test_dir();
+    let (kernel, initramfs) = vm_image(dir.path());
+    let net = ClusterNetwork::create_for_vms(1).unwrap();
+    let owner_key = generate_key().unwrap();
+    let node_dir = dir.path().join("node0");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let config = VmConfig {
+        dir: node_dir,
+        kernel: kernel.image.clone(),
+        initramfs,
+        parameters: Some(bootstrap_parameters(&owner_key)),
+        memory_mib: 1024,
+        on_stop: "poweroff",
+    };
+    make_disk(&config.disk(), 1024).unwrap();
+    let timer = Instant::now();
+    let mut vm = Vm::boot(&net, 0, config.clone(), &log).unwrap();
+
+    // 1. Bootstrap on a fresh LUKS2 volume.
+    vm.wait_console("polis-node is process 1", STEP).unwrap();
+    let booted = timer.elapsed();
+    vm.wait_console("formatting a new data partition", STEP)
+        .unwrap();
+    vm.wait_console("data partition mounted", STEP).unwrap();
+    let formatted = timer.elapsed();
+    let (ca, certificate) = take_ownership(&net, &owner_key);
+    let curator = timer.elapsed();
+    let first = seen(&net, &owner_key, &ca, &certificate);
+    assert_eq!(first.nodes.len(), 1, "{first:?}");
+    assert_eq!(first.nodes[0].1, NodeState::Up as i32);
+    let uuid = luks_uuid(&config.disk())
+        .unwrap()
+        .expect("a LUKS2 header on partition 2");
+    slog::info!(log, "first boot under TCG"; "init_s" => booted.as_secs_f32(),
+        "luks_mounted_s" => formatted.as_secs_f32(), "curator_s" => curator.as_secs_f32());
+
+    // Power off through Ctrl-Alt-Del: the tree stops in order, the data is unmounted, the
+    // mapping closed, and QEMU exits by itself.
+    vm.ctrl_alt_del().unwrap();
+    vm.wait_console("stopping the node", STEP).unwrap();
+    vm.wait_console("the node's tree stopped in order", STEP)
+        .unwrap();
+    vm.wait_console("data partition unmounted and its mapping closed", STEP)
+        .unwrap();
+    vm.wait_console("the machine will power off now", STEP)
+        .unwrap();
+    assert!(vm.wait_exit(STEP).unwrap().success());
+    assert!(!vm.console().contains("Kernel panic"), "{}", vm.tail());
+
+    // 2. The same disk and TPM: the node joins by unsealing, opens the same volume.
+    let mut vm = vm.boot_again(&net, 0, &log).unwrap();
+    vm.wait_console("rejoining the cluster", STEP).unwrap();
+    vm.wait_console("data partition mounted", STEP).unwrap();
+    assert_eq!(seen(&net, &owner_key, &ca, &certificate), first);
+    assert_eq!(
+        luks_uuid(&config.disk()).unwrap().as_deref(),
+        Some(uuid.as_str())
+    );
+
+    // 3. A power cut in steady state, then boot again: nothing lost.
+    let mut vm = vm.boot_again(&net, 0, &log).unwrap();
+    vm.wait_console("rejoining the cluster", STEP).unwrap();
+    vm.wait_console("data partition mounted", STEP).unwrap();
+    assert_eq!(seen(&net, &owner_key, &ca, &certificate), first);
+    vm.power_cut();
+
+    // 4. Another TPM for the same disk: the node refuses, the disk is not reformatted.
+    std::fs::rename(config.tpm_state(), config.dir.join("tpm.original")).unwrap();
+    let mut vm = vm.boot_again(&net, 0, &log).unwrap();
+    let refusal = vm
+        .wait_console("the node failed; the machine will", STEP)
+        .unwrap();
+    assert!(
+        vm.console().contains("TPM"),
+        "the console names the TPM: {refusal}\n{}",
+        vm.tail()
+    );
+    vm.wait_exit(STEP).unwrap();
+    assert!(!vm.console().contains("formatting a new data partition"));
+    assert_eq!(
+        luks_uuid(&config.disk()).unwrap().as_deref(),
+        Some(uuid.as_str())
+    );
+}

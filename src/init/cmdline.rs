@@ -1,0 +1,70 @@
+//! The kernel command line's `polis.*` options. The kernel keeps dotted options from init's
+//! arguments (it takes them for module parameters), so they are read from `/proc/cmdline`.
+
+/// What the machine does once the node has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStop {
+    /// Power off.
+    Poweroff,
+    /// Reboot.
+    Reboot,
+}
+
+/// The options Polis reads from the kernel command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `polis.on_stop=poweroff|reboot`; unset means: reboot after a failure, power off after a
+    /// requested shutdown.
+    pub on_stop: Option<OnStop>,
+}
+
+impl Cmdline {
+    /// Parse a command line; unknown options are someone else's, and an unknown value of ours is
+    /// reported in the returned warnings instead of stopping the boot.
+    pub fn parse(line: &str) -> (Cmdline, Vec<String>) {
+        let mut cmdline = Cmdline::default();
+        let mut warnings = Vec::new();
+        for word in line.split_whitespace() {
+            if let Some(value) = word.strip_prefix("polis.on_stop=") {
+                cmdline.on_stop = match value {
+                    "poweroff" => Some(OnStop::Poweroff),
+                    "reboot" => Some(OnStop::Reboot),
+                    other => {
+                        warnings.push(format!(
+                            "polis.on_stop={other} is neither poweroff nor reboot; ignored"
+                        ));
+                        cmdline.on_stop
+                    }
+                };
+            }
+        }
+        (cmdline, warnings)
+    }
+
+    /// What to do after the node stopped, cleanly (`requested`) or not.
+    pub fn on_stop(&self, requested: bool) -> OnStop {
+        self.on_stop.unwrap_or(match requested {
+            true => OnStop::Poweroff,
+            false => OnStop::Reboot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_stop_is_read_and_defaults_by_how_the_node_stopped() {
+        let (c, w) = Cmdline::parse("console=ttyS0 polis.on_stop=poweroff quiet");
+        assert_eq!((c.on_stop(false), w.len()), (OnStop::Poweroff, 0));
+        let (c, _) = Cmdline::parse("polis.on_stop=reboot");
+        assert_eq!(c.on_stop(true), OnStop::Reboot);
+        let (c, w) = Cmdline::parse("console=ttyS0 polis.on_stop=halt");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(
+            (c.on_stop(true), c.on_stop(false)),
+            (OnStop::Poweroff, OnStop::Reboot)
+        );
+    }
+}
