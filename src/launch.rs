@@ -1,8 +1,13 @@
-//! A local cluster for `polisctl launch` and the cluster tests: each node in its own network and
-//! UTS namespace ([`ClusterNetwork`]), with its own swtpm (on the namespace's loopback), its own
-//! node root and the `directory` storage backend. It bootstraps node 0, takes ownership, and
-//! registers, approves and promotes the others. Processes are started so that their real PID is
-//! known, and ended by that PID.
+//! A local cluster for `polisctl launch` and the cluster tests, of one of two kinds of machine:
+//!
+//! - processes: each `polis-node` in its own network and UTS namespace ([`ClusterNetwork`]), with
+//!   its own swtpm (on the namespace's loopback), its own node root and the `directory` storage
+//!   backend;
+//! - VMs: each node a QEMU VM with `polis-node` as PID 1, a LUKS2 disk and swtpm as its TPM, on
+//!   TAP devices in one namespace ([`crate::vm`]).
+//!
+//! Either way it bootstraps node 0, takes ownership, and registers, approves and promotes the
+//! others. Processes are started so that their real PID is known, and ended by that PID.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -16,18 +21,22 @@ use nix::unistd::Pid;
 
 use crate::debug_client::{request, DebugClientError, DEBUG_ADDRESS};
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
-use crate::netns::{within, ClusterNetwork, NetError};
-use crate::owner::{escrow, CuratorAddress, Owner, OwnerError};
+use crate::netns::{enter, within, ClusterNetwork, NetError};
+use crate::owner::{escrow, first_use, CuratorAddress, Owner, OwnerError};
 use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
+use crate::proto::api::node_parameters::Network;
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::{Node as ApiNode, NodeParameters};
 use crate::proto::common::NodeState;
 use crate::storage::{Esp, EspError, NodeRoot};
+use crate::vm::{make_disk, ImageError, Vm, VmConfig, VmError};
 
 /// The swtpm port inside every node's namespace (the control channel is the next one).
 const SWTPM_PORT: u16 = 2321;
 /// How long a node gets for each step before the launch gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// The cluster CA as the owner met it, in the cluster directory.
+pub const CA_FILE: &str = "ca.crt";
 /// How many of a node's last log lines a timeout reports.
 const TAIL_LINES: usize = 40;
 
@@ -79,7 +88,38 @@ pub enum LaunchError {
     /// A key could not be made.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    /// A VM's image or disk could not be made.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The debug endpoint of a VM is not reachable from the host.
+    #[error("node {0} is a VM: its debug endpoint is not reachable from the host")]
+    NoDebug(usize),
 }
+
+/// How a local cluster's nodes run.
+#[derive(Clone, Debug)]
+pub enum Machines {
+    /// `polis-node` processes in namespaces (this binary), with the insecure directory backend.
+    Processes {
+        /// The `polis-node` binary.
+        binary: PathBuf,
+    },
+    /// QEMU VMs booting this kernel and initramfs, `polis-node` as PID 1 on a LUKS2 disk.
+    Vms {
+        /// Debian's kernel image.
+        kernel: PathBuf,
+        /// The Polis initramfs ([`crate::vm::build_initramfs`]).
+        initramfs: PathBuf,
+    },
+}
+
+/// The size of a VM's disk, in MiB (sparse: only what is written takes space).
+const VM_DISK_MIB: u64 = 2048;
+/// A VM's memory, in MiB.
+const VM_MEMORY_MIB: u32 = 1024;
 
 /// One node of the local cluster.
 pub struct LocalNode {
@@ -87,10 +127,14 @@ pub struct LocalNode {
     pub namespace: String,
     /// Its address on the bridge.
     pub address: IpAddr,
-    /// Its node root.
+    /// Its node root (for a VM: its directory, with `disk.img` and `console.log`).
     pub root: NodeRoot,
     swtpm: Option<Child>,
     process: Option<Child>,
+    /// A VM's configuration (its parameters offered over fw_cfg) and the VM while it runs.
+    vm: Option<(VmConfig, Option<Vm>)>,
+    /// Its node ID, once learnt from the cluster (a VM's credentials are on its encrypted disk).
+    known_id: Option<String>,
 }
 
 impl LocalNode {
@@ -98,13 +142,19 @@ impl LocalNode {
         self.root.path()
     }
 
-    /// Its log file.
+    /// Its log file (a VM's serial console).
     pub fn log_file(&self) -> PathBuf {
-        self.dir().join("node.log")
+        match &self.vm {
+            Some((config, _)) => config.console(),
+            None => self.dir().join("node.log"),
+        }
     }
 
-    /// Its node ID, once it has credentials.
+    /// Its node ID, once it has credentials (or, for a VM, once the cluster named it).
     pub fn id(&self) -> Option<String> {
+        if let Some(id) = &self.known_id {
+            return Some(id.clone());
+        }
         let credentials = NodeCredentials::load(&self.root).ok()??;
         Some(node_id(&credentials.key.verifying_key()))
     }
@@ -119,7 +169,7 @@ impl LocalNode {
 /// The local cluster: network, nodes, and the owner's credentials.
 pub struct LocalCluster {
     dir: PathBuf,
-    binary: PathBuf,
+    machines: Machines,
     net: ClusterNetwork,
     /// The nodes, by index.
     pub nodes: Vec<LocalNode>,
@@ -136,28 +186,70 @@ impl LocalCluster {
         binary: &Path,
         log: slog::Logger,
     ) -> Result<Self, LaunchError> {
-        let net = ClusterNetwork::create(n)?;
+        let machines = Machines::Processes {
+            binary: binary.to_owned(),
+        };
+        Self::create_with(dir, n, machines, log)
+    }
+
+    /// Make the network, node directories and disks for `n` nodes of the kind `machines` says.
+    /// For VMs, the calling thread joins the VMs' network namespace, so that its connections (the
+    /// owner's calls) reach the bridge; run the cluster from a thread of its own.
+    pub fn create_with(
+        dir: &Path,
+        n: usize,
+        machines: Machines,
+        log: slog::Logger,
+    ) -> Result<Self, LaunchError> {
+        let vms = matches!(machines, Machines::Vms { .. });
+        let net = match vms {
+            true => ClusterNetwork::create_for_vms(n)?,
+            false => ClusterNetwork::create(n)?,
+        };
         let owner_key = generate_key()?;
         fsutil::write_atomic(&dir.join("owner.key"), &owner_key.to_bytes(), SECRET_MODE)?;
         let mut nodes = Vec::new();
         for (i, node) in net.nodes().iter().enumerate() {
             let root = dir.join(format!("node{i}"));
-            // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over the node's /etc/hosts.
-            let etc = PathBuf::from("/etc/netns")
-                .join(&node.namespace)
-                .join("hosts");
-            fsutil::write_atomic(&etc, b"127.0.0.1 localhost\n", PUBLIC_MODE)?;
+            let vm = match &machines {
+                Machines::Vms { kernel, initramfs } => {
+                    std::fs::create_dir_all(&root).map_err(|e| FsError::new("create", &root, e))?;
+                    let config = VmConfig {
+                        dir: root.clone(),
+                        kernel: kernel.clone(),
+                        initramfs: initramfs.clone(),
+                        parameters: None,
+                        memory_mib: VM_MEMORY_MIB,
+                        on_stop: "poweroff",
+                    };
+                    make_disk(&config.disk(), VM_DISK_MIB)?;
+                    Some((config, None))
+                }
+                Machines::Processes { .. } => {
+                    // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over the node's /etc/hosts.
+                    let etc = PathBuf::from("/etc/netns")
+                        .join(&node.namespace)
+                        .join("hosts");
+                    fsutil::write_atomic(&etc, b"127.0.0.1 localhost\n", PUBLIC_MODE)?;
+                    None
+                }
+            };
             nodes.push(LocalNode {
                 namespace: node.namespace.clone(),
                 address: IpAddr::V4(node.address),
                 root: NodeRoot::new(root),
                 swtpm: None,
                 process: None,
+                vm,
+                known_id: None,
             });
+        }
+        if vms {
+            enter(&nodes[0].namespace)?;
         }
         Ok(LocalCluster {
             dir: dir.to_owned(),
-            binary: binary.to_owned(),
+            machines,
             net,
             nodes,
             owner_key,
@@ -175,8 +267,13 @@ impl LocalCluster {
         &self.owner_key
     }
 
-    /// Start node `i`'s swtpm (once) and its `polis-node` with `extra` arguments.
+    /// Start node `i`: boot its VM, or start its swtpm (once) and its `polis-node` with `extra`
+    /// arguments.
     pub fn start(&mut self, i: usize, extra: &[&str]) -> Result<(), LaunchError> {
+        let binary = match &self.machines {
+            Machines::Processes { binary } => binary.clone(),
+            Machines::Vms { .. } => return self.boot_vm(i),
+        };
         if self.nodes[i].swtpm.is_none() {
             let state = self.nodes[i].dir().join("tpm");
             std::fs::create_dir_all(&state).map_err(|e| FsError::new("create", &state, e))?;
@@ -212,7 +309,6 @@ impl LocalCluster {
             "/etc/hosts".into(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let binary = self.binary.clone();
         let child = self.spawn(i, "node", &binary, &args, "polis-node")?;
         self.nodes[i].process = Some(child);
         Ok(())
@@ -251,8 +347,29 @@ impl LocalCluster {
         Ok(child)
     }
 
-    /// End node `i`'s `polis-node` by its real PID with `signal` and reap it.
+    /// Boot node `i`'s VM (after cutting the power of a previous boot that still runs).
+    fn boot_vm(&mut self, i: usize) -> Result<(), LaunchError> {
+        let node = &mut self.nodes[i];
+        let Some((config, running)) = node.vm.as_mut() else {
+            return Err(LaunchError::NotRunning(i));
+        };
+        drop(running.take());
+        *running = Some(Vm::boot(&self.net, i, config.clone(), &self.log)?);
+        Ok(())
+    }
+
+    /// End node `i`: a VM is powered off in order (SIGTERM: Ctrl-Alt-Del, then its power goes
+    /// once it has halted) or has its power cut (any other signal); a process gets `signal` at
+    /// its real PID and is reaped.
     pub fn stop(&mut self, i: usize, signal: Signal) {
+        if let Some((_, running)) = self.nodes[i].vm.as_mut() {
+            if let Some(mut vm) = running.take() {
+                if signal == Signal::SIGTERM && vm.ctrl_alt_del().is_ok() {
+                    let _ = vm.wait_exit(STEP_TIMEOUT);
+                }
+            }
+            return;
+        }
         if let Some(pid) = self.nodes[i].pid() {
             let _ = kill(Pid::from_raw(pid), signal);
         }
@@ -262,8 +379,12 @@ impl LocalCluster {
         let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
     }
 
-    /// Wait for node `i`'s `polis-node` to exit by itself (e.g. a test hook killed it).
+    /// Wait for node `i`'s `polis-node` (or VM) to exit by itself (e.g. a test hook killed it).
     pub fn wait_exit(&mut self, i: usize) -> Result<std::process::ExitStatus, LaunchError> {
+        if let Some((_, running)) = self.nodes[i].vm.as_mut() {
+            let mut vm = running.take().ok_or(LaunchError::NotRunning(i))?;
+            return Ok(vm.wait_exit(STEP_TIMEOUT)?);
+        }
         let deadline = std::time::Instant::now() + STEP_TIMEOUT;
         let status = loop {
             let child = self.nodes[i]
@@ -292,18 +413,35 @@ impl LocalCluster {
         path: &str,
         body: &str,
     ) -> Result<String, LaunchError> {
+        if self.nodes[i].vm.is_some() {
+            return Err(LaunchError::NoDebug(i));
+        }
         Ok(within(&self.nodes[i].namespace, || {
             request(DEBUG_ADDRESS, method, path, body)
         })??)
     }
 
-    /// Write node parameters on node `i`'s ESP.
-    pub fn write_parameters(&self, i: usize, cluster: Cluster) -> Result<(), LaunchError> {
-        let esp = Esp::new(self.nodes[i].root.clone());
-        esp.write_parameters(&NodeParameters {
-            cluster: Some(cluster),
-            network: None,
-        })?;
+    /// Give node `i` its parameters: on its ESP, or for a VM over fw_cfg, with its address.
+    pub fn write_parameters(&mut self, i: usize, cluster: Cluster) -> Result<(), LaunchError> {
+        let node = &mut self.nodes[i];
+        match node.vm.as_mut() {
+            Some((config, _)) => {
+                use prost::Message;
+                let params = NodeParameters {
+                    cluster: Some(cluster),
+                    network: Some(Network {
+                        interface: String::new(),
+                        address: format!("{}/24", node.address),
+                        gateway: String::new(),
+                    }),
+                };
+                config.parameters = Some(params.encode_to_vec());
+            }
+            None => Esp::new(node.root.clone()).write_parameters(&NodeParameters {
+                cluster: Some(cluster),
+                network: None,
+            })?,
+        }
         Ok(())
     }
 
@@ -315,11 +453,9 @@ impl LocalCluster {
         })
     }
 
-    /// The cluster CA, as node 0 holds it (the launcher reads node 0's data directory, which the
-    /// insecure directory backend leaves readable to root).
+    /// The cluster CA, as the owner met it at bootstrap (`ca.crt`).
     pub fn ca(&self) -> Result<Vec<u8>, LaunchError> {
-        let credentials = NodeCredentials::load(&self.nodes[0].root)?;
-        Ok(credentials.map(|c| c.ca).unwrap_or_default())
+        Ok(fsutil::read(&self.dir.join(CA_FILE))?)
     }
 
     /// Bootstrap node 0 and take ownership; answers the owner's client (its certificate is kept
@@ -333,14 +469,17 @@ impl LocalCluster {
             }),
         )?;
         self.start(0, &[])?;
-        let certificate = self
+        let address = self.nodes[0].address;
+        let (ca, curator, certificate) = self
             .until(0, "serve the Curator", || async {
-                let curator = self.curator(0)?;
-                escrow(&curator, &self.ca().ok()?, &self.owner_key)
-                    .await
-                    .ok()
+                // Trust on first use of the CA node 0 made, as an owner meeting a cluster would.
+                let (ca, curator) = first_use(address, &self.owner_key).await.ok()?;
+                let certificate = escrow(&curator, &ca, &self.owner_key).await.ok()?;
+                Some((ca, curator, certificate))
             })
             .await?;
+        self.nodes[0].known_id = Some(curator.node_id);
+        fsutil::write_atomic(&self.dir.join(CA_FILE), &ca, PUBLIC_MODE)?;
         fsutil::write_atomic(&self.dir.join("owner.crt"), &certificate, PUBLIC_MODE)?;
         slog::info!(self.log, "node 0 bootstrapped the cluster; ownership taken");
         self.owner(0).await
@@ -359,6 +498,7 @@ impl LocalCluster {
     /// NEW, wait until it is UP, then give it the consensus role (one learner at a time).
     pub async fn register(&mut self, i: usize, owner: &Owner) -> Result<String, LaunchError> {
         let node = self.start_registration(i, owner).await?;
+        self.nodes[i].known_id = Some(node.id.clone());
         self.approve(i, owner, &node).await?;
         self.make_consensus_member(i, owner, &node.id).await?;
         slog::info!(self.log, "node registered, approved and made a consensus member";
@@ -476,6 +616,12 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        // VMs power off in order, all at once: each takes a while under TCG.
+        for node in &self.nodes {
+            if let Some((_, Some(vm))) = &node.vm {
+                let _ = vm.ctrl_alt_del();
+            }
+        }
         for i in 0..self.nodes.len() {
             self.stop(i, Signal::SIGTERM);
             if let Some(mut swtpm) = self.nodes[i].swtpm.take() {

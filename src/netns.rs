@@ -328,23 +328,30 @@ impl Drop for ClusterNetwork {
 /// it): what it connects to is what that namespace reaches, e.g. a node's loopback debug endpoint.
 /// The calling thread stays where it is.
 pub fn within<T: Send>(namespace: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(namespace)?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| NetError::Enter {
+                namespace: namespace.to_owned(),
+                reason: "the thread panicked".into(),
+            })?
+    })
+}
+
+/// Move the calling thread into the network namespace `namespace` for good: the sockets it opens
+/// from then on are that namespace's.
+pub fn enter(namespace: &str) -> Result<(), NetError> {
     let fail = |reason: String| NetError::Enter {
         namespace: namespace.to_owned(),
         reason,
     };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let path = Path::new("/var/run/netns").join(namespace);
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| fail(e.to_string()))?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| fail("the thread panicked".into()))?
-    })
+    let path = Path::new("/var/run/netns").join(namespace);
+    let file = std::fs::File::open(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| fail(e.to_string()))
 }
 
 /// Quote for `sh`: single quotes, with embedded ones closed and escaped.

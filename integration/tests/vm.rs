@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use nix::sys::signal::Signal;
+use polis::launch::{LocalCluster, Machines};
 use polis::netns::{within, ClusterNetwork};
 use polis::owner::{escrow, first_use, Owner};
 use polis::pki::generate_key;
@@ -192,4 +194,61 @@ fn one_vm_bootstraps_on_luks2_powers_off_and_rejoins_after_reboot_and_power_cut(
         luks_uuid(&config.disk()).unwrap().as_deref(),
         Some(uuid.as_str())
     );
+}
+
+/// Wait until node `i`'s Curator lists two UP consensus members.
+async fn two_members_up(cluster: &LocalCluster, i: usize) {
+    cluster
+        .until(i, "list two UP consensus members", || async {
+            let nodes = cluster.owner(i).await.ok()?.nodes().await.ok()?;
+            let members = nodes.iter().filter(|n| {
+                n.state == NodeState::Up as i32
+                    && n.roles
+                        .as_ref()
+                        .is_some_and(|r| r.consensus_member.is_some())
+            });
+            (members.count() == 2).then_some(())
+        })
+        .await
+        .unwrap()
+}
+
+/// Two VMs: node 1 registers into node 0's cluster over the bridge and becomes a consensus
+/// member; both power off in order and boot again, and the cluster comes back (a cold start:
+/// no Curator answers until etcd has quorum again).
+#[test]
+fn two_vms_form_a_cluster_and_come_back_after_both_power_off() {
+    let log = test_logger();
+    let dir = test_dir();
+    let (kernel, initramfs) = vm_image(dir.path());
+    let machines = Machines::Vms {
+        kernel: kernel.image,
+        initramfs,
+    };
+    // This thread joins the VMs' namespace; the runtime's connections are made from it.
+    let mut cluster = LocalCluster::create_with(dir.path(), 2, machines, log).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let owner = cluster.bootstrap().await.unwrap();
+        let id = cluster.register(1, &owner).await.unwrap();
+        assert_eq!(cluster.nodes[1].id().as_deref(), Some(id.as_str()));
+        two_members_up(&cluster, 0).await;
+    });
+    for i in [1, 0] {
+        cluster.stop(i, Signal::SIGTERM);
+        let console = std::fs::read_to_string(cluster.nodes[i].log_file()).unwrap();
+        assert!(
+            console.contains("the machine will power off now"),
+            "node {i}"
+        );
+    }
+    cluster.start(0, &[]).unwrap();
+    cluster.start(1, &[]).unwrap();
+    rt.block_on(async {
+        two_members_up(&cluster, 0).await;
+        two_members_up(&cluster, 1).await;
+    });
 }

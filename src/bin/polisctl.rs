@@ -46,6 +46,10 @@ enum Command {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Run each node as a QEMU VM (polis-node as PID 1, a LUKS2 disk, swtpm as its TPM)
+        /// instead of a process in a network namespace.
+        #[arg(long)]
+        vm: bool,
     },
     /// Stop the local cluster that `launch` runs.
     Stop,
@@ -146,7 +150,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         None => Ok::<_, CliError>(request(addr, method, path, body)?),
     };
     match &cli.command {
-        Command::Launch { nodes } => cluster::launch(&cli.dir, *nodes)?,
+        Command::Launch { nodes, vm } => cluster::launch(&cli.dir, *nodes, *vm)?,
         Command::Stop => cluster::stop(&cli.dir)?,
         Command::Nodes => cluster::nodes(&cli.dir, matches!(cli.output, Output::Json))?,
         Command::Ticket => cluster::ticket(&cli.dir)?,

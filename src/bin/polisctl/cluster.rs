@@ -7,10 +7,11 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use polis::fsutil::{self, FsError, PUBLIC_MODE};
-use polis::launch::{read_owner_key, LaunchError, LocalCluster};
+use polis::launch::{read_owner_key, LaunchError, LocalCluster, Machines, CA_FILE};
+use polis::netns::{within, NetError};
 use polis::owner::{CuratorAddress, Owner, OwnerError};
-use polis::pki::{hex, NodeCredentials};
-use polis::storage::NodeRoot;
+use polis::pki::hex;
+use polis::vm::{build_initramfs, ImageError, Kernel};
 
 /// Why a cluster command failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,10 @@ pub enum ClusterError {
     Owner(#[from] OwnerError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("{0}")]
     Usage(String),
 }
@@ -28,8 +33,9 @@ pub enum ClusterError {
 const NODES_FILE: &str = "nodes.json";
 const LAUNCHER_PID: &str = "launcher.pid";
 
-/// Launch `n` nodes under `dir`, print them, and run until SIGTERM or SIGINT.
-pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
+/// Launch `n` nodes (processes, or VMs if `vm`) under `dir`, print them, and run until SIGTERM
+/// or SIGINT.
+pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
     if n == 0 {
         return Err(ClusterError::Usage(
             "a cluster needs at least one node".into(),
@@ -48,13 +54,31 @@ pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
         .map_err(|e| FsError::new("find", Path::new("polisctl"), e))?
         .with_file_name("polis-node");
     let log = polis_actors::terminal_logger(slog::Level::Info);
+    let machines = match vm {
+        false => Machines::Processes { binary },
+        true => {
+            let kernel = Kernel::installed()?;
+            let initramfs = dir.join("initramfs.cpio");
+            eprintln!(
+                "polisctl: building the VM image: {} and {} (polis-node as /init)",
+                kernel.image.display(),
+                initramfs.display()
+            );
+            build_initramfs(&binary, &kernel, &initramfs)?;
+            Machines::Vms {
+                kernel: kernel.image,
+                initramfs,
+            }
+        }
+    };
     let runtime = runtime(dir)?;
     runtime.block_on(async {
         eprintln!(
-            "polisctl: creating {n} network namespaces and node roots under {}",
+            "polisctl: creating the network and {n} node {} under {}",
+            if vm { "VMs (QEMU, TCG)" } else { "namespaces" },
             dir.display()
         );
-        let mut cluster = LocalCluster::create(dir, n, &binary, log)?;
+        let mut cluster = LocalCluster::create_with(dir, n, machines, log)?;
         eprintln!("polisctl: bootstrapping node 0 and taking ownership");
         let owner = cluster.bootstrap().await?;
         for i in 1..n {
@@ -72,6 +96,7 @@ pub fn launch(dir: &Path, n: usize) -> Result<(), ClusterError> {
                     "address": node.address.to_string(),
                     "id": node.id(),
                     "root": node.root.path(),
+                    "log": node.log_file(),
                 })
             })
             .collect();
@@ -145,42 +170,40 @@ fn launched(dir: &Path) -> Result<Vec<serde_json::Value>, ClusterError> {
         .map_err(|e| ClusterError::Usage(format!("{} is not a node list: {e}", path.display())))
 }
 
-/// Run `call` as the owner against the first node that answers.
-fn with_owner<T>(
+/// Run `call` as the owner against the first node that answers, from inside that node's
+/// namespace (a VM's is the one with the bridge).
+fn with_owner<T: Send>(
     dir: &Path,
-    call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError>,
+    call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError> + Sync,
 ) -> Result<T, ClusterError> {
     let key = read_owner_key(dir)?;
     let certificate = fsutil::read(&dir.join("owner.crt"))?;
-    let runtime = runtime(dir)?;
-    runtime.block_on(async {
-        let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
-        for node in launched(dir)? {
-            let (Some(id), Some(address), Some(root)) = (
-                node["id"].as_str(),
-                node["address"].as_str().and_then(|a| a.parse().ok()),
-                node["root"].as_str(),
-            ) else {
-                continue;
-            };
-            let ca = match NodeCredentials::load(&NodeRoot::new(root)) {
-                Ok(Some(c)) => c.ca,
-                _ => continue,
-            };
-            let curator = CuratorAddress {
-                node_id: id.to_owned(),
-                address,
-            };
-            match Owner::connect(&curator, &ca, &key, certificate.clone()).await {
-                Ok(mut owner) => match call(&mut owner).await {
-                    Ok(value) => return Ok(value),
-                    Err(e) => last = e.into(),
-                },
-                Err(e) => last = e.into(),
-            }
+    let ca = fsutil::read(&dir.join(CA_FILE))?;
+    let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
+    for node in launched(dir)? {
+        let (Some(id), Some(address), Some(namespace)) = (
+            node["id"].as_str(),
+            node["address"].as_str().and_then(|a| a.parse().ok()),
+            node["namespace"].as_str(),
+        ) else {
+            continue;
+        };
+        let curator = CuratorAddress {
+            node_id: id.to_owned(),
+            address,
+        };
+        let answer = within(namespace, || {
+            runtime(dir)?.block_on(async {
+                let mut owner = Owner::connect(&curator, &ca, &key, certificate.clone()).await?;
+                Ok::<_, ClusterError>(call(&mut owner).await?)
+            })
+        })?;
+        match answer {
+            Ok(value) => return Ok(value),
+            Err(e) => last = e,
         }
-        Err(last)
-    })
+    }
+    Err(last)
 }
 
 pub fn nodes(dir: &Path, json: bool) -> Result<(), ClusterError> {
