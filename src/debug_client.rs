@@ -1,8 +1,10 @@
 //! A small client for a node's loopback debug endpoint, used by `polisctl` and the local
 //! cluster launcher.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 /// Where a node's debug endpoint listens unless told otherwise (loopback of its namespace).
@@ -13,21 +15,21 @@ pub const DEBUG_ADDRESS: SocketAddr =
 #[derive(Debug, thiserror::Error)]
 pub enum DebugClientError {
     /// Nothing answered at the address.
-    #[error("cannot reach the debug endpoint at {addr}: {source}")]
+    #[error("cannot reach the debug endpoint at {endpoint}: {source}")]
     Unreachable {
-        /// The endpoint.
-        addr: SocketAddr,
+        /// The endpoint (an address, or a VM's debug port socket).
+        endpoint: String,
         /// Why.
         source: std::io::Error,
     },
     /// The endpoint answered with something that is not HTTP.
     #[error("the debug endpoint at {0} sent a malformed response")]
-    Malformed(SocketAddr),
+    Malformed(String),
     /// The endpoint refused the request.
-    #[error("the debug endpoint at {addr} answered {status}: {body}")]
+    #[error("the debug endpoint at {endpoint} answered {status}: {body}")]
     Status {
         /// The endpoint.
-        addr: SocketAddr,
+        endpoint: String,
         /// The HTTP status.
         status: u16,
         /// Its explanation.
@@ -42,32 +44,78 @@ pub fn request(
     path: &str,
     body: &str,
 ) -> Result<String, DebugClientError> {
-    let unreachable = |source| DebugClientError::Unreachable { addr, source };
+    let endpoint = addr.to_string();
+    let unreachable = |source| DebugClientError::Unreachable {
+        endpoint: endpoint.clone(),
+        source,
+    };
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(unreachable)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(unreachable)?;
-    // HTTP/1.0: one request, the answer not chunked, the connection closed after it.
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(unreachable)?;
+    stream
+        .write_all(http_request(&endpoint, method, path, body).as_bytes())
+        .map_err(unreachable)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(unreachable)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or(DebugClientError::Malformed(addr))?;
+    answer(&endpoint, &response)
+}
+
+/// The same request through a VM's debug port: QEMU's socket for the `polis.debug`
+/// virtio-serial port, whose relay in the VM answers with the response's length, a newline and
+/// the response.
+pub fn request_port(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, DebugClientError> {
+    let endpoint = socket.display().to_string();
+    let unreachable = |source| DebugClientError::Unreachable {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(unreachable)?;
+    stream
+        .write_all(http_request("localhost", method, path, body).as_bytes())
+        .map_err(unreachable)?;
+    let mut reader = BufReader::new(stream);
+    let mut length = String::new();
+    reader.read_line(&mut length).map_err(unreachable)?;
+    let length: usize = length
+        .trim()
+        .parse()
+        .map_err(|_| DebugClientError::Malformed(endpoint.clone()))?;
+    let mut response = vec![0u8; length];
+    reader.read_exact(&mut response).map_err(unreachable)?;
+    answer(&endpoint, &String::from_utf8_lossy(&response))
+}
+
+/// HTTP/1.0: one request, the answer not chunked, the connection closed after it.
+fn http_request(host: &str, method: &str, path: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The body of a 2xx `response`, or the error it says.
+fn answer(endpoint: &str, response: &str) -> Result<String, DebugClientError> {
+    let malformed = || DebugClientError::Malformed(endpoint.to_owned());
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or(DebugClientError::Malformed(addr))?;
+        .ok_or_else(malformed)?;
     if !(200..300).contains(&status) {
         return Err(DebugClientError::Status {
-            addr,
+            endpoint: endpoint.to_owned(),
             status,
             body: body.trim().to_owned(),
         });

@@ -19,7 +19,7 @@ use ed25519_dalek::SigningKey;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::debug_client::{request, DebugClientError, DEBUG_ADDRESS};
+use crate::debug_client::{request, request_port, DebugClientError, DEBUG_ADDRESS};
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::netns::{enter, within, ClusterNetwork, NetError};
 use crate::owner::{escrow, first_use, CuratorAddress, Owner, OwnerError};
@@ -94,9 +94,6 @@ pub enum LaunchError {
     /// A VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
-    /// The debug endpoint of a VM is not reachable from the host.
-    #[error("node {0} is a VM: its debug endpoint is not reachable from the host")]
-    NoDebug(usize),
 }
 
 /// How a local cluster's nodes run.
@@ -148,6 +145,11 @@ impl LocalNode {
             Some((config, _)) => config.console(),
             None => self.dir().join("node.log"),
         }
+    }
+
+    /// A VM's debug port socket on the host.
+    pub fn debug_socket(&self) -> Option<PathBuf> {
+        self.vm.as_ref().map(|(config, _)| config.debug_socket())
     }
 
     /// Its node ID, once it has credentials (or, for a VM, once the cluster named it).
@@ -404,8 +406,8 @@ impl LocalCluster {
         Ok(status)
     }
 
-    /// A request to node `i`'s debug endpoint, made from inside its namespace: its tree,
-    /// metrics, an actor's logs, or fault injection.
+    /// A request to node `i`'s debug endpoint, made from inside its namespace (or through a
+    /// VM's debug port): its tree, metrics, an actor's logs, or fault injection.
     pub fn debug(
         &self,
         i: usize,
@@ -413,8 +415,8 @@ impl LocalCluster {
         path: &str,
         body: &str,
     ) -> Result<String, LaunchError> {
-        if self.nodes[i].vm.is_some() {
-            return Err(LaunchError::NoDebug(i));
+        if let Some(socket) = self.nodes[i].debug_socket() {
+            return Ok(request_port(&socket, method, path, body)?);
         }
         Ok(within(&self.nodes[i].namespace, || {
             request(DEBUG_ADDRESS, method, path, body)

@@ -153,35 +153,36 @@ fn machine_init() -> ! {
     log_panics(log.clone());
     let root = NodeRoot::new("/");
     slog::info!(log, "polis-node is process 1: preparing the machine");
-    let (failure, on_stop, backend) = actix_rt::System::new().block_on(async {
-        if let Err(e) = reaper {
-            return (
-                Some(e.to_string()),
-                init::OnStop::Reboot,
-                DataBackend::Directory,
-            );
-        }
-        let machine = match init::prepare(&log, &root).await {
-            Ok(machine) => machine,
-            Err(e) => {
-                return (
-                    Some(e.to_string()),
-                    init::OnStop::Reboot,
-                    DataBackend::Directory,
-                )
+    // A panic here must not end process 1 (the kernel would panic): it becomes the failure.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        actix_rt::System::new().block_on(async {
+            if let Err(e) = reaper {
+                return failed(e.to_string());
             }
-        };
-        let config = machine_config(&root, &machine);
-        let backend = config.storage.backend.clone();
-        let reason = run(config, polis::debug_client::DEBUG_ADDRESS, log.clone()).await;
-        let failure = (reason != ExitReason::Shutdown).then(|| reason.to_string());
-        let on_stop = machine.cmdline.on_stop(failure.is_none());
-        (failure, on_stop, backend)
-    });
+            let machine = match init::prepare(&log, &root).await {
+                Ok(machine) => machine,
+                Err(e) => return failed(e.to_string()),
+            };
+            let config = machine_config(&root, &machine);
+            init::debug_port::serve(polis::debug_client::DEBUG_ADDRESS, log.clone());
+            let reason = run(config, polis::debug_client::DEBUG_ADDRESS, log.clone()).await;
+            let failure = (reason != ExitReason::Shutdown).then(|| reason.to_string());
+            let on_stop = machine.cmdline.on_stop(failure.is_none());
+            (failure, on_stop)
+        })
+    }));
+    let (failure, on_stop) = outcome
+        .unwrap_or_else(|_| failed("polis-node panicked (the panic is logged above)".into()));
     if failure.is_none() {
         slog::info!(log, "the node's tree stopped in order");
     }
-    init::halt(&log, failure, on_stop, &backend, &root)
+    init::halt(&log, failure, on_stop, &root)
+}
+
+/// A failure before the tree ran (or a panic): the reason, and what the command line says to do
+/// after a failure.
+fn failed(reason: String) -> (Option<String>, init::OnStop) {
+    (Some(reason), init::Cmdline::read().0.on_stop(false))
 }
 
 /// The node on a machine it is init of: LUKS2 on the disk's partition 2, the TPM's device, the

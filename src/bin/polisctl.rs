@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use polis::debug_client::{request, DebugClientError};
+use polis::debug_client::{request, request_port, DebugClientError};
 use polis::netns::{within, NetError};
 
 /// Operate Polis nodes.
@@ -143,10 +143,12 @@ fn run(cli: &Cli) -> Result<(), CliError> {
     // where its debug endpoint listens on loopback.
     let debug = |node: Option<usize>, method: &str, path: &str, body: &str| match node.or(cli.node)
     {
-        Some(n) => {
-            let namespace = cluster::namespace(&cli.dir, n)?;
-            Ok(within(&namespace, || request(addr, method, path, body))??)
-        }
+        Some(n) => match cluster::debug_route(&cli.dir, n)? {
+            cluster::DebugRoute::Namespace(namespace) => {
+                Ok(within(&namespace, || request(addr, method, path, body))??)
+            }
+            cluster::DebugRoute::Port(socket) => Ok(request_port(&socket, method, path, body)?),
+        },
         None => Ok::<_, CliError>(request(addr, method, path, body)?),
     };
     match &cli.command {

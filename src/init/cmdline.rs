@@ -41,6 +41,11 @@ impl Cmdline {
         (cmdline, warnings)
     }
 
+    /// The running kernel's command line (`/proc/cmdline`); unreadable (no /proc yet) means none.
+    pub fn read() -> (Cmdline, Vec<String>) {
+        Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+    }
+
     /// What to do after the node stopped, cleanly (`requested`) or not.
     pub fn on_stop(&self, requested: bool) -> OnStop {
         self.on_stop.unwrap_or(match requested {

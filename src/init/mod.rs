@@ -6,6 +6,7 @@
 //! None of this runs when `polis-node` is an ordinary process (tests, the namespace launcher).
 
 mod cmdline;
+pub mod debug_port;
 mod disk;
 mod modules;
 mod mounts;

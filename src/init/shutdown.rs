@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::OnStop;
-use crate::storage::{DataBackend, NodeRoot};
+use crate::storage::{close_data_partition, NodeRoot};
 
 /// How long processes left after the tree get between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
@@ -17,22 +17,18 @@ const GRACE: Duration = Duration::from_secs(3);
 const REASON_PAUSE: Duration = Duration::from_secs(5);
 
 /// Halt the machine after the node stopped: `failure` is why it stopped if it was not asked to.
-pub fn halt(
-    log: &slog::Logger,
-    failure: Option<String>,
-    on_stop: OnStop,
-    backend: &DataBackend,
-    root: &NodeRoot,
-) -> ! {
+pub fn halt(log: &slog::Logger, failure: Option<String>, on_stop: OnStop, root: &NodeRoot) -> ! {
     if let Some(reason) = &failure {
         slog::crit!(log, "the node failed; the machine will {}", verb(on_stop); "reason" => reason);
         std::thread::sleep(REASON_PAUSE);
     }
     end_the_rest(log);
     nix::unistd::sync();
-    match backend.close(root) {
-        Ok(()) => slog::info!(log, "data partition unmounted and its mapping closed"),
-        Err(e) => slog::error!(log, "cannot close the data partition"; "error" => %e),
+    let closed = std::panic::catch_unwind(|| close_data_partition(root));
+    match closed {
+        Ok(Ok(())) => slog::info!(log, "data partition unmounted and its mapping closed"),
+        Ok(Err(e)) => slog::error!(log, "cannot close the data partition"; "error" => %e),
+        Err(_) => slog::error!(log, "closing the data partition panicked (logged above)"),
     }
     for (what, path) in [
         ("ephemeral", root.ephemeral()),

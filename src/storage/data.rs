@@ -163,6 +163,12 @@ pub enum DataBackend {
     Directory,
 }
 
+/// Make the LUKS2 data partition unavailable again, if it is open: unmount `data/` and close its
+/// mapping (the last steps of a machine's shutdown, whatever state the node stopped in).
+pub fn close_data_partition(root: &NodeRoot) -> Result<(), DataError> {
+    luks2::close(&root.data())
+}
+
 /// The dm-crypt mapping name of the data partition.
 const DM_NAME: &str = "polis-data";
 
@@ -190,15 +196,6 @@ impl DataBackend {
                 luks2::activate(device, key)?;
                 luks2::mount(&root.data())
             }
-        }
-    }
-
-    /// Make the data partition unavailable again: unmount `data/` and close the LUKS2 mapping
-    /// (the last steps of a node's shutdown). Nothing to do for the directory backend.
-    pub fn close(&self, root: &NodeRoot) -> Result<(), DataError> {
-        match self {
-            DataBackend::Directory => Ok(()),
-            DataBackend::Luks2 { .. } => luks2::close(&root.data()),
         }
     }
 

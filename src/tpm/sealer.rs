@@ -218,8 +218,11 @@ impl Sealer {
             .ctx
             .execute_with_session(Some(session), |ctx| ctx.load(primary, private, public));
         self.flush_session(session);
-        let object = loaded
-            .map_err(|e| TpmError::SealedCorrupted(format!("the TPM refused to load it: {e}")))?;
+        let object = loaded.map_err(|e| {
+            TpmError::SealedCorrupted(format!(
+                "the TPM refused to load it ({e}): it was sealed by another TPM, or altered"
+            ))
+        })?;
         let policy = self.pcr7_policy(primary);
         let unsealed = policy.and_then(|policy| {
             let out = self

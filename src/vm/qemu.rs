@@ -102,6 +102,11 @@ impl VmConfig {
         self.dir.join("tpm")
     }
 
+    /// The host end of its debug port (`polis.debug`), for [`crate::debug_client::request_port`].
+    pub fn debug_socket(&self) -> PathBuf {
+        self.dir.join("debug.sock")
+    }
+
     fn qmp(&self) -> PathBuf {
         self.dir.join("qmp.sock")
     }
@@ -182,6 +187,18 @@ impl Vm {
             "emulator,id=tpm0,chardev=chrtpm".into(),
             "-device".into(),
             "tpm-tis,tpmdev=tpm0".into(),
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=dbg,path={},server=on,wait=off",
+                config.debug_socket().display()
+            ),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=dbg,name={}",
+                crate::init::debug_port::PORT_NAME
+            ),
         ]);
         if let Some(parameters) = &config.parameters {
             let file = config.dir.join("parameters.pb");

@@ -97,6 +97,7 @@ pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
                     "id": node.id(),
                     "root": node.root.path(),
                     "log": node.log_file(),
+                    "debug_socket": node.debug_socket(),
                 })
             })
             .collect();
@@ -153,15 +154,27 @@ pub fn stop(dir: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// The namespace of node `n`, from the launch's node list.
-pub fn namespace(dir: &Path, n: usize) -> Result<String, ClusterError> {
+/// Where node `n`'s debug endpoint is reached from, by the launch's node list.
+pub enum DebugRoute {
+    /// Its loopback, from inside its network namespace.
+    Namespace(String),
+    /// A VM's debug port, through QEMU's socket on the host.
+    Port(std::path::PathBuf),
+}
+
+/// How to reach node `n`'s debug endpoint.
+pub fn debug_route(dir: &Path, n: usize) -> Result<DebugRoute, ClusterError> {
     let nodes = launched(dir)?;
-    nodes
-        .get(n)
-        .and_then(|node| node["namespace"].as_str().map(str::to_owned))
-        .ok_or_else(|| {
-            ClusterError::Usage(format!("the cluster in {} has no node {n}", dir.display()))
-        })
+    let node = nodes.get(n).ok_or_else(|| {
+        ClusterError::Usage(format!("the cluster in {} has no node {n}", dir.display()))
+    })?;
+    if let Some(socket) = node["debug_socket"].as_str() {
+        return Ok(DebugRoute::Port(socket.into()));
+    }
+    node["namespace"]
+        .as_str()
+        .map(|ns| DebugRoute::Namespace(ns.to_owned()))
+        .ok_or_else(|| ClusterError::Usage(format!("node {n} has no namespace in the node list")))
 }
 
 fn launched(dir: &Path) -> Result<Vec<serde_json::Value>, ClusterError> {
