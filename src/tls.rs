@@ -217,8 +217,8 @@ impl rustls::client::danger::ServerCertVerifier for FirstUse {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        Err(rustls::Error::General(
+            "TLS 1.2 is never negotiated: Polis speaks TLS 1.3 only".into(),
         ))
     }
 

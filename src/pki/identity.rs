@@ -47,6 +47,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_certificate_names_the_node_of_its_key() {
+        let key = generate_key().unwrap();
+        let der = crate::pki::self_signed_client(&key).unwrap();
+        assert_eq!(
+            certificate_node_id(&der).unwrap(),
+            node_id(&key.verifying_key())
+        );
+        assert!(matches!(
+            certificate_node_id(&der[..der.len() / 2]),
+            Err(PkiError::BadCertificate(_))
+        ));
+    }
+
+    #[test]
     fn node_id_is_the_hex_of_the_first_half_of_the_public_key() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let id = node_id(&key.verifying_key());
