@@ -11,15 +11,17 @@ use std::process::Command;
 use super::cpio::{CpioWriter, Entry};
 use crate::init::MODULES_LIST;
 
-/// The kernel modules a Polis VM loads (dependencies are added): disk, network, TPM-less
-/// extras, dm-crypt with AES-XTS, the ESP's vfat, the data partition's ext4, fw_cfg, and the
-/// virtio console for the debug port.
+/// The kernel modules a Polis VM loads (dependencies are added; those built into the kernel,
+/// like Debian's TPM drivers, are skipped): disk, network, the TPM, dm-crypt with AES-XTS, the
+/// ESP's vfat, the data partition's ext4, fw_cfg, and the virtio console for the debug port.
 pub const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
     "virtio_console",
     "qemu_fw_cfg",
+    "tpm_tis",
+    "tpm_crb",
     "dm_mod",
     "dm_crypt",
     "aesni_intel",
