@@ -14,7 +14,8 @@ use crate::lifecycle::client::connect;
 use crate::lifecycle::cluster;
 use crate::lifecycle::LifecycleError;
 use crate::pki::{
-    generate_key, node_id, read_pem, GetCaCertificate, Issue, NodeCredentials, Template,
+    generate_key, node_id, read_pem, verify_node_certificate, GetCaCertificate, Issue,
+    NodeCredentials, Template,
 };
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::NodeParameters;
@@ -273,6 +274,16 @@ impl Run {
                     recovery: "check the CA certificate in the node parameters",
                 });
             }
+            verify_node_certificate(
+                &params.ca_certificate,
+                &response.node_certificate,
+                &keys.node.verifying_key(),
+            )
+            .map_err(|e| LifecycleError::Inconsistent {
+                step: "registered",
+                reason: format!("CommitNode answered a certificate that is not this node's: {e}"),
+                recovery: "the Curator that answered is not to be trusted; check the cluster",
+            })?;
             let credentials = NodeCredentials {
                 ca: response.ca_certificate,
                 certificate: response.node_certificate,

@@ -28,6 +28,11 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The node ID of the key a certificate (DER) certifies.
 pub fn certificate_node_id(der: &[u8]) -> Result<String, PkiError> {
+    Ok(node_id(&certificate_key(der)?))
+}
+
+/// The Ed25519 key a certificate (DER) certifies.
+fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
     let key: [u8; 32] = certificate
@@ -37,14 +42,85 @@ pub fn certificate_node_id(der: &[u8]) -> Result<String, PkiError> {
         .as_ref()
         .try_into()
         .map_err(|_| PkiError::BadCertificate("not an Ed25519 key".into()))?;
-    let key =
-        VerifyingKey::from_bytes(&key).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-    Ok(node_id(&key))
+    VerifyingKey::from_bytes(&key).map_err(|e| PkiError::BadCertificate(e.to_string()))
+}
+
+/// Check that `certificate` (DER) is a node certificate that `ca` issued for `key`: it chains to
+/// the CA, is valid now for client authentication, certifies exactly this key, and names the
+/// node ID of that key. A node checks what CommitNode hands it, so that a Curator cannot give it
+/// someone else's identity.
+pub fn verify_node_certificate(
+    ca: &[u8],
+    certificate: &[u8],
+    key: &VerifyingKey,
+) -> Result<(), PkiError> {
+    let bad = |reason: String| PkiError::BadCertificate(reason);
+    let ca = rustls_pki_types::CertificateDer::from(ca);
+    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| bad(format!("the CA: {e}")))?;
+    let der = rustls_pki_types::CertificateDer::from(certificate);
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| bad(e.to_string()))?;
+    let now = rustls_pki_types::UnixTime::now();
+    cert.verify_for_usage(
+        &[webpki::ring::ED25519],
+        &[anchor],
+        &[],
+        now,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| bad(format!("not issued by the cluster CA: {e}")))?;
+    if certificate_key(certificate)? != *key {
+        return Err(bad("it certifies another key than this node's".into()));
+    }
+    let id = node_id(key);
+    let name = rustls_pki_types::ServerName::try_from(id.as_str())
+        .map_err(|e| bad(format!("node ID {id}: {e}")))?;
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| bad(format!("it does not name node {id}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_certificate_is_checked_for_its_ca_key_and_name() {
+        use crate::pki::{CertificateAuthority, Template};
+        let (ca, other_ca) = (
+            CertificateAuthority::new("cluster").unwrap(),
+            CertificateAuthority::new("other").unwrap(),
+        );
+        let (key, other_key) = (generate_key().unwrap(), generate_key().unwrap());
+        let public = key.verifying_key();
+        let for_node = |ca: &CertificateAuthority, id: String| {
+            ca.issue(&Template::Node { node_id: id }, &public)
+                .unwrap()
+                .der
+        };
+        let good = for_node(&ca, node_id(&public));
+        verify_node_certificate(ca.certificate(), &good, &public).unwrap();
+        let refused = [
+            verify_node_certificate(other_ca.certificate(), &good, &public),
+            verify_node_certificate(ca.certificate(), &good, &other_key.verifying_key()),
+            verify_node_certificate(
+                ca.certificate(),
+                &for_node(&ca, node_id(&other_key.verifying_key())),
+                &public,
+            ),
+            verify_node_certificate(
+                ca.certificate(),
+                &for_node(&other_ca, node_id(&public)),
+                &public,
+            ),
+        ];
+        for (i, result) in refused.into_iter().enumerate() {
+            assert!(
+                matches!(result, Err(PkiError::BadCertificate(_))),
+                "case {i}: {result:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_certificate_names_the_node_of_its_key() {
