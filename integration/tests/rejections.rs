@@ -11,7 +11,11 @@ use polis::grpc::channel;
 use polis::launch::LocalCluster;
 use polis::pki::{generate_key, CertificateAuthority};
 use polis::proto::api::management_client::ManagementClient;
-use polis::proto::api::GetNodesRequest;
+use polis::proto::api::{
+    ApproveNodeRequest, DecommissionNodeRequest, GetClusterInfoRequest, GetNodesRequest,
+    GetRegisterTicketRequest, UpdateNodeRolesRequest,
+};
+use polis::proto::common::NodeState;
 use polis::proto::curator::curator_client::CuratorClient;
 use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::{
@@ -138,14 +142,56 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     let refused = dial(&cluster, other_ca.certificate(), &node_key).await;
     assert!(refused.is_err(), "a server from another CA was accepted");
 
-    // Management without the owner certificate: an ephemeral certificate of the owner key.
+    // Management without the owner certificate (an ephemeral certificate of the owner key):
+    // every method refuses, before it does anything.
     let channel = dial(&cluster, &ca, cluster.owner_key()).await.unwrap();
-    let denied = ManagementClient::new(channel)
-        .get_nodes(GetNodesRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
-    assert!(denied.message().contains("owner certificate"), "{denied}");
+    let mut management = ManagementClient::new(channel);
+    let id = cluster.nodes[0].id().unwrap();
+    let denied = [
+        management
+            .get_register_ticket(GetRegisterTicketRequest {})
+            .await
+            .map(drop),
+        management
+            .get_cluster_info(GetClusterInfoRequest {})
+            .await
+            .map(drop),
+        management.get_nodes(GetNodesRequest {}).await.map(drop),
+        management
+            .approve_node(ApproveNodeRequest {
+                pubkey: node_key.verifying_key().to_bytes().to_vec(),
+            })
+            .await
+            .map(drop),
+        management
+            .update_node_roles(UpdateNodeRolesRequest {
+                id: id.clone(),
+                consensus_member: Some(false),
+                kubernetes_worker: None,
+            })
+            .await
+            .map(drop),
+        management
+            .decommission_node(DecommissionNodeRequest { id: id.clone() })
+            .await
+            .map(drop),
+    ];
+    for (i, answer) in denied.into_iter().enumerate() {
+        let status = answer.expect_err("a Management call without the owner certificate");
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "method {i}: {status}"
+        );
+        assert!(
+            status.message().contains("owner certificate"),
+            "method {i}: {status}"
+        );
+    }
+    let nodes = owner.clone().nodes().await.unwrap();
+    assert!(nodes
+        .iter()
+        .any(|n| n.id == id && n.state == NodeState::Up as i32));
 
     // A tampered sealed configuration stops the node with an error naming it.
     cluster.stop(0, nix::sys::signal::Signal::SIGTERM);

@@ -11,6 +11,7 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 
 use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
+use crate::curator::owner_only::OwnerOnly;
 use crate::curator::records::{Records, NAMESPACE};
 use crate::curator::Services;
 use crate::grpc::incoming;
@@ -95,7 +96,10 @@ impl Actor for Curator {
             let server = tonic::transport::Server::builder()
                 .add_service(CuratorServer::new(services.clone()))
                 .add_service(CuratorLocalServer::new(services.clone()))
-                .add_service(ManagementServer::new(services.clone()))
+                .add_service(OwnerOnly::new(
+                    ManagementServer::new(services.clone()),
+                    services.clone(),
+                ))
                 .add_service(AaaServer::new(services))
                 .serve_with_incoming(incoming(listener, updates, log));
             Ok::<_, Failure>((server, configs, pki_kv, credentials))

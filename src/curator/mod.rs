@@ -4,6 +4,7 @@
 //! [`actor`] the supervised server.
 
 mod actor;
+mod owner_only;
 pub mod records;
 mod service;
 
