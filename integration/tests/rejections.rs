@@ -84,6 +84,20 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     assert_eq!(first.node_certificate, again.node_certificate);
     assert_eq!(first.ca_certificate, ca);
 
+    // Another node cannot register with this node's join key (which would send the real node's
+    // next JoinNode to the other record).
+    let thief = generate_key().unwrap();
+    let mut as_thief = CuratorClient::new(dial(&cluster, &ca, &thief).await.unwrap());
+    let taken = as_thief
+        .register_node(register(owner.ticket().await.unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken}");
+    assert!(
+        taken.message().contains("belongs to another node"),
+        "{taken}"
+    );
+
     // Join: an unknown join key, then the decommissioned node's.
     let stranger = generate_key().unwrap();
     let mut as_stranger = CuratorClient::new(dial(&cluster, &ca, &stranger).await.unwrap());

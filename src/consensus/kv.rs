@@ -97,26 +97,33 @@ impl NamespacedKv {
         })
     }
 
-    /// Write all `puts` in one transaction if `guard` is still at `revision` (0: still absent).
-    /// Returns whether it wrote; `false` means someone changed `guard` since it was read.
+    /// Write all `puts` in one transaction if `guard` is still at `revision` (0: still absent)
+    /// and every key in `absent` is still absent. Returns whether it wrote; `false` means one of
+    /// those conditions no longer held.
     pub async fn swap(
         &mut self,
         guard: &str,
         revision: i64,
+        absent: &[&str],
         puts: &[(&str, &[u8])],
     ) -> Result<bool, ConsensusError> {
         let guard = self.key(guard);
-        let compare = match revision {
+        let mut compare = vec![match revision {
             0 => Compare::create_revision(guard.as_str(), CompareOp::Equal, 0),
             r => Compare::mod_revision(guard.as_str(), CompareOp::Equal, r),
-        };
+        }];
+        compare.extend(
+            absent
+                .iter()
+                .map(|k| Compare::create_revision(self.key(k), CompareOp::Equal, 0)),
+        );
         let ops: Vec<TxnOp> = puts
             .iter()
             .map(|(k, v)| TxnOp::put(self.key(k), *v, None))
             .collect();
         let response = self
             .client
-            .txn(Txn::new().when([compare]).and_then(ops))
+            .txn(Txn::new().when(compare).and_then(ops))
             .await?;
         Ok(response.succeeded())
     }

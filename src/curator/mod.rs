@@ -26,6 +26,9 @@ pub enum CuratorError {
     /// The register ticket is not the cluster's.
     #[error("wrong register ticket")]
     WrongTicket,
+    /// Another node registered with this join key first.
+    #[error("join key {0} belongs to another node")]
+    JoinKeyInUse(String),
     /// The caller is not the owner.
     #[error("this call needs the owner certificate")]
     NotOwner,
@@ -108,7 +111,7 @@ impl CuratorError {
             Unauthenticated => Code::Unauthenticated,
             WrongTicket | NotOwner | NotInitialOwner | Decommissioned(_) => Code::PermissionDenied,
             UnknownNode(_) => Code::NotFound,
-            JoinKeyMismatch(_) | CukMismatch(_) => Code::AlreadyExists,
+            JoinKeyMismatch(_) | JoinKeyInUse(_) | CukMismatch(_) => Code::AlreadyExists,
             NotApproved(_)
             | WrongState { .. }
             | LastConsensusMember(_)

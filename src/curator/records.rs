@@ -57,22 +57,21 @@ impl Records {
         Ok(nodes)
     }
 
-    /// The record of the node that registered `join_key`, if any.
+    /// The record of the node that registered `join_key`, if any: the index names it, and the
+    /// record itself must hold the same join key (an index entry is never taken on trust).
     pub async fn by_join_key(&mut self, join_key: &[u8]) -> Result<Option<Node>, CuratorError> {
-        match self
-            .kv
-            .get(&format!("{JOIN_KEYS}{}", hex(join_key)))
-            .await?
-        {
-            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
-            None => Ok(None),
-        }
+        let Some(id) = self.kv.get(&join_key_index(join_key)).await? else {
+            return Ok(None);
+        };
+        let node = self.get(&String::from_utf8_lossy(&id)).await?;
+        Ok(node.filter(|node| node.join_key == join_key))
     }
 
     /// Change node `id`'s record by `change` (given the record as it is now, it answers the
     /// record to write, or `None` to leave it), in a transaction; retried if another writer got
-    /// there first. Answers the record as it stands afterwards. The join-key index is written
-    /// with the record.
+    /// there first. Answers the record as it stands afterwards. The join-key index is created
+    /// with the record, in the same transaction, and only if no other node holds that join key:
+    /// an index entry is never overwritten.
     pub async fn update<F>(&mut self, id: &str, mut change: F) -> Result<Node, CuratorError>
     where
         F: FnMut(Option<&Node>) -> Result<Option<Node>, CuratorError>,
@@ -85,16 +84,30 @@ impl Records {
                 return current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()));
             };
             let record = new.encode_to_vec();
-            let index = format!("{JOIN_KEYS}{}", hex(&new.join_key));
+            let index = join_key_index(&new.join_key);
+            let creating = current.is_none() && !new.join_key.is_empty();
             let mut puts: Vec<(&str, &[u8])> = vec![(&key, &record)];
-            if !new.join_key.is_empty() {
+            let mut absent: Vec<&str> = Vec::new();
+            if creating {
                 puts.push((&index, id.as_bytes()));
+                absent.push(&index);
             }
-            if self.kv.swap(&key, revision, &puts).await? {
+            if self.kv.swap(&key, revision, &absent, &puts).await? {
                 return Ok(new);
+            }
+            if creating {
+                if let Some(holder) = self.kv.get(&index).await? {
+                    if holder != id.as_bytes() {
+                        return Err(CuratorError::JoinKeyInUse(hex(&new.join_key)));
+                    }
+                }
             }
         }
     }
+}
+
+fn join_key_index(join_key: &[u8]) -> String {
+    format!("{JOIN_KEYS}{}", hex(join_key))
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Node, CuratorError> {

@@ -47,7 +47,7 @@ pub async fn revoke(
         // The CRL number grows with every revocation (revocations are never undone).
         let crl = ca.crl(revoked.len() as u64 + 1, &revoked)?;
         if kv
-            .swap(crl_key, revision, &[(&entry, serial), (crl_key, &crl)])
+            .swap(crl_key, revision, &[], &[(&entry, serial), (crl_key, &crl)])
             .await?
         {
             return Ok(crl);
