@@ -37,9 +37,11 @@ pub enum DebugClientError {
     },
 }
 
-/// Send one request and return the body of a 2xx answer.
+/// Send one request (presenting the node's debug token, if given: killing needs it) and return
+/// the body of a 2xx answer.
 pub fn request(
     addr: SocketAddr,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: &str,
@@ -55,7 +57,7 @@ pub fn request(
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(unreachable)?;
     stream
-        .write_all(http_request(&endpoint, method, path, body).as_bytes())
+        .write_all(http_request(&endpoint, token, method, path, body).as_bytes())
         .map_err(unreachable)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(unreachable)?;
@@ -63,8 +65,9 @@ pub fn request(
 }
 
 /// The same request through a VM's debug port: QEMU's socket for the `polis.debug`
-/// virtio-serial port, whose relay in the VM answers with the response's length, a newline and
-/// the response.
+/// virtio-serial port, whose relay in the VM presents the node's token for it and answers with
+/// the response's length, a newline and the response. (Who can open the socket is root on the
+/// host, as who can read the token is root on the node.)
 pub fn request_port(
     socket: &Path,
     method: &str,
@@ -81,7 +84,7 @@ pub fn request_port(
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(unreachable)?;
     stream
-        .write_all(http_request("localhost", method, path, body).as_bytes())
+        .write_all(http_request("localhost", None, method, path, body).as_bytes())
         .map_err(unreachable)?;
     let mut reader = BufReader::new(stream);
     let mut length = String::new();
@@ -96,12 +99,23 @@ pub fn request_port(
 }
 
 /// HTTP/1.0: one request, the answer not chunked, the connection closed after it.
-fn http_request(host: &str, method: &str, path: &str, body: &str) -> String {
+fn http_request(host: &str, token: Option<&str>, method: &str, path: &str, body: &str) -> String {
+    let authorization = token.map_or(String::new(), |t| format!("{AUTHORIZATION}{t}\r\n"));
     format!(
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{authorization}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// The header line that carries the debug token, up to the token.
+pub const AUTHORIZATION: &str = "Authorization: Bearer ";
+
+/// The debug token of the node rooted at `root`, if it can be read (root only).
+pub fn read_token(root: &crate::storage::NodeRoot) -> Option<String> {
+    std::fs::read_to_string(root.debug_token())
+        .ok()
+        .map(|t| t.trim().to_owned())
 }
 
 /// The body of a 2xx `response`, or the error it says.

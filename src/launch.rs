@@ -19,7 +19,7 @@ use ed25519_dalek::SigningKey;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::debug_client::{request, request_port, DebugClientError, DEBUG_ADDRESS};
+use crate::debug_client::{read_token, request, request_port, DebugClientError, DEBUG_ADDRESS};
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::netns::{enter, within, ClusterNetwork, NetError};
 use crate::owner::{escrow, first_use, CuratorAddress, Owner, OwnerError};
@@ -418,8 +418,9 @@ impl LocalCluster {
         if let Some(socket) = self.nodes[i].debug_socket() {
             return Ok(request_port(&socket, method, path, body)?);
         }
+        let token = read_token(&self.nodes[i].root);
         Ok(within(&self.nodes[i].namespace, || {
-            request(DEBUG_ADDRESS, method, path, body)
+            request(DEBUG_ADDRESS, token.as_deref(), method, path, body)
         })??)
     }
 

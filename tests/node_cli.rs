@@ -128,7 +128,17 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
         "{human}"
     );
 
-    let out = polisctl(&debug, &["kill-actor", "/core", "--how", "crash"]);
+    // A kill needs the node's debug token, which only the node's root directory holds.
+    let kill = ["kill-actor", "/core", "--how", "crash"];
+    let refused = polisctl(&debug, &kill);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("debug token"), "{said}");
+    let root_arg = root.display().to_string();
+    let out = polisctl(
+        &debug,
+        &[&["--node-root", root_arg.as_str()], &kill[..]].concat(),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -144,7 +154,7 @@ fn node_serves_its_tree_recovers_from_a_kill_and_stops_on_sigterm() {
         "{metrics}"
     );
 
-    let out = polisctl(&debug, &["kill-actor", "/nope"]);
+    let out = polisctl(&debug, &["--node-root", &root_arg, "kill-actor", "/nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no actor at /nope"));
 

@@ -1,11 +1,14 @@
 //! The node's debug endpoint on loopback: `/metrics` (Prometheus text), `/debug/tree` (JSON
 //! snapshots by path), `/debug/logs?path=` (an actor's kept log lines) and `POST /debug/kill`
-//! (fault injection, body `{"path": "/cluster/consensus", "how": "crash" | "brutal"}`).
+//! (fault injection, body `{"path": "/cluster/consensus", "how": "crash" | "brutal"}`). Killing
+//! needs `Authorization: Bearer <token>` with the token the server was started with: loopback
+//! alone would let any local process stop the node.
 
 use std::net::SocketAddr;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use subtle::ConstantTimeEq;
 
 use crate::{Kill, KillError, Registry};
 
@@ -32,16 +35,22 @@ pub struct DebugServer {
 }
 
 impl DebugServer {
-    /// Serve `registry` on `bind` (a loopback address; port 0 picks a free one). Must be called
-    /// inside an actix system.
-    pub fn start(registry: Registry, bind: SocketAddr) -> Result<DebugServer, DebugServerError> {
+    /// Serve `registry` on `bind` (a loopback address; port 0 picks a free one); kills need
+    /// `kill_token`. Must be called inside an actix system.
+    pub fn start(
+        registry: Registry,
+        bind: SocketAddr,
+        kill_token: String,
+    ) -> Result<DebugServer, DebugServerError> {
         if !bind.ip().is_loopback() {
             return Err(DebugServerError::NotLoopback(bind));
         }
         let data = web::Data::new(registry);
+        let token = web::Data::new(KillToken(kill_token));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(token.clone())
                 .route("/metrics", web::get().to(metrics))
                 .route("/debug/tree", web::get().to(tree))
                 .route("/debug/logs", web::get().to(logs))
@@ -97,7 +106,33 @@ struct KillRequest {
     how: Kill,
 }
 
-async fn kill(registry: web::Data<Registry>, request: web::Json<KillRequest>) -> HttpResponse {
+/// The secret a kill request must carry.
+struct KillToken(String);
+
+impl KillToken {
+    /// Whether `request` carries the token, compared in constant time.
+    fn admits(&self, request: &HttpRequest) -> bool {
+        let presented = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let expected = self.0.as_bytes();
+        !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected))
+    }
+}
+
+async fn kill(
+    registry: web::Data<Registry>,
+    token: web::Data<KillToken>,
+    http: HttpRequest,
+    request: web::Json<KillRequest>,
+) -> HttpResponse {
+    if !token.admits(&http) {
+        return HttpResponse::Unauthorized()
+            .body("killing an actor needs the node's debug token (Authorization: Bearer)\n");
+    }
     match registry.kill(&request.path, request.how) {
         Ok(()) => {
             HttpResponse::Accepted().body(format!("{:?} sent to {}\n", request.how, request.path))

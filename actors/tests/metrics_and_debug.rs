@@ -175,10 +175,26 @@ fn assert_valid_exposition(text: &str) {
     assert!(families.len() >= 10, "families: {families:?}");
 }
 
+/// A request with the debug token the test server was started with.
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_as(addr, method, path, body, "sesame").await
+}
+
+/// A request presenting `token` (none if empty).
+async fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: &str,
+) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let authorization = match token {
+        "" => String::new(),
+        token => format!("Authorization: Bearer {token}\r\n"),
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -231,8 +247,12 @@ async fn debug_endpoint_serves_metrics_tree_logs_and_kill() {
     let (a, actor, _) = probe("a", &journal);
     let tree = start(SupervisorSpec::new(Strategy::OneForOne).child(a)).await;
     actor.ask(Ping).await.unwrap();
-    let server =
-        DebugServer::start(tree.registry().clone(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server = DebugServer::start(
+        tree.registry().clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        "sesame".into(),
+    )
+    .unwrap();
     let addr = server.addr();
 
     let (status, body) = http(addr, "GET", "/metrics", "").await;
@@ -252,6 +272,19 @@ async fn debug_endpoint_serves_metrics_tree_logs_and_kill() {
     assert_eq!(a_node["generation"], 1);
     assert_eq!(a_node["queue_depth"], 0);
 
+    // Without the token, or with another, nothing is killed.
+    for token in ["", "sesamf"] {
+        let (status, _) = http_as(
+            addr,
+            "POST",
+            "/debug/kill",
+            r#"{"path":"/a","how":"crash"}"#,
+            token,
+        )
+        .await;
+        assert_eq!(status, 401, "token {token:?}");
+    }
+    assert_eq!(generation(&tree, "/a"), 1);
     let (status, _) = http(
         addr,
         "POST",
@@ -296,7 +329,11 @@ async fn debug_endpoint_serves_metrics_tree_logs_and_kill() {
     server.stop().await;
 
     assert!(matches!(
-        DebugServer::start(tree.registry().clone(), "0.0.0.0:0".parse().unwrap()),
+        DebugServer::start(
+            tree.registry().clone(),
+            "0.0.0.0:0".parse().unwrap(),
+            "sesame".into()
+        ),
         Err(DebugServerError::NotLoopback(_))
     ));
     tree.shutdown().await;

@@ -236,6 +236,29 @@ fn two_vms_form_a_cluster_and_come_back_after_both_power_off() {
         let id = cluster.register(1, &owner).await.unwrap();
         assert_eq!(cluster.nodes[1].id().as_deref(), Some(id.as_str()));
         two_members_up(&cluster, 0).await;
+        // Fault injection through node 1's debug port (the relay presents the node's token),
+        // once node 1 runs its Curator (it starts once its etcd member is ready).
+        let kill = r#"{"path":"/cluster/curator","how":"crash"}"#;
+        cluster
+            .until(1, "run its Curator", || async {
+                cluster.debug(1, "POST", "/debug/kill", kill).ok()
+            })
+            .await
+            .unwrap();
+        cluster
+            .until(1, "restart its Curator", || async {
+                let tree = cluster.debug(1, "GET", "/debug/tree", "").ok()?;
+                let tree: Vec<serde_json::Value> = serde_json::from_str(&tree).ok()?;
+                tree.iter()
+                    .any(|a| {
+                        a["path"] == "/cluster/curator"
+                            && a["generation"] == 2
+                            && a["state"] == "healthy"
+                    })
+                    .then_some(())
+            })
+            .await
+            .unwrap();
     });
     for i in [1, 0] {
         cluster.stop(i, Signal::SIGTERM);

@@ -164,7 +164,11 @@ fn machine_init() -> ! {
                 Err(e) => return failed(e.to_string()),
             };
             let config = machine_config(&root, &machine);
-            init::debug_port::serve(polis::debug_client::DEBUG_ADDRESS, log.clone());
+            init::debug_port::serve(
+                polis::debug_client::DEBUG_ADDRESS,
+                root.debug_token(),
+                log.clone(),
+            );
             let reason = run(config, polis::debug_client::DEBUG_ADDRESS, log.clone()).await;
             let failure = (reason != ExitReason::Shutdown).then(|| reason.to_string());
             let on_stop = machine.cmdline.on_stop(failure.is_none());
@@ -221,7 +225,17 @@ async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) ->
             };
         }
     };
-    let debug = match DebugServer::start(tree.registry().clone(), debug_listen) {
+    let token = match debug_token(&config.storage.root) {
+        Ok(token) => token,
+        Err(e) => {
+            slog::crit!(log, "no debug token"; "error" => %e);
+            tree.shutdown().await;
+            return ExitReason::Error {
+                message: format!("no debug token: {e}"),
+            };
+        }
+    };
+    let debug = match DebugServer::start(tree.registry().clone(), debug_listen, token) {
         Ok(server) => server,
         Err(e) => {
             slog::crit!(log, "no debug endpoint"; "error" => %e);
@@ -253,6 +267,22 @@ async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) ->
     };
     debug.stop().await;
     reason
+}
+
+/// A fresh token for the debug endpoint's kills, written to `ephemeral/debug-token` (0400) for
+/// root's `polisctl` (the tree has mounted `ephemeral/` by now).
+fn debug_token(root: &NodeRoot) -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "the operating system's random generator failed".to_owned())?;
+    let token = polis::pki::hex(&bytes);
+    polis::fsutil::write_atomic(
+        &root.debug_token(),
+        token.as_bytes(),
+        polis::fsutil::SECRET_MODE,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(token)
 }
 
 async fn stop(tree: &Tree, log: &slog::Logger, signal: &str) -> ExitReason {

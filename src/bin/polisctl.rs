@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use polis::debug_client::{request, request_port, DebugClientError};
+use polis::debug_client::{read_token, request, request_port, DebugClientError};
 use polis::netns::{within, NetError};
+use polis::storage::NodeRoot;
 
 /// Operate Polis nodes.
 #[derive(Parser, Debug)]
@@ -20,6 +21,10 @@ struct Cli {
     /// The node's debug endpoint.
     #[arg(long, global = true, default_value_t = polis::debug_client::DEBUG_ADDRESS)]
     debug: SocketAddr,
+    /// The root of the node whose endpoint `--debug` names: its `ephemeral/debug-token`
+    /// authorizes kill-actor.
+    #[arg(long, global = true, default_value = "/")]
+    node_root: PathBuf,
     /// The local cluster's directory (`launch` creates it; the owner's commands read it).
     #[arg(long, global = true, default_value = "/tmp/polis-cluster")]
     dir: PathBuf,
@@ -144,12 +149,15 @@ fn run(cli: &Cli) -> Result<(), CliError> {
     let debug = |node: Option<usize>, method: &str, path: &str, body: &str| match node.or(cli.node)
     {
         Some(n) => match cluster::debug_route(&cli.dir, n)? {
-            cluster::DebugRoute::Namespace(namespace) => {
-                Ok(within(&namespace, || request(addr, method, path, body))??)
-            }
+            cluster::DebugRoute::Namespace(namespace, token) => Ok(within(&namespace, || {
+                request(addr, token.as_deref(), method, path, body)
+            })??),
             cluster::DebugRoute::Port(socket) => Ok(request_port(&socket, method, path, body)?),
         },
-        None => Ok::<_, CliError>(request(addr, method, path, body)?),
+        None => {
+            let token = read_token(&NodeRoot::new(&cli.node_root));
+            Ok::<_, CliError>(request(addr, token.as_deref(), method, path, body)?)
+        }
     };
     match &cli.command {
         Command::Launch { nodes, vm } => cluster::launch(&cli.dir, *nodes, *vm)?,

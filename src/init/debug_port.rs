@@ -8,12 +8,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::debug_client::AUTHORIZATION;
+
 /// The name QEMU gives the port (`virtserialport,name=…`).
 pub const PORT_NAME: &str = "polis.debug";
 
 /// Relay requests from the port named [`PORT_NAME`] to `endpoint`, on a thread of its own, for
-/// the life of the process. A machine without the port never finds it, and nothing happens.
-pub fn serve(endpoint: SocketAddr, log: slog::Logger) {
+/// the life of the process, presenting the token in `token_file` (the port is the host's root's
+/// way in). A machine without the port never finds it, and nothing happens.
+pub fn serve(endpoint: SocketAddr, token_file: PathBuf, log: slog::Logger) {
     let spawned = std::thread::Builder::new()
         .name("debug-port".into())
         .spawn(move || {
@@ -24,7 +27,7 @@ pub fn serve(endpoint: SocketAddr, log: slog::Logger) {
             slog::info!(log, "relaying the debug port to the debug endpoint";
                 "port" => %device.display(), "endpoint" => %endpoint);
             loop {
-                if let Err(e) = relay(&device, endpoint) {
+                if let Err(e) = relay(&device, endpoint, &token_file) {
                     slog::warn!(log, "debug port failed; reopening it"; "error" => %e);
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -46,7 +49,7 @@ fn find(class: &Path, dev: &Path) -> Option<PathBuf> {
         })
 }
 
-fn relay(device: &Path, endpoint: SocketAddr) -> std::io::Result<()> {
+fn relay(device: &Path, endpoint: SocketAddr, token_file: &Path) -> std::io::Result<()> {
     let mut port = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -64,6 +67,8 @@ fn relay(device: &Path, endpoint: SocketAddr) -> std::io::Result<()> {
         pending.extend_from_slice(&chunk[..n]);
         while let Some(len) = request_len(&pending) {
             let request: Vec<u8> = pending.drain(..len).collect();
+            let token = std::fs::read_to_string(token_file).unwrap_or_default();
+            let request = with_token(&request, token.trim());
             let answer = forward(&request, endpoint).unwrap_or_else(|e| {
                 let body = format!("the debug endpoint at {endpoint} failed: {e}");
                 format!(
@@ -94,6 +99,17 @@ pub fn request_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= head_end + body).then_some(head_end + body)
 }
 
+/// `request` with the token's header after its request line.
+fn with_token(request: &[u8], token: &str) -> Vec<u8> {
+    let Some(line_end) = request.windows(2).position(|w| w == b"\r\n") else {
+        return request.to_vec();
+    };
+    let mut out = request[..line_end + 2].to_vec();
+    out.extend_from_slice(format!("{AUTHORIZATION}{token}\r\n").as_bytes());
+    out.extend_from_slice(&request[line_end + 2..]);
+    out
+}
+
 fn forward(request: &[u8], endpoint: SocketAddr) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect_timeout(&endpoint, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -117,6 +133,17 @@ mod tests {
         full.extend_from_slice(b"  ");
         assert_eq!(request_len(&full), Some(full.len()));
         assert_eq!(request_len(b"GET / HTTP/1.0\r\n"), None);
+    }
+
+    #[test]
+    fn the_token_goes_after_the_request_line() {
+        let request = b"POST /debug/kill HTTP/1.0\r\nHost: x\r\n\r\n";
+        let with = with_token(request, "t0k");
+        assert_eq!(
+            with,
+            b"POST /debug/kill HTTP/1.0\r\nAuthorization: Bearer t0k\r\nHost: x\r\n\r\n"
+        );
+        assert_eq!(request_len(&with), Some(with.len()));
     }
 
     #[test]

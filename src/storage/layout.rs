@@ -75,6 +75,11 @@ impl NodeRoot {
         self.root.join("ephemeral")
     }
 
+    /// The debug endpoint's kill token (0400, root only): what `polisctl kill-actor` presents.
+    pub fn debug_token(&self) -> PathBuf {
+        self.ephemeral().join("debug-token")
+    }
+
     /// The hosts file the hostsfile actor keeps.
     pub fn hosts(&self) -> PathBuf {
         self.ephemeral().join("hosts")

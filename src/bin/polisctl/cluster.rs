@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use polis::debug_client::read_token;
 use polis::fsutil::{self, FsError, PUBLIC_MODE};
 use polis::launch::{read_owner_key, LaunchError, LocalCluster, Machines, CA_FILE};
 use polis::netns::{within, NetError};
@@ -156,8 +157,8 @@ pub fn stop(dir: &Path) -> Result<(), ClusterError> {
 
 /// Where node `n`'s debug endpoint is reached from, by the launch's node list.
 pub enum DebugRoute {
-    /// Its loopback, from inside its network namespace.
-    Namespace(String),
+    /// Its loopback, from inside its network namespace, with the token its root holds.
+    Namespace(String, Option<String>),
     /// A VM's debug port, through QEMU's socket on the host.
     Port(std::path::PathBuf),
 }
@@ -171,9 +172,12 @@ pub fn debug_route(dir: &Path, n: usize) -> Result<DebugRoute, ClusterError> {
     if let Some(socket) = node["debug_socket"].as_str() {
         return Ok(DebugRoute::Port(socket.into()));
     }
+    let token = node["root"]
+        .as_str()
+        .and_then(|root| read_token(&polis::storage::NodeRoot::new(root)));
     node["namespace"]
         .as_str()
-        .map(|ns| DebugRoute::Namespace(ns.to_owned()))
+        .map(|ns| DebugRoute::Namespace(ns.to_owned(), token))
         .ok_or_else(|| ClusterError::Usage(format!("node {n} has no namespace in the node list")))
 }
 
