@@ -21,7 +21,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::pki::{self_signed_client, PkiError};
+use crate::pki::{self_signed_client, verify_client_certificate, PkiError};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -258,19 +258,9 @@ impl ClientCertVerifier for CaOrEphemeral {
             Ok(verified) => return Ok(verified),
             Err(e) => e,
         };
-        let anchor = webpki::anchor_from_trusted_cert(end_entity).map_err(|_| ca_error.clone())?;
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| ca_error.clone())?;
-        cert.verify_for_usage(
-            ED25519_ONLY.all,
-            &[anchor],
-            &[],
-            now,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map(|_| ClientCertVerified::assertion())
-        .map_err(|_| ca_error)
+        verify_client_certificate(end_entity, end_entity, now)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(|_| ca_error)
     }
 
     fn verify_tls12_signature(

@@ -2,6 +2,7 @@
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::pki::PkiError;
 
@@ -45,6 +46,28 @@ fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
     VerifyingKey::from_bytes(&key).map_err(|e| PkiError::BadCertificate(e.to_string()))
 }
 
+/// Check that `certificate` chains to `anchor` (a CA, or the certificate itself when it is
+/// self-signed) with Ed25519 signatures and is valid at `now` for client authentication; answers
+/// it parsed, for further checks.
+pub fn verify_client_certificate<'a>(
+    anchor: &CertificateDer<'_>,
+    certificate: &'a CertificateDer<'a>,
+    now: UnixTime,
+) -> Result<webpki::EndEntityCert<'a>, webpki::Error> {
+    let anchor = webpki::anchor_from_trusted_cert(anchor)?;
+    let cert = webpki::EndEntityCert::try_from(certificate)?;
+    cert.verify_for_usage(
+        &[webpki::ring::ED25519],
+        &[anchor],
+        &[],
+        now,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )?;
+    Ok(cert)
+}
+
 /// Check that `certificate` (DER) is a node certificate that `ca` issued for `key`: it chains to
 /// the CA, is valid now for client authentication, certifies exactly this key, and names the
 /// node ID of that key. A node checks what CommitNode hands it, so that a Curator cannot give it
@@ -55,21 +78,9 @@ pub fn verify_node_certificate(
     key: &VerifyingKey,
 ) -> Result<(), PkiError> {
     let bad = |reason: String| PkiError::BadCertificate(reason);
-    let ca = rustls_pki_types::CertificateDer::from(ca);
-    let anchor = webpki::anchor_from_trusted_cert(&ca).map_err(|e| bad(format!("the CA: {e}")))?;
-    let der = rustls_pki_types::CertificateDer::from(certificate);
-    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| bad(e.to_string()))?;
-    let now = rustls_pki_types::UnixTime::now();
-    cert.verify_for_usage(
-        &[webpki::ring::ED25519],
-        &[anchor],
-        &[],
-        now,
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map_err(|e| bad(format!("not issued by the cluster CA: {e}")))?;
+    let (ca, der) = (CertificateDer::from(ca), CertificateDer::from(certificate));
+    let cert = verify_client_certificate(&ca, &der, UnixTime::now())
+        .map_err(|e| bad(format!("not issued by the cluster CA: {e}")))?;
     if certificate_key(certificate)? != *key {
         return Err(bad("it certifies another key than this node's".into()));
     }

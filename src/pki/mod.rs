@@ -9,6 +9,9 @@ mod revocation;
 
 pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template};
 pub use credentials::{read_pem, to_pem, CredentialsError, NodeCredentials};
-pub use identity::{certificate_node_id, generate_key, hex, node_id, verify_node_certificate};
+pub use identity::{
+    certificate_node_id, generate_key, hex, node_id, verify_client_certificate,
+    verify_node_certificate,
+};
 pub use issuer::{GetCaCertificate, Issue, Issuer, IssuerError, Revoke, CRL_KEY, NAMESPACE};
 pub use revocation::{revoke, serial_of, RevocationError};
