@@ -51,6 +51,13 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         external_address: "198.18.0.99".into(),
     };
 
+    // A reported address that is not an IP address is refused (it would become a peer URL).
+    let mut odd = register(ticket.clone());
+    odd.external_address = "198.18.0.99:1@elsewhere".into();
+    let odd = client.register_node(odd).await.unwrap_err();
+    assert_eq!(odd.code(), Code::InvalidArgument, "{odd}");
+    assert!(odd.message().contains("not an IP address"), "{odd}");
+
     let wrong = client
         .register_node(register(vec![0; 32]))
         .await
@@ -113,6 +120,13 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         .unwrap()
         .into_inner();
     assert_eq!(cuk.cluster_unlock_key, vec![7; 32]);
+    let moved = as_joiner
+        .join_node(JoinNodeRequest {
+            external_address: "elsewhere.example".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), Code::InvalidArgument, "{moved}");
     let trust = Trust::pinned(ca.clone());
     let addr = SocketAddr::new(cluster.nodes[0].address, CURATOR_PORT);
     let server = cluster.nodes[0].id().unwrap();

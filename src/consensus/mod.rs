@@ -66,7 +66,8 @@ impl Message for AddLearner {
 }
 
 /// Remove the member called `name` (a node ID) or, if it never started and so has no name yet,
-/// the one at `peer_url`. Answers whether one was removed: repeating the call changes nothing.
+/// the nameless one at `peer_url` (a started member is only ever removed by its name: a peer URL
+/// comes from an address a node reported). Answers whether one was removed: repeating the call changes nothing.
 /// Removing the last voter is refused.
 pub struct RemoveMember {
     /// The member's name (its node ID).
@@ -343,11 +344,9 @@ async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, Cons
 
 async fn remove_member(mut client: Client, msg: RemoveMember) -> Result<bool, ConsensusError> {
     let members = client.member_list().await?;
-    let Some(member) = members
-        .members()
-        .iter()
-        .find(|m| m.name() == msg.name || m.peer_urls().contains(&msg.peer_url))
-    else {
+    let Some(member) = members.members().iter().find(|m| {
+        m.name() == msg.name || (m.name().is_empty() && m.peer_urls().contains(&msg.peer_url))
+    }) else {
         return Ok(false);
     };
     let voters = members.members().iter().filter(|m| !m.is_learner()).count();

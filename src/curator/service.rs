@@ -231,6 +231,18 @@ fn check_len(bytes: &[u8], field: &'static str) -> Result<(), CuratorError> {
     Ok(())
 }
 
+/// A node's reported address must be an IP address: it becomes its etcd peer URL and its
+/// directory entry, so a name or a URL fragment there would point elsewhere.
+fn check_address(address: &str, field: &'static str) -> Result<(), CuratorError> {
+    address
+        .parse::<std::net::IpAddr>()
+        .map(drop)
+        .map_err(|_| CuratorError::Invalid {
+            field,
+            reason: format!("{address:?} is not an IP address"),
+        })
+}
+
 /// What a node's Watch sees.
 fn watch_event(nodes: &[Node], id: &str) -> WatchEvent {
     let own = nodes.iter().find(|n| n.id == id);
@@ -252,6 +264,7 @@ impl Curator for Services {
         let public = caller_key(&request)?;
         let msg = request.get_ref();
         check_len(&msg.join_key, "join_key")?;
+        check_address(&msg.external_address, "external_address")?;
         let mut records = self.records.clone();
         let ticket = records
             .kv()
@@ -322,6 +335,9 @@ impl Curator for Services {
     async fn join_node(&self, request: Request<JoinNodeRequest>) -> Answer<JoinNodeResponse> {
         let join_key = caller_key(&request)?;
         let address = request.get_ref().external_address.clone();
+        if !address.is_empty() {
+            check_address(&address, "external_address")?;
+        }
         let mut records = self.records.clone();
         let node = records
             .by_join_key(join_key.as_bytes())
