@@ -3,10 +3,13 @@
 
 mod common;
 
+/// What these tests seal.
+const KIND: SealedKind = SealedKind::Configuration;
+
 use std::time::Duration;
 
 use polis::proto::private::sealed_envelope::Protection;
-use polis::tpm::{Random, Seal, Swtpm, Tpm, TpmConfig, TpmError, Unseal};
+use polis::tpm::{Random, Seal, SealedKind, Swtpm, Tpm, TpmConfig, TpmError, Unseal};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree, TreeError};
 
 async fn start(config: TpmConfig) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
@@ -22,9 +25,16 @@ async fn seals_unseals_and_serializes_concurrent_requests() {
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
-    let sealed = tpm.ask(Seal(b"join key".to_vec())).await.unwrap().unwrap();
+    let sealed = tpm
+        .ask(Seal(KIND, b"join key".to_vec()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(sealed.protection, Protection::Tpm2Pcr7 as i32);
-    assert_eq!(tpm.ask(Unseal(sealed)).await.unwrap().unwrap(), b"join key");
+    assert_eq!(
+        tpm.ask(Unseal(KIND, sealed)).await.unwrap().unwrap(),
+        b"join key"
+    );
 
     let asks: Vec<_> = (0..8).map(|_| tpm.ask(Random(32))).collect();
     for reply in futures::future::join_all(asks).await {
@@ -40,13 +50,17 @@ async fn requests_succeed_again_after_each_kind_of_kill() {
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
-    let sealed = tpm.ask(Seal(b"survives".to_vec())).await.unwrap().unwrap();
+    let sealed = tpm
+        .ask(Seal(KIND, b"survives".to_vec()))
+        .await
+        .unwrap()
+        .unwrap();
     for (round, how) in [Kill::Crash, Kill::Brutal].into_iter().enumerate() {
         tree.kill("/tpm", how).unwrap();
         let mut failures = 0;
         // A client that keeps asking: some requests fail while the actor restarts, then all work.
         let unsealed = loop {
-            match tpm.ask(Unseal(sealed.clone())).await {
+            match tpm.ask(Unseal(KIND, sealed.clone())).await {
                 Ok(result) => break result.unwrap(),
                 Err(_) => failures += 1,
             }
@@ -75,11 +89,15 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
         .filter(|l| l.starts_with("WARN INSECURE: running without a TPM"))
         .count();
     assert_eq!(warnings, 2);
-    let plaintext = insecure.ask(Seal(b"k".to_vec())).await.unwrap().unwrap();
+    let plaintext = insecure
+        .ask(Seal(KIND, b"k".to_vec()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(plaintext.protection, Protection::InsecurePlaintext as i32);
     assert_eq!(
         insecure
-            .ask(Unseal(plaintext.clone()))
+            .ask(Unseal(KIND, plaintext.clone()))
             .await
             .unwrap()
             .unwrap(),
@@ -89,13 +107,13 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tpm_tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
-    let refused = tpm.ask(Unseal(plaintext)).await.unwrap();
+    let refused = tpm.ask(Unseal(KIND, plaintext)).await.unwrap();
     assert!(
         matches!(refused, Err(TpmError::SealedCorrupted(ref r)) if r.contains("plaintext")),
         "{refused:?}"
     );
-    let sealed = tpm.ask(Seal(b"k".to_vec())).await.unwrap().unwrap();
-    assert!(insecure.ask(Unseal(sealed)).await.unwrap().is_err());
+    let sealed = tpm.ask(Seal(KIND, b"k".to_vec())).await.unwrap().unwrap();
+    assert!(insecure.ask(Unseal(KIND, sealed)).await.unwrap().is_err());
     tpm_tree.shutdown().await;
     tree.shutdown().await;
 }

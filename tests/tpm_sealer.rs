@@ -2,7 +2,10 @@
 
 mod common;
 
-use polis::tpm::{Sealer, Swtpm, TpmError};
+use polis::tpm::{SealedKind, Sealer, Swtpm, TpmError};
+
+/// The kind most tests seal.
+const KIND: SealedKind = SealedKind::Configuration;
 
 fn tpm() -> (tempfile::TempDir, Swtpm, Sealer) {
     let dir = tempfile::tempdir().unwrap();
@@ -19,48 +22,48 @@ fn secret() -> Vec<u8> {
 #[test]
 fn seal_and_unseal_round_trip_and_survive_a_tpm_restart() {
     let (dir, swtpm, mut sealer) = tpm();
-    let blob = sealer.seal(&secret()).unwrap();
+    let blob = sealer.seal(KIND, &secret()).unwrap();
     assert!(
         !blob
             .windows(64)
             .any(|w| secret().windows(64).any(|s| s == w)),
         "no plaintext in the blob"
     );
-    assert_eq!(sealer.unseal(&blob).unwrap(), secret());
+    assert_eq!(sealer.unseal(KIND, &blob).unwrap(), secret());
 
     // A reboot: a new TPM process on the same state, PCRs reset.
     drop(sealer);
     drop(swtpm);
     let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
-    assert_eq!(sealer.unseal(&blob).unwrap(), secret());
+    assert_eq!(sealer.unseal(KIND, &blob).unwrap(), secret());
 }
 
 #[test]
 fn a_changed_pcr7_refuses_to_unseal() {
     let (_dir, _swtpm, mut sealer) = tpm();
-    let blob = sealer.seal(b"node unlock key").unwrap();
+    let blob = sealer.seal(KIND, b"node unlock key").unwrap();
     sealer.extend_pcr7(b"secure boot disabled").unwrap();
-    match sealer.unseal(&blob) {
+    match sealer.unseal(KIND, &blob) {
         Err(TpmError::PolicyRejected(_)) => {}
         other => panic!("expected PolicyRejected, got {other:?}"),
     }
     // Sealing again binds to the new state.
-    let again = sealer.seal(b"node unlock key").unwrap();
-    assert_eq!(sealer.unseal(&again).unwrap(), b"node unlock key");
+    let again = sealer.seal(KIND, b"node unlock key").unwrap();
+    assert_eq!(sealer.unseal(KIND, &again).unwrap(), b"node unlock key");
 }
 
 #[test]
 fn tampered_or_truncated_blobs_are_corrupted() {
     let (_dir, _swtpm, mut sealer) = tpm();
-    let blob = sealer.seal(&secret()).unwrap();
+    let blob = sealer.seal(KIND, &secret()).unwrap();
     let public_len = u32::from_be_bytes(blob[..4].try_into().unwrap()) as usize;
     let private_at = 4 + public_len + 4;
     // One bit in the public area (past its size field), in the private area, in the ciphertext.
     for at in [4 + 20, private_at + 40, blob.len() - 100] {
         let mut bad = blob.clone();
         bad[at] ^= 0x01;
-        match sealer.unseal(&bad) {
+        match sealer.unseal(KIND, &bad) {
             Err(TpmError::SealedCorrupted(_)) => {}
             other => panic!("bit {at} flipped: expected SealedCorrupted, got {other:?}"),
         }
@@ -68,16 +71,36 @@ fn tampered_or_truncated_blobs_are_corrupted() {
     for len in [0, 3, 10, private_at, blob.len() - 1] {
         assert!(
             matches!(
-                sealer.unseal(&blob[..len]),
+                sealer.unseal(KIND, &blob[..len]),
                 Err(TpmError::SealedCorrupted(_))
             ),
             "truncated to {len}"
         );
     }
     assert_eq!(
-        sealer.unseal(&blob).unwrap(),
+        sealer.unseal(KIND, &blob).unwrap(),
         secret(),
         "the TPM is still usable"
+    );
+}
+
+#[test]
+fn a_sealed_object_opens_only_as_its_own_kind() {
+    let (_dir, _swtpm, mut sealer) = tpm();
+    let journal = sealer
+        .seal(SealedKind::EnrolmentJournal, b"journal")
+        .unwrap();
+    match sealer.unseal(SealedKind::Configuration, &journal) {
+        Err(TpmError::SealedCorrupted(reason)) => {
+            assert!(reason.contains("another kind of object"), "{reason}")
+        }
+        other => panic!("a journal opened as a configuration: {other:?}"),
+    }
+    assert_eq!(
+        sealer
+            .unseal(SealedKind::EnrolmentJournal, &journal)
+            .unwrap(),
+        b"journal"
     );
 }
 
@@ -85,9 +108,9 @@ fn tampered_or_truncated_blobs_are_corrupted() {
 fn data_sealed_by_one_tpm_does_not_unseal_on_another() {
     let (_d1, _t1, mut first) = tpm();
     let (_d2, _t2, mut second) = tpm();
-    let blob = first.seal(b"only for the first").unwrap();
+    let blob = first.seal(KIND, b"only for the first").unwrap();
     assert!(matches!(
-        second.unseal(&blob),
+        second.unseal(KIND, &blob),
         Err(TpmError::SealedCorrupted(_))
     ));
 }

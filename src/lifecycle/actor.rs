@@ -28,7 +28,7 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
 use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
-use crate::tpm::{Seal, Tpm, Unseal};
+use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
 
 /// Retry delays for transient failures.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -121,8 +121,13 @@ impl Run {
         match flow {
             Flow::Join(envelope) => self.join(envelope).await,
             Flow::Resume(envelope) => {
-                let journal: EnrolmentJournal =
-                    self.unseal(envelope, &self.esp.journal_path()).await?;
+                let journal: EnrolmentJournal = self
+                    .unseal(
+                        SealedKind::EnrolmentJournal,
+                        envelope,
+                        &self.esp.journal_path(),
+                    )
+                    .await?;
                 slog::info!(self.log, "resuming an interrupted enrolment";
                     "flow" => ?journal.flow(), "step" => journal.step);
                 self.enrol(journal).await
@@ -212,12 +217,13 @@ impl Run {
 
     pub(super) async fn unseal<T: Message + Default>(
         &self,
+        kind: SealedKind,
         envelope: SealedEnvelope,
         path: &std::path::Path,
     ) -> Result<T, LifecycleError> {
         let bytes = self
             .retry("unsealing", || async {
-                Ok(self.deps.tpm.ask(Unseal(envelope.clone())).await??)
+                Ok(self.deps.tpm.ask(Unseal(kind, envelope.clone())).await??)
             })
             .await?;
         T::decode(bytes.as_slice()).map_err(|e| LifecycleError::Corrupted {
@@ -274,7 +280,12 @@ impl Run {
     ) -> Result<(), LifecycleError> {
         let envelope = self
             .retry("sealing the configuration", || async {
-                Ok(self.deps.tpm.ask(Seal(sealed.encode_to_vec())).await??)
+                let bytes = sealed.encode_to_vec();
+                Ok(self
+                    .deps
+                    .tpm
+                    .ask(Seal(SealedKind::Configuration, bytes))
+                    .await??)
             })
             .await?;
         Ok(self.esp.write_sealed(&envelope)?)

@@ -27,7 +27,7 @@ use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
 use crate::storage::{DataError, MountNew, NewKeys, StorageError, UnlockKey};
 use crate::tls::{Identity, Trust};
-use crate::tpm::Seal;
+use crate::tpm::{Seal, SealedKind};
 
 /// Journal steps: the last one completed.
 const KEYS: u32 = 1;
@@ -360,7 +360,12 @@ impl Run {
     async fn save_journal(&self, journal: &EnrolmentJournal) -> Result<(), LifecycleError> {
         let envelope = self
             .retry("sealing the journal", || async {
-                Ok(self.deps.tpm.ask(Seal(journal.encode_to_vec())).await??)
+                let bytes = journal.encode_to_vec();
+                Ok(self
+                    .deps
+                    .tpm
+                    .ask(Seal(SealedKind::EnrolmentJournal, bytes))
+                    .await??)
             })
             .await?;
         Ok(self.esp.write_journal(&envelope)?)

@@ -21,12 +21,16 @@ use crate::proto::curator::{JoinNodeRequest, WatchRequest};
 use crate::proto::private::{SealedConfiguration, SealedEnvelope};
 use crate::storage::UnlockKey;
 use crate::tls::{Identity, Trust};
+use crate::tpm::SealedKind;
 
 impl Run {
     /// A member rejoins: unseal, JoinNode for the CUK (or, for a consensus member that no
     /// Curator answers, the sealed CUK), mount, and run its roles.
     pub(super) async fn join(&self, envelope: SealedEnvelope) -> Result<(), LifecycleError> {
-        let sealed: SealedConfiguration = self.unseal(envelope, &self.esp.sealed_path()).await?;
+        let path = self.esp.sealed_path();
+        let sealed: SealedConfiguration = self
+            .unseal(SealedKind::Configuration, envelope, &path)
+            .await?;
         let join_key = signing_key(&sealed.join_key).ok_or_else(|| LifecycleError::Corrupted {
             path: self.esp.sealed_path().display().to_string(),
             reason: "bad join key".into(),

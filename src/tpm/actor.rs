@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::proto::private::sealed_envelope::Protection;
 use crate::proto::private::SealedEnvelope;
 use crate::storage::ENVELOPE_VERSION;
-use crate::tpm::{Sealer, TpmError};
+use crate::tpm::{SealedKind, Sealer, TpmError};
 
 /// How long one TPM command may take before the TPM counts as stuck.
 const TPM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -19,13 +19,13 @@ const TPM_TIMEOUT: Duration = Duration::from_secs(30);
 // ---- messages ----
 
 /// Seal a secret into a versioned envelope for the ESP.
-pub struct Seal(pub Vec<u8>);
+pub struct Seal(pub SealedKind, pub Vec<u8>);
 impl Message for Seal {
     type Reply = Result<SealedEnvelope, TpmError>;
 }
 
 /// Unseal an envelope from [`Seal`].
-pub struct Unseal(pub SealedEnvelope);
+pub struct Unseal(pub SealedKind, pub SealedEnvelope);
 impl Message for Unseal {
     type Reply = Result<Vec<u8>, TpmError>;
 }
@@ -114,7 +114,7 @@ impl Actor for Tpm {
 impl Handler<Seal> for Tpm {
     fn handle(
         &mut self,
-        Seal(secret): Seal,
+        Seal(kind, secret): Seal,
         _: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <Seal as Message>::Reply>, Failure> {
         if self.config == TpmConfig::InsecureNone {
@@ -124,7 +124,7 @@ impl Handler<Seal> for Tpm {
             ))));
         }
         Ok(self.run(move |s| {
-            s.seal(&secret)
+            s.seal(kind, &secret)
                 .map(|blob| envelope(Protection::Tpm2Pcr7, blob))
         }))
     }
@@ -133,7 +133,7 @@ impl Handler<Seal> for Tpm {
 impl Handler<Unseal> for Tpm {
     fn handle(
         &mut self,
-        Unseal(env): Unseal,
+        Unseal(kind, env): Unseal,
         _: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <Unseal as Message>::Reply>, Failure> {
         let protection = Protection::try_from(env.protection).ok();
@@ -144,7 +144,7 @@ impl Handler<Unseal> for Tpm {
         };
         match (&self.config, protection) {
             (TpmConfig::Tcti(_), Some(Protection::Tpm2Pcr7)) => {
-                Ok(self.run(move |s| s.unseal(&env.payload)))
+                Ok(self.run(move |s| s.unseal(kind, &env.payload)))
             }
             (TpmConfig::InsecureNone, Some(Protection::InsecurePlaintext)) => {
                 Ok(Reply::now(Ok(env.payload)))

@@ -74,6 +74,33 @@ fn command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     }
 }
 
+/// What a sealed object is. Its name is the AES-GCM associated data of its ciphertext, so a
+/// sealed object of one kind never opens as another (a journal as a configuration, say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealedKind {
+    /// The node's SealedConfiguration.
+    Configuration,
+    /// The EnrolmentJournal of an unfinished bootstrap or register.
+    EnrolmentJournal,
+}
+
+impl SealedKind {
+    /// Its name, as logs and errors say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SealedKind::Configuration => "a sealed configuration",
+            SealedKind::EnrolmentJournal => "an enrolment journal",
+        }
+    }
+
+    fn associated_data(self) -> &'static [u8] {
+        match self {
+            SealedKind::Configuration => b"polis sealed object: SealedConfiguration",
+            SealedKind::EnrolmentJournal => b"polis sealed object: EnrolmentJournal",
+        }
+    }
+}
+
 /// A connection to one TPM.
 pub struct Sealer {
     ctx: Context,
@@ -104,8 +131,8 @@ impl Sealer {
         Ok(out)
     }
 
-    /// Seal `secret` to this TPM and the current PCR 7.
-    pub fn seal(&mut self, secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+    /// Seal `secret`, an object of `kind`, to this TPM and the current PCR 7.
+    pub fn seal(&mut self, kind: SealedKind, secret: &[u8]) -> Result<Vec<u8>, TpmError> {
         let mut key = [0u8; 32];
         SystemRandom::new()
             .fill(&mut key)
@@ -118,7 +145,7 @@ impl Sealer {
         aead_key(&key)
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
+                Aad::from(kind.associated_data()),
                 &mut ciphertext,
             )
             .map_err(|_| TpmError::Rng)?;
@@ -139,8 +166,9 @@ impl Sealer {
         Ok(blob)
     }
 
-    /// Unseal a blob from [`Sealer::seal`].
-    pub fn unseal(&mut self, blob: &[u8]) -> Result<Vec<u8>, TpmError> {
+    /// Unseal a blob from [`Sealer::seal`] that must hold an object of `kind`: one kind of sealed
+    /// object can never be passed off as another.
+    pub fn unseal(&mut self, kind: SealedKind, blob: &[u8]) -> Result<Vec<u8>, TpmError> {
         let parts = SealedParts::parse(blob)?;
         let public = Public::unmarshall(parts.public)
             .map_err(|e| TpmError::SealedCorrupted(format!("public area: {e}")))?;
@@ -154,10 +182,15 @@ impl Sealer {
         let opened = aead_key(&key)
             .open_in_place(
                 Nonce::assume_unique_for_key(parts.nonce),
-                Aad::empty(),
+                Aad::from(kind.associated_data()),
                 &mut plaintext,
             )
-            .map_err(|_| TpmError::SealedCorrupted("ciphertext fails authentication".into()))?;
+            .map_err(|_| {
+                TpmError::SealedCorrupted(format!(
+                    "ciphertext fails authentication as {}: altered, or another kind of object",
+                    kind.name()
+                ))
+            })?;
         Ok(opened.to_vec())
     }
 
