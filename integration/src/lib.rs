@@ -25,7 +25,7 @@ pub fn test_logger() -> slog::Logger {
 /// Debian's kernel and an initramfs with the `polis-node` under test, built into `dir`.
 pub fn vm_image(dir: &std::path::Path) -> (polis::vm::Kernel, std::path::PathBuf) {
     let kernel = polis::vm::Kernel::installed().expect("linux-image-amd64 (scripts/setup.sh)");
-    let initramfs = dir.join("initramfs.cpio");
+    let initramfs = dir.join("initramfs.cpio.gz");
     polis::vm::build_initramfs(&polis_node_binary(), &kernel, &initramfs)
         .expect("the initramfs builds");
     (kernel, initramfs)

@@ -151,15 +151,28 @@ impl Tree {
         Ok(())
     }
 
+    /// Write the archive, gzip-compressed (as the kernel unpacks it), to `out`.
     fn write(&self, out: &Path) -> Result<(), ImageError> {
-        let file = std::fs::File::create(out).map_err(|e| FsError::new("create", out, e))?;
+        let mut plain = out.as_os_str().to_owned();
+        plain.push(".cpio");
+        let plain = PathBuf::from(plain);
+        let file = std::fs::File::create(&plain).map_err(|e| FsError::new("create", &plain, e))?;
         let mut writer = CpioWriter::new(std::io::BufWriter::new(file));
         for (path, entry) in &self.entries {
             writer
                 .add(path, entry)
-                .map_err(|e| FsError::new("write", out, e))?;
+                .map_err(|e| FsError::new("write", &plain, e))?;
         }
-        writer.finish().map_err(|e| FsError::new("write", out, e))?;
+        writer
+            .finish()
+            .map_err(|e| FsError::new("write", &plain, e))?;
+        let mut gzip = Command::new("gzip");
+        gzip.args(["-6", "-n", "-f"]).arg(&plain);
+        crate::process::run(gzip)?;
+        let mut compressed = plain.into_os_string();
+        compressed.push(".gz");
+        let compressed = PathBuf::from(compressed);
+        std::fs::rename(&compressed, out).map_err(|e| FsError::new("rename", &compressed, e))?;
         Ok(())
     }
 }
@@ -276,7 +289,8 @@ pub fn resolve_modules(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<PathBu
     Ok(order.into_iter().map(|f| modules_dir.join(f)).collect())
 }
 
-/// Build the initramfs for `node_binary` (debug information stripped) and `kernel` at `out`.
+/// Build the initramfs (gzip-compressed cpio) for `node_binary` (debug information stripped) and
+/// `kernel` at `out`.
 pub fn build_initramfs(node_binary: &Path, kernel: &Kernel, out: &Path) -> Result<(), ImageError> {
     let mut tree = Tree::default();
     for dir in [

@@ -59,7 +59,7 @@ pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
         false => Machines::Processes { binary },
         true => {
             let kernel = Kernel::installed()?;
-            let initramfs = dir.join("initramfs.cpio");
+            let initramfs = dir.join("initramfs.cpio.gz");
             eprintln!(
                 "polisctl: building the VM image: {} and {} (polis-node as /init)",
                 kernel.image.display(),
