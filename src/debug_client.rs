@@ -23,8 +23,13 @@ pub enum DebugClientError {
         source: std::io::Error,
     },
     /// The endpoint answered with something that is not HTTP.
-    #[error("the debug endpoint at {0} sent a malformed response")]
-    Malformed(String),
+    #[error("the debug endpoint at {endpoint} sent a malformed response: {excerpt:?}")]
+    Malformed {
+        /// The endpoint.
+        endpoint: String,
+        /// The response's first bytes (empty when the endpoint closed without answering).
+        excerpt: String,
+    },
     /// The endpoint refused the request.
     #[error("the debug endpoint at {endpoint} answered {status}: {body}")]
     Status {
@@ -92,7 +97,7 @@ pub fn request_port(
     let length: usize = length
         .trim()
         .parse()
-        .map_err(|_| DebugClientError::Malformed(endpoint.clone()))?;
+        .map_err(|_| malformed(&endpoint, &length))?;
     let mut response = vec![0u8; length];
     reader.read_exact(&mut response).map_err(unreachable)?;
     answer(&endpoint, &String::from_utf8_lossy(&response))
@@ -120,7 +125,7 @@ pub fn read_token(root: &crate::storage::NodeRoot) -> Option<String> {
 
 /// The body of a 2xx `response`, or the error it says.
 fn answer(endpoint: &str, response: &str) -> Result<String, DebugClientError> {
-    let malformed = || DebugClientError::Malformed(endpoint.to_owned());
+    let malformed = || malformed(endpoint, response);
     let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
     let status: u16 = head
         .split_whitespace()
@@ -135,4 +140,12 @@ fn answer(endpoint: &str, response: &str) -> Result<String, DebugClientError> {
         });
     }
     Ok(body.to_owned())
+}
+
+/// A [`DebugClientError::Malformed`] quoting the start of what `endpoint` sent.
+fn malformed(endpoint: &str, response: &str) -> DebugClientError {
+    DebugClientError::Malformed {
+        endpoint: endpoint.to_owned(),
+        excerpt: response.chars().take(80).collect(),
+    }
 }

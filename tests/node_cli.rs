@@ -41,8 +41,16 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Kill the node; when a test failed, show what the node wrote.
     fn drop(&mut self) {
         let _ = self.0.kill();
+        if std::thread::panicking() {
+            let mut stderr = String::new();
+            if let Some(err) = self.0.stderr.as_mut() {
+                let _ = std::io::Read::read_to_string(err, &mut stderr);
+            }
+            eprintln!("the node wrote:\n{stderr}");
+        }
         let _ = self.0.wait();
     }
 }

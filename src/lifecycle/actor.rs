@@ -175,7 +175,12 @@ impl Run {
     /// start stays with its supervisor, which keeps restarting it; what needs it retries.
     pub(super) async fn start_child(&self, child: ChildSpec) -> Result<(), LifecycleError> {
         let name = child.name().to_owned();
-        match self.deps.cluster.ask(StartChild(child)).await? {
+        let started = self
+            .retry("starting a cluster child", || async {
+                Ok(self.deps.cluster.ask(StartChild(child.clone())).await?)
+            })
+            .await?;
+        match started {
             Ok(()) | Err(ChildError::Exists(_)) => Ok(()),
             Err(e @ ChildError::StartFailed { .. }) => {
                 slog::warn!(self.log, "a cluster child failed its first start; its supervisor retries";
@@ -186,19 +191,23 @@ impl Run {
         }
     }
 
+    /// Mount the existing data partition, asking again while the storage actor restarts.
     pub(super) async fn mount(
         &self,
         nuk: &UnlockKey,
         cuk: &UnlockKey,
     ) -> Result<(), LifecycleError> {
-        let existing = MountExisting {
-            nuk: nuk.clone(),
-            cuk: cuk.clone(),
-        };
-        match self.deps.storage.ask(existing).await? {
-            Ok(()) | Err(StorageError::AlreadyMounted) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.retry("mounting the data partition", || async {
+            let existing = MountExisting {
+                nuk: nuk.clone(),
+                cuk: cuk.clone(),
+            };
+            match self.deps.storage.ask(existing).await? {
+                Ok(()) | Err(StorageError::AlreadyMounted) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     pub(super) fn credentials(

@@ -312,11 +312,16 @@ impl Run {
     /// Format the data partition, or — resuming after a crash that came after formatting —
     /// open what was formatted.
     async fn mount_new(&self, keys: &Keys) -> Result<(), LifecycleError> {
-        let new = MountNew {
-            nuk: keys.nuk.clone(),
-            cuk: keys.cuk.clone(),
-        };
-        match self.deps.storage.ask(new).await? {
+        let formatted = self
+            .retry("formatting the data partition", || async {
+                let new = MountNew {
+                    nuk: keys.nuk.clone(),
+                    cuk: keys.cuk.clone(),
+                };
+                Ok(self.deps.storage.ask(new).await?)
+            })
+            .await?;
+        match formatted {
             Ok(()) => Ok(()),
             Err(StorageError::Data(DataError::AlreadyFormatted(path))) => {
                 slog::info!(self.log, "the data partition was formatted before a crash; opening it";
