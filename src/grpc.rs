@@ -35,14 +35,14 @@ pub enum GrpcError {
     #[error("invalid server name {0:?}")]
     ServerName(String),
     /// Connecting or the TLS handshake failed.
-    #[error("cannot reach {addr} as {name}: {source}")]
+    #[error("cannot reach {addr} as {name}: {cause}")]
     Connect {
         /// The address dialled.
         addr: SocketAddr,
         /// The name its certificate had to carry.
         name: String,
-        /// Why.
-        source: tonic::transport::Error,
+        /// Why, with every cause below it (tonic's own message only says "transport error").
+        cause: String,
     },
 }
 
@@ -206,7 +206,7 @@ pub async fn channel(
         Endpoint::from_shared(format!("http://{addr}")).map_err(|source| GrpcError::Connect {
             addr,
             name: server_name.to_owned(),
-            source,
+            cause: causes(&source),
         })?;
     endpoint
         .connect_with_connector(tower::service_fn(move |_| {
@@ -226,6 +226,22 @@ pub async fn channel(
         .map_err(|source| GrpcError::Connect {
             addr,
             name: server_name.to_owned(),
-            source,
+            cause: causes(&source),
         })
+}
+
+/// `error` and its sources, outermost first, joined by ": ", each message once.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Wrappers often repeat their cause's message; say it once.
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -175,6 +175,7 @@ mod tests {
         Node {
             id: id.into(),
             addresses: vec![Address { host: host.into() }],
+            curator: false,
         }
     }
 
@@ -186,6 +187,7 @@ mod tests {
                 node("metropolis-a", "198.18.0.2"),
                 node("metropolis-b", "198.18.0.3"),
             ],
+            crl: Vec::new(),
         };
         let hosts = render("metropolis-a", Some("198.18.0.2".parse().unwrap()), &dir);
         assert_eq!(

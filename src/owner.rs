@@ -18,7 +18,7 @@ use crate::proto::api::{
 };
 use crate::proto::curator::curator_local_client::CuratorLocalClient;
 use crate::proto::curator::GetCaCertificateRequest;
-use crate::tls::{client_config, first_use_client_config, Identity, TlsError, Trust};
+use crate::tls::{curator_client_config, first_use_client_config, Identity, TlsError, Trust};
 
 /// Why an owner call failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ async fn open(
     identity: Identity,
 ) -> Result<Channel, OwnerError> {
     let trust = Trust::pinned(ca.to_vec());
-    let config = client_config(Some(identity), &trust)?;
+    let config = curator_client_config(Some(identity), &trust)?;
     let addr = SocketAddr::new(curator.address, CURATOR_PORT);
     Ok(channel(addr, &curator.node_id, config).await?)
 }

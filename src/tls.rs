@@ -21,7 +21,9 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::pki::{self_signed_client, verify_client_certificate, PkiError};
+use crate::pki::{
+    is_curator_certificate, self_signed_client, verify_client_certificate, PkiError, CURATOR_URI,
+};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -149,16 +151,22 @@ pub fn server_config(identity: Identity, clients: ClientAuth) -> Result<ServerCo
     Ok(config)
 }
 
-/// A client config trusting only `server`'s CA (with its CRLs), presenting `identity` if any.
-pub fn client_config(identity: Option<Identity>, server: &Trust) -> Result<ClientConfig, TlsError> {
-    let verifier =
+/// A client config for calling a Curator: it accepts only a server certificate from `server`'s
+/// CA, not revoked by its CRLs, naming the dialled node, and marked as a Curator's
+/// ([`crate::pki::CURATOR_URI`]); it presents `identity` if any.
+pub fn curator_client_config(
+    identity: Option<Identity>,
+    server: &Trust,
+) -> Result<ClientConfig, TlsError> {
+    let webpki =
         rustls::client::WebPkiServerVerifier::builder_with_provider(server.roots()?, provider())
             .with_crls(server.crls())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(verifier);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CuratorOnly { webpki }));
     let mut config = match identity {
         Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
         None => builder.with_no_client_auth(),
@@ -229,6 +237,62 @@ impl rustls::client::danger::ServerCertVerifier for FirstUse {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Accepts what the CA-pinned WebPKI verifier accepts (chain, validity, server use, CRLs, the
+/// dialled name), and of that only a certificate with the Curator mark.
+#[derive(Debug)]
+struct CuratorOnly {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CuratorOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match is_curator_certificate(end_entity) {
+            Ok(true) => Ok(verified),
+            Ok(false) => Err(rustls::Error::General(format!(
+                "{server_name:?} presented a certificate of the cluster CA that is not a \
+                 Curator's (no {CURATOR_URI})"
+            ))),
+            Err(e) => Err(rustls::Error::General(e.to_string())),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -11,7 +11,7 @@ use polis::pki::{generate_key, CertificateAuthority, Template};
 use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::curator_local_server::{CuratorLocal, CuratorLocalServer};
 use polis::proto::curator::{GetCaCertificateRequest, GetCaCertificateResponse};
-use polis::tls::{client_config, server_config, ClientAuth, Identity, Trust};
+use polis::tls::{curator_client_config, server_config, ClientAuth, Identity, Trust};
 use rustls::ServerConfig;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -47,8 +47,25 @@ async fn serve(
     watch::Sender<Arc<ServerConfig>>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (configs, updates) = watch::channel(Arc::new(config(ca, crls)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    serve_at(
+        listen,
+        config(ca, crls, curator_template("metropolis-server")),
+    )
+    .await
+}
+
+/// A server at `listen` with `config`, as [`serve`] describes.
+async fn serve_at(
+    listen: SocketAddr,
+    config: ServerConfig,
+) -> (
+    SocketAddr,
+    watch::Sender<Arc<ServerConfig>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (configs, updates) = watch::channel(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = incoming(listener, updates, common::quiet());
     let server = tokio::spawn(async move {
@@ -60,17 +77,15 @@ async fn serve(
     (addr, configs, server)
 }
 
-/// A server config for a new node certificate from `ca`, admitting clients as a Curator does.
-fn config(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> ServerConfig {
+fn curator_template(id: &str) -> Template {
+    Template::Curator { node_id: id.into() }
+}
+
+/// A server config for a new key's certificate of kind `template` from `ca`, admitting clients
+/// as a Curator does.
+fn config(ca: &CertificateAuthority, crls: Vec<Vec<u8>>, template: Template) -> ServerConfig {
     let key = generate_key().unwrap();
-    let cert = ca
-        .issue(
-            &Template::Node {
-                node_id: "metropolis-server".into(),
-            },
-            &key.verifying_key(),
-        )
-        .unwrap();
+    let cert = ca.issue(&template, &key.verifying_key()).unwrap();
     let trust = Trust {
         ca: ca.certificate().to_vec(),
         crls,
@@ -94,7 +109,7 @@ async fn ask(
     let channel = channel(
         addr,
         "metropolis-server",
-        client_config(identity, &trust).unwrap(),
+        curator_client_config(identity, &trust).unwrap(),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -194,6 +209,7 @@ async fn a_new_crl_refuses_the_next_handshake_of_a_revoked_client() {
     configs.send_replace(Arc::new(config(
         &ca,
         vec![ca.crl(2, std::slice::from_ref(&cert.serial)).unwrap()],
+        curator_template("metropolis-server"),
     )));
     assert!(
         ask(addr, &ca, identity()).await.is_err(),
@@ -207,7 +223,7 @@ async fn connections_end_with_the_server_that_accepted_them() {
     let (addr, _configs, server) = serve(&ca, vec![]).await;
     let key = generate_key().unwrap();
     let trust = Trust::pinned(ca.certificate().to_vec());
-    let config = client_config(Some(Identity::ephemeral(&key).unwrap()), &trust).unwrap();
+    let config = curator_client_config(Some(Identity::ephemeral(&key).unwrap()), &trust).unwrap();
     let open = channel(addr, "metropolis-server", config).await.unwrap();
     assert!(ask_on(&open).await.is_ok());
 
@@ -217,4 +233,86 @@ async fn connections_end_with_the_server_that_accepted_them() {
         ask_on(&open).await.is_err(),
         "a connection outlived the server that accepted it"
     );
+}
+
+/// A node reaches only a Curator, registering (with its node key) or joining (with its join key)
+/// alike: it never dials a node its directory does not mark as a Curator, and it refuses a
+/// worker serving with its valid node certificate and a decommissioned member whose Curator
+/// certificate the directory's CRL revokes.
+#[tokio::test]
+async fn a_node_reaches_only_an_unrevoked_curator_of_its_directory() {
+    use polis::curator::CURATOR_PORT;
+    use polis::lifecycle::{connect, ReachError};
+    use polis::proto::common::{cluster_directory, Address, ClusterDirectory};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    // Loopback addresses of this test alone, as the Curator's port is fixed.
+    let subnet = 100 + (std::process::id() % 100) as u8;
+    let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 77, subnet, n));
+    let at = |n: u8| SocketAddr::new(ip(n), CURATOR_PORT);
+    let worker = Template::Node {
+        node_id: "metropolis-w".into(),
+    };
+    let _worker = serve_at(at(1), config(&ca, vec![], worker)).await;
+    let retired_key = generate_key().unwrap();
+    let retired = ca
+        .issue(
+            &curator_template("metropolis-r"),
+            &retired_key.verifying_key(),
+        )
+        .unwrap();
+    let trust = Trust {
+        ca: ca.certificate().to_vec(),
+        crls: vec![],
+    };
+    let identity = Identity::new(&retired_key, retired.der).unwrap();
+    let retired_config = server_config(identity, ClientAuth::CaOrEphemeral(trust)).unwrap();
+    let _retired = serve_at(at(2), retired_config).await;
+    let _curator = serve_at(at(3), config(&ca, vec![], curator_template("metropolis-c"))).await;
+
+    let entry = |id: &str, n: u8, curator: bool| cluster_directory::Node {
+        id: id.into(),
+        addresses: vec![Address {
+            host: ip(n).to_string(),
+        }],
+        curator,
+    };
+    let crl = ca.crl(2, &[retired.serial]).unwrap();
+    for key in [generate_key().unwrap(), generate_key().unwrap()] {
+        let identity = || Identity::ephemeral(&key);
+        let mut directory = ClusterDirectory {
+            nodes: vec![entry("metropolis-w", 1, false)],
+            crl: crl.clone(),
+        };
+        let reached = connect(&directory, ca.certificate(), identity).await;
+        assert!(
+            matches!(reached, Err(ReachError::EmptyDirectory)),
+            "a worker was dialled: {:?}",
+            reached.err()
+        );
+        // A forged or stale directory calling them Curators: refused at the handshake.
+        directory.nodes = vec![
+            entry("metropolis-w", 1, true),
+            entry("metropolis-r", 2, true),
+        ];
+        let refused = connect(&directory, ca.certificate(), identity)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("does not allow extended key usage for server authentication"),
+            "{refused}"
+        );
+        assert!(refused.contains("Revoked"), "{refused}");
+        // The real Curator listed after them answers.
+        directory.nodes.push(entry("metropolis-c", 3, true));
+        let channel = connect(&directory, ca.certificate(), identity)
+            .await
+            .unwrap();
+        assert_eq!(
+            ask_on(&channel).await.unwrap(),
+            key.verifying_key().to_bytes()
+        );
+    }
 }

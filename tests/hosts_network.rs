@@ -15,6 +15,7 @@ fn node(id: &str, host: &str) -> Node {
     Node {
         id: id.into(),
         addresses: vec![Address { host: host.into() }],
+        curator: false,
     }
 }
 
@@ -35,6 +36,7 @@ async fn the_hosts_file_follows_network_and_directory_across_restarts() {
     let status = Watchable::new(NetworkStatus::default());
     let directory = Watchable::new(ClusterDirectory {
         nodes: vec![node(SELF, "198.18.0.2"), node("metropolis-b", "198.18.0.3")],
+        crl: Vec::new(),
     });
     let source = AddressSource::Static("198.18.0.2".parse().unwrap());
     let network_status = status.clone();
@@ -76,6 +78,7 @@ async fn the_hosts_file_follows_network_and_directory_across_restarts() {
     // A node joins, another is decommissioned (it leaves the directory).
     directory.set(ClusterDirectory {
         nodes: vec![node(SELF, "198.18.0.2"), node("metropolis-c", "198.18.0.4")],
+        crl: Vec::new(),
     });
     until("c listed and b forgotten", || {
         hosts().contains("metropolis-c") && !hosts().contains("metropolis-b")
@@ -103,6 +106,7 @@ async fn the_hosts_file_follows_network_and_directory_across_restarts() {
     // And keeps following changes in its new incarnation.
     directory.set(ClusterDirectory {
         nodes: vec![node(SELF, "198.18.0.2")],
+        crl: Vec::new(),
     });
     until("c forgotten", || !hosts().contains("metropolis-c")).await;
     assert_eq!(tree.registry().actor("/hostsfile").unwrap().generation, 2);

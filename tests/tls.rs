@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use polis::pki::{generate_key, CertificateAuthority, Template};
-use polis::tls::{client_config, server_config, ClientAuth, Identity, Trust};
+use polis::tls::{curator_client_config, server_config, ClientAuth, Identity, Trust};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ProtocolVersion, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -35,11 +35,19 @@ struct Node {
     cert: Vec<u8>,
 }
 
+/// A node with its node certificate: a client of the Curator.
 fn node(ca: &CertificateAuthority, id: &str) -> Node {
+    issued(ca, id, Template::Node { node_id: id.into() })
+}
+
+/// A consensus member with its Curator certificate: a Curator server.
+fn curator(ca: &CertificateAuthority, id: &str) -> Node {
+    issued(ca, id, Template::Curator { node_id: id.into() })
+}
+
+fn issued(ca: &CertificateAuthority, id: &str, template: Template) -> Node {
     let key = generate_key().unwrap();
-    let issued = ca
-        .issue(&Template::Node { node_id: id.into() }, &key.verifying_key())
-        .unwrap();
+    let issued = ca.issue(&template, &key.verifying_key()).unwrap();
     Node {
         id: id.into(),
         key,
@@ -62,9 +70,9 @@ fn trust(ca: &CertificateAuthority, crls: Vec<Vec<u8>>) -> Trust {
 #[tokio::test]
 async fn mutual_tls_13_between_nodes_of_one_ca() {
     let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
-    let (a, b) = (node(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
+    let (a, b) = (curator(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
     let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
-    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let client = curator_client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
     let (s, c) = handshake(server, client, &a.id).await;
     assert_eq!(s, Ok(ProtocolVersion::TLSv1_3));
     assert_eq!(c, Ok(()));
@@ -73,15 +81,15 @@ async fn mutual_tls_13_between_nodes_of_one_ca() {
 #[tokio::test]
 async fn a_revoked_client_and_a_wrong_server_name_are_refused() {
     let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
-    let (a, b) = (node(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
+    let (a, b) = (curator(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
     let crl = ca.crl(2, std::slice::from_ref(&b.serial)).unwrap();
     let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![crl]))).unwrap();
-    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let client = curator_client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
     let (s, _) = handshake(server, client, &a.id).await;
     assert!(s.as_ref().unwrap_err().contains("Revoked"), "{s:?}");
 
     let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
-    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let client = curator_client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
     let (_, c) = handshake(server, client, "metropolis-someone-else").await;
     assert!(
         c.is_err(),
@@ -90,18 +98,61 @@ async fn a_revoked_client_and_a_wrong_server_name_are_refused() {
 }
 
 #[tokio::test]
+async fn only_an_unrevoked_curator_certificate_serves_the_curator() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let client = node(&ca, "metropolis-b");
+    // A worker serving with its own valid node certificate.
+    let worker = node(&ca, "metropolis-w");
+    let server = server_config(identity(&worker), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let config = curator_client_config(Some(identity(&client)), &trust(&ca, vec![])).unwrap();
+    let (_, c) = handshake(server, config, &worker.id).await;
+    assert!(
+        c.as_ref().unwrap_err().contains("invalid peer certificate"),
+        "{c:?}"
+    );
+    // A certificate of the CA for serving, but without the Curator mark.
+    let unmarked = issued(
+        &ca,
+        "metropolis-p",
+        Template::Peer {
+            name: "metropolis-p".into(),
+            dns: vec!["metropolis-p".into()],
+            ips: vec![],
+        },
+    );
+    let server = server_config(identity(&unmarked), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let config = curator_client_config(Some(identity(&client)), &trust(&ca, vec![])).unwrap();
+    let (_, c) = handshake(server, config, &unmarked.id).await;
+    assert!(c.as_ref().unwrap_err().contains("not a Curator's"), "{c:?}");
+    // A decommissioned member: its Curator certificate is in the CRL the client holds.
+    let retired = curator(&ca, "metropolis-r");
+    let crl = ca.crl(2, std::slice::from_ref(&retired.serial)).unwrap();
+    let server = server_config(identity(&retired), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let config = curator_client_config(Some(identity(&client)), &trust(&ca, vec![crl])).unwrap();
+    let (_, c) = handshake(server, config, &retired.id).await;
+    assert!(c.as_ref().unwrap_err().contains("Revoked"), "{c:?}");
+    // The same member before its decommission.
+    let server = server_config(identity(&retired), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let config = curator_client_config(Some(identity(&client)), &trust(&ca, vec![])).unwrap();
+    assert_eq!(handshake(server, config, &retired.id).await.1, Ok(()));
+}
+
+#[tokio::test]
 async fn certificates_of_another_ca_are_refused_both_ways() {
     let ours = CertificateAuthority::new("Polis cluster CA").unwrap();
     let theirs = CertificateAuthority::new("Polis cluster CA").unwrap();
-    let (a, stranger) = (node(&ours, "metropolis-a"), node(&theirs, "metropolis-a"));
+    let (a, stranger) = (
+        curator(&ours, "metropolis-a"),
+        curator(&theirs, "metropolis-a"),
+    );
     // A client with a foreign certificate.
     let server = server_config(identity(&a), ClientAuth::Ca(trust(&ours, vec![]))).unwrap();
-    let client = client_config(Some(identity(&stranger)), &trust(&ours, vec![])).unwrap();
+    let client = curator_client_config(Some(identity(&stranger)), &trust(&ours, vec![])).unwrap();
     assert!(handshake(server, client, &a.id).await.0.is_err());
     // A server with a foreign certificate: the client pins its own CA.
     let server =
         server_config(identity(&stranger), ClientAuth::Ca(trust(&theirs, vec![]))).unwrap();
-    let client = client_config(Some(identity(&a)), &trust(&ours, vec![])).unwrap();
+    let client = curator_client_config(Some(identity(&a)), &trust(&ours, vec![])).unwrap();
     let (_, c) = handshake(server, client, &a.id).await;
     assert!(c.unwrap_err().contains("invalid peer certificate"));
 }
@@ -109,10 +160,10 @@ async fn certificates_of_another_ca_are_refused_both_ways() {
 #[tokio::test]
 async fn ephemeral_clients_only_where_admitted() {
     let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
-    let a = node(&ca, "metropolis-a");
+    let a = curator(&ca, "metropolis-a");
     let joining = generate_key().unwrap();
     let strict = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
-    let client = client_config(
+    let client = curator_client_config(
         Some(Identity::ephemeral(&joining).unwrap()),
         &trust(&ca, vec![]),
     )
@@ -120,7 +171,7 @@ async fn ephemeral_clients_only_where_admitted() {
     assert!(handshake(strict, client, &a.id).await.0.is_err());
 
     let open = server_config(identity(&a), ClientAuth::CaOrEphemeral(trust(&ca, vec![]))).unwrap();
-    let client = client_config(
+    let client = curator_client_config(
         Some(Identity::ephemeral(&joining).unwrap()),
         &trust(&ca, vec![]),
     )
@@ -138,7 +189,7 @@ async fn ephemeral_clients_only_where_admitted() {
         ClientAuth::CaOrEphemeral(trust(&ca, vec![crl])),
     )
     .unwrap();
-    let client = client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let client = curator_client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
     assert!(handshake(open, client, &a.id).await.0.is_err());
 }
 
@@ -167,7 +218,7 @@ fn foreign_provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[tokio::test]
 async fn non_ed25519_and_tls_12_peers_are_refused() {
     let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
-    let a = node(&ca, "metropolis-a");
+    let a = curator(&ca, "metropolis-a");
 
     // An ECDSA client certificate, even from a CA the server trusts.
     let (ecdsa_ca, leaf, key) = ecdsa("metropolis-x");
@@ -199,7 +250,7 @@ async fn non_ed25519_and_tls_12_peers_are_refused() {
         .with_no_client_auth()
         .with_single_cert(vec![leaf.into()], key)
         .unwrap();
-    let client = client_config(
+    let client = curator_client_config(
         None,
         &Trust {
             ca: ecdsa_ca,

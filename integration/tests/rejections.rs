@@ -21,14 +21,14 @@ use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::{
     CommitNodeRequest, GetCaCertificateRequest, JoinNodeRequest, RegisterNodeRequest,
 };
-use polis::tls::{client_config, Identity, Trust};
+use polis::tls::{curator_client_config, Identity, Trust};
 use polis_integration::{polis_node_binary, test_logger};
 use tonic::transport::Channel;
 use tonic::Code;
 
 async fn dial(cluster: &LocalCluster, ca: &[u8], key: &SigningKey) -> Result<Channel, String> {
     let trust = Trust::pinned(ca.to_vec());
-    let config = client_config(Some(Identity::ephemeral(key).unwrap()), &trust).unwrap();
+    let config = curator_client_config(Some(Identity::ephemeral(key).unwrap()), &trust).unwrap();
     let addr = SocketAddr::new(cluster.nodes[0].address, CURATOR_PORT);
     channel(addr, &cluster.nodes[0].id().unwrap(), config)
         .await
@@ -132,7 +132,7 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     let server = cluster.nodes[0].id().unwrap();
     let as_node = || async {
         let identity = Identity::new(&node_key, first.node_certificate.clone()).unwrap();
-        let config = client_config(Some(identity), &trust).unwrap();
+        let config = curator_client_config(Some(identity), &trust).unwrap();
         let channel = channel(addr, &server, config)
             .await
             .map_err(|e| e.to_string())?;

@@ -1,5 +1,5 @@
 //! The Curator actor: serves the Curator's services on the node's address once etcd and the
-//! issuer are ready, presenting the node certificate. The server lives as long as the incarnation;
+//! issuer are ready, presenting its Curator certificate (see [`super::server_certificate`]). The server lives as long as the incarnation;
 //! if it ends, the actor fails and its supervisor starts a new one. The cluster CRL is followed:
 //! each change swaps the TLS config that the next handshake uses.
 
@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
 use crate::curator::owner_only::OwnerOnly;
 use crate::curator::records::{Records, NAMESPACE};
-use crate::curator::Services;
+use crate::curator::{server_certificate, Services};
 use crate::grpc::incoming;
 use crate::pki::{Issuer, NodeCredentials, CRL_KEY};
 use crate::proto::api::aaa_server::AaaServer;
@@ -87,12 +87,25 @@ impl Actor for Curator {
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::pki::NAMESPACE.into())).await??;
+            let mut records = Records::new(kv);
+            let served = server_certificate::ensure(&mut records, &issuer, &credentials).await?;
+            let identity = ServerIdentity {
+                credentials,
+                certificate: served,
+            };
             let crl = pki_kv.get(CRL_KEY).await?;
-            let (configs, updates) = watch::channel(tls_config(&credentials, crl)?);
+            let (configs, updates) = watch::channel(tls_config(&identity, crl)?);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
-            let services = Services::new(Records::new(kv), peer_kv, issuer, consensus, log.clone());
+            let services = Services::new(
+                records,
+                peer_kv,
+                pki_kv.clone(),
+                issuer,
+                consensus,
+                log.clone(),
+            );
             let server = tonic::transport::Server::builder()
                 .add_service(CuratorServer::new(services.clone()))
                 .add_service(CuratorLocalServer::new(services.clone()))
@@ -102,10 +115,10 @@ impl Actor for Curator {
                 ))
                 .add_service(AaaServer::new(services))
                 .serve_with_incoming(incoming(listener, updates, log));
-            Ok::<_, Failure>((server, configs, pki_kv, credentials))
+            Ok::<_, Failure>((server, configs, pki_kv, identity))
         };
         ctx.spawn(serve, move |served, curator: &mut Self, ctx| {
-            let (server, configs, mut pki_kv, credentials) = served?;
+            let (server, configs, mut pki_kv, identity) = served?;
             let server = tokio::spawn(server);
             curator.server = Some(server.abort_handle());
             slog::info!(ctx.log(), "serving"; "listen" => %listen);
@@ -120,7 +133,7 @@ impl Actor for Curator {
             let follow_crl = async move {
                 pki_kv
                     .follow(CRL_KEY, |crl| {
-                        configs.send_replace(tls_config(&credentials, Some(crl.to_vec()))?);
+                        configs.send_replace(tls_config(&identity, Some(crl.to_vec()))?);
                         slog::debug!(log, "TLS config follows the cluster CRL";
                             "crl_bytes" => crl.len());
                         Ok::<(), Failure>(())
@@ -140,17 +153,23 @@ impl Actor for Curator {
 
 // ---- helpers ----
 
-/// The server config: the node certificate, admitting clients of the cluster CA not revoked by
-/// `crl`, and ephemeral ones (which the handlers authorize by key).
+/// What the Curator presents: the node key with its Curator certificate.
+struct ServerIdentity {
+    credentials: NodeCredentials,
+    certificate: Vec<u8>,
+}
+
+/// The server config: the Curator certificate, admitting clients of the cluster CA not revoked
+/// by `crl`, and ephemeral ones (which the handlers authorize by key).
 fn tls_config(
-    credentials: &NodeCredentials,
+    served: &ServerIdentity,
     crl: Option<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let trust = Trust {
-        ca: credentials.ca.clone(),
+        ca: served.credentials.ca.clone(),
         crls: crl.into_iter().collect(),
     };
-    let identity = Identity::new(&credentials.key, credentials.certificate.clone())?;
+    let identity = Identity::new(&served.credentials.key, served.certificate.clone())?;
     Ok(Arc::new(server_config(
         identity,
         ClientAuth::CaOrEphemeral(trust),

@@ -6,6 +6,7 @@
 mod actor;
 mod owner_only;
 pub mod records;
+mod server_certificate;
 mod service;
 
 pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
@@ -86,6 +87,9 @@ pub enum CuratorError {
         /// The decode error.
         source: prost::DecodeError,
     },
+    /// A node without the consensus role (or no longer UP) may not serve the Curator.
+    #[error("node {0} is not an UP consensus member; it may not serve the Curator")]
+    NotConsensusMember(String),
     /// etcd failed or refused (e.g. a learner still pending).
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
@@ -115,6 +119,7 @@ impl CuratorError {
             NotApproved(_)
             | WrongState { .. }
             | LastConsensusMember(_)
+            | NotConsensusMember(_)
             | Consensus(ConsensusError::LastMember(_)) => Code::FailedPrecondition,
             Invalid { .. } => Code::InvalidArgument,
             Unsupported(_) => Code::Unimplemented,

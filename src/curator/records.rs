@@ -117,8 +117,9 @@ fn decode(key: &str, bytes: &[u8]) -> Result<Node, CuratorError> {
     })
 }
 
-/// The cluster directory: every node that is UP and has said where it is, by ID.
-pub fn directory(nodes: &[Node]) -> ClusterDirectory {
+/// The cluster directory: every node that is UP and has said where it is, by ID, those with the
+/// consensus role marked as Curators, with the cluster CA's current `crl` (empty if none yet).
+pub fn directory(nodes: &[Node], crl: Vec<u8>) -> ClusterDirectory {
     let mut listed: Vec<cluster_directory::Node> = nodes
         .iter()
         .filter(|n| n.fsm_state == NodeState::Up as i32)
@@ -127,11 +128,12 @@ pub fn directory(nodes: &[Node]) -> ClusterDirectory {
             (!host.is_empty()).then(|| cluster_directory::Node {
                 id: n.id.clone(),
                 addresses: vec![Address { host }],
+                curator: is_consensus_member(n),
             })
         })
         .collect();
     listed.sort_by(|a, b| a.id.cmp(&b.id));
-    ClusterDirectory { nodes: listed }
+    ClusterDirectory { nodes: listed, crl }
 }
 
 // ---- the node state machine: NEW → STANDBY → UP, and DECOMMISSIONED ----
@@ -225,13 +227,16 @@ pub fn decommission(current: Option<&Node>, id: &str) -> Result<Option<Node>, Cu
 /// Whether a node other than `id` is an UP consensus member (the cluster keeps etcd without
 /// `id`).
 pub fn other_consensus_member(nodes: &[Node], id: &str) -> bool {
-    nodes.iter().any(|n| {
-        n.id != id
-            && n.fsm_state == NodeState::Up as i32
-            && n.roles
-                .as_ref()
-                .is_some_and(|r| r.consensus_member.is_some())
-    })
+    nodes
+        .iter()
+        .any(|n| n.id != id && n.fsm_state == NodeState::Up as i32 && is_consensus_member(n))
+}
+
+/// Whether `node`'s record gives it the consensus role (and so the Curator).
+pub fn is_consensus_member(node: &Node) -> bool {
+    node.roles
+        .as_ref()
+        .is_some_and(|r| r.consensus_member.is_some())
 }
 
 /// A node's reported status at `address`.
@@ -256,6 +261,8 @@ pub fn state_name(state: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::common::node_roles::ConsensusMember;
+    use crate::proto::common::NodeRoles;
 
     fn registered() -> Node {
         register(None, "n", &[1; 32], &[2; 32], "198.18.0.2")
@@ -334,9 +341,25 @@ mod tests {
             fsm_state: NodeState::Up as i32,
             ..Node::default()
         };
-        let dir = directory(&[new, silent, up]);
-        assert_eq!(dir.nodes.len(), 1);
+        let member = Node {
+            id: "c".into(),
+            roles: Some(NodeRoles {
+                consensus_member: Some(ConsensusMember::default()),
+                kubernetes_worker: None,
+            }),
+            status: Some(status("198.18.0.4")),
+            ..up.clone()
+        };
+        let dir = directory(&[new, silent, member, up], vec![7]);
+        assert_eq!(dir.nodes.len(), 2);
         assert_eq!(dir.nodes[0].id, "a");
         assert_eq!(dir.nodes[0].addresses[0].host, "198.18.0.3");
+        assert!(
+            !dir.nodes[0].curator,
+            "a worker is not dialled as a Curator"
+        );
+        assert_eq!(dir.nodes[1].id, "c");
+        assert!(dir.nodes[1].curator);
+        assert_eq!(dir.crl, vec![7]);
     }
 }

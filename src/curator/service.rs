@@ -17,12 +17,14 @@ use crate::consensus::{
 use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
-use crate::pki::{node_id, revoke, serial_of, GetCaCertificate, Issue, Issuer, Revoke, Template};
+use crate::pki::{
+    node_id, revoke, serial_of, GetCaCertificate, Issue, Issuer, Revoke, Template, CRL_KEY,
+};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::management_server::Management;
 use crate::proto::api::{self, *};
 use crate::proto::common::node_roles::{consensus_member, ConsensusMember, KubernetesWorker};
-use crate::proto::common::{NodeRoles, NodeState};
+use crate::proto::common::{ClusterDirectory, NodeRoles, NodeState};
 use crate::proto::curator::curator_local_server::CuratorLocal;
 use crate::proto::curator::curator_server::Curator;
 use crate::proto::curator::*;
@@ -33,17 +35,20 @@ use crate::proto::private::Node;
 pub struct Services {
     records: Records,
     peer_kv: NamespacedKv,
+    pki_kv: NamespacedKv,
     issuer: ActorRef<Issuer>,
     consensus: ActorRef<Consensus>,
     log: slog::Logger,
 }
 
 impl Services {
-    /// Handlers over `records` (the Curator namespace) and `peer_kv` (the consensus namespace,
-    /// for the peer CA), issuing through `issuer` and adding members through `consensus`.
+    /// Handlers over `records` (the Curator namespace), `peer_kv` (the consensus namespace, for
+    /// the peer CA) and `pki_kv` (the PKI namespace, for the cluster CRL), issuing through
+    /// `issuer` and adding members through `consensus`.
     pub fn new(
         records: Records,
         peer_kv: NamespacedKv,
+        pki_kv: NamespacedKv,
         issuer: ActorRef<Issuer>,
         consensus: ActorRef<Consensus>,
         log: slog::Logger,
@@ -51,6 +56,7 @@ impl Services {
         Services {
             records,
             peer_kv,
+            pki_kv,
             issuer,
             consensus,
             log,
@@ -59,6 +65,14 @@ impl Services {
 
     async fn ca_certificate(&self) -> Result<Vec<u8>, CuratorError> {
         Ok(self.issuer.ask(GetCaCertificate).await??)
+    }
+
+    /// The directory as it stands: the records and the cluster CA's current CRL.
+    async fn directory(&self) -> Result<(Vec<Node>, ClusterDirectory), CuratorError> {
+        let nodes = self.records.clone().list().await?;
+        let crl = self.pki_kv.clone().get(CRL_KEY).await?.unwrap_or_default();
+        let directory = records::directory(&nodes, crl);
+        Ok((nodes, directory))
     }
 
     /// The caller must hold the owner certificate that Escrow issued (`presented`, from its TLS
@@ -124,13 +138,15 @@ impl Services {
         })
     }
 
-    /// Take from a decommissioned node what it holds: its node certificate (revoked), and if it
-    /// is a consensus member its place in etcd and its peer certificate (revoked, so that etcd
-    /// refuses it should it come back).
+    /// Take from a decommissioned node what it holds: its node and Curator certificates
+    /// (revoked), and if it is a consensus member its place in etcd and its peer certificate
+    /// (revoked, so that etcd refuses it should it come back).
     async fn retire(&self, node: &Node) -> Result<(), CuratorError> {
-        if !node.node_certificate.is_empty() {
-            let serial = serial_of(&node.node_certificate)?;
-            self.issuer.ask(Revoke(serial)).await??;
+        for certificate in [&node.node_certificate, &node.curator_certificate] {
+            if !certificate.is_empty() {
+                let serial = serial_of(certificate)?;
+                self.issuer.ask(Revoke(serial)).await??;
+            }
         }
         let Some(member) = node
             .roles
@@ -244,10 +260,10 @@ fn check_address(address: &str, field: &'static str) -> Result<(), CuratorError>
 }
 
 /// What a node's Watch sees.
-fn watch_event(nodes: &[Node], id: &str) -> WatchEvent {
+fn watch_event(nodes: &[Node], directory: ClusterDirectory, id: &str) -> WatchEvent {
     let own = nodes.iter().find(|n| n.id == id);
     WatchEvent {
-        directory: Some(records::directory(nodes)),
+        directory: Some(directory),
         roles: own.and_then(|n| n.roles.clone()),
         state: own.map_or(NodeState::Invalid as i32, |n| n.fsm_state),
     }
@@ -384,18 +400,27 @@ impl Curator for Services {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Answer<Self::WatchStream> {
         let id = self.node(&request).await?.id;
-        let mut records = self.records.clone();
-        let mut changes = records
+        // Records and CRL are both watched before the first read, so no change is missed.
+        let mut node_changes = self
+            .records
+            .clone()
             .kv()
             .watch("nodes/")
             .await
             .map_err(CuratorError::from)?;
+        let mut crl_changes = self
+            .pki_kv
+            .clone()
+            .watch(CRL_KEY)
+            .await
+            .map_err(CuratorError::from)?;
         let (mut tx, rx) = futures::channel::mpsc::channel(4);
+        let services = self.clone();
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let event = match records.list().await {
-                    Ok(nodes) => watch_event(&nodes, &id),
+                let event = match services.directory().await {
+                    Ok((nodes, directory)) => watch_event(&nodes, directory, &id),
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
@@ -407,7 +432,11 @@ impl Curator for Services {
                     }
                     last = Some(event);
                 }
-                if !matches!(changes.message().await, Ok(Some(_))) {
+                let changed = tokio::select! {
+                    m = node_changes.message() => matches!(m, Ok(Some(_))),
+                    m = crl_changes.message() => matches!(m, Ok(Some(_))),
+                };
+                if !changed {
                     let _ = tx
                         .send(Err(Status::unavailable("the etcd watch ended")))
                         .await;
@@ -499,9 +528,9 @@ impl Management for Services {
         &self,
         _: Request<GetClusterInfoRequest>,
     ) -> Answer<GetClusterInfoResponse> {
-        let nodes = self.records.clone().list().await?;
+        let (_, directory) = self.directory().await?;
         Ok(Response::new(GetClusterInfoResponse {
-            cluster_directory: Some(records::directory(&nodes)),
+            cluster_directory: Some(directory),
             ca_certificate: self.ca_certificate().await?,
         }))
     }
@@ -610,13 +639,13 @@ impl Management for Services {
         if member && !records::other_consensus_member(&records.list().await?, &id) {
             return Err(CuratorError::LastConsensusMember(id).into());
         }
-        records
+        let written = records
             .update(&id, |current| records::decommission(current, &id))
             .await?;
         slog::warn!(self.log, "node decommissioned"; "node" => &id);
         // The record refuses the node from here on; the rest takes away what it holds. Each step
         // is repeatable, so a call that failed half-way is finished by the next.
-        self.retire(&node).await?;
+        self.retire(&written).await?;
         slog::info!(self.log, "decommissioned node's certificates revoked"; "node" => &id);
         Ok(Response::new(DecommissionNodeResponse {}))
     }

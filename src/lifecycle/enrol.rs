@@ -26,7 +26,7 @@ use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
 use crate::storage::{DataError, MountNew, NewKeys, StorageError, UnlockKey};
-use crate::tls::{Identity, Trust};
+use crate::tls::Identity;
 use crate::tpm::{Seal, SealedKind};
 
 /// Journal steps: the last one completed.
@@ -126,7 +126,9 @@ impl Run {
                 addresses: vec![Address {
                     host: address.to_string(),
                 }],
+                curator: true,
             }],
+            crl: Vec::new(),
         });
         self.start_hostsfile(&cluster).await?;
         let member = cluster::member_children(&cluster, Mode::Bootstrap);
@@ -201,6 +203,7 @@ impl Run {
                     id: id.clone(),
                     node_certificate: credentials.certificate.clone(),
                     status: Some(records::status(&address.to_string())),
+                    curator_certificate: Vec::new(),
                 };
                 records
                     .update(&id, |current| Ok(current.is_none().then(|| record.clone())))
@@ -230,11 +233,10 @@ impl Run {
         let ip = self.address().await;
         let address = ip.to_string();
         let directory = params.cluster_directory.clone().unwrap_or_default();
-        let trust = Trust::pinned(params.ca_certificate.clone());
         let ephemeral = || Identity::ephemeral(&keys.node);
         if journal.step < REGISTERED {
             self.retry("RegisterNode", || async {
-                let channel = connect(&directory, &trust, ephemeral).await?;
+                let channel = connect(&directory, &params.ca_certificate, ephemeral).await?;
                 let request = RegisterNodeRequest {
                     register_ticket: params.register_ticket.clone(),
                     join_key: keys.join.verifying_key().to_bytes().to_vec(),
@@ -254,7 +256,7 @@ impl Run {
         let credentials = if journal.step < COMMITTED {
             let response = self
                 .retry("CommitNode", || async {
-                    let channel = connect(&directory, &trust, ephemeral).await?;
+                    let channel = connect(&directory, &params.ca_certificate, ephemeral).await?;
                     let request = CommitNodeRequest {
                         cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
                     };

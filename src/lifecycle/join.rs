@@ -20,7 +20,7 @@ use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{JoinNodeRequest, WatchRequest};
 use crate::proto::private::{SealedConfiguration, SealedEnvelope};
 use crate::storage::UnlockKey;
-use crate::tls::{Identity, Trust};
+use crate::tls::Identity;
 use crate::tpm::SealedKind;
 
 impl Run {
@@ -82,13 +82,13 @@ impl Run {
         cuk: UnlockKey,
         mut member: bool,
     ) -> Result<(), LifecycleError> {
-        let trust = Trust::pinned(credentials.ca.clone());
         let id = node_id(&credentials.key.verifying_key());
         let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
         let mut backoff = Backoff::new();
         loop {
             let watched = async {
-                let channel = connect(&self.deps.directory.get(), &trust, identity).await?;
+                let channel =
+                    connect(&self.deps.directory.get(), &credentials.ca, identity).await?;
                 let mut events = CuratorClient::new(channel)
                     .watch(WatchRequest {})
                     .await
@@ -172,8 +172,10 @@ impl Run {
         join_key: &SigningKey,
         address: std::net::IpAddr,
     ) -> Result<UnlockKey, LifecycleError> {
-        let trust = Trust::pinned(sealed.cluster_ca.clone());
-        let channel = connect(directory, &trust, || Identity::ephemeral(join_key)).await?;
+        let channel = connect(directory, &sealed.cluster_ca, || {
+            Identity::ephemeral(join_key)
+        })
+        .await?;
         let request = JoinNodeRequest {
             external_address: address.to_string(),
         };

@@ -14,6 +14,11 @@ use rcgen::{
 use ring::rand::{SecureRandom, SystemRandom};
 use time::{Duration, OffsetDateTime};
 
+/// The URI SAN that marks a Curator's server certificate. Clients of the Curator accept no
+/// server certificate without it, so a node certificate (or any other the CA issued) cannot
+/// pose as a Curator.
+pub const CURATOR_URI: &str = "urn:polis:role:curator";
+
 /// How long issued certificates are valid. Node identity outlives reboots and upgrades;
 /// revocation, not expiry, is how a certificate is withdrawn.
 const VALIDITY: Duration = Duration::days(365 * 20);
@@ -51,9 +56,16 @@ fn rcgen_err(op: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
 /// What kind of certificate to issue for a public key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Template {
-    /// A node's identity: SAN = node ID, for serving and for calling other nodes.
+    /// A node's identity: SAN = node ID, for calling the Curator (client authentication only:
+    /// a node certificate never serves as a Curator).
     Node {
         /// `metropolis-…` from the node's public key.
+        node_id: String,
+    },
+    /// A Curator's server certificate: names the node like its node certificate and carries
+    /// [`CURATOR_URI`], the mark clients require of a Curator. Only consensus members get one.
+    Curator {
+        /// The node ID of the consensus member serving the Curator.
         node_id: String,
     },
     /// An etcd peer: served and presented on the peer port, named by DNS and IP.
@@ -148,10 +160,15 @@ impl CertificateAuthority {
             Template::Node { node_id } => {
                 dn.push(DnType::CommonName, node_id.as_str());
                 params.subject_alt_names = vec![dns(node_id)?];
-                params.extended_key_usages = vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            Template::Curator { node_id } => {
+                dn.push(DnType::CommonName, node_id.as_str());
+                let mark = CURATOR_URI
+                    .try_into()
+                    .map_err(rcgen_err("name the Curator role"))?;
+                params.subject_alt_names = vec![dns(node_id)?, SanType::URI(mark)];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
             Template::Peer {
                 name,

@@ -46,6 +46,24 @@ fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
     VerifyingKey::from_bytes(&key).map_err(|e| PkiError::BadCertificate(e.to_string()))
 }
 
+/// Whether `certificate` (DER) carries the Curator mark ([`crate::pki::CURATOR_URI`]). Only
+/// meaningful for a certificate already verified to chain to the cluster CA.
+pub fn is_curator_certificate(certificate: &[u8]) -> Result<bool, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let names = parsed
+        .subject_alternative_name()
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    Ok(names.is_some_and(|names| {
+        names
+            .value
+            .general_names
+            .iter()
+            .any(|n| matches!(n, GeneralName::URI(uri) if *uri == crate::pki::CURATOR_URI))
+    }))
+}
+
 /// Check that `certificate` chains to `anchor` (a CA, or the certificate itself when it is
 /// self-signed) with Ed25519 signatures and is valid at `now` for client authentication; answers
 /// it parsed, for further checks.

@@ -7,11 +7,11 @@ mod identity;
 mod issuer;
 mod revocation;
 
-pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template};
+pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template, CURATOR_URI};
 pub use credentials::{read_pem, to_pem, CredentialsError, NodeCredentials};
 pub use identity::{
-    certificate_node_id, generate_key, hex, node_id, verify_client_certificate,
-    verify_node_certificate,
+    certificate_node_id, generate_key, hex, is_curator_certificate, node_id,
+    verify_client_certificate, verify_node_certificate,
 };
 pub use issuer::{GetCaCertificate, Issue, Issuer, IssuerError, Revoke, CRL_KEY, NAMESPACE};
 pub use revocation::{revoke, serial_of, RevocationError};

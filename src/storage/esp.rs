@@ -247,7 +247,9 @@ mod tests {
                     host: "198.18.0.2".into(),
                 }],
                 id: "metropolis-00".into(),
+                curator: true,
             }],
+            crl: vec![1, 2, 3],
         };
         esp.write_directory(&directory).unwrap();
         assert_eq!(esp.directory().unwrap(), directory);
