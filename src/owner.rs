@@ -2,6 +2,7 @@
 //! the management calls (with the owner certificate). Used by `polisctl` and the cluster tests.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
@@ -29,6 +30,14 @@ pub enum OwnerError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A decommissioned node is not retired yet (certificates revoked, etcd member removed).
+    #[error("node {id} is decommissioned but not yet retired; waiting on: {waiting_on}")]
+    NotRetired {
+        /// The node.
+        id: String,
+        /// What the cluster is waiting on.
+        waiting_on: String,
+    },
     /// The Curator refused or failed.
     #[error("{call}: {status}")]
     Call {
@@ -38,6 +47,9 @@ pub enum OwnerError {
         status: tonic::Status,
     },
 }
+
+/// How often a decommission's progress is read.
+const RETIREMENT_POLL: Duration = Duration::from_millis(250);
 
 /// Where a Curator is: its node ID (its certificate's name) and address.
 #[derive(Clone, Debug)]
@@ -180,12 +192,53 @@ impl Owner {
         Ok(())
     }
 
-    /// Decommission node `id`.
+    /// Decommission node `id`: from now on it is refused; the cluster retires it in the
+    /// background (see [`Owner::wait_retired`]).
     pub async fn decommission(&mut self, id: &str) -> Result<(), OwnerError> {
         self.client
             .decommission_node(DecommissionNodeRequest { id: id.to_owned() })
             .await
             .map_err(call("DecommissionNode"))?;
         Ok(())
+    }
+
+    /// Wait (up to `patience`) until the cluster has retired decommissioned node `id`: its
+    /// certificates revoked, its etcd member removed. `progress` hears what the cluster is
+    /// waiting on whenever that changes.
+    pub async fn wait_retired(
+        &mut self,
+        id: &str,
+        patience: Duration,
+        mut progress: impl FnMut(&str),
+    ) -> Result<(), OwnerError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut said = String::new();
+        loop {
+            let node = self.nodes().await?.into_iter().find(|n| n.id == id);
+            let Some(node) = node else {
+                return Err(OwnerError::NotRetired {
+                    id: id.to_owned(),
+                    waiting_on: "its record is gone".into(),
+                });
+            };
+            if node.retired {
+                return Ok(());
+            }
+            let waiting_on = match node.retirement_waiting_on.as_str() {
+                "" => "the decommission reconciler".to_owned(),
+                reason => reason.to_owned(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OwnerError::NotRetired {
+                    id: id.to_owned(),
+                    waiting_on,
+                });
+            }
+            if waiting_on != said {
+                progress(&waiting_on);
+                said = waiting_on;
+            }
+            tokio::time::sleep(RETIREMENT_POLL).await;
+        }
     }
 }

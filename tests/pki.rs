@@ -19,7 +19,7 @@ fn valid_for(cert: &[u8], name: &str) -> bool {
 }
 
 #[test]
-fn node_certificates_name_the_node_and_serve_and_call() {
+fn node_certificates_name_the_node_and_only_call_curator_certificates_serve() {
     let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
     let node = generate_key().unwrap();
     let id = node_id(&node.verifying_key());
@@ -31,8 +31,29 @@ fn node_certificates_name_the_node_and_serve_and_call() {
             &node.verifying_key(),
         )
         .unwrap();
-    verify(ca.certificate(), &cert.der, KeyUsage::server_auth(), None).unwrap();
+    assert!(
+        verify(ca.certificate(), &cert.der, KeyUsage::server_auth(), None).is_err(),
+        "a node certificate must not serve"
+    );
     verify(ca.certificate(), &cert.der, KeyUsage::client_auth(), None).unwrap();
+    assert!(!polis::pki::is_curator_certificate(&cert.der).unwrap());
+    let curator = ca
+        .issue(
+            &Template::Curator {
+                node_id: id.clone(),
+            },
+            &node.verifying_key(),
+        )
+        .unwrap();
+    verify(
+        ca.certificate(),
+        &curator.der,
+        KeyUsage::server_auth(),
+        None,
+    )
+    .unwrap();
+    assert!(polis::pki::is_curator_certificate(&curator.der).unwrap());
+    assert!(valid_for(&curator.der, &id));
     assert!(valid_for(&cert.der, &id));
     assert!(!valid_for(&cert.der, "metropolis-someoneelse"));
 
@@ -155,13 +176,13 @@ fn a_restored_ca_signs_like_the_original_and_other_cas_are_not_trusted() {
             &key.verifying_key(),
         )
         .unwrap();
-    verify(ca.certificate(), &cert.der, KeyUsage::server_auth(), None).unwrap();
+    verify(ca.certificate(), &cert.der, KeyUsage::client_auth(), None).unwrap();
     let crl = restored.crl(3, std::slice::from_ref(&cert.serial)).unwrap();
     assert_eq!(
         verify(
             ca.certificate(),
             &cert.der,
-            KeyUsage::server_auth(),
+            KeyUsage::client_auth(),
             Some(&crl)
         ),
         Err(Error::CertRevoked)
@@ -179,7 +200,7 @@ fn a_restored_ca_signs_like_the_original_and_other_cas_are_not_trusted() {
     assert!(verify(
         ca.certificate(),
         &foreign.der,
-        KeyUsage::server_auth(),
+        KeyUsage::client_auth(),
         None
     )
     .is_err());

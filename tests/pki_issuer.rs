@@ -48,7 +48,7 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
         .await
         .unwrap()
         .unwrap();
-    verify(&ca, &issued.der, KeyUsage::server_auth(), None).unwrap();
+    verify(&ca, &issued.der, KeyUsage::client_auth(), None).unwrap();
     let mut kv = consensus.ask(Kv(NAMESPACE.into())).await.unwrap().unwrap();
     let recorded = kv.list("issued/").await.unwrap();
     assert_eq!(recorded.len(), 1);
@@ -56,7 +56,7 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
 
     let crl = b.ask(Revoke(issued.serial.clone())).await.unwrap().unwrap();
     assert_eq!(
-        verify(&ca, &issued.der, KeyUsage::server_auth(), Some(&crl)),
+        verify(&ca, &issued.der, KeyUsage::client_auth(), Some(&crl)),
         Err(Error::CertRevoked)
     );
     assert_eq!(kv.get("crl").await.unwrap(), Some(crl.clone()));
@@ -78,7 +78,7 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     let both = a.ask(Revoke(other.serial.clone())).await.unwrap().unwrap();
     for der in [&issued.der, &other.der] {
         assert_eq!(
-            verify(&ca, der, KeyUsage::server_auth(), Some(&both)),
+            verify(&ca, der, KeyUsage::client_auth(), Some(&both)),
             Err(Error::CertRevoked)
         );
     }

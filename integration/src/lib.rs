@@ -30,3 +30,7 @@ pub fn vm_image(dir: &std::path::Path) -> (polis::vm::Kernel, std::path::PathBuf
         .expect("the initramfs builds");
     (kernel, initramfs)
 }
+
+/// How long a test waits for a decommissioned node's retirement: it bounds a hang and decides
+/// nothing else (the reconciler retries until it is done).
+pub const RETIREMENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);

@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
 use polis::owner::Owner;
 use polis::proto::common::NodeState;
-use polis_integration::{polis_node_binary, test_logger};
+use polis_integration::{polis_node_binary, test_logger, RETIREMENT_PATIENCE};
 
 /// etcd's members as node 0's etcd reports them: (name, is_learner).
 async fn etcd_members(cluster: &LocalCluster, i: usize) -> Option<Vec<(String, bool)>> {
@@ -121,10 +121,22 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
         assert_eq!(&cluster.nodes[i].id().unwrap(), id);
     }
 
-    // Decommission node 2: it leaves etcd, stops by itself, drops out of the hosts files, and
-    // is refused when it boots again.
+    // Decommission node 2 right after the cold start (etcd may still call itself unhealthy):
+    // the call returns once the record says so. It leaves etcd, stops by itself, drops out of
+    // the hosts files, and is refused when it boots again. The reconcilers that retire it are
+    // crashed on both other members at once: the next incarnation finishes the work.
     let mut owner = curator_on(&cluster, 0).await;
     owner.decommission(&ids[2]).await.unwrap();
+    for i in [0, 1] {
+        let body = r#"{"path": "/cluster/decommission", "how": "crash"}"#;
+        cluster.debug(i, "POST", "/debug/kill", body).unwrap();
+    }
+    owner
+        .wait_retired(&ids[2], RETIREMENT_PATIENCE, |waiting_on| {
+            eprintln!("retiring node 2: waiting on {waiting_on}")
+        })
+        .await
+        .unwrap();
     let status = cluster.wait_exit(2).unwrap();
     assert!(!status.success(), "{status:?}");
     cluster

@@ -22,7 +22,7 @@ use polis::proto::curator::{
     CommitNodeRequest, GetCaCertificateRequest, JoinNodeRequest, RegisterNodeRequest,
 };
 use polis::tls::{curator_client_config, Identity, Trust};
-use polis_integration::{polis_node_binary, test_logger};
+use polis_integration::{polis_node_binary, test_logger, RETIREMENT_PATIENCE};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -144,6 +144,10 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     assert!(as_node().await.is_ok(), "the node certificate works before");
     let id = polis::pki::node_id(&node_key.verifying_key());
     owner.decommission(&id).await.unwrap();
+    owner
+        .wait_retired(&id, RETIREMENT_PATIENCE, |_| {})
+        .await
+        .unwrap();
     let gone = as_joiner
         .join_node(JoinNodeRequest::default())
         .await

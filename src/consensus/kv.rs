@@ -1,5 +1,7 @@
 //! Keys under one prefix: what each actor that keeps state in etcd gets.
 
+use std::time::Duration;
+
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
 use crate::consensus::ConsensusError;
@@ -117,10 +119,7 @@ impl NamespacedKv {
                 .iter()
                 .map(|k| Compare::create_revision(self.key(k), CompareOp::Equal, 0)),
         );
-        let ops: Vec<TxnOp> = puts
-            .iter()
-            .map(|(k, v)| TxnOp::put(self.key(k), *v, None))
-            .collect();
+        let ops = self.put_ops(puts);
         let response = self
             .client
             .txn(Txn::new().when(compare).and_then(ops))
@@ -179,6 +178,15 @@ impl NamespacedKv {
 
     /// Keys under `prefix` (relative to this namespace) with their values.
     pub async fn list(&mut self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, ConsensusError> {
+        Ok(self.list_versioned(prefix).await?.0)
+    }
+
+    /// Keys under `prefix` with their values, and the store's revision they were read at, for a
+    /// later [`NamespacedKv::swap_under`].
+    pub async fn list_versioned(
+        &mut self,
+        prefix: &str,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64), ConsensusError> {
         let full = self.key(prefix);
         let response = self
             .client
@@ -187,13 +195,85 @@ impl NamespacedKv {
                 Some(etcd_client::GetOptions::new().with_prefix()),
             )
             .await?;
-        Ok(response
+        let revision = response.header().map_or(0, |h| h.revision());
+        let listed = response
             .kvs()
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 (key[self.prefix.len()..].to_owned(), kv.value().to_vec())
             })
-            .collect())
+            .collect();
+        Ok((listed, revision))
+    }
+
+    /// Write all `puts` in one transaction if no key under `prefix` was created or changed after
+    /// `revision` (from [`NamespacedKv::list_versioned`]): a decision that read the whole prefix
+    /// holds when it is written. Returns whether it wrote.
+    pub async fn swap_under(
+        &mut self,
+        prefix: &str,
+        revision: i64,
+        puts: &[(&str, &[u8])],
+    ) -> Result<bool, ConsensusError> {
+        let guard =
+            Compare::mod_revision(self.key(prefix), CompareOp::Less, revision + 1).with_prefix();
+        let ops = self.put_ops(puts);
+        let response = self
+            .client
+            .txn(Txn::new().when(vec![guard]).and_then(ops))
+            .await?;
+        Ok(response.succeeded())
+    }
+
+    /// One put per `(key, value)` of `puts`, for a transaction.
+    fn put_ops(&self, puts: &[(&str, &[u8])]) -> Vec<TxnOp> {
+        puts.iter()
+            .map(|(k, v)| TxnOp::put(self.key(k), *v, None))
+            .collect()
+    }
+
+    /// Become the one holder of the lock `name` (under this namespace), waiting while another
+    /// holds it. The lock rides on a lease of `ttl` that the answered [`Leadership`] keeps
+    /// alive: if this process dies or loses etcd, the lease expires and the next waiter leads.
+    pub async fn lead(&mut self, name: &str, ttl: Duration) -> Result<Leadership, ConsensusError> {
+        let seconds = ttl.as_secs().max(2) as i64;
+        let lease = self.client.lease_grant(seconds, None).await?.id();
+        let (mut keeper, mut answers) = self.client.lease_keep_alive(lease).await?;
+        let keep_alive = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(seconds as u64 / 3));
+            loop {
+                tick.tick().await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.ttl() > 0 => {}
+                    _ => return,
+                }
+            }
+        });
+        let options = etcd_client::LockOptions::new().with_lease(lease);
+        self.client.lock(self.key(name), Some(options)).await?;
+        Ok(Leadership { keep_alive })
+    }
+}
+
+/// A held lock (see [`NamespacedKv::lead`]). Dropping it stops renewing the lease, so the lock
+/// passes on within the lease's time to live.
+pub struct Leadership {
+    keep_alive: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Resolves when the lease could no longer be renewed: leadership is, or will soon be, lost.
+    pub async fn lost(&mut self) {
+        let _ = (&mut self.keep_alive).await;
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.keep_alive.abort();
     }
 }

@@ -15,7 +15,7 @@ pub use etcd::{
     connect, peer_template, ConsensusError, Member, Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE,
     PEER_PORT,
 };
-pub use kv::NamespacedKv;
+pub use kv::{Leadership, NamespacedKv};
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::pki::CertificateAuthority;

@@ -4,12 +4,14 @@
 //! [`actor`] the supervised server.
 
 mod actor;
+mod decommission;
 mod owner_only;
 pub mod records;
 mod server_certificate;
 mod service;
 
 pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
+pub use decommission::Decommissioner;
 pub use records::Records;
 pub use service::{initial_cluster, Services};
 

@@ -9,7 +9,7 @@ use crate::consensus::NamespacedKv;
 use crate::curator::CuratorError;
 use crate::pki::hex;
 use crate::proto::common::{cluster_directory, Address, ClusterDirectory, NodeState, NodeStatus};
-use crate::proto::private::Node;
+use crate::proto::private::{Node, Retirement};
 
 /// The etcd namespace of the Curator.
 pub const NAMESPACE: &str = "/curator/";
@@ -55,6 +55,42 @@ impl Records {
             nodes.push(decode(&key, &bytes)?);
         }
         Ok(nodes)
+    }
+
+    /// Change node `id`'s existing record by `change`, given every record as it is now (it
+    /// answers the record to write, or `None` to leave it); written only if no record changed
+    /// in between, else decided again. For decisions that count other nodes, e.g. whether a
+    /// consensus member would remain. Answers the record as it stands afterwards.
+    pub async fn update_against_all<F>(
+        &mut self,
+        id: &str,
+        mut change: F,
+    ) -> Result<Node, CuratorError>
+    where
+        F: FnMut(&[Node]) -> Result<Option<Node>, CuratorError>,
+    {
+        let key = format!("{NODES}{id}");
+        loop {
+            let (listed, revision) = self.kv.list_versioned(NODES).await?;
+            let nodes = listed
+                .iter()
+                .map(|(key, bytes)| decode(key, bytes))
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some(new) = change(&nodes)? else {
+                return nodes
+                    .into_iter()
+                    .find(|n| n.id == id)
+                    .ok_or_else(|| CuratorError::UnknownNode(id.to_owned()));
+            };
+            let record = new.encode_to_vec();
+            if self
+                .kv
+                .swap_under(NODES, revision, &[(&key, &record)])
+                .await?
+            {
+                return Ok(new);
+            }
+        }
     }
 
     /// The record of the node that registered `join_key`, if any: the index names it, and the
@@ -212,21 +248,35 @@ pub fn commit(
     }
 }
 
-/// DecommissionNode: the node may never join again.
-pub fn decommission(current: Option<&Node>, id: &str) -> Result<Option<Node>, CuratorError> {
-    let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+/// DecommissionNode, given every record: the node may never join again, and the reconciler is
+/// to retire it. The last UP consensus member may not go (the cluster would lose etcd).
+pub fn decommission(nodes: &[Node], id: &str) -> Result<Option<Node>, CuratorError> {
+    let node = nodes
+        .iter()
+        .find(|n| n.id == id)
+        .ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
     if node.fsm_state == NodeState::Decommissioned as i32 {
         return Ok(None);
     }
+    if is_consensus_member(node) && !other_consensus_member(nodes, id) {
+        return Err(CuratorError::LastConsensusMember(id.to_owned()));
+    }
     Ok(Some(Node {
         fsm_state: NodeState::Decommissioned as i32,
+        retirement: Some(Retirement::default()),
         ..node.clone()
     }))
 }
 
+/// Whether node `node` is decommissioned and not yet fully retired.
+pub fn awaits_retirement(node: &Node) -> bool {
+    node.fsm_state == NodeState::Decommissioned as i32
+        && !node.retirement.as_ref().is_some_and(|r| r.done)
+}
+
 /// Whether a node other than `id` is an UP consensus member (the cluster keeps etcd without
 /// `id`).
-pub fn other_consensus_member(nodes: &[Node], id: &str) -> bool {
+fn other_consensus_member(nodes: &[Node], id: &str) -> bool {
     nodes
         .iter()
         .any(|n| n.id != id && n.fsm_state == NodeState::Up as i32 && is_consensus_member(n))
@@ -312,7 +362,9 @@ mod tests {
             register(Some(&node), "n", &[1; 32], &[9; 32], "x"),
             Err(CuratorError::JoinKeyMismatch(_))
         ));
-        let gone = decommission(Some(&node), "n").unwrap().unwrap();
+        let gone = decommission(std::slice::from_ref(&node), "n")
+            .unwrap()
+            .unwrap();
         assert!(matches!(
             register(Some(&gone), "n", &[1; 32], &[2; 32], "x"),
             Err(CuratorError::Decommissioned(_))

@@ -11,15 +11,12 @@ use polis_actors::ActorRef;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use crate::consensus::{
-    peer_ca, AddLearner, Consensus, NamespacedKv, RemoveMember, PEER_CRL_KEY, PEER_PORT,
-};
+use crate::consensus::{peer_ca, AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
+use crate::curator::decommission::remove_consensus_member;
 use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
-use crate::pki::{
-    node_id, revoke, serial_of, GetCaCertificate, Issue, Issuer, Revoke, Template, CRL_KEY,
-};
+use crate::pki::{node_id, revoke, serial_of, GetCaCertificate, Issue, Issuer, Template, CRL_KEY};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::management_server::Management;
 use crate::proto::api::{self, *};
@@ -137,39 +134,39 @@ impl Services {
             peers: parse_initial_cluster(&initial_cluster),
         })
     }
+}
 
-    /// Take from a decommissioned node what it holds: its node and Curator certificates
-    /// (revoked), and if it is a consensus member its place in etcd and its peer certificate
-    /// (revoked, so that etcd refuses it should it come back).
-    async fn retire(&self, node: &Node) -> Result<(), CuratorError> {
-        for certificate in [&node.node_certificate, &node.curator_certificate] {
-            if !certificate.is_empty() {
-                let serial = serial_of(certificate)?;
-                self.issuer.ask(Revoke(serial)).await??;
+impl Services {
+    /// After `member` was made for `node` and its record written (or not, `written`): if the
+    /// record did not take it (the node was decommissioned meanwhile), take the etcd seat and
+    /// the peer certificate back; if a concurrent call's member won, revoke this one's unused
+    /// peer certificate.
+    async fn settle_added_member(
+        &self,
+        node: &Node,
+        member: &ConsensusMember,
+        written: &Result<Node, CuratorError>,
+    ) -> Result<(), CuratorError> {
+        let recorded = written.as_ref().ok().and_then(|n| {
+            let roles = n.roles.as_ref()?;
+            roles.consensus_member.as_ref()
+        });
+        match recorded {
+            Some(kept) if kept.peer_certificate == member.peer_certificate => Ok(()),
+            Some(_) => {
+                let mut peer_kv = self.peer_kv.clone();
+                let ca = peer_ca(&mut peer_kv).await?;
+                let serial = serial_of(&member.peer_certificate)?;
+                revoke(&mut peer_kv, &ca, PEER_CRL_KEY, &serial).await?;
+                Ok(())
+            }
+            None => {
+                slog::warn!(self.log, "the node left UP while it got the consensus role; undoing";
+                    "node" => &node.id);
+                remove_consensus_member(&self.consensus, &self.peer_kv, node, member).await?;
+                Ok(())
             }
         }
-        let Some(member) = node
-            .roles
-            .as_ref()
-            .and_then(|r| r.consensus_member.as_ref())
-        else {
-            return Ok(());
-        };
-        let removed = self
-            .consensus
-            .ask(RemoveMember {
-                name: node.id.clone(),
-                peer_url: peer_url(node),
-            })
-            .await??;
-        slog::info!(self.log, "etcd member removed"; "node" => &node.id, "was_member" => removed);
-        if !member.peer_certificate.is_empty() {
-            let mut peer_kv = self.peer_kv.clone();
-            let ca = peer_ca(&mut peer_kv).await?;
-            let serial = serial_of(&member.peer_certificate)?;
-            revoke(&mut peer_kv, &ca, PEER_CRL_KEY, &serial).await?;
-        }
-        Ok(())
     }
 }
 
@@ -182,7 +179,7 @@ fn external_address(node: &Node) -> &str {
 }
 
 /// Where other etcd members reach `node`, as it is added and removed.
-fn peer_url(node: &Node) -> String {
+pub(super) fn peer_url(node: &Node) -> String {
     format!("https://{}:{PEER_PORT}", external_address(node))
 }
 
@@ -540,12 +537,17 @@ impl Management for Services {
         Ok(Response::new(GetNodesResponse {
             nodes: nodes
                 .into_iter()
-                .map(|n| api::Node {
-                    pubkey: n.public_key,
-                    state: n.fsm_state,
-                    status: n.status,
-                    roles: n.roles,
-                    id: n.id,
+                .map(|n| {
+                    let retirement = n.retirement.unwrap_or_default();
+                    api::Node {
+                        pubkey: n.public_key,
+                        state: n.fsm_state,
+                        status: n.status,
+                        roles: n.roles,
+                        id: n.id,
+                        retired: retirement.done,
+                        retirement_waiting_on: retirement.waiting_on,
+                    }
                 })
                 .collect(),
         }))
@@ -597,11 +599,19 @@ impl Management for Services {
             _ => None,
         };
         let id = msg.id.clone();
-        records
+        let written = records
             .update(&id, |current| {
                 let Some(node) = current else {
                     return Err(CuratorError::UnknownNode(id.clone()));
                 };
+                // Checked again where it is written: a decommission may have come in between.
+                if node.fsm_state != NodeState::Up as i32 {
+                    return Err(CuratorError::WrongState {
+                        id: id.clone(),
+                        state: records::state_name(node.fsm_state),
+                        wanted: "UP",
+                    });
+                }
                 let mut roles = node.roles.clone().unwrap_or_default();
                 if let Some(member) = &member {
                     roles.consensus_member.get_or_insert_with(|| member.clone());
@@ -617,7 +627,11 @@ impl Management for Services {
                     ..node.clone()
                 }))
             })
-            .await?;
+            .await;
+        if let Some(member) = &member {
+            self.settle_added_member(&node, member, &written).await?;
+        }
+        written?;
         slog::info!(self.log, "node roles updated"; "node" => &msg.id);
         Ok(Response::new(UpdateNodeRolesResponse {}))
     }
@@ -627,26 +641,13 @@ impl Management for Services {
         request: Request<DecommissionNodeRequest>,
     ) -> Answer<DecommissionNodeResponse> {
         let id = request.into_inner().id;
-        let mut records = self.records.clone();
-        let node = records
-            .get(&id)
-            .await?
-            .ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
-        let member = node
-            .roles
-            .as_ref()
-            .is_some_and(|r| r.consensus_member.is_some());
-        if member && !records::other_consensus_member(&records.list().await?, &id) {
-            return Err(CuratorError::LastConsensusMember(id).into());
-        }
-        let written = records
-            .update(&id, |current| records::decommission(current, &id))
+        // Decided against every record, so that two decommissions cannot both take away "the
+        // other" consensus member; the reconciler ([`super::decommission`]) does the rest.
+        self.records
+            .clone()
+            .update_against_all(&id, |nodes| records::decommission(nodes, &id))
             .await?;
-        slog::warn!(self.log, "node decommissioned"; "node" => &id);
-        // The record refuses the node from here on; the rest takes away what it holds. Each step
-        // is repeatable, so a call that failed half-way is finished by the next.
-        self.retire(&written).await?;
-        slog::info!(self.log, "decommissioned node's certificates revoked"; "node" => &id);
+        slog::warn!(self.log, "node decommissioned; its retirement is under way"; "node" => &id);
         Ok(Response::new(DecommissionNodeResponse {}))
     }
 }

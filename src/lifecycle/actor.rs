@@ -9,7 +9,6 @@
 //! fails the actor, which the tree treats as fatal.
 
 use std::future::Future;
-use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use polis_actors::{
@@ -18,6 +17,7 @@ use polis_actors::{
 };
 use prost::Message;
 
+use crate::backoff::Backoff;
 use crate::consensus::Mode;
 use crate::lifecycle::cluster::{self, ClusterConfig};
 use crate::lifecycle::{decide, Flow, LifecycleError, FW_CFG_WINS};
@@ -29,10 +29,6 @@ use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
 use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
 use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
-
-/// Retry delays for transient failures.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_CAP: Duration = Duration::from_secs(5);
 
 // ---- state ----
 
@@ -168,7 +164,8 @@ impl Run {
         let member = cluster::member_children(cluster, mode);
         self.start_child(member.consensus).await?;
         self.start_child(member.pki).await?;
-        self.start_child(member.curator).await
+        self.start_child(member.curator).await?;
+        self.start_child(member.decommission).await
     }
 
     /// Add `child` to `/cluster` and wait until it is healthy. A child that failed its first
@@ -325,29 +322,4 @@ pub(super) fn refused(call: &'static str, status: tonic::Status) -> LifecycleErr
 /// An Ed25519 key from its 32 secret bytes, if they are 32.
 pub(super) fn signing_key(bytes: &[u8]) -> Option<SigningKey> {
     Some(SigningKey::from_bytes(bytes.try_into().ok()?))
-}
-
-/// Growing delays between attempts (doubling up to [`RETRY_CAP`]), reset by progress.
-pub(super) struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    /// Start at [`RETRY_FIRST`].
-    pub(super) fn new() -> Self {
-        Backoff { delay: RETRY_FIRST }
-    }
-
-    /// Progress was made: the next failure waits [`RETRY_FIRST`] again.
-    pub(super) fn reset(&mut self) {
-        self.delay = RETRY_FIRST;
-    }
-
-    /// Log why `what` is retried, then wait the current delay and double it.
-    pub(super) async fn wait(&mut self, log: &slog::Logger, what: &str, reason: &LifecycleError) {
-        slog::info!(log, "retrying"; "step" => what, "reason" => %reason,
-            "retry_in_ms" => self.delay.as_millis() as u64);
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(RETRY_CAP);
-    }
 }

@@ -1,6 +1,6 @@
 //! The `/cluster` subtree the lifecycle starts once the data partition is up (DESIGN §2):
-//! `hostsfile` first, then — once the node is a consensus member — `consensus`, `pki` and
-//! `curator`, appended in that order so rest_for_one restarts what depends on a failed child.
+//! `hostsfile` first, then — once the node is a consensus member — `consensus`, `pki`,
+//! `curator` and `decommission`, appended in that order so rest_for_one restarts what depends on a failed child.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use polis_actors::{ActorRef, Backoff, ChildSpec, Strategy, Supervisor, SupervisorSpec, Watchable};
 
 use crate::consensus::{Consensus, ConsensusConfig, Member, Mode, PEER_PORT};
-use crate::curator::{Curator, CuratorConfig, CURATOR_PORT};
+use crate::curator::{Curator, CuratorConfig, Decommissioner, CURATOR_PORT};
 use crate::hostsfile::{HostsConfig, Hostsfile};
 use crate::network::NetworkStatus;
 use crate::pki::Issuer;
@@ -75,6 +75,8 @@ pub struct MemberChildren {
     pub pki: ChildSpec,
     /// The Curator; it needs the node credentials on disk.
     pub curator: ChildSpec,
+    /// The decommission reconciler.
+    pub decommission: ChildSpec,
     /// The consensus actor, across restarts.
     pub consensus_ref: ActorRef<Consensus>,
     /// The issuer, across restarts.
@@ -107,6 +109,13 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
         listen: SocketAddr::new(config.address, CURATOR_PORT),
     };
     let (curator_consensus, curator_issuer) = (consensus_ref.clone(), issuer_ref.clone());
+    let (retiring_consensus, retiring_issuer) = (consensus_ref.clone(), issuer_ref.clone());
+    let (decommission, _) = ChildSpec::worker("decommission", move || {
+        Ok(Decommissioner::new(
+            retiring_consensus.clone(),
+            retiring_issuer.clone(),
+        ))
+    });
     let (curator, _) = ChildSpec::worker("curator", move || {
         Ok(Curator::new(
             curator_config.clone(),
@@ -118,6 +127,7 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
         consensus,
         pki,
         curator,
+        decommission,
         consensus_ref,
         issuer_ref,
     }

@@ -204,6 +204,7 @@ impl Run {
                     node_certificate: credentials.certificate.clone(),
                     status: Some(records::status(&address.to_string())),
                     curator_certificate: Vec::new(),
+                    retirement: None,
                 };
                 records
                     .update(&id, |current| Ok(current.is_none().then(|| record.clone())))
@@ -216,6 +217,7 @@ impl Run {
             self.checkpoint(JournalFlow::Bootstrap, "committed");
         }
         self.start_child(member.curator).await?;
+        self.start_child(member.decommission).await?;
         let sealed = self
             .finish(JournalFlow::Bootstrap, &keys, &credentials, true)
             .await?;

@@ -10,8 +10,9 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
 use tonic::Code;
 
+use crate::backoff::Backoff;
 use crate::consensus::Mode;
-use crate::lifecycle::actor::{refused, signing_key, Backoff, Run};
+use crate::lifecycle::actor::{refused, signing_key, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::LifecycleError;
 use crate::pki::{node_id, NodeCredentials, PkiError};

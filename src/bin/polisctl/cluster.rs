@@ -242,9 +242,22 @@ pub fn approve(dir: &Path, pubkey: &str) -> Result<(), ClusterError> {
     with_owner(dir, async |owner| owner.approve(&key).await)
 }
 
+/// Decommission node `id` and wait until it is retired, saying what the cluster waits on.
 pub fn decommission(dir: &Path, id: &str) -> Result<(), ClusterError> {
-    with_owner(dir, async |owner| owner.decommission(id).await)
+    with_owner(dir, async |owner| {
+        owner.decommission(id).await?;
+        owner
+            .wait_retired(id, DECOMMISSION_PATIENCE, |waiting_on| {
+                eprintln!("decommissioning {id}: waiting on {waiting_on}")
+            })
+            .await
+    })?;
+    eprintln!("{id} is decommissioned and retired");
+    Ok(())
 }
+
+/// How long `polisctl decommission` waits for the retirement before saying what blocks it.
+const DECOMMISSION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     s.len()
