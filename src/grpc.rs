@@ -27,6 +27,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long dialling a server (TCP and TLS) may take: a peer that is off drops SYNs, and the
 /// caller has other peers to try.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a client pings its server over HTTP/2, idle or not, so that a server that went
+/// away without closing (powered off, frozen, cut off) ends the channel's calls and Watch
+/// streams instead of hanging them until TCP gives up.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the channel is declared dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +215,9 @@ pub async fn channel(
             cause: causes(&source),
         })?;
     endpoint
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_with_connector(tower::service_fn(move |_| {
             let (connector, name) = (connector.clone(), name.clone());
             let dial = async move {

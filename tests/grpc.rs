@@ -316,3 +316,64 @@ async fn a_node_reaches_only_an_unrevoked_curator_of_its_directory() {
         );
     }
 }
+
+/// Forward connections from the answered address to `server` until `frozen` says stop; then
+/// hold both sockets open and forward nothing, as a powered-off host's peer sees it.
+async fn freezable_relay(server: SocketAddr, frozen: watch::Receiver<bool>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = upstream.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                ),
+                (Box::new(server_read), Box::new(client_write)),
+            ] {
+                let frozen = frozen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 || *frozen.borrow() {
+                            // Keep `from` and `to` open, forwarding nothing.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    addr
+}
+
+/// A server that stops answering without closing (a Curator host powered off) ends the
+/// client's calls through HTTP/2 keepalive instead of hanging them.
+#[tokio::test]
+async fn a_call_to_a_server_that_stopped_answering_fails_instead_of_hanging() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (server, _configs, _task) = serve(&ca, vec![]).await;
+    let (freeze, frozen) = watch::channel(false);
+    let relay = freezable_relay(server, frozen).await;
+    let key = generate_key().unwrap();
+    let trust = Trust {
+        ca: ca.certificate().to_vec(),
+        crls: vec![],
+    };
+    let config = curator_client_config(Some(Identity::ephemeral(&key).unwrap()), &trust).unwrap();
+    let channel = channel(relay, "metropolis-server", config).await.unwrap();
+    assert!(ask_on(&channel).await.is_ok());
+    freeze.send_replace(true);
+    // Bounds a hang only: keepalive ends the call within about ten seconds.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(120), ask_on(&channel))
+        .await
+        .expect("the call hung on a server that stopped answering");
+    assert!(answer.is_err(), "{answer:?}");
+}
