@@ -15,7 +15,7 @@ use crate::proto::api::management_client::ManagementClient;
 use crate::proto::api::{
     ApproveNodeRequest, DecommissionNodeRequest, EscrowRequest, GetClusterInfoRequest,
     GetClusterInfoResponse, GetNodesRequest, GetRegisterTicketRequest, Node,
-    UpdateNodeRolesRequest,
+    RotateRegisterTicketRequest, UpdateNodeRolesRequest,
 };
 use crate::proto::curator::curator_local_client::CuratorLocalClient;
 use crate::proto::curator::GetCaCertificateRequest;
@@ -145,6 +145,17 @@ impl Owner {
             .get_register_ticket(GetRegisterTicketRequest {})
             .await
             .map_err(call("GetRegisterTicket"))?;
+        Ok(response.into_inner().ticket)
+    }
+
+    /// Replace the register ticket; answers the new one. The old one registers no node from
+    /// now on (a node whose registration is under way keeps the record it has).
+    pub async fn rotate_ticket(&mut self) -> Result<Vec<u8>, OwnerError> {
+        let response = self
+            .client
+            .rotate_register_ticket(RotateRegisterTicketRequest {})
+            .await
+            .map_err(call("RotateRegisterTicket"))?;
         Ok(response.into_inner().ticket)
     }
 

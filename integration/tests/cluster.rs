@@ -5,6 +5,7 @@
 use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
 use polis::owner::Owner;
+use polis::proto::api::node_parameters::Cluster;
 use polis::proto::common::NodeState;
 use polis_integration::{polis_node_binary, test_logger, RETIREMENT_PATIENCE};
 
@@ -48,6 +49,22 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     let nodes = owner.clone().nodes().await.unwrap();
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n.state == NodeState::Up as i32));
+    // Enrolled, the registered nodes keep no register ticket on their ESPs.
+    for node in &cluster.nodes[1..] {
+        let esp = polis::storage::Esp::new(node.root.clone());
+        let params = esp.parameters().unwrap();
+        let Some(Cluster::ClusterRegister(register)) = params.cluster else {
+            panic!(
+                "node {} lost its register parameters",
+                node.root.path().display()
+            );
+        };
+        assert!(
+            register.register_ticket.is_empty(),
+            "the ticket stayed on {}",
+            esp.parameters_path().display()
+        );
+    }
 
     // etcd: three voters.
     cluster

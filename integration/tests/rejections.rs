@@ -13,7 +13,7 @@ use polis::pki::{generate_key, CertificateAuthority};
 use polis::proto::api::management_client::ManagementClient;
 use polis::proto::api::{
     ApproveNodeRequest, DecommissionNodeRequest, GetClusterInfoRequest, GetNodesRequest,
-    GetRegisterTicketRequest, UpdateNodeRolesRequest,
+    GetRegisterTicketRequest, RotateRegisterTicketRequest, UpdateNodeRolesRequest,
 };
 use polis::proto::common::NodeState;
 use polis::proto::curator::curator_client::CuratorClient;
@@ -104,6 +104,22 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         taken.message().contains("belongs to another node"),
         "{taken}"
     );
+
+    // Rotating the ticket: the old one registers no node from now on, the new one does.
+    let old = owner.ticket().await.unwrap();
+    let new = owner.rotate_ticket().await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(owner.ticket().await.unwrap(), new);
+    let latecomer = generate_key().unwrap();
+    let mut as_latecomer = CuratorClient::new(dial(&cluster, &ca, &latecomer).await.unwrap());
+    let late = |ticket: Vec<u8>| RegisterNodeRequest {
+        register_ticket: ticket,
+        join_key: generate_key().unwrap().verifying_key().to_bytes().to_vec(),
+        external_address: "198.18.0.98".into(),
+    };
+    let stale = as_latecomer.register_node(late(old)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::PermissionDenied, "{stale}");
+    as_latecomer.register_node(late(new)).await.unwrap();
 
     // Join: an unknown join key, then the decommissioned node's.
     let stranger = generate_key().unwrap();
@@ -205,6 +221,10 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
             .map(drop),
         management
             .decommission_node(DecommissionNodeRequest { id: id.clone() })
+            .await
+            .map(drop),
+        management
+            .rotate_register_ticket(RotateRegisterTicketRequest {})
             .await
             .map(drop),
     ];

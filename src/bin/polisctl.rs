@@ -61,7 +61,11 @@ enum Command {
     /// List the cluster's nodes (owner call).
     Nodes,
     /// Print the current register ticket in hex (owner call).
-    Ticket,
+    Ticket {
+        /// Replace it first: the old ticket registers no node from now on.
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Approve a NEW node by its public key in hex (owner call).
     Approve {
         /// The node's public key, hex.
@@ -163,7 +167,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Launch { nodes, vm } => cluster::launch(&cli.dir, *nodes, *vm)?,
         Command::Stop => cluster::stop(&cli.dir)?,
         Command::Nodes => cluster::nodes(&cli.dir, matches!(cli.output, Output::Json))?,
-        Command::Ticket => cluster::ticket(&cli.dir)?,
+        Command::Ticket { rotate } => cluster::ticket(&cli.dir, *rotate)?,
         Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,
         Command::Decommission { id } => cluster::decommission(&cli.dir, id)?,
         Command::Metrics { node } => print!("{}", debug(*node, "GET", "/metrics", "")?),

@@ -170,6 +170,14 @@ impl Services {
     }
 }
 
+/// 32 random bytes for a register ticket.
+fn fresh_ticket() -> Result<Vec<u8>, Status> {
+    let mut fresh = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+        .map_err(|_| Status::internal("the operating system's random generator failed"))?;
+    Ok(fresh)
+}
+
 /// The address a node reported (empty if none).
 fn external_address(node: &Node) -> &str {
     node.status
@@ -509,16 +517,31 @@ impl Management for Services {
         &self,
         _: Request<GetRegisterTicketRequest>,
     ) -> Answer<GetRegisterTicketResponse> {
-        let mut fresh = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
-            .map_err(|_| Status::internal("the operating system's random generator failed"))?;
         let mut records = self.records.clone();
         let ticket = records
             .kv()
-            .ensure(REGISTER_TICKET, &fresh)
+            .ensure(REGISTER_TICKET, &fresh_ticket()?)
             .await
             .map_err(CuratorError::from)?;
         Ok(Response::new(GetRegisterTicketResponse { ticket }))
+    }
+
+    async fn rotate_register_ticket(
+        &self,
+        _: Request<RotateRegisterTicketRequest>,
+    ) -> Answer<RotateRegisterTicketResponse> {
+        let ticket = fresh_ticket()?;
+        let mut records = self.records.clone();
+        records
+            .kv()
+            .put(REGISTER_TICKET, &ticket)
+            .await
+            .map_err(CuratorError::from)?;
+        slog::warn!(
+            self.log,
+            "the register ticket was rotated; the old one registers no node"
+        );
+        Ok(Response::new(RotateRegisterTicketResponse { ticket }))
     }
 
     async fn get_cluster_info(

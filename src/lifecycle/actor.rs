@@ -188,6 +188,18 @@ impl Run {
         }
     }
 
+    /// Remove the register ticket from the ESP's parameters (an enrolled node never needs it).
+    /// A failure is logged, not fatal: the node works without it, and the next boot tries again.
+    pub(super) fn scrub_register_ticket(&self) {
+        match self.esp.scrub_register_ticket() {
+            Ok(true) => slog::info!(self.log, "register ticket removed from the ESP";
+                "path" => %self.esp.parameters_path().display()),
+            Ok(false) => {}
+            Err(e) => slog::warn!(self.log, "cannot remove the register ticket from the ESP";
+                "error" => %e),
+        }
+    }
+
     /// Mount the existing data partition, asking again while the storage actor restarts.
     pub(super) async fn mount(
         &self,

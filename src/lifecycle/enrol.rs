@@ -362,6 +362,7 @@ impl Run {
         self.esp.remove_journal()?;
         slog::info!(self.log, "enrolment complete; the sealed configuration replaced the journal";
             "node" => node_id(&keys.node.verifying_key()));
+        self.scrub_register_ticket();
         self.checkpoint(flow, "sealed");
         Ok(sealed)
     }

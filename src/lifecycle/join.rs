@@ -41,6 +41,8 @@ impl Run {
             [] => None,
             bytes => Some(UnlockKey::from_slice(bytes)?),
         };
+        // An enrolment that crashed right after sealing may have left it.
+        self.scrub_register_ticket();
         let directory = self.esp.directory()?;
         let address = self.address().await;
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::proto::api::node_parameters::Cluster;
 use crate::proto::api::NodeParameters;
 use crate::proto::common::ClusterDirectory;
 use crate::proto::private::sealed_envelope::Protection;
@@ -93,6 +94,25 @@ impl Esp {
             &params.encode_to_vec(),
             PUBLIC_MODE,
         )?)
+    }
+
+    /// Remove the register ticket from the parameters, if they hold one: once a node is
+    /// enrolled it never needs the ticket again, and a ticket left readable on every node's ESP
+    /// lets anyone who reads one register nodes. Answers whether there was one.
+    pub fn scrub_register_ticket(&self) -> Result<bool, EspError> {
+        let mut params = match self.parameters() {
+            Ok(params) => params,
+            Err(EspError::NoParameters(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match &mut params.cluster {
+            Some(Cluster::ClusterRegister(register)) if !register.register_ticket.is_empty() => {
+                register.register_ticket.clear();
+                self.write_parameters(&params)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// The sealed configuration's envelope, checked for format and version; unsealing it is the

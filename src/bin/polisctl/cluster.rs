@@ -229,11 +229,13 @@ pub fn nodes(dir: &Path, json: bool) -> Result<(), ClusterError> {
     Ok(())
 }
 
-pub fn ticket(dir: &Path) -> Result<(), ClusterError> {
-    println!(
-        "{}",
-        hex(&with_owner(dir, async |owner| owner.ticket().await)?)
-    );
+/// Print the register ticket, replacing it first if `rotate`.
+pub fn ticket(dir: &Path, rotate: bool) -> Result<(), ClusterError> {
+    let ticket = with_owner(dir, async |owner| match rotate {
+        true => owner.rotate_ticket().await,
+        false => owner.ticket().await,
+    })?;
+    println!("{}", hex(&ticket));
     Ok(())
 }
 
