@@ -167,3 +167,72 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
     assert_eq!(read(), b"crl version 3");
     tree.shutdown().await;
 }
+
+/// A crash between etcd's first start and the commit of the new cluster's peer CA loses
+/// nothing: the CA's key waits on disk (owner-only) and the next start commits it, certificate
+/// and key together, then forgets the file.
+#[actix_rt::test]
+async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start() {
+    use polis::consensus::{
+        bootstrap_peer_pki, etcd_command, peer_ca, ConsensusConfig, Member, Mode,
+        PENDING_CA_KEY_FILE,
+    };
+    use polis::storage::NodeRoot;
+    use polis_actors::ChildSpec;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = NodeRoot::new(dir.path());
+    let member = Member {
+        name: "metropolis-0123456789abcdef0123456789abcdef".into(),
+        advertise_host: "127.0.0.1".into(),
+        peer_listen: format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap(),
+    };
+    // What a first start leaves when the node dies before the commit: the peer PKI with the
+    // pending CA key, and etcd's data directory.
+    std::fs::create_dir_all(root.consensus()).unwrap();
+    let ca = bootstrap_peer_pki(&root, &member).unwrap();
+    let pending = root.etcd_peer_pki().join(PENDING_CA_KEY_FILE);
+    let mode = std::fs::metadata(&pending).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400, "the pending CA key is a secret");
+    let mut etcd = etcd_command(&root, &member, None)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // etcd serves, and the node dies before it commits the CA.
+    loop {
+        if let Ok(mut client) = polis::consensus::connect(&root).await {
+            if client.get("probe", None).await.is_ok() {
+                break;
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    etcd.kill().unwrap();
+    etcd.wait().unwrap();
+
+    let config = ConsensusConfig {
+        root: root.clone(),
+        member,
+        mode: Mode::Bootstrap,
+    };
+    let (spec, consensus) =
+        ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
+    let tree = Tree::start(
+        SupervisorSpec::new(Strategy::OneForOne)
+            .intensity(10, Duration::from_secs(60))
+            .child(spec.start_timeout(Some(Duration::from_secs(60)))),
+        common::quiet(),
+    )
+    .await
+    .unwrap();
+    let mut peer_kv = kv(&consensus, "/consensus/").await;
+    let committed = peer_ca(&mut peer_kv).await.unwrap();
+    assert_eq!(committed.certificate(), ca.certificate());
+    assert_eq!(committed.key_pkcs8().unwrap(), ca.key_pkcs8().unwrap());
+    assert!(!pending.exists(), "the pending CA key outlived its commit");
+    tree.shutdown().await;
+}

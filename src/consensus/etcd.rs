@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::Endpoint;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
-use crate::pki::{to_pem, CertificateAuthority, PkiError, Template};
+use crate::pki::{read_pem, to_pem, CertificateAuthority, PkiError, Template};
 use crate::storage::NodeRoot;
 
 /// The peer CA's name.
@@ -33,6 +33,12 @@ pub enum ConsensusError {
     /// etcd could not be reached or refused a request.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// The new peer CA kept on disk until etcd holds it cannot be read.
+    #[error("the pending etcd peer CA: {0}")]
+    PendingCa(#[from] crate::pki::CredentialsError),
+    /// etcd already holds another peer CA than the one this member created.
+    #[error("etcd holds another peer CA than the one this member created")]
+    PeerCaConflict,
     /// etcd is not ready yet.
     #[error("etcd is not ready yet")]
     NotReady,
@@ -107,13 +113,24 @@ impl Member {
     }
 }
 
-/// Create the peer PKI of a new cluster on disk: a fresh peer CA, this member's certificate and
-/// key, and an empty CRL. Returns the CA, which the caller commits to etcd once it runs.
+/// The new peer CA's key (PEM, owner-only) between its creation and its commit to etcd: written
+/// before etcd first starts, so that a crash before the commit does not lose the only copy
+/// (without it no member could ever be added); removed once etcd holds the CA.
+pub const PENDING_CA_KEY_FILE: &str = "ca-key.pem";
+
+/// Create the peer PKI of a new cluster on disk: a fresh peer CA (its key kept as pending, see
+/// [`PENDING_CA_KEY_FILE`]), this member's certificate and key, and an empty CRL. Returns the
+/// CA, which the caller commits to etcd once it runs.
 pub fn bootstrap_peer_pki(
     root: &NodeRoot,
     member: &Member,
 ) -> Result<CertificateAuthority, ConsensusError> {
     let ca = CertificateAuthority::new(PEER_CA_NAME)?;
+    fsutil::write_atomic(
+        &root.etcd_peer_pki().join(PENDING_CA_KEY_FILE),
+        to_pem("PRIVATE KEY", &ca.key_pkcs8()?).as_bytes(),
+        SECRET_MODE,
+    )?;
     let key = crate::pki::generate_key()?;
     let cert = ca.issue(&peer_template(member), &key.verifying_key())?;
     use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -128,6 +145,31 @@ pub fn bootstrap_peer_pki(
         &ca.crl(1, &[])?,
     )?;
     Ok(ca)
+}
+
+/// The peer CA whose commit to etcd a crash interrupted, if its pending key is on disk.
+pub fn pending_peer_ca(root: &NodeRoot) -> Result<Option<CertificateAuthority>, ConsensusError> {
+    let dir = root.etcd_peer_pki();
+    let key_file = dir.join(PENDING_CA_KEY_FILE);
+    if !key_file.exists() {
+        return Ok(None);
+    }
+    let key = read_pem(&key_file, "PRIVATE KEY")?;
+    let certificate = read_pem(&dir.join("ca.pem"), "CERTIFICATE")?;
+    Ok(Some(CertificateAuthority::from_parts(
+        PEER_CA_NAME,
+        &key,
+        certificate,
+    )?))
+}
+
+/// Forget the pending peer CA key once etcd holds the CA.
+pub fn forget_pending_peer_ca(root: &NodeRoot) -> Result<(), FsError> {
+    let file = root.etcd_peer_pki().join(PENDING_CA_KEY_FILE);
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FsError::new("remove", &file, e)),
+        _ => Ok(()),
+    }
 }
 
 /// What a peer certificate for `member` says: its name, and its name and address as SANs.

@@ -12,8 +12,8 @@ use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
 
 pub use etcd::{
-    connect, peer_template, ConsensusError, Member, Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE,
-    PEER_PORT,
+    bootstrap_peer_pki, command as etcd_command, connect, peer_template, ConsensusError, Member,
+    Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE, PEER_PORT, PENDING_CA_KEY_FILE,
 };
 pub use kv::{Leadership, NamespacedKv};
 
@@ -133,6 +133,13 @@ impl Actor for Consensus {
                 )));
             }
             slog::info!(ctx.log(), "restarting etcd from its data directory");
+            new_ca = etcd::pending_peer_ca(&root)?;
+            if new_ca.is_some() {
+                slog::warn!(
+                    ctx.log(),
+                    "the new cluster's peer CA was never committed to etcd; committing it now"
+                );
+            }
         } else {
             match &self.config.mode {
                 Mode::Restart => {
@@ -386,7 +393,8 @@ pub async fn peer_ca(kv: &mut NamespacedKv) -> Result<CertificateAuthority, Cons
     )?)
 }
 
-/// Wait until etcd answers, then commit a new cluster's peer CA (create-if-absent).
+/// Wait until etcd answers, then commit a new cluster's peer CA (certificate and key in one
+/// create-if-absent transaction) and forget its pending copy on disk.
 async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let client = loop {
@@ -411,8 +419,16 @@ async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<C
     };
     if let Some(ca) = new_ca {
         let mut kv = NamespacedKv::new(client.clone(), NAMESPACE.to_owned());
-        kv.ensure(PEER_CA_CERTIFICATE, ca.certificate()).await?;
-        kv.ensure(PEER_CA_KEY, &ca.key_pkcs8()?).await?;
+        let stored = kv
+            .ensure_all(&[
+                (PEER_CA_CERTIFICATE, ca.certificate()),
+                (PEER_CA_KEY, &ca.key_pkcs8()?),
+            ])
+            .await?;
+        if stored.first().map(Vec::as_slice) != Some(ca.certificate()) {
+            return Err(ConsensusError::PeerCaConflict.into());
+        }
+        etcd::forget_pending_peer_ca(&root).map_err(ConsensusError::from)?;
     }
     Ok(client)
 }
