@@ -27,6 +27,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long dialling a server (TCP and TLS) may take: a peer that is off drops SYNs, and the
 /// caller has other peers to try.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many TLS handshakes a server runs at once; connections beyond are closed on accept, so
+/// unauthenticated clients cannot make a server hold unbounded state.
+pub const MAX_HANDSHAKES: usize = 64;
 /// How often a client pings its server over HTTP/2, idle or not, so that a server that went
 /// away without closing (powered off, frozen, cut off) ends the channel's calls and Watch
 /// streams instead of hanging them until TCP gives up.
@@ -137,7 +140,8 @@ impl AsyncWrite for TlsConnection {
 /// The connections accepted on `listener` that complete a TLS handshake under the newest of
 /// `configs` (a server swaps in a new config when its CRL changes, and the next handshake checks
 /// against it), for `Router::serve_with_incoming`. Each handshake runs on its own task, so a slow
-/// or hostile client cannot hold up the others; failed handshakes are logged and dropped.
+/// or hostile client cannot hold up the others; failed handshakes are logged and dropped, and at
+/// most [`MAX_HANDSHAKES`] run at once.
 pub fn incoming(
     listener: TcpListener,
     configs: watch::Receiver<Arc<ServerConfig>>,
@@ -145,6 +149,7 @@ pub fn incoming(
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(16);
     let server_ended = CancellationToken::new();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         // When the server drops the stream, this loop returns and every connection ends.
         let _end_connections = server_ended.clone().drop_guard();
@@ -161,10 +166,18 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Before authentication nothing may queue without bound: past the limit, a new
+            // connection is closed at once rather than held.
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                slog::info!(log, "too many TLS handshakes in flight; connection closed";
+                    "peer" => %remote, "limit" => MAX_HANDSHAKES);
+                continue;
+            };
             let acceptor = TlsAcceptor::from(configs.borrow().clone());
             let (sender, log) = (tx.clone(), log.clone());
             let server_ended = Box::pin(server_ended.clone().cancelled_owned());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let certificate = stream

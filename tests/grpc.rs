@@ -377,3 +377,31 @@ async fn a_call_to_a_server_that_stopped_answering_fails_instead_of_hanging() {
         .expect("the call hung on a server that stopped answering");
     assert!(answer.is_err(), "{answer:?}");
 }
+
+/// Unauthenticated clients cannot make a server hold unbounded state: past
+/// `MAX_HANDSHAKES` silent connections, a new one is closed at once while the earlier ones are
+/// still held (each until its handshake times out).
+#[tokio::test]
+async fn handshakes_in_flight_are_bounded() {
+    use polis::grpc::MAX_HANDSHAKES;
+    use tokio::io::AsyncReadExt;
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (server, _configs, _task) = serve(&ca, vec![]).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_HANDSHAKES {
+        held.push(tokio::net::TcpStream::connect(server).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = extra.read(&mut buf).await;
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the connection past the limit was not closed: {read:?}"
+    );
+    // The first one is still held: closed only by its handshake timeout, which has not come.
+    let first = held[0].try_read(&mut buf);
+    assert!(
+        matches!(&first, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{first:?}"
+    );
+}
