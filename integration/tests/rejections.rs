@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use ed25519_dalek::SigningKey;
-use polis::curator::CURATOR_PORT;
+use polis::curator::{CURATOR_PORT, MAX_WATCHES_PER_NODE};
 use polis::grpc::channel;
 use polis::launch::LocalCluster;
 use polis::pki::{generate_key, CertificateAuthority};
@@ -19,7 +19,7 @@ use polis::proto::common::NodeState;
 use polis::proto::curator::curator_client::CuratorClient;
 use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::{
-    CommitNodeRequest, GetCaCertificateRequest, JoinNodeRequest, RegisterNodeRequest,
+    CommitNodeRequest, GetCaCertificateRequest, JoinNodeRequest, RegisterNodeRequest, WatchRequest,
 };
 use polis::tls::{curator_client_config, Identity, Trust};
 use polis_integration::{polis_node_binary, test_logger, RETIREMENT_PATIENCE};
@@ -158,6 +158,31 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
             .map_err(|e| e.to_string())
     };
     assert!(as_node().await.is_ok(), "the node certificate works before");
+    // A node holds a bounded number of Watch streams; one given up frees its slot.
+    let node_channel = || async {
+        let identity = Identity::new(&node_key, first.node_certificate.clone()).unwrap();
+        let config = curator_client_config(Some(identity), &trust).unwrap();
+        CuratorClient::new(channel(addr, &server, config).await.unwrap())
+    };
+    let mut watches = Vec::new();
+    for _ in 0..MAX_WATCHES_PER_NODE {
+        let mut client = node_channel().await;
+        watches.push(client.watch(WatchRequest {}).await.unwrap().into_inner());
+    }
+    let mut client = node_channel().await;
+    let refused = client.watch(WatchRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    drop(watches.pop());
+    let mut again = Err(refused);
+    for _ in 0..100 {
+        again = client.watch(WatchRequest {}).await.map(drop);
+        if again.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    again.expect("a given-up Watch stream's slot was not freed");
+    drop(watches);
     let id = polis::pki::node_id(&node_key.verifying_key());
     owner.decommission(&id).await.unwrap();
     owner

@@ -13,7 +13,7 @@ mod service;
 pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
 pub use decommission::Decommissioner;
 pub use records::Records;
-pub use service::{initial_cluster, Services};
+pub use service::{initial_cluster, Services, MAX_WATCHES_PER_NODE};
 
 use tonic::{Code, Status};
 
@@ -89,6 +89,9 @@ pub enum CuratorError {
         /// The decode error.
         source: prost::DecodeError,
     },
+    /// A node holds as many Watch streams as it may.
+    #[error("node {0} already holds {max} Watch streams", max = service::MAX_WATCHES_PER_NODE)]
+    TooManyWatches(String),
     /// A node without the consensus role (or no longer UP) may not serve the Curator.
     #[error("node {0} is not an UP consensus member; it may not serve the Curator")]
     NotConsensusMember(String),
@@ -124,6 +127,7 @@ impl CuratorError {
             | NotConsensusMember(_)
             | Consensus(ConsensusError::LastMember(_)) => Code::FailedPrecondition,
             Invalid { .. } => Code::InvalidArgument,
+            TooManyWatches(_) => Code::ResourceExhausted,
             Unsupported(_) => Code::Unimplemented,
             CorruptRecord { .. }
             | Pki(_)

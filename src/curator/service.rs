@@ -3,10 +3,12 @@
 //! acceptor verified: an ephemeral certificate proves a key (node key, join key, owner key); a
 //! CA-issued one is checked against the certificate the Curator recorded for its holder.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ed25519_dalek::VerifyingKey;
-use futures::{SinkExt, Stream};
+use futures::Stream;
 use polis_actors::ActorRef;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
@@ -35,6 +37,7 @@ pub struct Services {
     pki_kv: NamespacedKv,
     issuer: ActorRef<Issuer>,
     consensus: ActorRef<Consensus>,
+    watch_slots: WatchSlots,
     log: slog::Logger,
 }
 
@@ -56,6 +59,7 @@ impl Services {
             pki_kv,
             issuer,
             consensus,
+            watch_slots: WatchSlots::default(),
             log,
         }
     }
@@ -165,6 +169,48 @@ impl Services {
                     "node" => &node.id);
                 remove_consensus_member(&self.consensus, &self.peer_kv, node, member).await?;
                 Ok(())
+            }
+        }
+    }
+}
+
+/// How many Watch streams one node may hold open at once: a node needs one, a few more cover
+/// reconnects the Curator has not noticed yet; no node can make a Curator hold unbounded state.
+pub const MAX_WATCHES_PER_NODE: usize = 4;
+
+/// Open Watch streams per node ID.
+#[derive(Clone, Default)]
+struct WatchSlots(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One node's claim on a Watch stream, given back when dropped.
+struct WatchSlot {
+    slots: WatchSlots,
+    id: String,
+}
+
+impl WatchSlots {
+    /// A slot for node `id`, unless it holds [`MAX_WATCHES_PER_NODE`] already.
+    fn claim(&self, id: &str) -> Result<WatchSlot, CuratorError> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(id.to_owned()).or_default();
+        if *count >= MAX_WATCHES_PER_NODE {
+            return Err(CuratorError::TooManyWatches(id.to_owned()));
+        }
+        *count += 1;
+        Ok(WatchSlot {
+            slots: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.id);
             }
         }
     }
@@ -405,6 +451,7 @@ impl Curator for Services {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Answer<Self::WatchStream> {
         let id = self.node(&request).await?.id;
+        let slot = self.watch_slots.claim(&id)?;
         // Records and CRL are both watched before the first read, so no change is missed.
         let mut node_changes = self
             .records
@@ -419,9 +466,11 @@ impl Curator for Services {
             .watch(CRL_KEY)
             .await
             .map_err(CuratorError::from)?;
-        let (mut tx, rx) = futures::channel::mpsc::channel(4);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let services = self.clone();
         tokio::spawn(async move {
+            // Held until the stream ends, however it ends (the client going away included).
+            let _slot = slot;
             let mut last = None;
             loop {
                 let event = match services.directory().await {
@@ -440,6 +489,7 @@ impl Curator for Services {
                 let changed = tokio::select! {
                     m = node_changes.message() => matches!(m, Ok(Some(_))),
                     m = crl_changes.message() => matches!(m, Ok(Some(_))),
+                    _ = tx.closed() => return,
                 };
                 if !changed {
                     let _ = tx
@@ -449,7 +499,10 @@ impl Curator for Services {
                 }
             }
         });
-        Ok(Response::new(Box::pin(rx)))
+        let events = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 }
 
