@@ -26,13 +26,13 @@ async fn seals_unseals_and_serializes_concurrent_requests() {
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
     let sealed = tpm
-        .ask(Seal(KIND, b"join key".to_vec()))
+        .ask(Seal(KIND, b"join key".to_vec().into()))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(sealed.protection, Protection::Tpm2Pcr7 as i32);
     assert_eq!(
-        tpm.ask(Unseal(KIND, sealed)).await.unwrap().unwrap(),
+        *tpm.ask(Unseal(KIND, sealed)).await.unwrap().unwrap(),
         b"join key"
     );
 
@@ -51,7 +51,7 @@ async fn requests_succeed_again_after_each_kind_of_kill() {
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
     let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
     let sealed = tpm
-        .ask(Seal(KIND, b"survives".to_vec()))
+        .ask(Seal(KIND, b"survives".to_vec().into()))
         .await
         .unwrap()
         .unwrap();
@@ -67,7 +67,7 @@ async fn requests_succeed_again_after_each_kind_of_kill() {
             assert!(failures < 1000, "the TPM actor never came back");
             actix_rt::time::sleep(Duration::from_millis(5)).await;
         };
-        assert_eq!(unsealed, b"survives");
+        assert_eq!(*unsealed, b"survives");
         let snap = tree.registry().actor("/tpm").unwrap();
         assert_eq!(snap.generation, round as u64 + 2, "{how:?}");
     }
@@ -90,13 +90,13 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
         .count();
     assert_eq!(warnings, 2);
     let plaintext = insecure
-        .ask(Seal(KIND, b"k".to_vec()))
+        .ask(Seal(KIND, b"k".to_vec().into()))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(plaintext.protection, Protection::InsecurePlaintext as i32);
     assert_eq!(
-        insecure
+        *insecure
             .ask(Unseal(KIND, plaintext.clone()))
             .await
             .unwrap()
@@ -112,7 +112,11 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
         matches!(refused, Err(TpmError::SealedCorrupted(ref r)) if r.contains("plaintext")),
         "{refused:?}"
     );
-    let sealed = tpm.ask(Seal(KIND, b"k".to_vec())).await.unwrap().unwrap();
+    let sealed = tpm
+        .ask(Seal(KIND, b"k".to_vec().into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(insecure.ask(Unseal(KIND, sealed)).await.unwrap().is_err());
     tpm_tree.shutdown().await;
     tree.shutdown().await;

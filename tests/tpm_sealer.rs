@@ -29,14 +29,14 @@ fn seal_and_unseal_round_trip_and_survive_a_tpm_restart() {
             .any(|w| secret().windows(64).any(|s| s == w)),
         "no plaintext in the blob"
     );
-    assert_eq!(sealer.unseal(KIND, &blob).unwrap(), secret());
+    assert_eq!(*sealer.unseal(KIND, &blob).unwrap(), secret());
 
     // A reboot: a new TPM process on the same state, PCRs reset.
     drop(sealer);
     drop(swtpm);
     let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
     let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
-    assert_eq!(sealer.unseal(KIND, &blob).unwrap(), secret());
+    assert_eq!(*sealer.unseal(KIND, &blob).unwrap(), secret());
 }
 
 #[test]
@@ -50,7 +50,7 @@ fn a_changed_pcr7_refuses_to_unseal() {
     }
     // Sealing again binds to the new state.
     let again = sealer.seal(KIND, b"node unlock key").unwrap();
-    assert_eq!(sealer.unseal(KIND, &again).unwrap(), b"node unlock key");
+    assert_eq!(*sealer.unseal(KIND, &again).unwrap(), b"node unlock key");
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn tampered_or_truncated_blobs_are_corrupted() {
         );
     }
     assert_eq!(
-        sealer.unseal(KIND, &blob).unwrap(),
+        *sealer.unseal(KIND, &blob).unwrap(),
         secret(),
         "the TPM is still usable"
     );
@@ -97,7 +97,7 @@ fn a_sealed_object_opens_only_as_its_own_kind() {
         other => panic!("a journal opened as a configuration: {other:?}"),
     }
     assert_eq!(
-        sealer
+        *sealer
             .unseal(SealedKind::EnrolmentJournal, &journal)
             .unwrap(),
         b"journal"

@@ -28,6 +28,8 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
 use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
+use zeroize::Zeroizing;
+
 use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
 
 // ---- state ----
@@ -302,7 +304,7 @@ impl Run {
                 Ok(self
                     .deps
                     .tpm
-                    .ask(Seal(SealedKind::Configuration, bytes))
+                    .ask(Seal(SealedKind::Configuration, Zeroizing::new(bytes)))
                     .await??)
             })
             .await?;

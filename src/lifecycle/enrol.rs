@@ -27,6 +27,8 @@ use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
 use crate::storage::{DataError, MountNew, NewKeys, StorageError, UnlockKey};
 use crate::tls::Identity;
+use zeroize::Zeroizing;
+
 use crate::tpm::{Seal, SealedKind};
 
 /// Journal steps: the last one completed.
@@ -374,7 +376,7 @@ impl Run {
                 Ok(self
                     .deps
                     .tpm
-                    .ask(Seal(SealedKind::EnrolmentJournal, bytes))
+                    .ask(Seal(SealedKind::EnrolmentJournal, Zeroizing::new(bytes)))
                     .await??)
             })
             .await?;

@@ -102,12 +102,11 @@ macro_rules! secret_bytes {
 
         impl Drop for $name {
             fn drop(&mut self) {
-                for b in self.0.iter_mut() {
-                    // Volatile, so the wipe of a dying key is not optimized away.
-                    unsafe { std::ptr::write_volatile(b, 0) };
-                }
+                zeroize::Zeroize::zeroize(&mut self.0);
             }
         }
+
+        impl zeroize::ZeroizeOnDrop for $name {}
     };
 }
 
@@ -450,6 +449,14 @@ mod tests {
             UnlockKey::generate(&[1; 8]),
             Err(DataError::KeyLength(8))
         ));
+    }
+
+    #[test]
+    fn key_halves_and_volume_keys_are_wiped_when_dropped() {
+        // A compile-time check: removing the wipe from either type fails to build this test.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<UnlockKey>();
+        wiped_on_drop::<VolumeKey>();
     }
 
     #[test]

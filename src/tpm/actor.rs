@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
+use zeroize::Zeroizing;
 
 use crate::proto::private::sealed_envelope::Protection;
 use crate::proto::private::SealedEnvelope;
@@ -18,16 +19,16 @@ const TPM_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---- messages ----
 
-/// Seal a secret into a versioned envelope for the ESP.
-pub struct Seal(pub SealedKind, pub Vec<u8>);
+/// Seal a secret into a versioned envelope for the ESP. The secret is wiped once sealed.
+pub struct Seal(pub SealedKind, pub Zeroizing<Vec<u8>>);
 impl Message for Seal {
     type Reply = Result<SealedEnvelope, TpmError>;
 }
 
-/// Unseal an envelope from [`Seal`].
+/// Unseal an envelope from [`Seal`]. The answer is wiped when dropped.
 pub struct Unseal(pub SealedKind, pub SealedEnvelope);
 impl Message for Unseal {
-    type Reply = Result<Vec<u8>, TpmError>;
+    type Reply = Result<Zeroizing<Vec<u8>>, TpmError>;
 }
 
 /// Random bytes from the TPM's generator.
@@ -120,7 +121,7 @@ impl Handler<Seal> for Tpm {
         if self.config == TpmConfig::InsecureNone {
             return Ok(Reply::now(Ok(envelope(
                 Protection::InsecurePlaintext,
-                secret,
+                secret.to_vec(),
             ))));
         }
         Ok(self.run(move |s| {
@@ -147,7 +148,7 @@ impl Handler<Unseal> for Tpm {
                 Ok(self.run(move |s| s.unseal(kind, &env.payload)))
             }
             (TpmConfig::InsecureNone, Some(Protection::InsecurePlaintext)) => {
-                Ok(Reply::now(Ok(env.payload)))
+                Ok(Reply::now(Ok(Zeroizing::new(env.payload))))
             }
             // Never fall through to plaintext on a node with a TPM, nor pretend to unseal without one.
             (TpmConfig::Tcti(_), _) => refuse("plaintext sealed data on a node with a TPM"),

@@ -26,6 +26,7 @@ use tss_esapi::structures::{
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
+use zeroize::Zeroizing;
 
 /// What went wrong talking to the TPM or with sealed data.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +169,12 @@ impl Sealer {
 
     /// Unseal a blob from [`Sealer::seal`] that must hold an object of `kind`: one kind of sealed
     /// object can never be passed off as another.
-    pub fn unseal(&mut self, kind: SealedKind, blob: &[u8]) -> Result<Vec<u8>, TpmError> {
+    /// The plaintext is wiped when dropped, as is every copy made on the way.
+    pub fn unseal(
+        &mut self,
+        kind: SealedKind,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let parts = SealedParts::parse(blob)?;
         let public = Public::unmarshall(parts.public)
             .map_err(|e| TpmError::SealedCorrupted(format!("public area: {e}")))?;
@@ -177,8 +183,8 @@ impl Sealer {
         let primary = self.primary()?;
         let key = self.unseal_key(primary, public, private);
         self.flush(primary.into());
-        let key = key?;
-        let mut plaintext = parts.ciphertext.to_vec();
+        let key = Zeroizing::new(key?);
+        let mut plaintext = Zeroizing::new(parts.ciphertext.to_vec());
         let opened = aead_key(&key)
             .open_in_place(
                 Nonce::assume_unique_for_key(parts.nonce),
@@ -191,7 +197,7 @@ impl Sealer {
                     kind.name()
                 ))
             })?;
-        Ok(opened.to_vec())
+        Ok(Zeroizing::new(opened.to_vec()))
     }
 
     /// Extend PCR 7 with `data`'s SHA-256, as firmware does when the Secure Boot state changes.
