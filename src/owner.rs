@@ -225,19 +225,30 @@ impl Owner {
         let deadline = tokio::time::Instant::now() + patience;
         let mut said = String::new();
         loop {
-            let node = self.nodes().await?.into_iter().find(|n| n.id == id);
-            let Some(node) = node else {
-                return Err(OwnerError::NotRetired {
-                    id: id.to_owned(),
-                    waiting_on: "its record is gone".into(),
-                });
-            };
-            if node.retired {
-                return Ok(());
-            }
-            let waiting_on = match node.retirement_waiting_on.as_str() {
-                "" => "the decommission reconciler".to_owned(),
-                reason => reason.to_owned(),
+            // Retiring a member changes etcd's membership, which may elect a new leader: the
+            // Curator is briefly unavailable, which is progress to report, not a failure.
+            let waiting_on = match self.nodes().await {
+                Ok(nodes) => {
+                    let Some(node) = nodes.into_iter().find(|n| n.id == id) else {
+                        return Err(OwnerError::NotRetired {
+                            id: id.to_owned(),
+                            waiting_on: "its record is gone".into(),
+                        });
+                    };
+                    if node.retired {
+                        return Ok(());
+                    }
+                    match node.retirement_waiting_on.as_str() {
+                        "" => "the decommission reconciler".to_owned(),
+                        reason => reason.to_owned(),
+                    }
+                }
+                Err(OwnerError::Call { status, .. })
+                    if status.code() == tonic::Code::Unavailable =>
+                {
+                    format!("the Curator, unavailable for now: {}", status.message())
+                }
+                Err(e) => return Err(e),
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(OwnerError::NotRetired {
