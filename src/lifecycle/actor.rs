@@ -16,6 +16,7 @@ use polis_actors::{
     Watchable,
 };
 use prost::Message;
+use zeroize::Zeroizing;
 
 use crate::backoff::Backoff;
 use crate::consensus::Mode;
@@ -28,8 +29,6 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
 use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
-use zeroize::Zeroizing;
-
 use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
 
 // ---- state ----
@@ -235,6 +234,8 @@ impl Run {
         })
     }
 
+    /// Unseal `envelope`, an object of `kind` read from `path`, and decode it, asking again while
+    /// the TPM actor restarts.
     pub(super) async fn unseal<T: Message + Default>(
         &self,
         kind: SealedKind,
@@ -298,17 +299,22 @@ impl Run {
         &self,
         sealed: &SealedConfiguration,
     ) -> Result<(), LifecycleError> {
-        let envelope = self
-            .retry("sealing the configuration", || async {
-                let bytes = sealed.encode_to_vec();
-                Ok(self
-                    .deps
-                    .tpm
-                    .ask(Seal(SealedKind::Configuration, Zeroizing::new(bytes)))
-                    .await??)
-            })
-            .await?;
+        let envelope = self.seal(SealedKind::Configuration, sealed).await?;
         Ok(self.esp.write_sealed(&envelope)?)
+    }
+
+    /// Seal `message`, an object of `kind`, with the TPM, asking again while the TPM actor
+    /// restarts. The encoded plaintext is wiped once sealed.
+    pub(super) async fn seal(
+        &self,
+        kind: SealedKind,
+        message: &impl Message,
+    ) -> Result<SealedEnvelope, LifecycleError> {
+        self.retry(&format!("sealing {}", kind.name()), || async {
+            let bytes = Zeroizing::new(message.encode_to_vec());
+            Ok(self.deps.tpm.ask(Seal(kind, bytes)).await??)
+        })
+        .await
     }
 
     /// The test hook: die here, as a power cut would.

@@ -27,9 +27,7 @@ use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
 use crate::storage::{DataError, MountNew, NewKeys, StorageError, UnlockKey};
 use crate::tls::Identity;
-use zeroize::Zeroizing;
-
-use crate::tpm::{Seal, SealedKind};
+use crate::tpm::SealedKind;
 
 /// Journal steps: the last one completed.
 const KEYS: u32 = 1;
@@ -370,16 +368,7 @@ impl Run {
     }
 
     async fn save_journal(&self, journal: &EnrolmentJournal) -> Result<(), LifecycleError> {
-        let envelope = self
-            .retry("sealing the journal", || async {
-                let bytes = journal.encode_to_vec();
-                Ok(self
-                    .deps
-                    .tpm
-                    .ask(Seal(SealedKind::EnrolmentJournal, Zeroizing::new(bytes)))
-                    .await??)
-            })
-            .await?;
+        let envelope = self.seal(SealedKind::EnrolmentJournal, journal).await?;
         Ok(self.esp.write_journal(&envelope)?)
     }
 }
