@@ -1,6 +1,7 @@
 //! The Curator actor: serves the Curator's services on the node's address once etcd and the
-//! issuer are ready, presenting its Curator certificate (see [`super::server_certificate`]). The server lives as long as the incarnation;
-//! if it ends, the actor fails and its supervisor starts a new one. The cluster CRL is followed:
+//! issuer are ready, presenting its Curator certificate (see [`super::server_certificate`]).
+//! The server lives as long as the incarnation; if it ends, the actor fails and its supervisor
+//! starts a new one. The cluster CRL is followed:
 //! each change swaps the TLS config that the next handshake uses.
 
 use std::net::SocketAddr;

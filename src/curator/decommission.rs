@@ -14,7 +14,7 @@ use crate::consensus::{
     peer_ca, Consensus, Kv, NamespacedKv, RemoveMember, NAMESPACE as CONSENSUS_NAMESPACE,
     PEER_CRL_KEY,
 };
-use crate::curator::records::{awaits_retirement, Records, NAMESPACE};
+use crate::curator::records::{awaits_retirement, consensus_role, Records, NAMESPACE};
 use crate::curator::service::peer_url;
 use crate::curator::CuratorError;
 use crate::pki::{revoke, serial_of, Issuer, Revoke};
@@ -79,7 +79,7 @@ impl Deps {
         let peer_kv = self.consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
         let mut leadership = records.kv().lead(LEADER_LOCK, LEASE).await?;
         slog::info!(self.log, "leading the retirement of decommissioned nodes");
-        let mut changes = records.kv().watch("nodes/").await?;
+        let mut changes = records.watch().await?;
         let mut backoff = Backoff::new();
         loop {
             let pending: Vec<Node> = records
@@ -109,23 +109,27 @@ impl Deps {
                     Err(e) => failure = Some((node.id, e)),
                 }
             }
-            match failure {
-                Some((id, e)) => {
-                    let what = format!("retiring {id}");
-                    tokio::select! {
-                        _ = leadership.lost() => return Err(Failure::msg("lost the decommission lock's lease")),
-                        _ = backoff.wait(&self.log, &what, &e) => {}
+            // After a failure, try again after a backoff; else when the records change.
+            let next = async {
+                match failure {
+                    Some((id, e)) => {
+                        backoff.wait(&self.log, &format!("retiring {id}"), &e).await;
+                        Ok(())
                     }
-                }
-                None => {
-                    backoff.reset();
-                    tokio::select! {
-                        _ = leadership.lost() => return Err(Failure::msg("lost the decommission lock's lease")),
-                        change = changes.message() => if !matches!(change, Ok(Some(_))) {
-                            return Err(Failure::msg("the watch of the node records ended"));
+                    None => {
+                        backoff.reset();
+                        match changes.message().await {
+                            Ok(Some(_)) => Ok(()),
+                            _ => Err(Failure::msg("the watch of the node records ended")),
                         }
                     }
                 }
+            };
+            tokio::select! {
+                _ = leadership.lost() => {
+                    return Err(Failure::msg("lost the decommission lock's lease"));
+                }
+                next = next => next?,
             }
         }
     }
@@ -139,11 +143,7 @@ impl Deps {
                 self.issuer.ask(Revoke(serial_of(certificate)?)).await??;
             }
         }
-        let Some(member) = node
-            .roles
-            .as_ref()
-            .and_then(|r| r.consensus_member.as_ref())
-        else {
+        let Some(member) = consensus_role(node) else {
             return Ok(());
         };
         let removed = remove_consensus_member(&self.consensus, peer_kv, node, member).await?;
@@ -168,17 +168,21 @@ pub(super) async fn remove_consensus_member(
         })
         .await??;
     if !member.peer_certificate.is_empty() {
-        let mut peer_kv = peer_kv.clone();
-        let ca = peer_ca(&mut peer_kv).await?;
-        revoke(
-            &mut peer_kv,
-            &ca,
-            PEER_CRL_KEY,
-            &serial_of(&member.peer_certificate)?,
-        )
-        .await?;
+        revoke_peer_certificate(peer_kv, &member.peer_certificate).await?;
     }
     Ok(removed)
+}
+
+/// Revoke the etcd peer certificate `certificate` (DER) into the peer CRL, which every etcd
+/// member follows. Repeatable.
+pub(super) async fn revoke_peer_certificate(
+    peer_kv: &NamespacedKv,
+    certificate: &[u8],
+) -> Result<(), CuratorError> {
+    let mut peer_kv = peer_kv.clone();
+    let ca = peer_ca(&mut peer_kv).await?;
+    revoke(&mut peer_kv, &ca, PEER_CRL_KEY, &serial_of(certificate)?).await?;
+    Ok(())
 }
 
 /// Record `retirement` in node `id`'s record (if it changed), for the operator to see.

@@ -8,6 +8,7 @@ use prost::Message;
 use crate::consensus::NamespacedKv;
 use crate::curator::CuratorError;
 use crate::pki::hex;
+use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::common::{cluster_directory, Address, ClusterDirectory, NodeState, NodeStatus};
 use crate::proto::private::{Node, Retirement};
 
@@ -46,6 +47,12 @@ impl Records {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// A stream of the changes to any node record from now on: each item says that something
+    /// changed (list again to see what).
+    pub async fn watch(&mut self) -> Result<etcd_client::WatchStream, CuratorError> {
+        Ok(self.kv.watch(NODES).await?)
     }
 
     /// Every node record, by ID.
@@ -284,9 +291,24 @@ fn other_consensus_member(nodes: &[Node], id: &str) -> bool {
 
 /// Whether `node`'s record gives it the consensus role (and so the Curator).
 pub fn is_consensus_member(node: &Node) -> bool {
-    node.roles
-        .as_ref()
-        .is_some_and(|r| r.consensus_member.is_some())
+    consensus_role(node).is_some()
+}
+
+/// The consensus role `node`'s record gives it, if any.
+pub fn consensus_role(node: &Node) -> Option<&ConsensusMember> {
+    node.roles.as_ref()?.consensus_member.as_ref()
+}
+
+/// `node` must be UP for what is asked of it (a role change).
+pub fn require_up(node: &Node) -> Result<(), CuratorError> {
+    if node.fsm_state == NodeState::Up as i32 {
+        return Ok(());
+    }
+    Err(CuratorError::WrongState {
+        id: node.id.clone(),
+        state: state_name(node.fsm_state),
+        wanted: "UP",
+    })
 }
 
 /// A node's reported status at `address`.
@@ -311,7 +333,6 @@ pub fn state_name(state: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::common::node_roles::ConsensusMember;
     use crate::proto::common::NodeRoles;
 
     fn registered() -> Node {

@@ -14,11 +14,11 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use crate::consensus::{peer_ca, AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
-use crate::curator::decommission::remove_consensus_member;
+use crate::curator::decommission::{remove_consensus_member, revoke_peer_certificate};
 use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
-use crate::pki::{node_id, revoke, serial_of, GetCaCertificate, Issue, Issuer, Template, CRL_KEY};
+use crate::pki::{node_id, GetCaCertificate, Issue, Issuer, Template, CRL_KEY};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::management_server::Management;
 use crate::proto::api::{self, *};
@@ -151,19 +151,10 @@ impl Services {
         member: &ConsensusMember,
         written: &Result<Node, CuratorError>,
     ) -> Result<(), CuratorError> {
-        let recorded = written.as_ref().ok().and_then(|n| {
-            let roles = n.roles.as_ref()?;
-            roles.consensus_member.as_ref()
-        });
+        let recorded = written.as_ref().ok().and_then(records::consensus_role);
         match recorded {
             Some(kept) if kept.peer_certificate == member.peer_certificate => Ok(()),
-            Some(_) => {
-                let mut peer_kv = self.peer_kv.clone();
-                let ca = peer_ca(&mut peer_kv).await?;
-                let serial = serial_of(&member.peer_certificate)?;
-                revoke(&mut peer_kv, &ca, PEER_CRL_KEY, &serial).await?;
-                Ok(())
-            }
+            Some(_) => revoke_peer_certificate(&self.peer_kv, &member.peer_certificate).await,
             None => {
                 slog::warn!(self.log, "the node left UP while it got the consensus role; undoing";
                     "node" => &node.id);
@@ -453,13 +444,7 @@ impl Curator for Services {
         let id = self.node(&request).await?.id;
         let slot = self.watch_slots.claim(&id)?;
         // Records and CRL are both watched before the first read, so no change is missed.
-        let mut node_changes = self
-            .records
-            .clone()
-            .kv()
-            .watch("nodes/")
-            .await
-            .map_err(CuratorError::from)?;
+        let mut node_changes = self.records.clone().watch().await?;
         let mut crl_changes = self
             .pki_kv
             .clone()
@@ -652,18 +637,8 @@ impl Management for Services {
             .get(&msg.id)
             .await?
             .ok_or_else(|| CuratorError::UnknownNode(msg.id.clone()))?;
-        if node.fsm_state != NodeState::Up as i32 {
-            return Err(CuratorError::WrongState {
-                id: msg.id,
-                state: records::state_name(node.fsm_state),
-                wanted: "UP",
-            }
-            .into());
-        }
-        let has_consensus = node
-            .roles
-            .as_ref()
-            .is_some_and(|r| r.consensus_member.is_some());
+        records::require_up(&node)?;
+        let has_consensus = records::is_consensus_member(&node);
         let member = match msg.consensus_member {
             Some(true) if !has_consensus => Some(self.add_consensus_member(&node).await?),
             Some(false) if has_consensus => {
@@ -681,13 +656,7 @@ impl Management for Services {
                     return Err(CuratorError::UnknownNode(id.clone()));
                 };
                 // Checked again where it is written: a decommission may have come in between.
-                if node.fsm_state != NodeState::Up as i32 {
-                    return Err(CuratorError::WrongState {
-                        id: id.clone(),
-                        state: records::state_name(node.fsm_state),
-                        wanted: "UP",
-                    });
-                }
+                records::require_up(node)?;
                 let mut roles = node.roles.clone().unwrap_or_default();
                 if let Some(member) = &member {
                     roles.consensus_member.get_or_insert_with(|| member.clone());
