@@ -1,6 +1,7 @@
 //! The `/cluster` subtree the lifecycle starts once the data partition is up (DESIGN §2):
 //! `hostsfile` first, then — once the node is a consensus member — `consensus`, `pki`,
-//! `curator` and `decommission`, appended in that order so rest_for_one restarts what depends on a failed child.
+//! `curator` and `decommission`, appended in that order so rest_for_one restarts what depends
+//! on a failed child.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

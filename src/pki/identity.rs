@@ -34,9 +34,7 @@ pub fn certificate_node_id(der: &[u8]) -> Result<String, PkiError> {
 
 /// The Ed25519 key a certificate (DER) certifies.
 fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-    let key: [u8; 32] = certificate
+    let key: [u8; 32] = parse(der)?
         .public_key()
         .subject_public_key
         .data
@@ -50,8 +48,7 @@ fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
 /// meaningful for a certificate already verified to chain to the cluster CA.
 pub fn is_curator_certificate(certificate: &[u8]) -> Result<bool, PkiError> {
     use x509_parser::extensions::GeneralName;
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    let parsed = parse(certificate)?;
     let names = parsed
         .subject_alternative_name()
         .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
@@ -62,6 +59,13 @@ pub fn is_curator_certificate(certificate: &[u8]) -> Result<bool, PkiError> {
             .iter()
             .any(|n| matches!(n, GeneralName::URI(uri) if *uri == crate::pki::CURATOR_URI))
     }))
+}
+
+/// A certificate (DER), parsed.
+fn parse(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, PkiError> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    Ok(certificate)
 }
 
 /// Check that `certificate` chains to `anchor` (a CA, or the certificate itself when it is
