@@ -7,11 +7,16 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use polis::consensus::{Consensus, Kv, NamespacedKv};
+use polis::consensus::{Consensus, Kv, Member, NamespacedKv};
 use polis_actors::{ActorRef, Kill, Strategy, SupervisorSpec, Tree};
 
 async fn start(root: &Path) -> (Tree, ActorRef<Consensus>) {
-    let (spec, consensus) = common::consensus(root);
+    start_as(root, common::member()).await
+}
+
+/// A tree running consensus below `root` as `member`.
+async fn start_as(root: &Path, member: Member) -> (Tree, ActorRef<Consensus>) {
+    let (spec, consensus) = common::consensus_of(root, member);
     let root_spec = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10, Duration::from_secs(60))
         .child(spec);
@@ -173,23 +178,13 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
 /// and key together, then forgets the file.
 #[actix_rt::test]
 async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start() {
-    use polis::consensus::{
-        bootstrap_peer_pki, etcd_command, peer_ca, ConsensusConfig, Member, Mode,
-        PENDING_CA_KEY_FILE,
-    };
+    use polis::consensus::{bootstrap_peer_pki, etcd_command, peer_ca, PENDING_CA_KEY_FILE};
     use polis::storage::NodeRoot;
-    use polis_actors::ChildSpec;
     use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().unwrap();
     let root = NodeRoot::new(dir.path());
-    let member = Member {
-        name: "metropolis-0123456789abcdef0123456789abcdef".into(),
-        advertise_host: "127.0.0.1".into(),
-        peer_listen: format!("127.0.0.1:{}", common::free_port())
-            .parse()
-            .unwrap(),
-    };
+    let member = common::member();
     // What a first start leaves when the node dies before the commit: the peer PKI with the
     // pending CA key, and etcd's data directory.
     std::fs::create_dir_all(root.consensus()).unwrap();
@@ -214,21 +209,7 @@ async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start()
     etcd.kill().unwrap();
     etcd.wait().unwrap();
 
-    let config = ConsensusConfig {
-        root: root.clone(),
-        member,
-        mode: Mode::Bootstrap,
-    };
-    let (spec, consensus) =
-        ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
-    let tree = Tree::start(
-        SupervisorSpec::new(Strategy::OneForOne)
-            .intensity(10, Duration::from_secs(60))
-            .child(spec.start_timeout(Some(Duration::from_secs(60)))),
-        common::quiet(),
-    )
-    .await
-    .unwrap();
+    let (tree, consensus) = start_as(dir.path(), member).await;
     let mut peer_kv = kv(&consensus, "/consensus/").await;
     let committed = peer_ca(&mut peer_kv).await.unwrap();
     assert_eq!(committed.certificate(), ca.certificate());

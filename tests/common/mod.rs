@@ -29,13 +29,24 @@ pub fn free_port() -> u16 {
 
 /// A consensus child running a new single-member etcd below `root`, on loopback.
 pub fn consensus(root: &Path) -> (ChildSpec, ActorRef<Consensus>) {
+    consensus_of(root, member())
+}
+
+/// The etcd member of a test node, on loopback with a free peer port.
+pub fn member() -> Member {
+    Member {
+        name: "metropolis-0123456789abcdef0123456789abcdef".into(),
+        advertise_host: "127.0.0.1".into(),
+        peer_listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    }
+}
+
+/// A consensus child running etcd as `member` below `root`, started as a new cluster (or
+/// restarted, if `root` holds etcd's data).
+pub fn consensus_of(root: &Path, member: Member) -> (ChildSpec, ActorRef<Consensus>) {
     let config = ConsensusConfig {
         root: NodeRoot::new(root),
-        member: Member {
-            name: "metropolis-0123456789abcdef0123456789abcdef".into(),
-            advertise_host: "127.0.0.1".into(),
-            peer_listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-        },
+        member,
         mode: Mode::Bootstrap,
     };
     let (spec, consensus) =
