@@ -18,6 +18,7 @@ pub mod owner;
 pub mod pki;
 pub mod process;
 pub mod proto;
+pub mod quorum;
 pub mod storage;
 pub mod tls;
 pub mod tpm;

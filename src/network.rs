@@ -17,6 +17,21 @@ pub struct NetworkStatus {
     pub external_address: Option<IpAddr>,
 }
 
+/// The external address in `status`, once the network actor knows it; `log` says when it has
+/// to wait. Never returns if the value can no longer change (the caller is then being stopped).
+pub async fn external_address(status: &Watchable<NetworkStatus>, log: &slog::Logger) -> IpAddr {
+    let mut status = status.subscribe();
+    loop {
+        if let Some(address) = status.borrow_and_update().external_address {
+            return address;
+        }
+        slog::info!(log, "waiting for an external address");
+        if status.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Where the external address comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddressSource {

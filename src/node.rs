@@ -8,6 +8,8 @@ use crate::lifecycle::{cluster, Lifecycle, LifecycleConfig, LifecycleDeps};
 use crate::proto::common::ClusterDirectory;
 
 use crate::network::{AddressSource, Network, NetworkStatus};
+use crate::quorum::holder::ShareHolder;
+use crate::storage::Esp;
 use crate::storage::{Storage, StorageConfig};
 use crate::tpm::{Tpm, TpmConfig};
 
@@ -38,8 +40,8 @@ pub struct NodeState {
 }
 
 /// The root supervisor: one_for_one, so that a failure inside `core` never stops the lifecycle
-/// actor. `core` holds the node-local subsystems in dependency order (storage, tpm, network),
-/// rest_for_one; `lifecycle` runs once; `cluster` starts empty and the lifecycle fills it once
+/// actor. `core` holds the node-local subsystems in dependency order (storage, tpm, network,
+/// and the share holder that serves peers on a cold start), rest_for_one; `lifecycle` runs once; `cluster` starts empty and the lifecycle fills it once
 /// the data partition is up.
 pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
     let state = NodeState {
@@ -56,6 +58,18 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
     let storage_tpm = tpm_ref.clone();
     let (storage, storage_ref) = ChildSpec::worker("storage", move || {
         Ok(Storage::new(storage_config.clone(), storage_tpm.clone()))
+    });
+    let (holder_esp, holder_tpm, holder_network) = (
+        Esp::new(config.lifecycle.root.clone()),
+        tpm_ref.clone(),
+        state.network.clone(),
+    );
+    let (shares, _) = ChildSpec::worker("shares", move || {
+        Ok(ShareHolder::new(
+            holder_esp.clone(),
+            holder_tpm.clone(),
+            holder_network.clone(),
+        ))
     });
     let (cluster, cluster_ref) = cluster::supervisor();
     let deps = LifecycleDeps {
@@ -78,7 +92,8 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
         })
         .child(storage)
         .child(tpm)
-        .child(network);
+        .child(network)
+        .child(shares);
     let root = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(ROOT_MAX_RESTARTS, ROOT_PERIOD)
         .child(ChildSpec::supervisor("core", core).0)

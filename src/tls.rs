@@ -129,19 +129,25 @@ pub enum ClientAuth {
     /// Those, and clients with a valid self-signed Ed25519 certificate (registering and joining
     /// nodes); the service authorizes those by their public key.
     CaOrEphemeral(Trust),
+    /// Only clients with a valid self-signed Ed25519 certificate, authorized by their public key
+    /// (a consensus member asking for its shares, before any CA can be consulted).
+    Ephemeral,
 }
 
 /// A server config presenting `identity`, admitting clients as `clients` says.
 pub fn server_config(identity: Identity, clients: ClientAuth) -> Result<ServerConfig, TlsError> {
-    let trust = match &clients {
-        ClientAuth::Ca(trust) | ClientAuth::CaOrEphemeral(trust) => trust,
+    let ca_verifier = |trust: &Trust| {
+        WebPkiClientVerifier::builder_with_provider(trust.roots()?, provider())
+            .with_crls(trust.crls())
+            .build()
+            .map_err(TlsError::from)
     };
-    let ca_verifier = WebPkiClientVerifier::builder_with_provider(trust.roots()?, provider())
-        .with_crls(trust.crls())
-        .build()?;
-    let verifier: Arc<dyn ClientCertVerifier> = match clients {
-        ClientAuth::Ca(_) => ca_verifier,
-        ClientAuth::CaOrEphemeral(_) => Arc::new(CaOrEphemeral { ca: ca_verifier }),
+    let verifier: Arc<dyn ClientCertVerifier> = match &clients {
+        ClientAuth::Ca(trust) => ca_verifier(trust)?,
+        ClientAuth::CaOrEphemeral(trust) => Arc::new(CaOrEphemeral {
+            ca: Some(ca_verifier(trust)?),
+        }),
+        ClientAuth::Ephemeral => Arc::new(CaOrEphemeral { ca: None }),
     };
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -178,7 +184,8 @@ pub fn curator_client_config(
 /// A client config for trust on first use (an owner meeting a new cluster): it accepts any
 /// server certificate whose Ed25519 handshake signature verifies, and keeps it in the returned
 /// cell, so the caller can learn who answered (and then pin the CA that server hands out).
-/// Nothing but the CA's certificate should be asked over such a connection.
+/// Nothing should be asked over such a connection but what the caller can check by itself: the
+/// CA's certificate (by its fingerprint), a share of a CUK (by the CUK's digest).
 pub fn first_use_client_config(
     identity: Identity,
 ) -> Result<(ClientConfig, SeenCertificate), TlsError> {
@@ -225,9 +232,7 @@ impl rustls::client::danger::ServerCertVerifier for FirstUse {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is never negotiated: Polis speaks TLS 1.3 only".into(),
-        ))
+        Err(tls12_refused())
     }
 
     fn verify_tls13_signature(
@@ -300,16 +305,17 @@ impl rustls::client::danger::ServerCertVerifier for CuratorOnly {
     }
 }
 
-/// Admits a CA-issued client certificate, or else a self-signed Ed25519 one that verifies
-/// against itself (valid signature, in its validity period, for client authentication).
+/// Admits a CA-issued client certificate (if there is a CA to check against), or else a
+/// self-signed Ed25519 one that verifies against itself (valid signature, in its validity
+/// period, for client authentication).
 #[derive(Debug)]
 struct CaOrEphemeral {
-    ca: Arc<dyn ClientCertVerifier>,
+    ca: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl ClientCertVerifier for CaOrEphemeral {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.ca.root_hint_subjects()
+        self.ca.as_ref().map_or(&[], |ca| ca.root_hint_subjects())
     }
 
     fn verify_client_cert(
@@ -318,9 +324,12 @@ impl ClientCertVerifier for CaOrEphemeral {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ca_error = match self.ca.verify_client_cert(end_entity, intermediates, now) {
-            Ok(verified) => return Ok(verified),
-            Err(e) => e,
+        let ca_error = match &self.ca {
+            Some(ca) => match ca.verify_client_cert(end_entity, intermediates, now) {
+                Ok(verified) => return Ok(verified),
+                Err(e) => e,
+            },
+            None => rustls::Error::General("not a valid self-signed Ed25519 certificate".into()),
         };
         verify_client_certificate(end_entity, end_entity, now)
             .map(|_| ClientCertVerified::assertion())
@@ -329,11 +338,11 @@ impl ClientCertVerifier for CaOrEphemeral {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls12_signature(message, cert, dss)
+        Err(tls12_refused())
     }
 
     fn verify_tls13_signature(
@@ -342,10 +351,15 @@ impl ClientCertVerifier for CaOrEphemeral {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.ca.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ED25519]
     }
+}
+
+/// What a verifier answers if asked about TLS 1.2, which the provider never negotiates.
+fn tls12_refused() -> rustls::Error {
+    rustls::Error::General("TLS 1.2 is never negotiated: Polis speaks TLS 1.3 only".into())
 }

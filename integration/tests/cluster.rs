@@ -1,6 +1,6 @@
 //! Tier 3 (DESIGN §7): a three-node cluster in network namespaces, real etcd and swtpm:
 //! bootstrap, register, approve, promote; restarts into join; the loss of the first node; a cold
-//! start of the whole cluster; decommissioning a member.
+//! start of the whole cluster through quorum unlock; decommissioning a member.
 
 use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
@@ -111,25 +111,60 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     let log = log_of(&cluster, 0);
     assert!(log.contains("rejoining the cluster"), "{log}");
 
-    // A power cut of the whole cluster: no Curator is left to hand out CUKs, so the consensus
-    // members unlock with their sealed ones, etcd regains quorum, and every Curator answers.
+    // Quorum unlock: once every member's peers hold confirmed shares of its CUK, no member
+    // keeps its own CUK sealed.
+    for i in 0..3 {
+        cluster
+            .until(i, "drop its sealed cluster unlock key", || async {
+                log_of(&cluster, i)
+                    .contains("its peers hold confirmed shares of it")
+                    .then_some(())
+            })
+            .await
+            .unwrap();
+    }
+    // A power cut of the whole cluster: no Curator is left to hand out CUKs. A member started
+    // alone cannot unlock (one stolen machine cannot), and says why; with its peers back, the
+    // members unlock each other with their shares, etcd regains quorum, and every Curator
+    // answers.
     let before: Vec<usize> = (0..3).map(|i| log_of(&cluster, i).len()).collect();
     for i in 0..3 {
         cluster.stop(i, Signal::SIGKILL);
     }
-    for i in 0..3 {
+    cluster.start(0, &[]).unwrap();
+    cluster
+        .until(0, "say why it cannot unlock alone", || async {
+            let log = log_of(&cluster, 0);
+            let log = &log[before[0]..];
+            (log.contains("cannot unlock yet") && log.contains("0 of the 1 shares needed"))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    assert!(
+        !log_of(&cluster, 0)[before[0]..].contains("data partition mounted"),
+        "node 0 unlocked alone"
+    );
+    for i in 1..3 {
         cluster.start(i, &[]).unwrap();
     }
     for i in 0..3 {
         curator_on(&cluster, i).await;
     }
-    let cold = (0..3)
-        .filter(|&i| log_of(&cluster, i)[before[i]..].contains("(cold start)"))
+    let quorum = (0..3)
+        .filter(|&i| log_of(&cluster, i)[before[i]..].contains("(quorum unlock)"))
         .count();
     assert!(
-        cold >= 2,
-        "a quorum of members had to start cold, {cold} did"
+        quorum >= 2,
+        "a quorum of members had to unlock with their peers' shares, {quorum} did"
     );
+    for i in 0..3 {
+        let log = log_of(&cluster, i);
+        assert!(
+            !log[before[i]..].contains("unlocks with its sealed one"),
+            "node {i} still held its own CUK"
+        );
+    }
     let mut owner = curator_on(&cluster, 2).await;
     let nodes = owner.nodes().await.unwrap();
     assert_eq!(nodes.len(), 3, "no record lost");

@@ -5,13 +5,16 @@
 
 mod actor;
 mod decommission;
+mod escrow;
 mod owner_only;
+mod reconciler;
 pub mod records;
 mod server_certificate;
 mod service;
 
 pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
 pub use decommission::Decommissioner;
+pub use escrow::Escrower;
 pub use records::Records;
 pub use service::{initial_cluster, Services, MAX_WATCHES_PER_NODE};
 

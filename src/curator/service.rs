@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::consensus::{peer_ca, AddLearner, Consensus, NamespacedKv, PEER_CRL_KEY, PEER_PORT};
 use crate::curator::decommission::{remove_consensus_member, revoke_peer_certificate};
+use crate::curator::escrow;
 use crate::curator::records::{self, Records, OWNER_CERTIFICATE, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
@@ -28,6 +29,9 @@ use crate::proto::curator::curator_local_server::CuratorLocal;
 use crate::proto::curator::curator_server::Curator;
 use crate::proto::curator::*;
 use crate::proto::private::Node;
+
+/// The most shares one ConfirmShares may confirm (a holder holds one per other member).
+const MAX_CONFIRMED_SHARES: usize = 64;
 
 /// The handlers, sharing etcd clients and the actors they ask.
 #[derive(Clone)]
@@ -308,6 +312,8 @@ fn watch_event(nodes: &[Node], directory: ClusterDirectory, id: &str) -> WatchEv
         directory: Some(directory),
         roles: own.and_then(|n| n.roles.clone()),
         state: own.map_or(NodeState::Invalid as i32, |n| n.fsm_state),
+        held_shares: escrow::held_shares(nodes, id),
+        keep_cluster_unlock_key: escrow::keeps_cluster_unlock_key(nodes, id),
     }
 }
 
@@ -488,6 +494,34 @@ impl Curator for Services {
             rx.recv().await.map(|event| (event, rx))
         });
         Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn confirm_shares(
+        &self,
+        request: Request<ConfirmSharesRequest>,
+    ) -> Answer<ConfirmSharesResponse> {
+        let holder = self.node(&request).await?.id;
+        let sealed = &request.get_ref().sealed;
+        if sealed.len() > MAX_CONFIRMED_SHARES {
+            return Err(CuratorError::Invalid {
+                field: "sealed",
+                reason: format!("more than {MAX_CONFIRMED_SHARES} shares"),
+            }
+            .into());
+        }
+        let mut records = self.records.clone();
+        for share in sealed {
+            if records.get(&share.owner).await?.is_none() {
+                continue;
+            }
+            records
+                .update(&share.owner, |current| {
+                    Ok(current.and_then(|owner| escrow::confirm(owner, &holder, share.generation)))
+                })
+                .await?;
+        }
+        slog::info!(self.log, "held shares confirmed"; "node" => &holder, "shares" => sealed.len());
+        Ok(Response::new(ConfirmSharesResponse {}))
     }
 }
 

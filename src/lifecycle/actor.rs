@@ -166,7 +166,8 @@ impl Run {
         self.start_child(member.consensus).await?;
         self.start_child(member.pki).await?;
         self.start_child(member.curator).await?;
-        self.start_child(member.decommission).await
+        self.start_child(member.decommission).await?;
+        self.start_child(member.escrow).await
     }
 
     /// Add `child` to `/cluster` and wait until it is healthy. A child that failed its first
@@ -255,17 +256,7 @@ impl Run {
 
     /// The node's external address, once the network actor knows it.
     pub(super) async fn address(&self) -> std::net::IpAddr {
-        let mut status = self.deps.network.subscribe();
-        loop {
-            if let Some(address) = status.borrow_and_update().external_address {
-                return address;
-            }
-            slog::info!(self.log, "waiting for an external address");
-            if status.changed().await.is_err() {
-                // The value can no longer change; wait to be stopped.
-                std::future::pending::<()>().await;
-            }
-        }
+        crate::network::external_address(&self.deps.network, &self.log).await
     }
 
     pub(super) fn cluster_config(&self, id: &str, address: std::net::IpAddr) -> ClusterConfig {

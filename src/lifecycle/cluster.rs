@@ -1,6 +1,6 @@
 //! The `/cluster` subtree the lifecycle starts once the data partition is up (DESIGN §2):
 //! `hostsfile` first, then — once the node is a consensus member — `consensus`, `pki`,
-//! `curator` and `decommission`, appended in that order so rest_for_one restarts what depends
+//! `curator`, `decommission` and `escrow`, appended in that order so rest_for_one restarts what depends
 //! on a failed child.
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use polis_actors::{ActorRef, Backoff, ChildSpec, Strategy, Supervisor, SupervisorSpec, Watchable};
 
 use crate::consensus::{Consensus, ConsensusConfig, Member, Mode, PEER_PORT};
-use crate::curator::{Curator, CuratorConfig, Decommissioner, CURATOR_PORT};
+use crate::curator::{Curator, CuratorConfig, Decommissioner, Escrower, CURATOR_PORT};
 use crate::hostsfile::{HostsConfig, Hostsfile};
 use crate::network::NetworkStatus;
 use crate::pki::Issuer;
@@ -78,6 +78,8 @@ pub struct MemberChildren {
     pub curator: ChildSpec,
     /// The decommission reconciler.
     pub decommission: ChildSpec,
+    /// The escrow reconciler (quorum unlock).
+    pub escrow: ChildSpec,
     /// The consensus actor, across restarts.
     pub consensus_ref: ActorRef<Consensus>,
     /// The issuer, across restarts.
@@ -117,6 +119,10 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
             retiring_issuer.clone(),
         ))
     });
+    let escrow_consensus = consensus_ref.clone();
+    let (escrow, _) = ChildSpec::worker("escrow", move || {
+        Ok(Escrower::new(escrow_consensus.clone()))
+    });
     let (curator, _) = ChildSpec::worker("curator", move || {
         Ok(Curator::new(
             curator_config.clone(),
@@ -129,6 +135,7 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
         pki,
         curator,
         decommission,
+        escrow,
         consensus_ref,
         issuer_ref,
     }

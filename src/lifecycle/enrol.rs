@@ -205,6 +205,7 @@ impl Run {
                     status: Some(records::status(&address.to_string())),
                     curator_certificate: Vec::new(),
                     retirement: None,
+                    escrow: None,
                 };
                 records
                     .update(&id, |current| Ok(current.is_none().then(|| record.clone())))
@@ -218,6 +219,7 @@ impl Run {
         }
         self.start_child(member.curator).await?;
         self.start_child(member.decommission).await?;
+        self.start_child(member.escrow).await?;
         let sealed = self
             .finish(JournalFlow::Bootstrap, &keys, &credentials, true)
             .await?;
@@ -354,6 +356,11 @@ impl Run {
             cluster_ca: credentials.ca.clone(),
             cluster_unlock_key: if member {
                 keys.cuk.as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+            cluster_unlock_key_digest: if member {
+                crate::quorum::cuk_digest(&keys.cuk)
             } else {
                 Vec::new()
             },

@@ -1,13 +1,16 @@
 //! Join (DESIGN §3, flow 1) and what every flow ends in: following the node's record.
 //!
 //! A member rejoins by unsealing its configuration and asking a Curator for its CUK (JoinNode).
-//! A consensus member also keeps its CUK sealed: when no Curator answers — the whole cluster is
-//! starting cold, or a one-node cluster reboots — it unlocks with that, so that its etcd can come
-//! back and with it a Curator. A Curator's answer always wins, so a decommissioned member that
-//! reaches the cluster is refused.
+//! When no Curator answers — the whole cluster is starting cold — a consensus member unlocks
+//! through its peers instead (quorum unlock, [`crate::quorum`]): it gathers their shares of its
+//! CUK and checks what they combine to against the digest its sealed configuration keeps. Only
+//! a consensus member whose CUK no peer holds yet (a cluster's only member, or one whose shares
+//! are still being placed) keeps its CUK sealed and unlocks with that. A Curator's answer always
+//! wins, so a decommissioned member that reaches the cluster is refused.
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::backoff::Backoff;
@@ -17,16 +20,18 @@ use crate::lifecycle::client::connect;
 use crate::lifecycle::LifecycleError;
 use crate::pki::{node_id, NodeCredentials, PkiError};
 use crate::proto::common::{ClusterDirectory, NodeState};
+use crate::proto::curator::confirm_shares_request::Sealed;
 use crate::proto::curator::curator_client::CuratorClient;
-use crate::proto::curator::{JoinNodeRequest, WatchRequest};
-use crate::proto::private::{SealedConfiguration, SealedEnvelope};
+use crate::proto::curator::{ConfirmSharesRequest, JoinNodeRequest, WatchEvent, WatchRequest};
+use crate::proto::private::{HeldShares, SealedConfiguration, SealedEnvelope, Share};
+use crate::quorum::{self, client::gather};
 use crate::storage::UnlockKey;
 use crate::tls::Identity;
 use crate::tpm::SealedKind;
 
 impl Run {
-    /// A member rejoins: unseal, JoinNode for the CUK (or, for a consensus member that no
-    /// Curator answers, the sealed CUK), mount, and run its roles.
+    /// A member rejoins: unseal, JoinNode for the CUK (or, on a cold start, the peers' shares
+    /// or the sealed CUK), mount, and run its roles.
     pub(super) async fn join(&self, envelope: SealedEnvelope) -> Result<(), LifecycleError> {
         let path = self.esp.sealed_path();
         let sealed: SealedConfiguration = self
@@ -41,24 +46,29 @@ impl Run {
             [] => None,
             bytes => Some(UnlockKey::from_slice(bytes)?),
         };
+        let escrowed = !sealed.cluster_unlock_key_digest.is_empty();
         // An enrolment that crashed right after sealing may have left it.
         self.scrub_register_ticket();
         let directory = self.esp.directory()?;
         let address = self.address().await;
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),
-            "consensus_member" => sealed_cuk.is_some());
+            "sealed_cuk" => sealed_cuk.is_some(), "escrowed_cuk" => escrowed);
         let join_node = || self.join_node(&directory, &sealed, &join_key, address);
-        let cuk = match sealed_cuk {
-            None => self.retry("JoinNode", join_node).await?,
-            Some(sealed_cuk) => match join_node().await {
+        let cuk = match (sealed_cuk, escrowed) {
+            (Some(sealed_cuk), _) => match join_node().await {
                 Ok(cuk) => cuk,
                 Err(e) if e.is_transient() => {
-                    slog::warn!(self.log, "no Curator answered; this consensus member unlocks with its sealed cluster unlock key (cold start)";
+                    slog::warn!(self.log, "no Curator answered; this consensus member, whose cluster unlock key no peer holds, unlocks with its sealed one (cold start)";
                         "reason" => %e);
                     sealed_cuk
                 }
                 Err(e) => return Err(e),
             },
+            (None, true) => {
+                self.quorum_unlock(&directory, &sealed, &join_key, address)
+                    .await?
+            }
+            (None, false) => self.retry("JoinNode", join_node).await?,
         };
         self.mount(&nuk, &cuk).await?;
         let credentials = self.credentials("joined")?;
@@ -68,11 +78,54 @@ impl Run {
         self.start_hostsfile(&cluster).await?;
         let member = self.config.root.etcd_data().join("member").exists();
         if member {
-            let sealed = self.seal_cuk(sealed.clone(), &cuk).await?;
+            // A member sealed before quorum unlock existed keeps its CUK until its shares are
+            // placed (then `follow` drops it).
+            let sealed = match escrowed {
+                true => sealed,
+                false => self.seal_cuk(sealed.clone(), &cuk).await?,
+            };
             self.start_member(&cluster, Mode::Restart).await?;
             return self.follow(credentials, address, sealed, cuk, true).await;
         }
         self.follow(credentials, address, sealed, cuk, false).await
+    }
+
+    /// A consensus member whose CUK its peers hold: JoinNode while a Curator answers, else
+    /// gather the peers' shares, until one of the two gives the CUK. Each round that fails says
+    /// why (which peers, how many shares of how many needed).
+    async fn quorum_unlock(
+        &self,
+        directory: &ClusterDirectory,
+        sealed: &SealedConfiguration,
+        join_key: &SigningKey,
+        address: std::net::IpAddr,
+    ) -> Result<UnlockKey, LifecycleError> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.join_node(directory, sealed, join_key, address).await {
+                Ok(cuk) => return Ok(cuk),
+                Err(e) if e.is_transient() => {
+                    slog::info!(self.log, "no Curator answered; asking the other consensus members for their shares of this node's cluster unlock key";
+                        "reason" => %e);
+                }
+                Err(e) => return Err(e),
+            }
+            let digest = &sealed.cluster_unlock_key_digest;
+            match gather(directory, address, join_key, digest).await {
+                Ok(cuk) => {
+                    slog::info!(
+                        self.log,
+                        "unlocked with the other consensus members' shares (quorum unlock)"
+                    );
+                    return Ok(cuk);
+                }
+                Err(why) => {
+                    slog::warn!(self.log, "this consensus member cannot unlock yet: no Curator answered, and its peers' shares do not suffice";
+                        "reason" => %why);
+                    backoff.wait(&self.log, "quorum unlock", &why).await;
+                }
+            }
+        }
     }
 
     /// Follow this node's record through a Curator's Watch, for good: keep the directory
@@ -88,11 +141,14 @@ impl Run {
         let id = node_id(&credentials.key.verifying_key());
         let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
         let mut backoff = Backoff::new();
+        // The shares this node last sealed on its ESP, once it has.
+        let mut held: Option<Vec<Share>> = None;
         loop {
             let watched = async {
                 let channel =
                     connect(&self.deps.directory.get(), &credentials.ca, identity).await?;
-                let mut events = CuratorClient::new(channel)
+                let mut client = CuratorClient::new(channel);
+                let mut events = client
                     .watch(WatchRequest {})
                     .await
                     .map_err(|s| refused("Watch", s))?
@@ -102,13 +158,13 @@ impl Run {
                     if event.state == NodeState::Decommissioned as i32 {
                         return Err(LifecycleError::Decommissioned);
                     }
-                    if let Some(directory) = event.directory {
+                    if let Some(directory) = event.directory.clone() {
                         if directory != self.deps.directory.get() && !directory.nodes.is_empty() {
                             self.esp.write_directory(&directory)?;
                             self.deps.directory.set(directory);
                         }
                     }
-                    let role = event.roles.and_then(|r| r.consensus_member);
+                    let role = event.roles.clone().and_then(|r| r.consensus_member);
                     if let (false, Some(role)) = (member, role) {
                         slog::info!(self.log, "this node is now a consensus member; joining etcd";
                             "peers" => role.peers.len());
@@ -129,6 +185,8 @@ impl Run {
                             .await?;
                         member = true;
                     }
+                    held = self.hold_shares(&event, held.take(), &mut client).await?;
+                    sealed = self.escrow_cuk(&event, sealed.clone(), &cuk).await?;
                 }
                 Ok::<(), LifecycleError>(())
             };
@@ -191,8 +249,9 @@ impl Run {
         )?)
     }
 
-    /// A consensus member's sealed configuration carries its CUK (see the module comment); add
-    /// it before etcd starts, so a member never runs without it.
+    /// A new consensus member's sealed configuration carries its CUK (and its digest) until its
+    /// peers hold shares of it (see the module comment); add it before etcd starts, so a member
+    /// is never without a way to unlock on a cold start.
     async fn seal_cuk(
         &self,
         mut sealed: SealedConfiguration,
@@ -200,12 +259,95 @@ impl Run {
     ) -> Result<SealedConfiguration, LifecycleError> {
         if sealed.cluster_unlock_key.as_slice() != cuk.as_bytes() {
             sealed.cluster_unlock_key = cuk.as_bytes().to_vec();
+            sealed.cluster_unlock_key_digest = quorum::cuk_digest(cuk);
             self.seal_configuration(&sealed).await?;
             slog::info!(
                 self.log,
                 "sealed the cluster unlock key beside the node's (consensus member)"
             );
         }
+        Ok(sealed)
+    }
+
+    /// Keep the shares the Curator says this node holds (`event.held_shares`) sealed on the ESP
+    /// (none: no file), and confirm to the Curator those it has not counted as sealed yet.
+    /// `last` is what this node sealed before, if it knows; answers what is sealed now.
+    async fn hold_shares(
+        &self,
+        event: &WatchEvent,
+        last: Option<Vec<Share>>,
+        client: &mut CuratorClient<Channel>,
+    ) -> Result<Option<Vec<Share>>, LifecycleError> {
+        let mut shares: Vec<Share> = event
+            .held_shares
+            .iter()
+            .map(|s| Share {
+                confirmed: false,
+                ..s.clone()
+            })
+            .collect();
+        shares.sort_by(|a, b| a.owner.cmp(&b.owner));
+        if last.as_ref() != Some(&shares) {
+            if shares.is_empty() {
+                self.esp.remove_held_shares()?;
+            } else {
+                let held = HeldShares {
+                    shares: shares.clone(),
+                };
+                let envelope = self.seal(SealedKind::HeldShares, &held).await?;
+                self.esp.write_held_shares(&envelope)?;
+            }
+            slog::info!(self.log, "held shares of the other members' cluster unlock keys sealed";
+                "shares" => shares.len());
+        }
+        let unconfirmed: Vec<Sealed> = event
+            .held_shares
+            .iter()
+            .filter(|s| !s.confirmed)
+            .map(|s| Sealed {
+                owner: s.owner.clone(),
+                generation: s.generation,
+            })
+            .collect();
+        if !unconfirmed.is_empty() {
+            client
+                .confirm_shares(ConfirmSharesRequest {
+                    sealed: unconfirmed,
+                })
+                .await
+                .map_err(|s| refused("ConfirmShares", s))?;
+        }
+        Ok(Some(shares))
+    }
+
+    /// Keep this node's own CUK sealed only while the Curator says it must (a consensus member
+    /// whose CUK its peers do not all hold yet); else drop it, keeping its digest (quorum
+    /// unlock). Answers the sealed configuration as it is now.
+    async fn escrow_cuk(
+        &self,
+        event: &WatchEvent,
+        mut sealed: SealedConfiguration,
+        cuk: &UnlockKey,
+    ) -> Result<SealedConfiguration, LifecycleError> {
+        let member = event
+            .roles
+            .as_ref()
+            .is_some_and(|r| r.consensus_member.is_some());
+        if member && event.keep_cluster_unlock_key {
+            return self.seal_cuk(sealed, cuk).await;
+        }
+        if sealed.cluster_unlock_key.is_empty() {
+            return Ok(sealed);
+        }
+        sealed.cluster_unlock_key.clear();
+        sealed.cluster_unlock_key_digest = match member {
+            true => quorum::cuk_digest(cuk),
+            false => Vec::new(),
+        };
+        self.seal_configuration(&sealed).await?;
+        slog::info!(self.log, "the cluster unlock key is no longer sealed on this node";
+            "why" => if member { "its peers hold confirmed shares of it (quorum unlock)" }
+                else { "not a consensus member" });
         Ok(sealed)
     }
 }

@@ -45,6 +45,9 @@ pub enum EspError {
         /// What is wrong with it.
         reason: String,
     },
+    /// No held shares: the node holds no share of a peer's CUK.
+    #[error("no held shares at {0}")]
+    NoHeldShares(PathBuf),
     /// No enrolment journal: no enrolment is under way.
     #[error("no enrolment journal at {0}")]
     NoJournal(PathBuf),
@@ -130,23 +133,34 @@ impl Esp {
 
     /// Replace the enrolment journal (owner-only file, atomic).
     pub fn write_journal(&self, envelope: &SealedEnvelope) -> Result<(), EspError> {
-        let path = self.root.enrolment_journal();
-        Ok(fsutil::write_atomic(
-            &path,
-            &envelope.encode_to_vec(),
-            SECRET_MODE,
-        )?)
+        write_envelope(&self.root.enrolment_journal(), envelope)
     }
 
     /// Remove the enrolment journal once the sealed configuration has replaced it.
     pub fn remove_journal(&self) -> Result<(), EspError> {
-        let path = self.root.enrolment_journal();
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(FsError::new("remove", &path, e).into())
-            }
-            _ => Ok(()),
-        }
+        remove(&self.root.enrolment_journal())
+    }
+
+    /// The sealed shares this node holds of its peers' CUKs (quorum unlock), checked like the
+    /// sealed configuration's envelope.
+    pub fn held_shares(&self) -> Result<SealedEnvelope, EspError> {
+        let path = self.root.held_shares();
+        read_envelope(&path, EspError::NoHeldShares(path.clone()))
+    }
+
+    /// Replace the held shares (owner-only file, atomic).
+    pub fn write_held_shares(&self, envelope: &SealedEnvelope) -> Result<(), EspError> {
+        write_envelope(&self.root.held_shares(), envelope)
+    }
+
+    /// Remove the held shares (the node holds none any more).
+    pub fn remove_held_shares(&self) -> Result<(), EspError> {
+        remove(&self.root.held_shares())
+    }
+
+    /// Where the held shares live.
+    pub fn held_shares_path(&self) -> PathBuf {
+        self.root.held_shares()
     }
 
     /// Where the sealed configuration lives.
@@ -166,12 +180,7 @@ impl Esp {
 
     /// Replace the sealed configuration (owner-only file, atomic).
     pub fn write_sealed(&self, envelope: &SealedEnvelope) -> Result<(), EspError> {
-        let path = self.root.sealed_configuration();
-        Ok(fsutil::write_atomic(
-            &path,
-            &envelope.encode_to_vec(),
-            SECRET_MODE,
-        )?)
+        write_envelope(&self.root.sealed_configuration(), envelope)
     }
 
     /// The cluster directory.
@@ -193,6 +202,25 @@ impl Esp {
             &directory.encode_to_vec(),
             PUBLIC_MODE,
         )?)
+    }
+}
+
+/// Replace the sealed envelope at `path` (owner-only file, atomic).
+fn write_envelope(path: &Path, envelope: &SealedEnvelope) -> Result<(), EspError> {
+    Ok(fsutil::write_atomic(
+        path,
+        &envelope.encode_to_vec(),
+        SECRET_MODE,
+    )?)
+}
+
+/// Remove the file at `path`, if it is there.
+fn remove(path: &Path) -> Result<(), EspError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(FsError::new("remove", path, e).into())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -40,6 +40,11 @@ impl NodeRoot {
         self.esp().join("enrolment_journal.pb")
     }
 
+    /// The TPM-sealed shares of peers' CUKs a consensus member holds (quorum unlock).
+    pub fn held_shares(&self) -> PathBuf {
+        self.esp().join("held_shares.pb")
+    }
+
     /// The ClusterDirectory, in cleartext.
     pub fn cluster_directory(&self) -> PathBuf {
         self.esp().join("cluster_directory.pb")

@@ -83,6 +83,8 @@ pub enum SealedKind {
     Configuration,
     /// The EnrolmentJournal of an unfinished bootstrap or register.
     EnrolmentJournal,
+    /// The HeldShares of peers' CUKs a consensus member keeps for them.
+    HeldShares,
 }
 
 impl SealedKind {
@@ -91,6 +93,7 @@ impl SealedKind {
         match self {
             SealedKind::Configuration => "a sealed configuration",
             SealedKind::EnrolmentJournal => "an enrolment journal",
+            SealedKind::HeldShares => "held shares",
         }
     }
 
@@ -98,6 +101,7 @@ impl SealedKind {
         match self {
             SealedKind::Configuration => b"polis sealed object: SealedConfiguration",
             SealedKind::EnrolmentJournal => b"polis sealed object: EnrolmentJournal",
+            SealedKind::HeldShares => b"polis sealed object: HeldShares",
         }
     }
 }
