@@ -286,6 +286,23 @@ mod tests {
         Logger::root(slog::Discard, slog::o!())
     }
 
+    #[test]
+    fn a_child_inherits_no_descriptor_but_its_stdio() {
+        use std::os::fd::AsRawFd;
+        // As a C library opens them: without close-on-exec.
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        let fd = read.as_raw_fd();
+        let flags = nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_eq!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "the test needs an inheritable descriptor"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("[ ! -e /proc/$$/fd/{fd} ]")]);
+        run(cmd).unwrap_or_else(|e| panic!("descriptor {fd} leaked into the child: {e}"));
+    }
+
     fn alive(pid: u32) -> bool {
         Path::new(&format!("/proc/{pid}")).exists()
             && !std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -82,7 +82,9 @@ impl Spawned {
 
 /// Spawn `cmd`. While the reaper runs, the child is registered before the reaper can see it
 /// exit (the spawn holds the lock the reaper reaps under), so its status always reaches us.
+/// The child inherits no descriptor but its stdio (see [`stdio_only`]).
 pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Spawned> {
+    stdio_only(cmd);
     let Some(reaper) = REAPER.get() else {
         return Ok(Spawned {
             child: cmd.spawn()?,
@@ -97,6 +99,26 @@ pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Spawned> {
         child,
         exit: Some(rx),
     })
+}
+
+/// Mark every descriptor above stdio close-on-exec in `cmd`'s child, between fork and exec. C
+/// libraries open descriptors without close-on-exec (the TPM's TCTI among them): etcd that
+/// inherits a TPM connection holds it for as long as it lives, which keeps swtpm (one
+/// connection at a time) from ever serving the node again, and hands a real TPM to a program
+/// that has no business with it.
+fn stdio_only(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // close_range(2) is async-signal-safe; the CLOEXEC flag leaves Rust's own exec-error pipe
+    // working.
+    unsafe {
+        cmd.pre_exec(|| {
+            let flags = libc::CLOSE_RANGE_CLOEXEC as libc::c_int;
+            match libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, flags) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
 }
 
 fn reap_forever(mask: SigSet) {

@@ -11,7 +11,7 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::curator::cold_start_client::ColdStartClient;
 use crate::proto::curator::GetShareRequest;
 use crate::proto::private::Share;
-use crate::quorum::{combine, QuorumError, COLD_START_PORT};
+use crate::quorum::{combine, threshold, QuorumError, COLD_START_PORT};
 use crate::storage::UnlockKey;
 use crate::tls::{first_use_client_config, Identity};
 
@@ -58,7 +58,11 @@ pub async fn gather(
     match combine(&shares, digest) {
         Err(QuorumError::NotEnough { have, need, .. }) => Err(QuorumError::NotEnough {
             have,
-            need,
+            // With no share at all, the threshold is the directory's to tell.
+            need: match have {
+                0 => threshold(peers.len() + 1) as usize,
+                _ => need,
+            },
             failures: failures.join("; "),
         }),
         combined => combined,
