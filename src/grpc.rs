@@ -37,6 +37,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a ping may go unanswered before the channel is declared dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a call on a client channel waits for its answer (for a stream: for the stream to
+/// open), so that a server whose handler hangs (a stuck actor, an etcd without quorum) fails
+/// its caller, who has other servers to try or a backoff to run, instead of holding it.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Why a channel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
@@ -210,12 +215,22 @@ pub fn incoming(
     })
 }
 
-/// A channel to `addr`, whose certificate must name `server_name`, under `config`. Connects
-/// (and completes the handshake) before returning.
+/// A channel to `addr`, whose certificate must name `server_name`, under `config`, each call
+/// bounded by [`CALL_DEADLINE`]. Connects (and completes the handshake) before returning.
 pub async fn channel(
     addr: SocketAddr,
     server_name: &str,
     config: ClientConfig,
+) -> Result<Channel, GrpcError> {
+    channel_with_deadline(addr, server_name, config, CALL_DEADLINE).await
+}
+
+/// [`channel`], each call bounded by `deadline` instead.
+pub async fn channel_with_deadline(
+    addr: SocketAddr,
+    server_name: &str,
+    config: ClientConfig,
+    deadline: Duration,
 ) -> Result<Channel, GrpcError> {
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|_| GrpcError::ServerName(server_name.to_owned()))?;
@@ -228,6 +243,7 @@ pub async fn channel(
             cause: causes(&source),
         })?;
     endpoint
+        .timeout(deadline)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use polis::grpc::{channel, incoming, Peer};
+use polis::grpc::{channel, channel_with_deadline, incoming, Peer};
 use polis::pki::{generate_key, CertificateAuthority, Template};
 use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::curator_local_server::{CuratorLocal, CuratorLocalServer};
@@ -375,6 +375,48 @@ async fn a_call_to_a_server_that_stopped_answering_fails_instead_of_hanging() {
     let answer = tokio::time::timeout(std::time::Duration::from_secs(120), ask_on(&channel))
         .await
         .expect("the call hung on a server that stopped answering");
+    assert!(answer.is_err(), "{answer:?}");
+}
+
+/// Never answers: a handler stuck behind a paused actor or an etcd without quorum.
+struct Stuck;
+
+#[tonic::async_trait]
+impl CuratorLocal for Stuck {
+    async fn get_ca_certificate(
+        &self,
+        _: Request<GetCaCertificateRequest>,
+    ) -> Result<Response<GetCaCertificateResponse>, Status> {
+        std::future::pending().await
+    }
+}
+
+/// A call whose handler never answers, on a live connection (keepalive is answered), ends at
+/// the channel's deadline instead of hanging.
+#[tokio::test]
+async fn a_call_that_gets_no_answer_ends_at_its_deadline() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let server_config = config(&ca, vec![], curator_template("metropolis-server"));
+    let (_configs, updates) = watch::channel(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = incoming(listener, updates, common::quiet());
+    let _server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CuratorLocalServer::new(Stuck))
+            .serve_with_incoming(connections),
+    );
+    let key = generate_key().unwrap();
+    let trust = Trust::pinned(ca.certificate().to_vec());
+    let client = curator_client_config(Some(Identity::ephemeral(&key).unwrap()), &trust).unwrap();
+    let deadline = std::time::Duration::from_secs(1);
+    let channel = channel_with_deadline(addr, "metropolis-server", client, deadline)
+        .await
+        .unwrap();
+    // Bounds a hang only: the deadline ends the call after a second.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), ask_on(&channel))
+        .await
+        .expect("the call hung past its deadline");
     assert!(answer.is_err(), "{answer:?}");
 }
 

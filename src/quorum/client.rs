@@ -2,7 +2,6 @@
 //! consensus member of its directory at once, each as its join key, and combines what arrives.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 
@@ -14,9 +13,6 @@ use crate::proto::private::Share;
 use crate::quorum::{combine, threshold, QuorumError, COLD_START_PORT};
 use crate::storage::UnlockKey;
 use crate::tls::{first_use_client_config, Identity};
-
-/// How long one peer may take to answer, connecting included.
-const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// This node's CUK, recovered from the shares that the consensus members of `directory` (but
 /// the one at `own_address`) hold for `join_key`, and checked against `digest`.
@@ -38,10 +34,10 @@ pub async fn gather(
     if peers.is_empty() {
         return Err(QuorumError::NoPeers);
     }
-    let asks = peers.iter().map(|(id, ip)| async move {
-        let answer = tokio::time::timeout(ASK_TIMEOUT, ask(id, *ip, join_key)).await;
-        (id, answer.unwrap_or_else(|_| Err("timed out".into())))
-    });
+    // Each ask is bounded: connecting by the channel's connect timeout, the call by its deadline.
+    let asks = peers
+        .iter()
+        .map(|(id, ip)| async move { (id, ask(id, *ip, join_key).await) });
     let mut shares = Vec::new();
     let mut failures = Vec::new();
     for (id, answer) in futures::future::join_all(asks).await {
