@@ -1,10 +1,27 @@
 //! Compiles `proto/` into Rust with Debian's `protoc`, through tonic-prost-build.
 
+/// The messages that hold unsealed keys: the sealed configuration (NUK, join key, CUK), the
+/// enrolment journal (NUK, node and join keys, CUK) and held shares of peers' CUKs.
+const SECRET_MESSAGES: [&str; 4] = [
+    "polis.private.SealedConfiguration",
+    "polis.private.EnrolmentJournal",
+    "polis.private.HeldShares",
+    "polis.private.Share",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["common", "api", "private", "curator"].map(|p| format!("proto/{p}.proto"));
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    tonic_prost_build::configure().compile_protos(&protos, &["proto".to_owned()])?;
+    // The messages that carry keys in the clear once decoded are wiped when dropped.
+    let mut config = tonic_prost_build::configure();
+    for secret in SECRET_MESSAGES {
+        config = config.type_attribute(
+            secret,
+            "#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]",
+        );
+    }
+    config.compile_protos(&protos, &["proto".to_owned()])?;
     Ok(())
 }

@@ -47,4 +47,14 @@ mod tests {
         assert!(NodeParameters::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(NodeParameters::decode(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f][..]).is_err());
     }
+
+    #[test]
+    fn messages_that_carry_keys_are_wiped_when_dropped() {
+        // A compile-time check: build.rs derives the wipe; without it this test does not build.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<super::private::SealedConfiguration>();
+        wiped_on_drop::<super::private::EnrolmentJournal>();
+        wiped_on_drop::<super::private::HeldShares>();
+        wiped_on_drop::<super::private::Share>();
+    }
 }

@@ -281,9 +281,10 @@ impl Run {
         let mut shares: Vec<Share> = event
             .held_shares
             .iter()
-            .map(|s| Share {
-                confirmed: false,
-                ..s.clone()
+            .map(|s| {
+                let mut share = s.clone();
+                share.confirmed = false;
+                share
             })
             .collect();
         shares.sort_by(|a, b| a.owner.cmp(&b.owner));

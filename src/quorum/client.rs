@@ -42,11 +42,10 @@ pub async fn gather(
     let mut failures = Vec::new();
     for (id, answer) in futures::future::join_all(asks).await {
         match answer {
-            Ok(share) if share.owner_join_key == join_key.verifying_key().as_bytes() => shares
-                .push(Share {
-                    holder: id.clone(),
-                    ..share
-                }),
+            Ok(mut share) if share.owner_join_key == join_key.verifying_key().as_bytes() => {
+                share.holder = id.clone();
+                shares.push(share)
+            }
             Ok(_) => failures.push(format!("{id}: a share for another key")),
             Err(e) => failures.push(format!("{id}: {e}")),
         }

@@ -192,8 +192,9 @@ impl Service {
         })?;
         let share = held
             .shares
-            .into_iter()
+            .iter()
             .find(|s| s.owner_join_key == join_key)
+            .cloned()
             .ok_or_else(|| HolderError::NoShare(hex(join_key)))?;
         let directory = self.esp.directory()?;
         if !directory
@@ -201,7 +202,7 @@ impl Service {
             .iter()
             .any(|n| n.id == share.owner && n.curator)
         {
-            return Err(HolderError::NotMember(share.owner));
+            return Err(HolderError::NotMember(share.owner.clone()));
         }
         Ok(share)
     }
