@@ -1,5 +1,6 @@
 //! The Curator's records on real etcd: a decision that counts other nodes holds when it is
 //! written. Two concurrent decommissions of the last two consensus members cannot both pass.
+//! And the unauthenticated GetCACertificate does not reach the issuer's mailbox once answered.
 
 mod common;
 
@@ -8,10 +9,15 @@ use std::time::Duration;
 use polis::consensus::Kv;
 use polis::curator::records::{awaits_retirement, decommission, Records};
 use polis::curator::CuratorError;
+use polis::curator::Services;
+use polis::pki::{GetCaCertificate, Issuer};
 use polis::proto::common::node_roles::ConsensusMember;
 use polis::proto::common::{NodeRoles, NodeState};
+use polis::proto::curator::curator_local_server::CuratorLocal;
+use polis::proto::curator::GetCaCertificateRequest;
 use polis::proto::private::Node;
-use polis_actors::{Strategy, SupervisorSpec, Tree};
+use polis_actors::{ChildSpec, Strategy, SupervisorSpec, Tree};
+use tonic::Request;
 
 fn member(id: &str) -> Node {
     Node {
@@ -69,5 +75,48 @@ async fn of_two_concurrent_decommissions_of_the_last_two_members_one_is_refused(
             .count();
         assert_eq!(up, 1, "round {round}: one consensus member must remain");
     }
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn get_ca_certificate_asks_the_issuer_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (consensus_spec, consensus) = common::consensus(dir.path());
+    let issuer_consensus = consensus.clone();
+    let (issuer_spec, issuer) =
+        ChildSpec::worker("pki", move || Ok(Issuer::new(issuer_consensus.clone())));
+    let spec = SupervisorSpec::new(Strategy::RestForOne)
+        .intensity(10, Duration::from_secs(60))
+        .child(consensus_spec)
+        .child(issuer_spec);
+    let tree = Tree::start(spec, common::quiet()).await.unwrap();
+    let kv = |namespace: &str| consensus.ask(Kv(namespace.into()));
+    let services = Services::new(
+        Records::new(
+            kv(polis::curator::records::NAMESPACE)
+                .await
+                .unwrap()
+                .unwrap(),
+        ),
+        kv(polis::consensus::NAMESPACE).await.unwrap().unwrap(),
+        kv(polis::pki::NAMESPACE).await.unwrap().unwrap(),
+        issuer.clone(),
+        consensus.clone(),
+        common::quiet(),
+    );
+    let handled = || tree.registry().actor("/pki").unwrap().handled;
+    let ca = issuer.ask(GetCaCertificate).await.unwrap().unwrap();
+    let before = handled();
+    let asks =
+        (0..50).map(|_| services.get_ca_certificate(Request::new(GetCaCertificateRequest {})));
+    for answer in futures::future::join_all(asks).await {
+        assert_eq!(answer.unwrap().into_inner().ca_certificate, ca);
+    }
+    // The cache's one ask, for fifty calls.
+    assert_eq!(
+        handled() - before,
+        1,
+        "GetCACertificate queued in the issuer's mailbox"
+    );
     tree.shutdown().await;
 }

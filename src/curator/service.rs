@@ -42,6 +42,9 @@ pub struct Services {
     issuer: ActorRef<Issuer>,
     consensus: ActorRef<Consensus>,
     watch_slots: WatchSlots,
+    /// The cluster CA's certificate, once the issuer has answered it: it never changes, and the
+    /// unauthenticated GetCACertificate must not queue in the issuer's mailbox.
+    ca: Arc<tokio::sync::OnceCell<Vec<u8>>>,
     log: slog::Logger,
 }
 
@@ -64,12 +67,20 @@ impl Services {
             issuer,
             consensus,
             watch_slots: WatchSlots::default(),
+            ca: Arc::default(),
             log,
         }
     }
 
+    /// The cluster CA's certificate, asked of the issuer once per incarnation.
     async fn ca_certificate(&self) -> Result<Vec<u8>, CuratorError> {
-        Ok(self.issuer.ask(GetCaCertificate).await??)
+        let ca = self
+            .ca
+            .get_or_try_init(|| async {
+                Ok::<_, CuratorError>(self.issuer.ask(GetCaCertificate).await??)
+            })
+            .await?;
+        Ok(ca.clone())
     }
 
     /// The directory as it stands: the records and the cluster CA's current CRL.
