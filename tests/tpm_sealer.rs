@@ -109,10 +109,37 @@ fn data_sealed_by_one_tpm_does_not_unseal_on_another() {
     let (_d1, _t1, mut first) = tpm();
     let (_d2, _t2, mut second) = tpm();
     let blob = first.seal(KIND, b"only for the first").unwrap();
+    // Refused before any session is salted by the other TPM's primary.
     assert!(matches!(
         second.unseal(KIND, &blob),
-        Err(TpmError::SealedCorrupted(_))
+        Err(TpmError::PrimaryMismatch { .. })
     ));
+}
+
+#[test]
+fn a_primary_other_than_the_one_sealed_under_is_refused() {
+    let (_dir, _swtpm, mut sealer) = tpm();
+    let blob = sealer.seal(KIND, &secret()).unwrap();
+    // The recorded name follows the public and private areas; change its last byte, as a
+    // substituted primary would present another name.
+    let mut at = 0;
+    for _ in 0..2 {
+        at += 4 + u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let name_len = u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
+    let mut other = blob.clone();
+    other[at + 4 + name_len - 1] ^= 0x01;
+    match sealer.unseal(KIND, &other) {
+        Err(e @ TpmError::PrimaryMismatch { .. }) => {
+            assert!(
+                e.to_string()
+                    .contains("something between the node and its TPM"),
+                "{e}"
+            )
+        }
+        other => panic!("expected PrimaryMismatch, got {other:?}"),
+    }
+    assert_eq!(*sealer.unseal(KIND, &blob).unwrap(), secret());
 }
 
 #[test]

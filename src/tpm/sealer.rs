@@ -3,9 +3,12 @@
 //!
 //! A TPM sealed object holds at most 128 bytes, so the TPM seals a fresh 32-byte key under a
 //! PCR 7 policy, and that key encrypts the secret with AES-256-GCM. The sealed blob is:
-//! `u32 len ‖ TPM2B_PUBLIC ‖ u32 len ‖ TPM2B_PRIVATE ‖ 12-byte nonce ‖ ciphertext+tag`.
-//! Every TPM exchange runs in a session salted by the storage primary key, with command and
-//! response encryption, so the secrets do not cross the TPM bus in the clear.
+//! `u32 len ‖ TPM2B_PUBLIC ‖ u32 len ‖ TPM2B_PRIVATE ‖ u32 len ‖ primary's name ‖ 12-byte nonce
+//! ‖ ciphertext+tag`. Every TPM exchange runs in a session salted by the storage primary key,
+//! with command and response encryption, so the secrets do not cross the TPM bus in the clear;
+//! before unsealing, the primary the TPM presents must be the one the data was sealed under (its
+//! name, recorded at sealing), so that something between the node and its TPM cannot offer a
+//! key of its own to learn the session salt.
 
 use std::str::FromStr;
 
@@ -62,6 +65,14 @@ pub enum TpmError {
         op: &'static str,
         /// The TPM's or the library's error.
         reason: String,
+    },
+    /// The TPM's storage primary key is not the one the data was sealed under.
+    #[error("the TPM's storage primary key is not the one this data was sealed under (another TPM, a cleared TPM, or something between the node and its TPM): its name is {found}, sealed under {sealed}")]
+    PrimaryMismatch {
+        /// The name of the primary the TPM presents now (hex).
+        found: String,
+        /// The name recorded at sealing (hex).
+        sealed: String,
     },
     /// The operating system's random generator failed.
     #[error("the operating system's random generator failed")]
@@ -155,14 +166,14 @@ impl Sealer {
             )
             .map_err(|_| TpmError::Rng)?;
 
-        let primary = self.primary()?;
+        let (primary, name) = self.primary()?;
         let sealed = self.seal_key(primary, &key);
         key.fill(0);
         self.flush(primary.into());
         let (public, private) = sealed?;
 
         let mut blob = Vec::new();
-        for part in [&public, &private] {
+        for part in [&public, &private, &name] {
             blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
             blob.extend_from_slice(part);
         }
@@ -184,7 +195,14 @@ impl Sealer {
             .map_err(|e| TpmError::SealedCorrupted(format!("public area: {e}")))?;
         let private = Private::try_from(parts.private.to_vec())
             .map_err(|e| TpmError::SealedCorrupted(format!("private area: {e}")))?;
-        let primary = self.primary()?;
+        let (primary, name) = self.primary()?;
+        if name != parts.primary_name {
+            self.flush(primary.into());
+            return Err(TpmError::PrimaryMismatch {
+                found: crate::pki::hex(&name),
+                sealed: crate::pki::hex(parts.primary_name),
+            });
+        }
         let key = self.unseal_key(primary, public, private);
         self.flush(primary.into());
         let key = Zeroizing::new(key?);
@@ -218,15 +236,24 @@ impl Sealer {
             .map_err(command("PCR_Extend"))
     }
 
-    /// The storage primary key: derived from the owner seed, so the same key every time.
-    fn primary(&mut self) -> Result<KeyHandle, TpmError> {
+    /// The storage primary key, derived from the owner seed (so the same key every time), and
+    /// its name.
+    fn primary(&mut self) -> Result<(KeyHandle, Vec<u8>), TpmError> {
         let template = storage_key_template().map_err(command("CreatePrimary"))?;
-        self.ctx
+        let primary = self
+            .ctx
             .execute_with_nullauth_session(|ctx| {
                 ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
             })
             .map(|r| r.key_handle)
-            .map_err(command("CreatePrimary"))
+            .map_err(command("CreatePrimary"))?;
+        match self.ctx.tr_get_name(primary.into()) {
+            Ok(name) => Ok((primary, name.value().to_vec())),
+            Err(e) => {
+                self.flush(primary.into());
+                Err(command("TR_GetName")(e))
+            }
+        }
     }
 
     fn seal_key(
@@ -399,6 +426,7 @@ fn sealed_object_template(digest: Digest) -> tss_esapi::Result<Public> {
 struct SealedParts<'a> {
     public: &'a [u8],
     private: &'a [u8],
+    primary_name: &'a [u8],
     nonce: [u8; NONCE_LEN],
     ciphertext: &'a [u8],
 }
@@ -421,6 +449,7 @@ impl<'a> SealedParts<'a> {
         };
         let public = sized()?;
         let private = sized()?;
+        let primary_name = sized()?;
         let nonce = take(NONCE_LEN)?.try_into().map_err(|_| truncated())?;
         let ciphertext = rest;
         if ciphertext.len() < AES_256_GCM.tag_len() {
@@ -429,6 +458,7 @@ impl<'a> SealedParts<'a> {
         Ok(SealedParts {
             public,
             private,
+            primary_name,
             nonce,
             ciphertext,
         })
