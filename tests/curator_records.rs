@@ -1,22 +1,25 @@
 //! The Curator's records on real etcd: a decision that counts other nodes holds when it is
 //! written. Two concurrent decommissions of the last two consensus members cannot both pass.
-//! And the unauthenticated GetCACertificate does not reach the issuer's mailbox once answered.
+//! A role change racing a decommission never gives the decommissioned node a role or a seat. And the
+//! unauthenticated GetCACertificate does not reach the issuer's mailbox once answered.
 
 mod common;
 
 use std::time::Duration;
 
-use polis::consensus::Kv;
-use polis::curator::records::{awaits_retirement, decommission, Records};
-use polis::curator::CuratorError;
-use polis::curator::Services;
-use polis::pki::{GetCaCertificate, Issuer};
+use polis::consensus::{Consensus, Kv, RemoveMember};
+use polis::curator::records::{awaits_retirement, consensus_role, decommission, Records};
+use polis::curator::{CuratorError, Services};
+use polis::pki::{generate_key, node_id, GetCaCertificate, Issuer};
+use polis::proto::api::management_server::Management;
+use polis::proto::api::{DecommissionNodeRequest, UpdateNodeRolesRequest};
 use polis::proto::common::node_roles::ConsensusMember;
 use polis::proto::common::{NodeRoles, NodeState};
 use polis::proto::curator::curator_local_server::CuratorLocal;
 use polis::proto::curator::GetCaCertificateRequest;
 use polis::proto::private::Node;
-use polis_actors::{ChildSpec, Strategy, SupervisorSpec, Tree};
+use polis::storage::NodeRoot;
+use polis_actors::{ActorRef, ChildSpec, Strategy, SupervisorSpec, Tree};
 use tonic::Request;
 
 fn member(id: &str) -> Node {
@@ -81,7 +84,29 @@ async fn of_two_concurrent_decommissions_of_the_last_two_members_one_is_refused(
 #[actix_rt::test]
 async fn get_ca_certificate_asks_the_issuer_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (consensus_spec, consensus) = common::consensus(dir.path());
+    let (tree, services, _consensus, issuer) = services(dir.path()).await;
+    let handled = || tree.registry().actor("/pki").unwrap().handled;
+    let ca = issuer.ask(GetCaCertificate).await.unwrap().unwrap();
+    let before = handled();
+    let asks =
+        (0..50).map(|_| services.get_ca_certificate(Request::new(GetCaCertificateRequest {})));
+    for answer in futures::future::join_all(asks).await {
+        assert_eq!(answer.unwrap().into_inner().ca_certificate, ca);
+    }
+    // The cache's one ask, for fifty calls.
+    assert_eq!(
+        handled() - before,
+        1,
+        "GetCACertificate queued in the issuer's mailbox"
+    );
+    tree.shutdown().await;
+}
+
+/// A Curator's handlers over a fresh single-member etcd below `dir` and its issuer.
+async fn services(
+    dir: &std::path::Path,
+) -> (Tree, Services, ActorRef<Consensus>, ActorRef<Issuer>) {
+    let (consensus_spec, consensus) = common::consensus(dir);
     let issuer_consensus = consensus.clone();
     let (issuer_spec, issuer) =
         ChildSpec::worker("pki", move || Ok(Issuer::new(issuer_consensus.clone())));
@@ -104,19 +129,123 @@ async fn get_ca_certificate_asks_the_issuer_once() {
         consensus.clone(),
         common::quiet(),
     );
-    let handled = || tree.registry().actor("/pki").unwrap().handled;
-    let ca = issuer.ask(GetCaCertificate).await.unwrap().unwrap();
-    let before = handled();
-    let asks =
-        (0..50).map(|_| services.get_ca_certificate(Request::new(GetCaCertificateRequest {})));
-    for answer in futures::future::join_all(asks).await {
-        assert_eq!(answer.unwrap().into_inner().ca_certificate, ca);
+    (tree, services, consensus, issuer)
+}
+
+#[actix_rt::test]
+async fn a_role_change_racing_a_decommission_never_gives_a_decommissioned_node_a_role_or_a_seat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, services, consensus, _issuer) = services(dir.path()).await;
+    let mut records = Records::new(
+        consensus
+            .ask(Kv(polis::curator::records::NAMESPACE.into()))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    // Another consensus member, so that the node may always be decommissioned.
+    records
+        .update("a", |_| Ok(Some(member("a"))))
+        .await
+        .unwrap();
+    let mut etcd = polis::consensus::connect(&NodeRoot::new(dir.path()))
+        .await
+        .unwrap();
+    let mut changed = 0;
+    const ROUNDS: u8 = 25;
+    for round in 0..ROUNDS {
+        let key = generate_key().unwrap();
+        let id = node_id(&key.verifying_key());
+        let address = format!("127.0.1.{}", round + 1);
+        let node = Node {
+            id: id.clone(),
+            public_key: key.verifying_key().to_bytes().to_vec(),
+            join_key: vec![round; 32],
+            fsm_state: NodeState::Up as i32,
+            status: Some(polis::curator::records::status(&address)),
+            ..Node::default()
+        };
+        records
+            .update(&id, |_| Ok(Some(node.clone())))
+            .await
+            .unwrap();
+        let promote = UpdateNodeRolesRequest {
+            id: id.clone(),
+            consensus_member: Some(true),
+            kubernetes_worker: None,
+        };
+        let retire = DecommissionNodeRequest { id: id.clone() };
+        // The decommission comes a little later each round, so that rounds fall before, inside
+        // and after the role change's window between its first check and its write.
+        let delay = Duration::from_millis(2 * round as u64);
+        let (promoted, retired) =
+            futures::join!(services.update_node_roles(Request::new(promote)), async {
+                tokio::time::sleep(delay).await;
+                services.decommission_node(Request::new(retire)).await
+            },);
+        retired.unwrap();
+        changed += promoted.is_ok() as u32;
+        let record = records.get(&id).await.unwrap().unwrap();
+        assert_eq!(record.fsm_state, NodeState::Decommissioned as i32);
+        // No write after the decommission gave the node a role (the role change re-checks UP
+        // where it writes), read from the record's history in etcd.
+        let history = history(&mut etcd, &format!("/curator/nodes/{id}")).await;
+        let decommissioned_at = history
+            .iter()
+            .position(|n| n.fsm_state == NodeState::Decommissioned as i32)
+            .unwrap();
+        assert!(
+            history[decommissioned_at..]
+                .windows(2)
+                .all(|w| consensus_role(&w[0]).is_some() || consensus_role(&w[1]).is_none()),
+            "round {round}: {id} got the consensus role after it was decommissioned"
+        );
+        let peer_url = format!("https://{address}:7834");
+        let seated = etcd
+            .member_list()
+            .await
+            .unwrap()
+            .members()
+            .iter()
+            .any(|m| m.peer_urls().contains(&peer_url));
+        assert!(
+            !seated || consensus_role(&record).is_some(),
+            "round {round}: an etcd seat for {id} that its record does not know of"
+        );
+        // What the decommission reconciler would do: free the seat (etcd 3.4 takes one learner
+        // at a time).
+        consensus
+            .ask(RemoveMember {
+                name: id.clone(),
+                peer_url,
+            })
+            .await
+            .unwrap()
+            .unwrap();
     }
-    // The cache's one ask, for fifty calls.
-    assert_eq!(
-        handled() - before,
-        1,
-        "GetCACertificate queued in the issuer's mailbox"
+    eprintln!(
+        "the role change was written before the decommission in {changed} of {ROUNDS} rounds"
     );
     tree.shutdown().await;
+}
+
+/// Every version of the record at `key`, oldest first (the test's etcd never compacts).
+async fn history(etcd: &mut etcd_client::Client, key: &str) -> Vec<Node> {
+    use prost::Message;
+    let mut versions = Vec::new();
+    let mut at = 0;
+    loop {
+        let options = etcd_client::GetOptions::new().with_revision(at);
+        let answer = etcd.get(key, Some(options)).await.unwrap();
+        let Some(kv) = answer.kvs().first() else {
+            break;
+        };
+        versions.push(Node::decode(kv.value()).unwrap());
+        if kv.mod_revision() == kv.create_revision() {
+            break;
+        }
+        at = kv.mod_revision() - 1;
+    }
+    versions.reverse();
+    versions
 }
