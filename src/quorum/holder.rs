@@ -21,7 +21,7 @@ use crate::proto::curator::{GetShareRequest, GetShareResponse};
 use crate::proto::private::{HeldShares, Share};
 use crate::quorum::COLD_START_PORT;
 use crate::storage::{Esp, EspError};
-use crate::tls::{server_config, ClientAuth, Identity, TlsError};
+use crate::tls::{server_config, ClientAuth, Identity};
 use crate::tpm::{SealedKind, Tpm, TpmError, Unseal};
 
 // ---- state ----
@@ -110,23 +110,19 @@ impl Actor for ShareHolder {
         let (network, log) = (self.network.clone(), ctx.log().clone());
         let serve = async move {
             let listen = SocketAddr::new(external_address(&network, &log).await, COLD_START_PORT);
-            let config = Arc::new(tls_config()?);
-            let (_configs, updates) = tokio::sync::watch::channel(config);
+            // One config for the server's life: a receiver keeps its value with no sender.
+            let (_, config) = tokio::sync::watch::channel(Arc::new(tls_config()?));
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
             let server = tonic::transport::Server::builder()
                 .add_service(ColdStartServer::new(service))
-                .serve_with_incoming(incoming(listener, updates, log));
-            Ok::<_, Failure>((server, listen, _configs))
+                .serve_with_incoming(incoming(listener, config, log));
+            Ok::<_, Failure>((server, listen))
         };
         ctx.spawn(serve, |served, holder: &mut Self, ctx| {
-            let (server, listen, configs) = served?;
-            let server = tokio::spawn(async move {
-                // The config sender lives as long as the server.
-                let _configs = configs;
-                server.await
-            });
+            let (server, listen) = served?;
+            let server = tokio::spawn(server);
             holder.server = Some(server.abort_handle());
             slog::info!(ctx.log(), "serving held shares"; "listen" => %listen);
             ctx.spawn(server, |ended, _, _| match ended {
@@ -216,5 +212,5 @@ fn tls_config() -> Result<rustls::ServerConfig, Failure> {
         .fill(&mut seed)
         .map_err(|_| Failure::msg("no randomness for the share server's key"))?;
     let identity = Identity::ephemeral(&SigningKey::from_bytes(&seed))?;
-    Ok(server_config(identity, ClientAuth::Ephemeral).map_err(|e: TlsError| e)?)
+    Ok(server_config(identity, ClientAuth::Ephemeral)?)
 }
