@@ -1,4 +1,5 @@
-//! Harness for multi-node tests of Polis: the binary under test and the tests' logger.
+//! Harness for multi-node tests of Polis: the binary under test, the tests' logger, and what
+//! several cluster tests read and wait for.
 
 /// The `polis-node` binary that `cargo test --workspace` built beside this test's executable.
 pub fn polis_node_binary() -> std::path::PathBuf {
@@ -34,3 +35,23 @@ pub fn vm_image(dir: &std::path::Path) -> (polis::vm::Kernel, std::path::PathBuf
 /// How long a test waits for a decommissioned node's retirement: it bounds a hang and decides
 /// nothing else (the reconciler retries until it is done).
 pub const RETIREMENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Node `i`'s log so far (one file across its restarts).
+pub fn log_of(cluster: &polis::launch::LocalCluster, i: usize) -> String {
+    std::fs::read_to_string(cluster.nodes[i].log_file()).unwrap()
+}
+
+/// Wait until each of the first `members` consensus members has dropped its sealed CUK, as every
+/// other member holds a confirmed share of it (quorum unlock).
+pub async fn until_cuks_escrowed(cluster: &polis::launch::LocalCluster, members: usize) {
+    for i in 0..members {
+        cluster
+            .until(i, "drop its sealed cluster unlock key", || async {
+                log_of(cluster, i)
+                    .contains("its peers hold confirmed shares of it")
+                    .then_some(())
+            })
+            .await
+            .unwrap();
+    }
+}

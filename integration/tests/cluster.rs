@@ -7,7 +7,9 @@ use polis::launch::LocalCluster;
 use polis::owner::Owner;
 use polis::proto::api::node_parameters::Cluster;
 use polis::proto::common::NodeState;
-use polis_integration::{polis_node_binary, test_logger, RETIREMENT_PATIENCE};
+use polis_integration::{
+    log_of, polis_node_binary, test_logger, until_cuks_escrowed, RETIREMENT_PATIENCE,
+};
 
 /// etcd's members as node 0's etcd reports them: (name, is_learner).
 async fn etcd_members(cluster: &LocalCluster, i: usize) -> Option<Vec<(String, bool)>> {
@@ -113,16 +115,7 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
 
     // Quorum unlock: once every member's peers hold confirmed shares of its CUK, no member
     // keeps its own CUK sealed.
-    for i in 0..3 {
-        cluster
-            .until(i, "drop its sealed cluster unlock key", || async {
-                log_of(&cluster, i)
-                    .contains("its peers hold confirmed shares of it")
-                    .then_some(())
-            })
-            .await
-            .unwrap();
-    }
+    until_cuks_escrowed(&cluster, 3).await;
     // A power cut of the whole cluster: no Curator is left to hand out CUKs. A member started
     // alone cannot unlock (one stolen machine cannot), and says why; with its peers back, the
     // members unlock each other with their shares, etcd regains quorum, and every Curator
@@ -219,9 +212,4 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
         &log[before..]
     );
     assert_eq!(owner.nodes().await.unwrap().len(), 3, "the record stays");
-}
-
-/// Node `i`'s log so far (one file across its restarts).
-fn log_of(cluster: &LocalCluster, i: usize) -> String {
-    std::fs::read_to_string(cluster.nodes[i].log_file()).unwrap()
 }

@@ -5,12 +5,7 @@
 use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
 use polis::proto::common::NodeState;
-use polis_integration::{polis_node_binary, test_logger};
-
-/// Node `i`'s log so far (one file across its restarts).
-fn log_of(cluster: &LocalCluster, i: usize) -> String {
-    std::fs::read_to_string(cluster.nodes[i].log_file()).unwrap()
-}
+use polis_integration::{log_of, polis_node_binary, test_logger, until_cuks_escrowed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_come_back_cold_with_two_absent() {
@@ -23,16 +18,7 @@ async fn five_members_come_back_cold_with_two_absent() {
     for i in 1..5 {
         cluster.register(i, &owner).await.unwrap();
     }
-    for i in 0..5 {
-        cluster
-            .until(i, "drop its sealed cluster unlock key", || async {
-                log_of(&cluster, i)
-                    .contains("its peers hold confirmed shares of it")
-                    .then_some(())
-            })
-            .await
-            .unwrap();
-    }
+    until_cuks_escrowed(&cluster, 5).await;
 
     phase("five members, every CUK escrowed");
     let before: Vec<usize> = (0..5).map(|i| log_of(&cluster, i).len()).collect();

@@ -522,14 +522,16 @@ impl Curator for Services {
         }
         let mut records = self.records.clone();
         for share in sealed {
-            if records.get(&share.owner).await?.is_none() {
-                continue;
-            }
-            records
+            let confirmed = records
                 .update(&share.owner, |current| {
                     Ok(current.and_then(|owner| escrow::confirm(owner, &holder, share.generation)))
                 })
-                .await?;
+                .await;
+            match confirmed {
+                // An owner whose record is gone has no split to confirm.
+                Ok(_) | Err(CuratorError::UnknownNode(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         slog::info!(self.log, "held shares confirmed"; "node" => &holder, "shares" => sealed.len());
         Ok(Response::new(ConfirmSharesResponse {}))

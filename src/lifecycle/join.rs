@@ -185,7 +185,10 @@ impl Run {
                             .await?;
                         member = true;
                     }
-                    held = self.hold_shares(&event, held.take(), &mut client).await?;
+                    held = Some(
+                        self.hold_shares(&event, held.as_deref(), &mut client)
+                            .await?,
+                    );
                     sealed = self.escrow_cuk(&event, sealed.clone(), &cuk).await?;
                 }
                 Ok::<(), LifecycleError>(())
@@ -275,9 +278,9 @@ impl Run {
     async fn hold_shares(
         &self,
         event: &WatchEvent,
-        last: Option<Vec<Share>>,
+        last: Option<&[Share]>,
         client: &mut CuratorClient<Channel>,
-    ) -> Result<Option<Vec<Share>>, LifecycleError> {
+    ) -> Result<Vec<Share>, LifecycleError> {
         let mut shares: Vec<Share> = event
             .held_shares
             .iter()
@@ -288,7 +291,7 @@ impl Run {
             })
             .collect();
         shares.sort_by(|a, b| a.owner.cmp(&b.owner));
-        if last.as_ref() != Some(&shares) {
+        if last != Some(shares.as_slice()) {
             if shares.is_empty() {
                 self.esp.remove_held_shares()?;
             } else {
@@ -318,7 +321,7 @@ impl Run {
                 .await
                 .map_err(|s| refused("ConfirmShares", s))?;
         }
-        Ok(Some(shares))
+        Ok(shares)
     }
 
     /// Keep this node's own CUK sealed only while the Curator says it must (a consensus member

@@ -18,7 +18,7 @@ use ring::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
 
 use crate::proto::private::Share;
-use crate::storage::{DataError, UnlockKey};
+use crate::storage::UnlockKey;
 
 /// The port every node serves its held shares on (`ColdStart`), beside the Curator's 7835.
 pub const COLD_START_PORT: u16 = 7836;
@@ -51,9 +51,6 @@ pub enum QuorumError {
     /// The directory lists no other consensus member to ask.
     #[error("the cluster directory lists no other consensus member to ask for shares")]
     NoPeers,
-    /// The recovered key has the wrong length.
-    #[error(transparent)]
-    Key(#[from] DataError),
 }
 
 /// How many of the shares of an `n`-member cluster's split recover a CUK: ⌈(n−1)/2⌉, at least
