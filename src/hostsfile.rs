@@ -131,8 +131,10 @@ impl Hostsfile {
 }
 
 /// The hosts file: localhost, this node (when its address is known), then every other node of
-/// the directory at its first address, sorted by ID.
-fn render(node_id: &str, own: Option<IpAddr>, directory: &ClusterDirectory) -> String {
+/// the directory at its first address, sorted by ID. The directory comes from the ESP and from
+/// Curators; the fuzz target `cluster_directory` checks that whatever it holds, each line of the
+/// result is one address and one name, and every listed node resolves to its address.
+pub fn render(node_id: &str, own: Option<IpAddr>, directory: &ClusterDirectory) -> String {
     let mut out = String::from("127.0.0.1 localhost\n::1 localhost\n");
     if let Some(address) = own {
         out.push_str(&format!("{address} {node_id}\n"));
@@ -140,7 +142,7 @@ fn render(node_id: &str, own: Option<IpAddr>, directory: &ClusterDirectory) -> S
     let others: BTreeMap<&str, IpAddr> = directory
         .nodes
         .iter()
-        .filter(|n| n.id != node_id)
+        .filter(|n| n.id != node_id && is_listable(&n.id))
         .filter_map(|n| {
             let address = n.addresses.iter().find_map(|a| a.host.parse().ok())?;
             Some((n.id.as_str(), address))
@@ -152,8 +154,20 @@ fn render(node_id: &str, own: Option<IpAddr>, directory: &ClusterDirectory) -> S
     out
 }
 
+/// Whether the hosts file may name a node `id`: a DNS name (letters, digits, `-` and `.`, at
+/// most 253 of them) other than `localhost`. A directory from a damaged ESP or a faulty Curator
+/// must not put control characters, spaces or a second name on a hosts line, nor take over
+/// `localhost`.
+pub fn is_listable(id: &str) -> bool {
+    (1..=253).contains(&id.len())
+        && id != "localhost"
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// What `name` resolves to in hosts-file text.
-fn resolve(hosts: &str, name: &str) -> Option<IpAddr> {
+pub fn resolve(hosts: &str, name: &str) -> Option<IpAddr> {
     hosts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let address = fields.next()?.parse().ok()?;
@@ -177,6 +191,24 @@ mod tests {
             addresses: vec![Address { host: host.into() }],
             curator: false,
         }
+    }
+
+    #[test]
+    fn a_node_id_that_is_no_dns_name_is_left_out() {
+        let dir = ClusterDirectory {
+            nodes: vec![
+                node("metropolis-a\n198.18.0.9 evil", "198.18.0.3"),
+                node("metropolis-b\u{6}", "198.18.0.4"),
+                node("localhost", "198.18.0.5"),
+                node("metropolis-c", "198.18.0.6"),
+            ],
+            crl: Vec::new(),
+        };
+        let hosts = render("metropolis-self", None, &dir);
+        assert_eq!(
+            hosts,
+            "127.0.0.1 localhost\n::1 localhost\n198.18.0.6 metropolis-c\n"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
 pub use decommission::Decommissioner;
 pub use escrow::Escrower;
 pub use records::Records;
-pub use service::{initial_cluster, Services, MAX_WATCHES_PER_NODE};
+pub use service::{initial_cluster, parse_initial_cluster, Services, MAX_WATCHES_PER_NODE};
 
 use tonic::{Code, Status};
 

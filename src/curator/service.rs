@@ -243,8 +243,9 @@ pub(super) fn peer_url(node: &Node) -> String {
     format!("https://{}:{PEER_PORT}", external_address(node))
 }
 
-/// `name=https://host:port,…` as peers.
-fn parse_initial_cluster(initial_cluster: &str) -> Vec<consensus_member::Peer> {
+/// `name=https://host:port,…` as peers; members that are not of that form are left out. The
+/// fuzz target `initial_cluster` checks it against [`initial_cluster`], its inverse.
+pub fn parse_initial_cluster(initial_cluster: &str) -> Vec<consensus_member::Peer> {
     initial_cluster
         .split(',')
         .filter_map(|member| {

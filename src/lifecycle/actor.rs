@@ -10,7 +10,6 @@
 
 use std::future::Future;
 
-use ed25519_dalek::SigningKey;
 use polis_actors::{
     Actor, ActorRef, ChildError, ChildSpec, Ctx, Failure, StartChild, Started, Supervisor,
     Watchable,
@@ -21,13 +20,14 @@ use zeroize::Zeroizing;
 use crate::backoff::Backoff;
 use crate::consensus::Mode;
 use crate::lifecycle::cluster::{self, ClusterConfig};
+use crate::lifecycle::material::Enrolment;
 use crate::lifecycle::{decide, Flow, LifecycleError, FW_CFG_WINS};
 use crate::network::NetworkStatus;
 use crate::pki::NodeCredentials;
 use crate::proto::api::node_parameters::Cluster;
 use crate::proto::common::ClusterDirectory;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
-use crate::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
+use crate::proto::private::{SealedConfiguration, SealedEnvelope};
 use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
 use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
 
@@ -118,16 +118,11 @@ impl Run {
         match flow {
             Flow::Join(envelope) => self.join(envelope).await,
             Flow::Resume(envelope) => {
-                let journal: EnrolmentJournal = self
-                    .unseal(
-                        SealedKind::EnrolmentJournal,
-                        envelope,
-                        &self.esp.journal_path(),
-                    )
-                    .await?;
+                let bytes = self.unseal(SealedKind::EnrolmentJournal, envelope).await?;
+                let enrolment = Enrolment::decode(&bytes, &self.esp.journal_path())?;
                 slog::info!(self.log, "resuming an interrupted enrolment";
-                    "flow" => ?journal.flow(), "step" => journal.step);
-                self.enrol(journal).await
+                    "flow" => ?enrolment.journal.flow(), "step" => enrolment.journal.step);
+                self.enrol(enrolment).await
             }
             Flow::Bootstrap(params) => {
                 self.begin(JournalFlow::Bootstrap, Cluster::ClusterBootstrap(params))
@@ -235,23 +230,16 @@ impl Run {
         })
     }
 
-    /// Unseal `envelope`, an object of `kind` read from `path`, and decode it, asking again while
-    /// the TPM actor restarts.
-    pub(super) async fn unseal<T: Message + Default>(
+    /// Unseal `envelope`, an object of `kind`, asking again while the TPM actor restarts.
+    pub(super) async fn unseal(
         &self,
         kind: SealedKind,
         envelope: SealedEnvelope,
-        path: &std::path::Path,
-    ) -> Result<T, LifecycleError> {
-        let bytes = self
-            .retry("unsealing", || async {
-                Ok(self.deps.tpm.ask(Unseal(kind, envelope.clone())).await??)
-            })
-            .await?;
-        T::decode(bytes.as_slice()).map_err(|e| LifecycleError::Corrupted {
-            path: path.display().to_string(),
-            reason: format!("unsealed, but does not decode: {e}"),
+    ) -> Result<Zeroizing<Vec<u8>>, LifecycleError> {
+        self.retry("unsealing", || async {
+            Ok(self.deps.tpm.ask(Unseal(kind, envelope.clone())).await??)
         })
+        .await
     }
 
     /// The node's external address, once the network actor knows it.
@@ -328,9 +316,4 @@ impl Run {
 /// A Curator's refusal of `call`.
 pub(super) fn refused(call: &'static str, status: tonic::Status) -> LifecycleError {
     LifecycleError::Refused { call, status }
-}
-
-/// An Ed25519 key from its 32 secret bytes, if they are 32.
-pub(super) fn signing_key(bytes: &[u8]) -> Option<SigningKey> {
-    Some(SigningKey::from_bytes(bytes.try_into().ok()?))
 }

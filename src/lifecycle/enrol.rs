@@ -3,15 +3,15 @@
 //! a boot that finds it resumes at its step. The sealed configuration replaces the journal at the
 //! end, and nothing on the ESP claims membership before etcd has recorded it.
 
-use ed25519_dalek::SigningKey;
 use prost::Message;
 use tonic::Code;
 
 use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE, PEER_PORT};
 use crate::curator::records::{self, Records, INITIAL_OWNER};
-use crate::lifecycle::actor::{refused, signing_key, Run};
+use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::cluster;
+use crate::lifecycle::material::{Enrolment, EnrolmentKeys, EnrolmentParams};
 use crate::lifecycle::LifecycleError;
 use crate::pki::{
     generate_key, node_id, read_pem, verify_node_certificate, GetCaCertificate, Issue,
@@ -25,7 +25,7 @@ use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
-use crate::storage::{DataError, MountNew, NewKeys, StorageError, UnlockKey};
+use crate::storage::{DataError, MountNew, NewKeys, StorageError};
 use crate::tls::Identity;
 use crate::tpm::SealedKind;
 
@@ -34,14 +34,6 @@ const KEYS: u32 = 1;
 const FORMATTED: u32 = 2;
 const REGISTERED: u32 = 3;
 const COMMITTED: u32 = 4;
-
-/// What an enrolment works with, from its journal.
-struct Keys {
-    nuk: UnlockKey,
-    cuk: UnlockKey,
-    node: SigningKey,
-    join: SigningKey,
-}
 
 impl Run {
     /// New keys into a sealed journal: the first write of an enrolment, before anything
@@ -72,24 +64,17 @@ impl Run {
         };
         self.save_journal(&journal).await?;
         self.checkpoint(flow, "keys");
-        self.enrol(journal).await
+        self.enrol(Enrolment::check(journal, &self.esp.journal_path())?)
+            .await
     }
 
     /// Continue an enrolment from its journal's step.
-    pub(super) async fn enrol(&self, mut journal: EnrolmentJournal) -> Result<(), LifecycleError> {
-        let path = self.esp.journal_path().display().to_string();
-        let corrupted = |reason: &str| LifecycleError::Corrupted {
-            path: path.clone(),
-            reason: reason.to_owned(),
-        };
-        let keys = Keys {
-            nuk: UnlockKey::from_slice(&journal.node_unlock_key)?,
-            cuk: UnlockKey::from_slice(&journal.cluster_unlock_key)?,
-            node: signing_key(&journal.node_key).ok_or_else(|| corrupted("bad node key"))?,
-            join: signing_key(&journal.join_key).ok_or_else(|| corrupted("bad join key"))?,
-        };
-        let params = NodeParameters::decode(journal.parameters.as_slice())
-            .map_err(|e| corrupted(&format!("bad parameters: {e}")))?;
+    pub(super) async fn enrol(&self, enrolment: Enrolment) -> Result<(), LifecycleError> {
+        let Enrolment {
+            mut journal,
+            keys,
+            params,
+        } = enrolment;
         let flow = journal.flow();
         if journal.step < FORMATTED {
             self.mount_new(&keys).await?;
@@ -99,14 +84,9 @@ impl Run {
         } else {
             self.mount(&keys.nuk, &keys.cuk).await?;
         }
-        match (flow, params.cluster) {
-            (JournalFlow::Bootstrap, Some(Cluster::ClusterBootstrap(params))) => {
-                self.bootstrap(journal, keys, params).await
-            }
-            (JournalFlow::Register, Some(Cluster::ClusterRegister(params))) => {
-                self.register(journal, keys, params).await
-            }
-            _ => Err(corrupted("its flow and parameters disagree")),
+        match params {
+            EnrolmentParams::Bootstrap(params) => self.bootstrap(journal, keys, params).await,
+            EnrolmentParams::Register(params) => self.register(journal, keys, params).await,
         }
     }
 
@@ -114,7 +94,7 @@ impl Run {
     async fn bootstrap(
         &self,
         mut journal: EnrolmentJournal,
-        keys: Keys,
+        keys: EnrolmentKeys,
         params: ClusterBootstrap,
     ) -> Result<(), LifecycleError> {
         let id = node_id(&keys.node.verifying_key());
@@ -231,7 +211,7 @@ impl Run {
     async fn register(
         &self,
         mut journal: EnrolmentJournal,
-        keys: Keys,
+        keys: EnrolmentKeys,
         params: ClusterRegister,
     ) -> Result<(), LifecycleError> {
         let ip = self.address().await;
@@ -317,7 +297,7 @@ impl Run {
 
     /// Format the data partition, or — resuming after a crash that came after formatting —
     /// open what was formatted.
-    async fn mount_new(&self, keys: &Keys) -> Result<(), LifecycleError> {
+    async fn mount_new(&self, keys: &EnrolmentKeys) -> Result<(), LifecycleError> {
         let formatted = self
             .retry("formatting the data partition", || async {
                 let new = MountNew {
@@ -344,7 +324,7 @@ impl Run {
     async fn finish(
         &self,
         flow: JournalFlow,
-        keys: &Keys,
+        keys: &EnrolmentKeys,
         credentials: &NodeCredentials,
         member: bool,
     ) -> Result<SealedConfiguration, LifecycleError> {

@@ -15,8 +15,9 @@ use tonic::Code;
 
 use crate::backoff::Backoff;
 use crate::consensus::Mode;
-use crate::lifecycle::actor::{refused, signing_key, Run};
+use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
+use crate::lifecycle::material::{signing_key, Membership};
 use crate::lifecycle::LifecycleError;
 use crate::pki::{node_id, NodeCredentials, PkiError};
 use crate::proto::common::{ClusterDirectory, NodeState};
@@ -34,18 +35,13 @@ impl Run {
     /// or the sealed CUK), mount, and run its roles.
     pub(super) async fn join(&self, envelope: SealedEnvelope) -> Result<(), LifecycleError> {
         let path = self.esp.sealed_path();
-        let sealed: SealedConfiguration = self
-            .unseal(SealedKind::Configuration, envelope, &path)
-            .await?;
-        let join_key = signing_key(&sealed.join_key).ok_or_else(|| LifecycleError::Corrupted {
-            path: self.esp.sealed_path().display().to_string(),
-            reason: "bad join key".into(),
-        })?;
-        let nuk = UnlockKey::from_slice(&sealed.node_unlock_key)?;
-        let sealed_cuk = match sealed.cluster_unlock_key.as_slice() {
-            [] => None,
-            bytes => Some(UnlockKey::from_slice(bytes)?),
-        };
+        let bytes = self.unseal(SealedKind::Configuration, envelope).await?;
+        let Membership {
+            sealed,
+            join_key,
+            nuk,
+            sealed_cuk,
+        } = Membership::decode(&bytes, &path)?;
         let escrowed = !sealed.cluster_unlock_key_digest.is_empty();
         // An enrolment that crashed right after sealing may have left it.
         self.scrub_register_ticket();

@@ -8,6 +8,7 @@ mod decide;
 mod enrol;
 mod error;
 mod join;
+pub mod material;
 
 pub use actor::{Lifecycle, LifecycleConfig, LifecycleDeps};
 pub use client::{connect, ReachError};

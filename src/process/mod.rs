@@ -395,14 +395,28 @@ mod tests {
 
     #[test]
     fn terminate_escalates_to_kill_after_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let trapped = dir.path().join("trapped");
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "trap '' TERM; while true; do sleep 0.05; done"]);
+        cmd.args([
+            "-c",
+            "trap '' TERM; touch \"$1\"; while true; do sleep 0.05; done",
+            "sh",
+        ])
+        .arg(&trapped);
         let child = ChildProcess::spawn(cmd, "stubborn", &quiet()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100)); // let the trap be installed
+        // SIGTERM must arrive once the trap ignores it, which the shell tells by the file.
+        for _ in 0..12_000 {
+            if trapped.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(trapped.exists(), "the shell never installed its trap");
         let status = rt.block_on(child.terminate(Duration::from_millis(200)));
         assert_eq!(status.signal(), Some(9));
     }

@@ -204,6 +204,14 @@ impl DataBackend {
     }
 }
 
+/// Check the directory backend's volume header, `header` as read from `path`, against `key`:
+/// what opening the data partition does before anything else, so arbitrary bytes there must
+/// end as [`DataError::HeaderCorrupted`] or [`DataError::WrongKey`] (the fuzz target
+/// `volume_header` drives this).
+pub fn check_volume_header(path: &Path, header: &[u8], key: &VolumeKey) -> Result<(), DataError> {
+    directory::check_header(path, header, key)
+}
+
 /// The directory backend: `data/.polis-volume` holds magic, salt and
 /// HMAC-SHA256(volume key, magic ‖ salt).
 mod directory {
@@ -251,8 +259,17 @@ mod directory {
             true => DataError::NotFormatted(root.data()),
             false => DataError::Io(e),
         })?;
+        check_header(&path, &header, key)
+    }
+
+    /// Check `header`, read from `path` (its directory is the data partition), against `key`.
+    pub(super) fn check_header(
+        path: &Path,
+        header: &[u8],
+        key: &VolumeKey,
+    ) -> Result<(), DataError> {
         let corrupted = |reason| DataError::HeaderCorrupted {
-            path: path.clone(),
+            path: path.to_owned(),
             reason,
         };
         if header.len() != HEADER_LEN {
@@ -262,8 +279,9 @@ mod directory {
             return Err(corrupted("not a Polis volume header"));
         }
         let (signed, tag) = header.split_at(MAGIC.len() + SALT_LEN);
+        let data = path.parent().unwrap_or(path).to_owned();
         // Constant-time comparison inside ring.
-        hmac::verify(&tag_key(key), signed, tag).map_err(|_| DataError::WrongKey(root.data()))
+        hmac::verify(&tag_key(key), signed, tag).map_err(|_| DataError::WrongKey(data))
     }
 }
 

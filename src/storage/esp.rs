@@ -225,18 +225,25 @@ fn remove(path: &Path) -> Result<(), EspError> {
 }
 
 /// Read a sealed envelope at `path`: `absent` if there is none, `SealedUnavailable` if it cannot
-/// be read now, `SealedCorrupted` unless it is an envelope of a known version and protection.
+/// be read now, else as [`decode_envelope`] finds it.
 fn read_envelope(path: &Path, absent: EspError) -> Result<SealedEnvelope, EspError> {
     let bytes = fsutil::read(path).map_err(|e| match e.is_not_found() {
         true => absent,
         false => EspError::SealedUnavailable(e),
     })?;
+    decode_envelope(path, &bytes)
+}
+
+/// Decode the bytes of the sealed envelope read from `path` (named in errors):
+/// `SealedCorrupted` unless it is an envelope of a known version and protection. The fuzz target
+/// `sealed_envelope` drives this with arbitrary bytes.
+pub fn decode_envelope(path: &Path, bytes: &[u8]) -> Result<SealedEnvelope, EspError> {
     let corrupted = |reason: String| EspError::SealedCorrupted {
         path: path.to_owned(),
         reason,
     };
-    let envelope = SealedEnvelope::decode(bytes.as_slice())
-        .map_err(|e| corrupted(format!("not an envelope: {e}")))?;
+    let envelope =
+        SealedEnvelope::decode(bytes).map_err(|e| corrupted(format!("not an envelope: {e}")))?;
     if envelope.version != ENVELOPE_VERSION {
         return Err(corrupted(format!(
             "unknown envelope version {}",

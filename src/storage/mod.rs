@@ -6,6 +6,9 @@ mod esp;
 mod layout;
 
 pub use actor::{GetEsp, MountExisting, MountNew, NewKeys, Storage, StorageConfig, StorageError};
-pub use data::{close_data_partition, DataBackend, DataError, UnlockKey, VolumeKey, KEY_LEN};
-pub use esp::{Esp, EspError, ENVELOPE_VERSION};
+pub use data::{
+    check_volume_header, close_data_partition, DataBackend, DataError, UnlockKey, VolumeKey,
+    KEY_LEN,
+};
+pub use esp::{decode_envelope, Esp, EspError, ENVELOPE_VERSION};
 pub use layout::NodeRoot;

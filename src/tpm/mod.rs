@@ -6,5 +6,5 @@ mod sealer;
 mod swtpm;
 
 pub use actor::{Random, Seal, Tpm, TpmConfig, Unseal};
-pub use sealer::{SealedKind, Sealer, TpmError};
+pub use sealer::{SealedKind, SealedObject, Sealer, TpmError};
 pub use swtpm::{Swtpm, SwtpmError};

@@ -190,11 +190,7 @@ impl Sealer {
         kind: SealedKind,
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        let parts = SealedParts::parse(blob)?;
-        let public = Public::unmarshall(parts.public)
-            .map_err(|e| TpmError::SealedCorrupted(format!("public area: {e}")))?;
-        let private = Private::try_from(parts.private.to_vec())
-            .map_err(|e| TpmError::SealedCorrupted(format!("private area: {e}")))?;
+        let parts = SealedObject::decode(blob)?;
         let (primary, name) = self.primary()?;
         if name != parts.primary_name {
             self.flush(primary.into());
@@ -203,7 +199,7 @@ impl Sealer {
                 sealed: crate::pki::hex(parts.primary_name),
             });
         }
-        let key = self.unseal_key(primary, public, private);
+        let key = self.unseal_key(primary, parts.public, parts.private);
         self.flush(primary.into());
         let key = Zeroizing::new(key?);
         let mut plaintext = Zeroizing::new(parts.ciphertext.to_vec());
@@ -422,17 +418,20 @@ fn sealed_object_template(digest: Digest) -> tss_esapi::Result<Public> {
         .build()
 }
 
-/// The pieces of a sealed blob, borrowed from it.
-struct SealedParts<'a> {
-    public: &'a [u8],
-    private: &'a [u8],
+/// A sealed blob taken apart, before the TPM sees any of it: what [`Sealer::unseal`] hands the
+/// TPM comes only from here, so malformed bytes end as [`TpmError::SealedCorrupted`], never in
+/// the TPM or a panic (the fuzz target `sealed_blob` drives this with arbitrary bytes).
+pub struct SealedObject<'a> {
+    public: Public,
+    private: Private,
     primary_name: &'a [u8],
     nonce: [u8; NONCE_LEN],
     ciphertext: &'a [u8],
 }
 
-impl<'a> SealedParts<'a> {
-    fn parse(blob: &'a [u8]) -> Result<Self, TpmError> {
+impl<'a> SealedObject<'a> {
+    /// Split `blob` into its parts and unmarshal the TPM's structures.
+    pub fn decode(blob: &'a [u8]) -> Result<Self, TpmError> {
         let truncated = || TpmError::SealedCorrupted("truncated".into());
         let mut rest = blob;
         let mut take = |n: usize| -> Result<&'a [u8], TpmError> {
@@ -455,9 +454,11 @@ impl<'a> SealedParts<'a> {
         if ciphertext.len() < AES_256_GCM.tag_len() {
             return Err(truncated());
         }
-        Ok(SealedParts {
-            public,
-            private,
+        Ok(SealedObject {
+            public: Public::unmarshall(public)
+                .map_err(|e| TpmError::SealedCorrupted(format!("public area: {e}")))?,
+            private: Private::try_from(private.to_vec())
+                .map_err(|e| TpmError::SealedCorrupted(format!("private area: {e}")))?,
             primary_name,
             nonce,
             ciphertext,
