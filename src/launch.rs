@@ -276,27 +276,7 @@ impl LocalCluster {
             Machines::Processes { binary } => binary.clone(),
             Machines::Vms { .. } => return self.boot_vm(i),
         };
-        if self.nodes[i].swtpm.is_none() {
-            let state = self.nodes[i].dir().join("tpm");
-            std::fs::create_dir_all(&state).map_err(|e| FsError::new("create", &state, e))?;
-            let args: Vec<String> = [
-                "socket",
-                "--tpm2",
-                "--flags",
-                "not-need-init,startup-clear",
-                "--tpmstate",
-                &format!("dir={}", state.display()),
-                "--server",
-                &format!("type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1"),
-                "--ctrl",
-                &format!("type=tcp,port={},bindaddr=127.0.0.1", SWTPM_PORT + 1),
-            ]
-            .map(str::to_owned)
-            .to_vec();
-            let child = self.spawn(i, "swtpm", Path::new("swtpm"), &args, "swtpm")?;
-            self.nodes[i].swtpm = Some(child);
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.ensure_swtpm(i)?;
         let node = &self.nodes[i];
         let mut args: Vec<String> = vec![
             "--root".into(),
@@ -314,6 +294,86 @@ impl LocalCluster {
         let child = self.spawn(i, "node", &binary, &args, "polis-node")?;
         self.nodes[i].process = Some(child);
         Ok(())
+    }
+
+    /// Start node `i`'s swtpm unless it runs (its state persists in `tpm/`, as a TPM's would),
+    /// and wait until it accepts connections.
+    pub fn ensure_swtpm(&mut self, i: usize) -> Result<(), LaunchError> {
+        if let Some(swtpm) = self.nodes[i].swtpm.as_mut() {
+            if let Ok(None) = swtpm.try_wait() {
+                return Ok(());
+            }
+        }
+        let state = self.nodes[i].dir().join("tpm");
+        std::fs::create_dir_all(&state).map_err(|e| FsError::new("create", &state, e))?;
+        let args: Vec<String> = [
+            "socket",
+            "--tpm2",
+            "--flags",
+            "not-need-init,startup-clear",
+            "--tpmstate",
+            &format!("dir={}", state.display()),
+            "--server",
+            &format!("type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1"),
+            "--ctrl",
+            &format!("type=tcp,port={},bindaddr=127.0.0.1", SWTPM_PORT + 1),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let child = self.spawn(i, "swtpm", Path::new("swtpm"), &args, "swtpm")?;
+        self.nodes[i].swtpm = Some(child);
+        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+        let reachable = || std::net::TcpStream::connect(("127.0.0.1", SWTPM_PORT + 1)).is_ok();
+        while !within(&self.nodes[i].namespace, reachable)? {
+            if std::time::Instant::now() >= deadline {
+                return Err(self.timed_out(i, "start its swtpm"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Whether node `i`'s `polis-node` (or VM) still runs; reaps it if it ended.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        if let Some((_, running)) = self.nodes[i].vm.as_ref() {
+            return running.is_some();
+        }
+        match self.nodes[i].process.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.nodes[i].process = None;
+                let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The real PID of node `i`'s swtpm, while it runs.
+    pub fn swtpm_pid(&self, i: usize) -> Option<i32> {
+        let text = std::fs::read_to_string(self.nodes[i].dir().join("swtpm.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Stop node `i` and its swtpm, and wipe its root: the slot is a new machine, to register
+    /// afresh (a decommissioned node can never join again).
+    pub fn wipe(&mut self, i: usize) -> Result<(), LaunchError> {
+        self.stop(i, Signal::SIGKILL);
+        self.stop_swtpm(i);
+        let dir = self.nodes[i].dir().to_owned();
+        std::fs::remove_dir_all(&dir).map_err(|e| FsError::new("remove", &dir, e))?;
+        self.nodes[i].known_id = None;
+        Ok(())
+    }
+
+    /// End node `i`'s swtpm by its real PID and reap it.
+    fn stop_swtpm(&mut self, i: usize) {
+        if let Some(mut swtpm) = self.nodes[i].swtpm.take() {
+            if let Some(pid) = self.swtpm_pid(i) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let _ = swtpm.wait();
+        }
     }
 
     fn spawn(
@@ -488,6 +548,16 @@ impl LocalCluster {
         self.owner(0).await
     }
 
+    /// Bootstrap node 0 and take ownership, then register, approve and promote nodes 1 to
+    /// `members - 1`, one at a time: a cluster of `members` consensus members. Answers the owner.
+    pub async fn bring_up(&mut self, members: usize) -> Result<Owner, LaunchError> {
+        let owner = self.bootstrap().await?;
+        for i in 1..members {
+            self.register(i, &owner).await?;
+        }
+        Ok(owner)
+    }
+
     /// The owner's client on node `i`'s Curator.
     pub async fn owner(&self, i: usize) -> Result<Owner, LaunchError> {
         let certificate = fsutil::read(&self.dir.join("owner.crt"))?;
@@ -532,8 +602,10 @@ impl LocalCluster {
             let (mut owner, address) = (owner.clone(), address.clone());
             async move {
                 let nodes = owner.nodes().await.ok()?;
+                // A node decommissioned from this slot before keeps its record and address.
                 nodes.into_iter().find(|n| {
-                    n.status.as_ref().map(|s| s.external_address.as_str()) == Some(&address)
+                    n.state != NodeState::Decommissioned as i32
+                        && n.status.as_ref().map(|s| s.external_address.as_str()) == Some(&address)
                 })
             }
         })
@@ -627,15 +699,7 @@ impl Drop for LocalCluster {
         }
         for i in 0..self.nodes.len() {
             self.stop(i, Signal::SIGTERM);
-            if let Some(mut swtpm) = self.nodes[i].swtpm.take() {
-                // The swtpm's real PID is in its pid file; `ip netns exec` execs it.
-                if let Ok(pid) = std::fs::read_to_string(self.nodes[i].dir().join("swtpm.pid")) {
-                    if let Ok(pid) = pid.trim().parse() {
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                    }
-                }
-                let _ = swtpm.wait();
-            }
+            self.stop_swtpm(i);
             let _ =
                 std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.nodes[i].namespace));
         }

@@ -2,6 +2,7 @@
 //! this crate holds the node's subsystems, its protobufs and its binaries.
 
 pub mod backoff;
+pub mod chaos;
 pub mod consensus;
 pub mod curator;
 pub mod debug_client;

@@ -39,6 +39,25 @@ fn seal_and_unseal_round_trip_and_survive_a_tpm_restart() {
     assert_eq!(*sealer.unseal(KIND, &blob).unwrap(), secret());
 }
 
+/// Every kill of the TPM is an unorderly shutdown, which a TPM counts against dictionary-attack
+/// lockout; a locked-out TPM refuses authorizations of DA-protected objects. Nothing Polis seals
+/// under is DA-protected, so power cuts never stop a node from sealing or unsealing.
+#[test]
+fn unorderly_tpm_shutdowns_never_lock_sealing_out() {
+    let (dir, mut swtpm, mut sealer) = tpm();
+    let blob = sealer.seal(KIND, &secret()).unwrap();
+    for _ in 0..8 {
+        drop(sealer);
+        let pid = nix::unistd::Pid::from_raw(swtpm.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        drop(swtpm);
+        swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
+        sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+        sealer.seal(KIND, &secret()).unwrap();
+    }
+    assert_eq!(*sealer.unseal(KIND, &blob).unwrap(), secret());
+}
+
 #[test]
 fn a_changed_pcr7_refuses_to_unseal() {
     let (_dir, _swtpm, mut sealer) = tpm();

@@ -58,6 +58,34 @@ enum Command {
     },
     /// Stop the local cluster that `launch` runs.
     Stop,
+    /// Chaos soak: launch a local cluster (NODES consensus members and a spare slot for
+    /// registrations) in --dir, inject KILLS seeded faults while a workload runs, check every
+    /// invariant after each, and report recovery times. Exits 1 on a violation, keeping --dir.
+    Chaos {
+        /// How many faults.
+        #[arg(long, default_value_t = 60)]
+        kills: usize,
+        /// The schedule's seed: the same seed gives the same faults.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How many consensus members.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Stop after this many seconds even if fewer faults were injected.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Failover, measured: launch NODES consensus members in --dir and lose one per round
+    /// (`kill -9`; every other round etcd's leader); report how soon a survivor's Curator
+    /// answers and how soon the lost node, booted again, is back. Exits 1 if one is not.
+    Failover {
+        /// How many rounds.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// How many consensus members.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
     /// List the cluster's nodes (owner call).
     Nodes,
     /// Print the current register ticket in hex (owner call).
@@ -132,6 +160,8 @@ enum CliError {
     Net(#[from] NetError),
     #[error("{0:?} is not a node number")]
     NotANode(String),
+    #[error("an invariant did not hold; the cluster's files are kept in {}", .0.display())]
+    Violations(PathBuf),
 }
 
 /// `[NODE] PATH` as (node, path).
@@ -166,6 +196,30 @@ fn run(cli: &Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Launch { nodes, vm } => cluster::launch(&cli.dir, *nodes, *vm)?,
         Command::Stop => cluster::stop(&cli.dir)?,
+        Command::Failover { rounds, nodes } => {
+            let json = matches!(cli.output, Output::Json);
+            if !cluster::failover(&cli.dir, *nodes, *rounds, json)? {
+                return Err(CliError::Violations(cli.dir.clone()));
+            }
+        }
+        Command::Chaos {
+            kills,
+            seed,
+            nodes,
+            duration,
+        } => {
+            let config = polis::chaos::ChaosConfig {
+                kills: *kills,
+                seed: *seed,
+                duration: duration.map(std::time::Duration::from_secs),
+                spare: Some(*nodes),
+                ..polis::chaos::ChaosConfig::default()
+            };
+            let json = matches!(cli.output, Output::Json);
+            if cluster::chaos(&cli.dir, *nodes, &config, json)? > 0 {
+                return Err(CliError::Violations(cli.dir.clone()));
+            }
+        }
         Command::Nodes => cluster::nodes(&cli.dir, matches!(cli.output, Output::Json))?,
         Command::Ticket { rotate } => cluster::ticket(&cli.dir, *rotate)?,
         Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,

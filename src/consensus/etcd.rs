@@ -48,6 +48,9 @@ pub enum ConsensusError {
     /// Removing this member would leave the cluster without etcd.
     #[error("refusing to remove {0}: it is the cluster's last etcd voter")]
     LastMember(String),
+    /// A membership change did not complete in time; it may yet apply, so callers look again.
+    #[error("etcd did not complete {0} in time")]
+    TimedOut(&'static str),
     /// etcd closed a watch.
     #[error("etcd closed the watch on {0}")]
     WatchClosed(String),

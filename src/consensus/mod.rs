@@ -246,9 +246,9 @@ impl Handler<AddLearner> for Consensus {
             return Ok(Reply::now(Err(ConsensusError::NotReady)));
         };
         slog::info!(ctx.log(), "adding a learner"; "name" => &msg.name, "peer_url" => &msg.peer_url);
-        Ok(Reply::later(
-            async move { Ok(add_learner(client, msg).await) },
-        ))
+        Ok(Reply::later(async move {
+            Ok(bounded("adding a learner", add_learner(client, msg)).await)
+        }))
     }
 }
 
@@ -262,9 +262,9 @@ impl Handler<RemoveMember> for Consensus {
             return Ok(Reply::now(Err(ConsensusError::NotReady)));
         };
         slog::warn!(ctx.log(), "removing a member"; "name" => &msg.name, "peer_url" => &msg.peer_url);
-        Ok(Reply::later(
-            async move { Ok(remove_member(client, msg).await) },
-        ))
+        Ok(Reply::later(async move {
+            Ok(bounded("removing a member", remove_member(client, msg)).await)
+        }))
     }
 }
 
@@ -280,7 +280,7 @@ impl Consensus {
         };
         self.promoting = true;
         ctx.spawn(
-            promote_started_learner(client),
+            bounded("promoting a learner", promote_started_learner(client)),
             |result, consensus: &mut Self, ctx| {
                 consensus.promoting = false;
                 match result {
@@ -294,6 +294,18 @@ impl Consensus {
             },
         );
     }
+}
+
+/// `call`, a membership change, within [`crate::grpc::CALL_DEADLINE`]: etcd waits for a
+/// membership change to apply with no limit of its own, so one whose proposal a leader change
+/// dropped would wait for ever (`polisctl chaos` found a decommission stuck so).
+async fn bounded<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, ConsensusError>>,
+) -> Result<T, ConsensusError> {
+    tokio::time::timeout(crate::grpc::CALL_DEADLINE, call)
+        .await
+        .unwrap_or(Err(ConsensusError::TimedOut(what)))
 }
 
 async fn promote_started_learner(mut client: Client) -> Result<Option<String>, ConsensusError> {

@@ -14,4 +14,4 @@ pub use identity::{
     verify_client_certificate, verify_node_certificate,
 };
 pub use issuer::{GetCaCertificate, Issue, Issuer, IssuerError, Revoke, CRL_KEY, NAMESPACE};
-pub use revocation::{revoke, serial_of, RevocationError};
+pub use revocation::{revoke, revoked_serials, serial_of, RevocationError};

@@ -62,6 +62,17 @@ pub fn serial_of(der: &[u8]) -> Result<Vec<u8>, PkiError> {
     Ok(certificate.raw_serial().to_vec())
 }
 
+/// The serial numbers a CRL (DER) lists, as [`serial_of`] spells them.
+pub fn revoked_serials(crl: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let (_, list) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+        .map_err(|e| PkiError::BadCertificate(format!("CRL: {e}")))?;
+    Ok(list
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

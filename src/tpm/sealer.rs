@@ -149,6 +149,15 @@ impl Sealer {
 
     /// Seal `secret`, an object of `kind`, to this TPM and the current PCR 7.
     pub fn seal(&mut self, kind: SealedKind, secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+        self.seal_under(Primary::Current, kind, secret)
+    }
+
+    fn seal_under(
+        &mut self,
+        which: Primary,
+        kind: SealedKind,
+        secret: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
         let mut key = [0u8; 32];
         SystemRandom::new()
             .fill(&mut key)
@@ -166,7 +175,7 @@ impl Sealer {
             )
             .map_err(|_| TpmError::Rng)?;
 
-        let (primary, name) = self.primary()?;
+        let (primary, name) = self.primary(which)?;
         let sealed = self.seal_key(primary, &key);
         key.fill(0);
         self.flush(primary.into());
@@ -191,14 +200,7 @@ impl Sealer {
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let parts = SealedObject::decode(blob)?;
-        let (primary, name) = self.primary()?;
-        if name != parts.primary_name {
-            self.flush(primary.into());
-            return Err(TpmError::PrimaryMismatch {
-                found: crate::pki::hex(&name),
-                sealed: crate::pki::hex(parts.primary_name),
-            });
-        }
+        let primary = self.primary_named(parts.primary_name)?;
         let key = self.unseal_key(primary, parts.public, parts.private);
         self.flush(primary.into());
         let key = Zeroizing::new(key?);
@@ -232,10 +234,28 @@ impl Sealer {
             .map_err(command("PCR_Extend"))
     }
 
-    /// The storage primary key, derived from the owner seed (so the same key every time), and
-    /// its name.
-    fn primary(&mut self) -> Result<(KeyHandle, Vec<u8>), TpmError> {
-        let template = storage_key_template().map_err(command("CreatePrimary"))?;
+    /// The storage primary that data was sealed under, recognised by its `name` among the
+    /// templates this code knows (the TPM and its owner seed must be the same, too).
+    fn primary_named(&mut self, name: &[u8]) -> Result<KeyHandle, TpmError> {
+        let mut current = None;
+        for which in [Primary::Current, Primary::WithoutNoDa] {
+            let (primary, found) = self.primary(which)?;
+            if found == name {
+                return Ok(primary);
+            }
+            self.flush(primary.into());
+            current.get_or_insert(found);
+        }
+        Err(TpmError::PrimaryMismatch {
+            found: crate::pki::hex(&current.unwrap_or_default()),
+            sealed: crate::pki::hex(name),
+        })
+    }
+
+    /// The storage primary key of template `which`, derived from the owner seed (so the same
+    /// key every time), and its name.
+    fn primary(&mut self, which: Primary) -> Result<(KeyHandle, Vec<u8>), TpmError> {
+        let template = storage_key_template(which).map_err(command("CreatePrimary"))?;
         let primary = self
             .ctx
             .execute_with_nullauth_session(|ctx| {
@@ -375,8 +395,20 @@ fn aead_key(key: &[u8; 32]) -> LessSafeKey {
 }
 
 /// ECC P-256 storage key: fast to derive on every call, even on a software TPM.
-fn storage_key_template() -> tss_esapi::Result<Public> {
+/// The storage primary's templates, the one this code seals under first.
+#[derive(Clone, Copy)]
+enum Primary {
+    /// Exempt from dictionary-attack protection: its auth is empty, so DA protection guards
+    /// nothing, and without the exemption unorderly shutdowns (power cuts; `polisctl chaos`
+    /// found it by killing swtpm) put the TPM in lockout, where it refuses to seal.
+    Current,
+    /// The first template, without noDA: data sealed under it still unseals.
+    WithoutNoDa,
+}
+
+fn storage_key_template(which: Primary) -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
+        .with_no_da(matches!(which, Primary::Current))
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
@@ -463,5 +495,31 @@ impl<'a> SealedObject<'a> {
             nonce,
             ciphertext,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tpm::Swtpm;
+
+    #[test]
+    fn data_sealed_under_the_first_primary_template_still_unseals() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let swtpm = Swtpm::start(&dir.path().join("tpm"), &log).unwrap();
+        let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+        let kind = SealedKind::Configuration;
+        let old = sealer
+            .seal_under(Primary::WithoutNoDa, kind, b"before noDA")
+            .unwrap();
+        let new = sealer.seal(kind, b"after").unwrap();
+        let name = |blob: &[u8]| SealedObject::decode(blob).unwrap().primary_name.to_vec();
+        assert_ne!(name(&old), name(&new), "the templates differ");
+        assert_eq!(
+            sealer.unseal(kind, &old).unwrap().as_slice(),
+            b"before noDA"
+        );
+        assert_eq!(sealer.unseal(kind, &new).unwrap().as_slice(), b"after");
     }
 }

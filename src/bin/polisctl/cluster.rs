@@ -37,23 +37,7 @@ const LAUNCHER_PID: &str = "launcher.pid";
 /// Launch `n` nodes (processes, or VMs if `vm`) under `dir`, print them, and run until SIGTERM
 /// or SIGINT.
 pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
-    if n == 0 {
-        return Err(ClusterError::Usage(
-            "a cluster needs at least one node".into(),
-        ));
-    }
-    if dir.join(LAUNCHER_PID).exists() {
-        return Err(ClusterError::Usage(format!(
-            "a cluster may be running from {} already; `polisctl stop --dir {}` first",
-            dir.display(),
-            dir.display()
-        )));
-    }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| FsError::new("create", dir, e))?;
-    let binary = std::env::current_exe()
-        .map_err(|e| FsError::new("find", Path::new("polisctl"), e))?
-        .with_file_name("polis-node");
+    let binary = fresh_dir(dir, n)?;
     let log = polis_actors::terminal_logger(slog::Level::Info);
     let machines = match vm {
         false => Machines::Processes { binary },
@@ -80,12 +64,8 @@ pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
             dir.display()
         );
         let mut cluster = LocalCluster::create_with(dir, n, machines, log)?;
-        eprintln!("polisctl: bootstrapping node 0 and taking ownership");
-        let owner = cluster.bootstrap().await?;
-        for i in 1..n {
-            eprintln!("polisctl: registering node {i}, approving it, making it a consensus member");
-            cluster.register(i, &owner).await?;
-        }
+        eprintln!("polisctl: bootstrapping node 0, taking ownership, then registering, approving and promoting the others");
+        let owner = cluster.bring_up(n).await?;
         let entries: Vec<serde_json::Value> = cluster
             .nodes
             .iter()
@@ -122,6 +102,92 @@ pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
         let _ = std::fs::remove_file(dir.join(LAUNCHER_PID));
         Ok::<(), ClusterError>(())
     })
+}
+
+/// Launch `nodes` consensus members and a spare slot under `dir`, and soak them with `config`;
+/// prints progress on stderr and the report (a table, or JSON) on stdout. Answers the number
+/// of violations.
+pub fn chaos(
+    dir: &Path,
+    nodes: usize,
+    config: &polis::chaos::ChaosConfig,
+    json: bool,
+) -> Result<usize, ClusterError> {
+    with_fresh_cluster(dir, nodes, 1, async |cluster| {
+        eprintln!(
+            "polisctl: soaking with seed {}: {} faults",
+            config.seed, config.kills
+        );
+        let report = polis::chaos::soak(cluster, config, |line| eprintln!("chaos: {line}")).await;
+        match json {
+            true => println!("{}", report.json()),
+            false => print!("{}", report.table()),
+        }
+        report.violations()
+    })
+}
+
+/// Launch `nodes` consensus members under `dir` and lose one per round, `rounds` times; prints
+/// progress on stderr and the times on stdout. Answers whether every round failed over.
+pub fn failover(dir: &Path, nodes: usize, rounds: usize, json: bool) -> Result<bool, ClusterError> {
+    with_fresh_cluster(dir, nodes, 0, async |cluster| {
+        let report =
+            polis::chaos::failover(cluster, rounds, |line| eprintln!("failover: {line}")).await;
+        match json {
+            true => println!("{}", report.json()),
+            false => print!("{}", report.table()),
+        }
+        report.failure.is_none()
+    })
+}
+
+/// Launch `members` consensus members and `spare` empty slots under `dir` (replacing what is
+/// there), run `work` against them on a two-thread runtime (a workload runs beside the work's
+/// own blocking steps), and stop them.
+fn with_fresh_cluster<T>(
+    dir: &Path,
+    members: usize,
+    spare: usize,
+    work: impl AsyncFnOnce(&mut LocalCluster) -> T,
+) -> Result<T, ClusterError> {
+    let binary = fresh_dir(dir, members)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| FsError::new("start a runtime for", dir, e))?;
+    let log = polis_actors::terminal_logger(slog::Level::Warning);
+    runtime.block_on(async {
+        eprintln!(
+            "polisctl: launching {members} consensus members and {spare} spare slots under {}",
+            dir.display()
+        );
+        let mut cluster = LocalCluster::create(dir, members + spare, &binary, log)?;
+        cluster.bring_up(members).await?;
+        Ok(work(&mut cluster).await)
+    })
+}
+
+/// Make `dir` empty for a new cluster of `n` nodes, unless a launcher runs from it; answers the
+/// `polis-node` binary beside this `polisctl`.
+fn fresh_dir(dir: &Path, n: usize) -> Result<std::path::PathBuf, ClusterError> {
+    if n == 0 {
+        return Err(ClusterError::Usage(
+            "a cluster needs at least one node".into(),
+        ));
+    }
+    if dir.join(LAUNCHER_PID).exists() {
+        return Err(ClusterError::Usage(format!(
+            "a cluster may be running from {} already; `polisctl stop --dir {}` first",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| FsError::new("create", dir, e))?;
+    Ok(std::env::current_exe()
+        .map_err(|e| FsError::new("find", Path::new("polisctl"), e))?
+        .with_file_name("polis-node"))
 }
 
 /// The runtime a command runs its async work on.
