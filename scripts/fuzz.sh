@@ -4,6 +4,7 @@
 # an abort, a hang or running out of memory, which libFuzzer all reports).
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]    (default: 20 s, every target)
+#   bash scripts/fuzz.sh --runs N [TARGET...]                (N executions per target)
 #
 # Each target starts from its checked-in seeds (fuzz/corpus/T) plus what earlier runs here found
 # (target/fuzz/corpus/T). A crash's input lands in target/fuzz/artifacts/T/; keep it as
@@ -11,8 +12,13 @@
 # per target: executions, rate, new corpus entries, and the verdict; exits 1 if any target failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-20}
-shift || true
+if [ "${1:-}" = "--runs" ]; then
+    limit="-runs=$2"
+    shift 2
+else
+    limit="-max_total_time=${1:-20}"
+    shift || true
+fi
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=target/fuzz
 targets=("$@")
@@ -31,7 +37,7 @@ run() {
     local t=$1 log=target/fuzz/logs/$1.log
     mkdir -p "target/fuzz/corpus/$t" "target/fuzz/artifacts/$t" target/fuzz/logs
     local rc=0
-    "$bin/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "$bin/$t" "$limit" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="target/fuzz/artifacts/$t/" \
         "target/fuzz/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
     local execs rate corpus
@@ -46,7 +52,7 @@ run() {
     [ "$rc" -eq 0 ]
 }
 export -f run
-export seconds bin
+export limit bin
 
-echo "fuzzing ${#targets[@]} targets for ${seconds} s each, $(nproc) at a time"
+echo "fuzzing ${#targets[@]} targets (${limit#-}), $(nproc) at a time"
 printf '%s\n' "${targets[@]}" | xargs -P "$(nproc)" -I{} bash -c 'run {}'
