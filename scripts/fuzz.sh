@@ -5,6 +5,7 @@
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]    (default: 20 s, every target)
 #   bash scripts/fuzz.sh --runs N [TARGET...]                (N executions per target)
+#   bash scripts/fuzz.sh --build                             (only build the targets)
 #
 # Each target starts from its checked-in seeds (fuzz/corpus/T) plus what earlier runs here found
 # (target/fuzz/corpus/T). A crash's input lands in target/fuzz/artifacts/T/; keep it as
@@ -12,7 +13,11 @@
 # per target: executions, rate, new corpus entries, and the verdict; exits 1 if any target failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--runs" ]; then
+build_only=false
+if [ "${1:-}" = "--build" ]; then
+    build_only=true
+    shift
+elif [ "${1:-}" = "--runs" ]; then
     limit="-runs=$2"
     shift 2
 else
@@ -32,6 +37,9 @@ RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
     cargo build --locked --release -p polis-fuzz --target "$triple" "${targets[@]/#/--bin=}"
 bin=target/fuzz/$triple/release
+if $build_only; then
+    exit 0
+fi
 
 run() {
     local t=$1 log=target/fuzz/logs/$1.log
