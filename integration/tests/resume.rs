@@ -1,9 +1,12 @@
 //! Every enrolment step survives a `kill -9`: the node is killed right after each step (by the
 //! `--test-crash-after` hook, a SIGKILL of itself), restarted, and resumes from its sealed journal
-//! to the end, with one identity throughout.
+//! to the end, with one identity throughout. So does every step of a join, and of becoming a
+//! consensus member: after each kill and a plain boot, every invariant of the chaos soak holds
+//! (nothing half done: the records, certificates, etcd's voters, the trees).
 
 use std::os::unix::process::ExitStatusExt;
 
+use polis::chaos::{check, Expected};
 use polis::launch::LocalCluster;
 use polis::proto::api::node_parameters::{Cluster, ClusterRegister};
 use polis::proto::common::NodeState;
@@ -90,4 +93,55 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
     let nodes = o.nodes().await.unwrap();
     assert_eq!(nodes.len(), 2, "no record lost or duplicated");
     assert!(nodes.iter().all(|n| n.state == NodeState::Up as i32));
+    let expected = Expected {
+        records: nodes.iter().map(|n| (n.id.clone(), n.state)).collect(),
+        running: [0, 1].into(),
+        ..Expected::default()
+    };
+    whole(&cluster, &expected).await;
+
+    // A join, killed after each of its steps, then booted plainly.
+    for step in ["join:unlocked", "join:mounted", "join:hostsfile"] {
+        cluster.stop(1, nix::sys::signal::Signal::SIGKILL);
+        crash_after(&mut cluster, 1, step);
+        cluster.start(1, &[]).unwrap();
+        whole(&cluster, &expected).await;
+    }
+
+    // Becoming a consensus member, killed after sealing the CUK beside the node's key, then
+    // after joining etcd; then a member's join, killed once its etcd runs.
+    cluster.stop(1, nix::sys::signal::Signal::SIGKILL);
+    cluster
+        .start(1, &["--test-crash-after", "role:cuk-sealed"])
+        .unwrap();
+    whole(&cluster, &expected).await;
+    let owner = cluster.owner(0).await.unwrap();
+    cluster.make_consensus_member(1, &owner, &id).await.unwrap();
+    let status = cluster.wait_exit(1).unwrap();
+    assert_eq!(status.signal(), Some(9), "role:cuk-sealed: {status:?}");
+    for step in ["role:etcd-joined", "join:member"] {
+        crash_after(&mut cluster, 1, step);
+    }
+    cluster.start(1, &[]).unwrap();
+    whole(&cluster, &expected).await;
+    let members = polis::consensus::connect(&cluster.nodes[0].root)
+        .await
+        .unwrap()
+        .member_list()
+        .await
+        .unwrap();
+    assert_eq!(members.members().len(), 2, "node 1 is an etcd member");
+}
+
+/// Wait until every invariant of the chaos soak holds.
+async fn whole(cluster: &LocalCluster, expected: &Expected) {
+    let mut last = String::new();
+    for _ in 0..600 {
+        match check(cluster, expected).await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("the cluster is not whole again: {last}");
 }

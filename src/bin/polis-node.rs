@@ -70,8 +70,10 @@ struct Args {
     /// bind-mounted `/etc/hosts`.
     #[arg(long)]
     system_hosts: Option<PathBuf>,
-    /// Test hook: SIGKILL this process right after an enrolment step (`bootstrap:keys`,
-    /// `register:committed`, …) to prove the step is resumable.
+    /// Test hook: SIGKILL this process right after a step of enrolment (`bootstrap:keys`,
+    /// `register:committed`, …), of join (`join:unlocked`, `join:mounted`, `join:hostsfile`,
+    /// `join:member`) or of becoming a consensus member (`role:cuk-sealed`, `role:etcd-joined`),
+    /// to prove the step is resumable.
     #[arg(long, hide = true)]
     test_crash_after: Option<String>,
     /// Lowest level of log records written to standard error.

@@ -45,7 +45,8 @@ pub struct LifecycleConfig {
     /// The system hosts file to keep in place (a bind mount), if any.
     pub system_hosts: Option<std::path::PathBuf>,
     /// Test hook: kill this process (SIGKILL) right after this step, named `flow:step`
-    /// (e.g. `register:formatted`), to prove that every step is resumable.
+    /// (e.g. `register:formatted`, `join:mounted`, `role:etcd-joined`), to prove that every
+    /// step is resumable.
     pub crash_after: Option<String>,
 }
 
@@ -296,7 +297,7 @@ impl Run {
         .await
     }
 
-    /// The test hook: die here, as a power cut would.
+    /// An enrolment step is done: say so, then pass its crash point.
     pub(super) fn checkpoint(&self, flow: JournalFlow, step: &str) {
         let name = format!(
             "{}:{step}",
@@ -306,8 +307,14 @@ impl Run {
             }
         );
         slog::info!(self.log, "enrolment step done"; "step" => &name);
-        if self.config.crash_after.as_deref() == Some(name.as_str()) {
-            slog::crit!(self.log, "test hook: killing this process"; "after" => &name);
+        self.crash_point(&name);
+    }
+
+    /// The test hook (`--test-crash-after NAME`): die right after the step `name`, as a power
+    /// cut there would make the node.
+    pub(super) fn crash_point(&self, name: &str) {
+        if self.config.crash_after.as_deref() == Some(name) {
+            slog::crit!(self.log, "test hook: killing this process"; "after" => name);
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
         }
     }

@@ -66,12 +66,15 @@ impl Run {
             }
             (None, false) => self.retry("JoinNode", join_node).await?,
         };
+        self.crash_point("join:unlocked");
         self.mount(&nuk, &cuk).await?;
+        self.crash_point("join:mounted");
         let credentials = self.credentials("joined")?;
         let id = node_id(&credentials.key.verifying_key());
         self.deps.directory.set(directory);
         let cluster = self.cluster_config(&id, address);
         self.start_hostsfile(&cluster).await?;
+        self.crash_point("join:hostsfile");
         let member = self.config.root.etcd_data().join("member").exists();
         if member {
             // A member sealed before quorum unlock existed keeps its CUK until its shares are
@@ -81,6 +84,7 @@ impl Run {
                 false => self.seal_cuk(sealed.clone(), &cuk).await?,
             };
             self.start_member(&cluster, Mode::Restart).await?;
+            self.crash_point("join:member");
             return self.follow(credentials, address, sealed, cuk, true).await;
         }
         self.follow(credentials, address, sealed, cuk, false).await
@@ -165,6 +169,7 @@ impl Run {
                         slog::info!(self.log, "this node is now a consensus member; joining etcd";
                             "peers" => role.peers.len());
                         sealed = self.seal_cuk(sealed.clone(), &cuk).await?;
+                        self.crash_point("role:cuk-sealed");
                         let mode = Mode::Join {
                             initial_cluster: crate::curator::initial_cluster(&role.peers),
                             ca: role.ca_certificate,
@@ -179,6 +184,7 @@ impl Run {
                         };
                         self.start_member(&self.cluster_config(&id, address), mode)
                             .await?;
+                        self.crash_point("role:etcd-joined");
                         member = true;
                     }
                     held = Some(
