@@ -16,4 +16,4 @@ wait "$fuzz_build" || { cat target/fuzz-build.log; exit 1; }
 # Every decoder of untrusted bytes, fuzzed (coverage-guided) for a bounded time each.
 bash scripts/fuzz.sh 10
 # The benchmark is measured, never gated; here it only has to build.
-cargo bench --workspace --locked --no-run
+cargo bench -p polis-actors --bench mailbox --locked --no-run
