@@ -163,7 +163,13 @@ impl LocalNode {
 
     /// The real PID of its `polis-node`, while it runs.
     pub fn pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir().join("node.pid")).ok()?;
+        self.pid_of("node")
+    }
+
+    /// The real PID that the process started as `name` wrote to `name.pid` ([`LocalCluster`]
+    /// starts every process so; `ip netns exec` execs it).
+    fn pid_of(&self, name: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir().join(format!("{name}.pid"))).ok()?;
         text.trim().parse().ok()
     }
 }
@@ -351,8 +357,7 @@ impl LocalCluster {
 
     /// The real PID of node `i`'s swtpm, while it runs.
     pub fn swtpm_pid(&self, i: usize) -> Option<i32> {
-        let text = std::fs::read_to_string(self.nodes[i].dir().join("swtpm.pid")).ok()?;
-        text.trim().parse().ok()
+        self.nodes[i].pid_of("swtpm")
     }
 
     /// Stop node `i` and its swtpm, and wipe its root: the slot is a new machine, to register

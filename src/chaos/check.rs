@@ -31,7 +31,8 @@ pub struct Expected {
 
 /// Check every invariant once; answers the first that does not hold.
 pub async fn check(cluster: &LocalCluster, expected: &Expected) -> Result<(), String> {
-    let (mut owner, nodes) = curator(cluster, expected).await?;
+    let slots = expected.running.iter().copied();
+    let (mut owner, nodes) = curator(cluster, slots, crate::grpc::CALL_DEADLINE).await?;
     records(&nodes, expected)?;
     let info = owner
         .cluster_info()
@@ -58,23 +59,24 @@ pub async fn check(cluster: &LocalCluster, expected: &Expected) -> Result<(), St
     Ok(())
 }
 
-/// The owner's client on the first running node whose Curator answers GetNodes, and the nodes.
-async fn curator(
+/// The owner's client on the first of `slots` whose Curator answers GetNodes within `attempt`,
+/// and the nodes it lists.
+pub async fn curator(
     cluster: &LocalCluster,
-    expected: &Expected,
+    slots: impl IntoIterator<Item = usize>,
+    attempt: std::time::Duration,
 ) -> Result<(Owner, Vec<Node>), String> {
     let mut last = String::from("no node runs");
-    for &slot in &expected.running {
-        let owner = match cluster.owner(slot).await {
-            Ok(owner) => owner,
-            Err(e) => {
-                last = format!("node {slot}: {e}");
-                continue;
-            }
+    for slot in slots {
+        let call = async {
+            let owner = cluster.owner(slot).await.map_err(|e| e.to_string())?;
+            let nodes = owner.clone().nodes().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((owner, nodes))
         };
-        match owner.clone().nodes().await {
-            Ok(nodes) => return Ok((owner, nodes)),
-            Err(e) => last = format!("node {slot}: {e}"),
+        match tokio::time::timeout(attempt, call).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => last = format!("node {slot}: {e}"),
+            Err(_) => last = format!("node {slot}: no answer within {attempt:?}"),
         }
     }
     Err(format!("no Curator answers GetNodes (last: {last})"))
@@ -189,11 +191,7 @@ async fn etcd_membership(
 /// Node `slot`'s tree is whole and healthy: every actor healthy (or stopped by design), the
 /// lifecycle has joined, and a consensus member runs the member's actors.
 fn tree(cluster: &LocalCluster, slot: usize, member: bool) -> Result<(), String> {
-    let body = cluster
-        .debug(slot, "GET", "/debug/tree", "")
-        .map_err(|e| format!("node {slot}'s debug endpoint: {e}"))?;
-    let tree: Vec<serde_json::Value> =
-        serde_json::from_str(&body).map_err(|e| format!("node {slot}'s tree: {e}"))?;
+    let tree = actors(cluster, slot)?;
     let state = |path: &str| {
         tree.iter()
             .find(|a| a["path"] == path)
@@ -218,6 +216,18 @@ fn tree(cluster: &LocalCluster, slot: usize, member: bool) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// Node `slot`'s actors as its debug endpoint lists them (path, state, generation, …): what the
+/// checks, the fault draw and the fault's confirmation all read.
+pub(super) fn actors(
+    cluster: &LocalCluster,
+    slot: usize,
+) -> Result<Vec<serde_json::Value>, String> {
+    let body = cluster
+        .debug(slot, "GET", "/debug/tree", "")
+        .map_err(|e| format!("node {slot}'s debug endpoint: {e}"))?;
+    serde_json::from_str(&body).map_err(|e| format!("node {slot}'s tree: {e}"))
 }
 
 fn state_name(state: i32) -> String {

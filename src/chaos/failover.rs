@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::chaos::{check, Expected};
+use crate::chaos::{check, curator, Expected};
 use crate::consensus::connect;
 use crate::launch::LocalCluster;
-use crate::proto::api::Node;
 
 /// How long one round may take before it counts as a failure to fail over.
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -88,7 +87,10 @@ async fn round(
     let killed = Instant::now();
     let survivors: Vec<usize> = (0..cluster.nodes.len()).filter(|&s| s != victim).collect();
     loop {
-        if get_nodes(cluster, &survivors).await.is_some() {
+        if curator(cluster, survivors.iter().copied(), ATTEMPT)
+            .await
+            .is_ok()
+        {
             break;
         }
         if killed.elapsed() > PATIENCE {
@@ -116,8 +118,8 @@ async fn until(cluster: &LocalCluster, expected: &mut Expected) -> Result<(), St
     let deadline = Instant::now() + PATIENCE;
     loop {
         if expected.records.is_empty() {
-            let slots: Vec<usize> = expected.running.iter().copied().collect();
-            if let Some(nodes) = get_nodes(cluster, &slots).await {
+            let slots = expected.running.clone();
+            if let Ok((_, nodes)) = curator(cluster, slots, ATTEMPT).await {
                 expected.records = nodes.into_iter().map(|n| (n.id, n.state)).collect();
             }
         }
@@ -131,17 +133,6 @@ async fn until(cluster: &LocalCluster, expected: &mut Expected) -> Result<(), St
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// The nodes, as the first of `slots` whose Curator answers GetNodes within [`ATTEMPT`] says.
-async fn get_nodes(cluster: &LocalCluster, slots: &[usize]) -> Option<Vec<Node>> {
-    for &slot in slots {
-        let call = async { cluster.owner(slot).await.ok()?.nodes().await.ok() };
-        if let Ok(Some(nodes)) = tokio::time::timeout(ATTEMPT, call).await {
-            return Some(nodes);
-        }
-    }
-    None
 }
 
 /// The slot whose etcd leads, as a running member's etcd says.

@@ -184,8 +184,7 @@ async fn kill_actor(
     how: &str,
 ) -> Result<(), String> {
     let generation = || -> Option<(u64, String)> {
-        let body = cluster.debug(node, "GET", "/debug/tree", "").ok()?;
-        let tree: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+        let tree = super::check::actors(cluster, node).ok()?;
         let actor = tree.iter().find(|a| a["path"] == path)?;
         Some((
             actor["generation"].as_u64()?,

@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::launch::{LaunchError, LocalCluster};
+use crate::launch::LocalCluster;
 use crate::owner::{CuratorAddress, Owner};
 use crate::pki::NodeCredentials;
 use crate::proto::common::NodeState;
 
-pub use check::{check, Expected, MEMBER_ACTORS, NODE_ACTORS};
+pub use check::{check, curator, Expected, MEMBER_ACTORS, NODE_ACTORS};
 pub use failover::{failover, FailoverReport, Round};
 pub use fault::{child_named, draw, inject, Fault, Rng};
 pub use report::{Outcome, Report, Workload};
@@ -236,18 +236,9 @@ impl Soak {
     async fn any_owner(
         &self,
         cluster: &LocalCluster,
-    ) -> Result<(Owner, Vec<crate::proto::api::Node>), LaunchError> {
-        let mut last = None;
-        for &slot in &self.expected.running {
-            match cluster.owner(slot).await {
-                Ok(mut owner) => match owner.nodes().await {
-                    Ok(nodes) => return Ok((owner, nodes)),
-                    Err(e) => last = Some(e.into()),
-                },
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(LaunchError::NotRunning(0)))
+    ) -> Result<(Owner, Vec<crate::proto::api::Node>), String> {
+        let slots = self.expected.running.iter().copied();
+        check::curator(cluster, slots, crate::grpc::CALL_DEADLINE).await
     }
 
     /// One registration-cycle step in `spare`: register a node there (every second one also
@@ -261,7 +252,7 @@ impl Soak {
         progress: &mut impl FnMut(&str),
     ) -> Result<(), String> {
         self.recover(cluster).await?;
-        let (owner, _) = self.any_owner(cluster).await.map_err(|e| e.to_string())?;
+        let (owner, _) = self.any_owner(cluster).await?;
         match spare_id.take() {
             None => {
                 progress(&format!("registering a new node in slot {spare}"));
@@ -319,10 +310,7 @@ impl Soak {
 
 /// A node's healthy actors but the root, as faults may target them.
 fn healthy_actors(cluster: &LocalCluster, node: usize) -> Vec<String> {
-    let Ok(body) = cluster.debug(node, "GET", "/debug/tree", "") else {
-        return Vec::new();
-    };
-    let tree: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    let tree = check::actors(cluster, node).unwrap_or_default();
     tree.iter()
         .filter(|a| a["state"] == "healthy" && a["path"] != "/")
         .filter_map(|a| a["path"].as_str().map(str::to_owned))
