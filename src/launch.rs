@@ -24,6 +24,7 @@ use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::netns::{enter, within, ClusterNetwork, NetError};
 use crate::owner::{escrow, first_use, CuratorAddress, Owner, OwnerError};
 use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
+use crate::poll::Poll;
 use crate::proto::api::node_parameters::Network;
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::{Node as ApiNode, NodeParameters};
@@ -328,15 +329,15 @@ impl LocalCluster {
         .to_vec();
         let child = self.spawn(i, "swtpm", Path::new("swtpm"), &args, "swtpm")?;
         self.nodes[i].swtpm = Some(child);
-        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
         let reachable = || std::net::TcpStream::connect(("127.0.0.1", SWTPM_PORT + 1)).is_ok();
-        while !within(&self.nodes[i].namespace, reachable)? {
-            if std::time::Instant::now() >= deadline {
-                return Err(self.timed_out(i, "start its swtpm"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let namespace = &self.nodes[i].namespace;
+        Poll::new(Duration::from_millis(20), STEP_TIMEOUT)
+            .until_blocking(|| match within(namespace, reachable) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(None),
+                Err(e) => Err(Some(e)),
+            })
+            .map_err(|e| e.map_or_else(|| self.timed_out(i, "start its swtpm"), Into::into))
     }
 
     /// Whether node `i`'s `polis-node` (or VM) still runs; reaps it if it ended.
@@ -452,20 +453,13 @@ impl LocalCluster {
             let mut vm = running.take().ok_or(LaunchError::NotRunning(i))?;
             return Ok(vm.wait_exit(STEP_TIMEOUT)?);
         }
-        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
-        let status = loop {
-            let child = self.nodes[i]
-                .process
-                .as_mut()
-                .ok_or(LaunchError::NotRunning(i))?;
-            if let Ok(Some(status)) = child.try_wait() {
-                break status;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(self.timed_out(i, "exit"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let child = self.nodes[i]
+            .process
+            .as_mut()
+            .ok_or(LaunchError::NotRunning(i))?;
+        let status = Poll::new(Duration::from_millis(50), STEP_TIMEOUT)
+            .until_blocking(|| child.try_wait().ok().flatten().ok_or(()))
+            .map_err(|()| self.timed_out(i, "exit"))?;
         self.nodes[i].process = None;
         let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
         Ok(status)
@@ -668,16 +662,10 @@ impl LocalCluster {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
-        loop {
-            if let Some(value) = probe().await {
-                return Ok(value);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(self.timed_out(i, what));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        Poll::new(Duration::from_millis(200), STEP_TIMEOUT)
+            .until(async || probe().await.ok_or(()))
+            .await
+            .map_err(|()| self.timed_out(i, what))
     }
 
     /// Node `i` did not `what` in time: the error, with the end of its log.

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod chaos;
 pub mod consensus;
+pub mod crash_point;
 pub mod curator;
 pub mod debug_client;
 pub mod fsutil;
@@ -17,6 +18,7 @@ pub mod network;
 pub mod node;
 pub mod owner;
 pub mod pki;
+pub mod poll;
 pub mod process;
 pub mod proto;
 pub mod quorum;

@@ -8,7 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use polis::consensus::{Consensus, Kv, Member, NamespacedKv};
+use polis::poll::{holds, Poll};
 use polis_actors::{ActorRef, Kill, Strategy, SupervisorSpec, Tree};
+
+/// How long the consensus actor may take to copy a new peer CRL to its file.
+const COPIED: Poll = Poll::new(Duration::from_millis(10), Duration::from_secs(30));
 
 async fn start(root: &Path) -> (Tree, ActorRef<Consensus>) {
     start_as(root, common::member()).await
@@ -44,13 +48,15 @@ fn etcds_of(root: &Path) -> Vec<u32> {
 async fn kv(consensus: &ActorRef<Consensus>, prefix: &str) -> NamespacedKv {
     // Right after a kill no incarnation may run yet; once one does, WaitReady answers when etcd
     // is ready, and from then on a client is there at the first ask.
-    for _ in 0..600 {
-        if let Ok(Ok(())) = consensus.ask(polis::consensus::WaitReady).await {
-            return consensus.ask(Kv(prefix.into())).await.unwrap().unwrap();
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("consensus never became ready");
+    Poll::new(Duration::from_millis(10), Duration::from_secs(60))
+        .until(
+            async || match consensus.ask(polis::consensus::WaitReady).await {
+                Ok(Ok(())) => Ok(consensus.ask(Kv(prefix.into())).await.unwrap().unwrap()),
+                _ => Err(()),
+            },
+        )
+        .await
+        .expect("consensus never became ready")
 }
 
 #[actix_rt::test]
@@ -151,24 +157,16 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
             .put(polis::consensus::PEER_CRL_KEY, version)
             .await
             .unwrap();
-        for _ in 0..500 {
-            if read() == version {
-                break;
-            }
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = COPIED.until(async || holds(read() == version, "")).await;
         assert_eq!(read(), version);
     }
     // A restarted actor copies the current CRL again, even over a stale file.
     std::fs::write(&file, b"stale").unwrap();
     tree.kill("/consensus", Kill::Brutal).unwrap();
     let _ = kv(&consensus, "/").await;
-    for _ in 0..500 {
-        if read() == b"crl version 3" {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
+    let _ = COPIED
+        .until(async || holds(read() == b"crl version 3", ""))
+        .await;
     assert_eq!(read(), b"crl version 3");
     tree.shutdown().await;
 }
@@ -198,14 +196,13 @@ async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start()
         .spawn()
         .unwrap();
     // etcd serves, and the node dies before it commits the CA.
-    loop {
-        if let Ok(mut client) = polis::consensus::connect(&root).await {
-            if client.get("probe", None).await.is_ok() {
-                break;
-            }
-        }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    Poll::new(Duration::from_millis(50), Duration::from_secs(60))
+        .until(async || {
+            let mut client = polis::consensus::connect(&root).await.map_err(drop)?;
+            client.get("probe", None).await.map_err(drop)
+        })
+        .await
+        .expect("etcd serves");
     etcd.kill().unwrap();
     etcd.wait().unwrap();
 

@@ -13,6 +13,7 @@ use polis::consensus::{
     Mode, NAMESPACE,
 };
 use polis::pki::generate_key;
+use polis::poll::Poll;
 use polis::storage::NodeRoot;
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 
@@ -24,13 +25,10 @@ async fn tree_of(spec: ChildSpec) -> Tree {
 }
 
 async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..600 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
+    Poll::new(Duration::from_millis(100), Duration::from_secs(60))
+        .until(async || f().await.ok_or(()))
+        .await
+        .unwrap_or_else(|()| panic!("timed out waiting for {what}"))
 }
 
 async fn voters(root: &Path) -> Option<(usize, usize)> {

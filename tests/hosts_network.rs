@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use polis::hostsfile::{HostsConfig, Hostsfile};
 use polis::network::{AddressSource, Network, NetworkStatus};
+use polis::poll::{holds, Poll};
 use polis::proto::common::{cluster_directory::Node, Address, ClusterDirectory};
 use polis::storage::NodeRoot;
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree, Watchable};
@@ -20,13 +21,10 @@ fn node(id: &str, host: &str) -> Node {
 }
 
 async fn until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
+    Poll::new(Duration::from_millis(10), Duration::from_secs(30))
+        .until(async || holds(cond(), what))
+        .await
+        .unwrap_or_else(|what| panic!("timed out waiting until {what}"));
 }
 
 #[actix_rt::test]

@@ -5,8 +5,9 @@
 mod common;
 
 use std::process::{Child, Command, Output};
-use std::thread::sleep;
 use std::time::Duration;
+
+use polis::poll::{holds, Poll};
 
 /// The lifecycle of these nodes waits for an address on an interface that does not exist, after
 /// finding bootstrap parameters (written by [`with_parameters`]): the tree runs, nothing binds.
@@ -71,13 +72,9 @@ fn polisctl(debug: &str, args: &[&str]) -> Output {
 }
 
 fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting until {what}");
+    Poll::new(Duration::from_millis(50), Duration::from_secs(60))
+        .until_blocking(|| holds(cond(), what))
+        .unwrap_or_else(|what| panic!("timed out waiting until {what}"));
 }
 
 fn tree_json(debug: &str) -> Vec<serde_json::Value> {

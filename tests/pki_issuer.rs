@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::verify;
 use polis::consensus::Kv;
 use polis::pki::{generate_key, GetCaCertificate, Issue, Issuer, Revoke, Template, NAMESPACE};
+use polis::poll::Poll;
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 use webpki::{Error, KeyUsage};
 
@@ -84,14 +85,12 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     }
 
     tree.kill("/issuer-a", Kill::Crash).unwrap();
-    let mut again = None;
-    for _ in 0..500 {
-        if let Ok(Ok(cert)) = a.ask(GetCaCertificate).await {
-            again = Some(cert);
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(again, Some(ca), "the restarted issuer loads the same CA");
+    let again = Poll::new(Duration::from_millis(10), Duration::from_secs(30))
+        .until(async || match a.ask(GetCaCertificate).await {
+            Ok(Ok(cert)) => Ok(cert),
+            _ => Err(()),
+        })
+        .await;
+    assert_eq!(again, Ok(ca), "the restarted issuer loads the same CA");
     tree.shutdown().await;
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use polis::network::NetworkStatus;
+use polis::poll::Poll;
 use polis::proto::common::{cluster_directory, Address, ClusterDirectory};
 use polis::proto::private::HeldShares;
 use polis::quorum::client::gather;
@@ -69,13 +70,10 @@ async fn gather_as_owner(join_key: &SigningKey, digest: &[u8]) -> Result<UnlockK
 /// started), at most ~10 s.
 async fn until_listening(address: &str) {
     let target = (address.parse::<IpAddr>().unwrap(), COLD_START_PORT);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(target).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no share holder listens on {address}");
+    Poll::new(Duration::from_millis(100), Duration::from_secs(30))
+        .until(async || tokio::net::TcpStream::connect(target).await)
+        .await
+        .unwrap_or_else(|e| panic!("no share holder listens on {address}: {e}"));
 }
 
 #[actix_rt::test]

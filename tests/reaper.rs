@@ -6,8 +6,9 @@
 //! itself still get their own exit status, not the reaper's.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use polis::poll::Poll;
 use polis::process::{reaper, run, ChildProcess, ProcessError};
 
 fn zombie_children() -> Vec<u32> {
@@ -55,14 +56,11 @@ fn main() {
         assert_eq!(run(cmd).unwrap().stdout, b"out\n");
     }
     // The orphans (`sleep 0.05`, re-parented to this process) are reaped by the reaper.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let zombies = zombie_children();
-        if zombies.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "zombies left: {zombies:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Poll::new(Duration::from_millis(50), Duration::from_secs(30))
+        .until_blocking(|| match zombie_children() {
+            zombies if zombies.is_empty() => Ok(()),
+            zombies => Err(zombies),
+        })
+        .unwrap_or_else(|zombies| panic!("zombies left: {zombies:?}"));
     println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use polis::poll::Poll;
 use polis::storage::{
     DataBackend, DataError, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Storage,
     StorageConfig, StorageError, UnlockKey,
@@ -120,21 +121,13 @@ async fn storage_serves_again_after_each_kind_of_kill_and_names_its_insecure_bac
     for how in [Kill::Crash, Kill::Brutal] {
         let before = tree.registry().actor("/core/storage").unwrap().generation;
         tree.kill("/core/storage", how).unwrap();
-        let mut tries = 0;
-        let mounted = loop {
-            match storage
-                .ask(MountExisting {
-                    nuk: same(&nuk),
-                    cuk: same(&cuk),
-                })
-                .await
-            {
-                Ok(result) => break result,
-                Err(_) => tries += 1,
-            }
-            assert!(tries < 1000, "storage never came back");
-            actix_rt::time::sleep(Duration::from_millis(5)).await;
-        };
+        let mounted = Poll::new(Duration::from_millis(5), Duration::from_secs(30))
+            .until(async || {
+                let (nuk, cuk) = (same(&nuk), same(&cuk));
+                storage.ask(MountExisting { nuk, cuk }).await
+            })
+            .await
+            .expect("storage never came back");
         mounted.unwrap();
         assert_eq!(
             tree.registry().actor("/core/storage").unwrap().generation,

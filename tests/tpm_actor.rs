@@ -8,9 +8,13 @@ const KIND: SealedKind = SealedKind::Configuration;
 
 use std::time::Duration;
 
+use polis::poll::{holds, Poll};
 use polis::proto::private::sealed_envelope::Protection;
 use polis::tpm::{Random, Seal, SealedKind, Swtpm, Tpm, TpmConfig, TpmError, Unseal};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree, TreeError};
+
+/// How long a killed actor may take to serve again.
+const BACK: Poll = Poll::new(Duration::from_millis(5), Duration::from_secs(30));
 
 async fn start(config: TpmConfig) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
     let (spec, tpm) = ChildSpec::worker("tpm", move || Ok(Tpm::new(config.clone())));
@@ -57,16 +61,12 @@ async fn requests_succeed_again_after_each_kind_of_kill() {
         .unwrap();
     for (round, how) in [Kill::Crash, Kill::Brutal].into_iter().enumerate() {
         tree.kill("/tpm", how).unwrap();
-        let mut failures = 0;
         // A client that keeps asking: some requests fail while the actor restarts, then all work.
-        let unsealed = loop {
-            match tpm.ask(Unseal(KIND, sealed.clone())).await {
-                Ok(result) => break result.unwrap(),
-                Err(_) => failures += 1,
-            }
-            assert!(failures < 1000, "the TPM actor never came back");
-            actix_rt::time::sleep(Duration::from_millis(5)).await;
-        };
+        let unsealed = BACK
+            .until(async || tpm.ask(Unseal(KIND, sealed.clone())).await)
+            .await
+            .expect("the TPM actor never came back")
+            .unwrap();
         assert_eq!(*unsealed, b"survives");
         let snap = tree.registry().actor("/tpm").unwrap();
         assert_eq!(snap.generation, round as u64 + 2, "{how:?}");
@@ -78,9 +78,12 @@ async fn requests_succeed_again_after_each_kind_of_kill() {
 async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
     let (tree, insecure) = start(TpmConfig::InsecureNone).await.unwrap();
     tree.kill("/tpm", Kill::Crash).unwrap();
-    while tree.registry().actor("/tpm").unwrap().generation < 2 || !insecure.is_running() {
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
+    BACK.until(async || {
+        let generation = tree.registry().actor("/tpm").unwrap().generation;
+        holds(generation >= 2 && insecure.is_running(), "not restarted")
+    })
+    .await
+    .unwrap();
     let warnings = tree
         .registry()
         .logs("/tpm")

@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::*;
 use polis_actors::debug_http::{DebugServer, DebugServerError};
@@ -231,16 +230,6 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..500 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[actix_rt::test]
 async fn debug_endpoint_serves_metrics_tree_logs_and_kill() {
     let journal = Journal::default();
@@ -293,8 +282,8 @@ async fn debug_endpoint_serves_metrics_tree_logs_and_kill() {
     )
     .await;
     assert_eq!(status, 202);
-    poll("restart through the endpoint", async || {
-        (generation(&tree, "/a") == 2).then_some(())
+    until("restart through the endpoint", || {
+        generation(&tree, "/a") == 2
     })
     .await;
 

@@ -175,9 +175,7 @@ async fn restart_type_by_exit_reason_matrix() {
                 assert_eq!(actor.ask(Ping).await, Ok(2));
             } else {
                 until("stopped for good", || !actor.is_running()).await;
-                for _ in 0..100 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                settle().await;
                 let snap = tree.registry().actor("/w").unwrap();
                 assert_eq!(snap.generation, 1, "{restart:?} {how:?} must not restart");
                 assert!(snap.restarts.is_empty());

@@ -34,4 +34,5 @@ async fn sixty_seeded_faults_break_no_invariant() {
     );
     assert!(report.workload.registered >= 3 && report.workload.decommissioned >= 2);
     assert!(report.workload.calls_ok > 0);
+    assert!(report.workload.watch_events > 0, "the Watch was held open");
 }

@@ -5,8 +5,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
+use std::time::Duration;
 
 use polis::netns::{within, ClusterNetwork, BRIDGE_ADDRESS, GUARD_RANGE};
+use polis::poll::Poll;
 use polis::process::ChildProcess;
 
 fn ip(args: &[&str]) -> String {
@@ -114,15 +116,12 @@ fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
         &log,
     )
     .unwrap();
-    let mut pid = String::new();
-    for _ in 0..200 {
-        pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
-        if !pid.is_empty() {
-            break;
-        }
-        thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let pid: u32 = pid.trim().parse().unwrap();
+    let pid: u32 = Poll::new(Duration::from_millis(10), Duration::from_secs(30))
+        .until_blocking(|| {
+            let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            text.trim().parse().map_err(|_| text)
+        })
+        .expect("the pid file");
     assert_eq!(pid, child.pid(), "the exec chain keeps the real PID");
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "sleep");

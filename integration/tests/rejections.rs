@@ -4,12 +4,14 @@
 //! without the owner certificate, and a tampered sealed configuration.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use polis::curator::{CURATOR_PORT, MAX_WATCHES_PER_NODE};
 use polis::grpc::channel;
 use polis::launch::LocalCluster;
 use polis::pki::{generate_key, CertificateAuthority};
+use polis::poll::Poll;
 use polis::proto::api::management_client::ManagementClient;
 use polis::proto::api::{
     ApproveNodeRequest, DecommissionNodeRequest, GetClusterInfoRequest, GetNodesRequest,
@@ -173,15 +175,10 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     let refused = client.watch(WatchRequest {}).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
     drop(watches.pop());
-    let mut again = Err(refused);
-    for _ in 0..100 {
-        again = client.watch(WatchRequest {}).await.map(drop);
-        if again.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    again.expect("a given-up Watch stream's slot was not freed");
+    Poll::new(Duration::from_millis(50), Duration::from_secs(30))
+        .until(async || client.watch(WatchRequest {}).await.map(drop))
+        .await
+        .expect("a given-up Watch stream's slot was not freed");
     drop(watches);
     let id = polis::pki::node_id(&node_key.verifying_key());
     owner.decommission(&id).await.unwrap();
@@ -197,15 +194,13 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     assert!(gone.message().contains("decommissioned"), "{gone}");
     // Its node certificate is revoked, and the Curator, following the CRL, refuses it in the
     // handshake.
-    let mut answer = as_node().await.map(|_| ());
-    for _ in 0..50 {
-        if answer.is_err() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        answer = as_node().await.map(|_| ());
-    }
-    assert!(answer.is_err(), "a revoked node certificate was admitted");
+    let refused = Poll::new(Duration::from_millis(100), Duration::from_secs(30))
+        .until(async || match as_node().await {
+            Ok(_) => Err(()),
+            Err(e) => Ok(e),
+        })
+        .await;
+    assert!(refused.is_ok(), "a revoked node certificate was admitted");
     // The last consensus member cannot be decommissioned.
     let last = owner.decommission(&server).await.unwrap_err().to_string();
     assert!(last.contains("last consensus member"), "{last}");

@@ -5,12 +5,15 @@
 //! (nothing half done: the records, certificates, etcd's voters, the trees).
 
 use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
 
 use polis::chaos::{check, Expected};
 use polis::launch::LocalCluster;
+use polis::pki::NodeCredentials;
+use polis::poll::{holds, Poll};
 use polis::proto::api::node_parameters::{Cluster, ClusterRegister};
 use polis::proto::common::NodeState;
-use polis_integration::{polis_node_binary, test_logger};
+use polis_integration::{log_of, polis_node_binary, test_logger};
 
 /// Start node `i` with the hook at `step`, and check that the hook killed it.
 fn crash_after(cluster: &mut LocalCluster, i: usize, step: &str) {
@@ -133,15 +136,149 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
     assert_eq!(members.members().len(), 2, "node 1 is an etcd member");
 }
 
+/// The Curator's role change and the decommission reconciler survive a kill after each of
+/// their steps. The Curator killed after adding a learner (its role not yet recorded) leaves a
+/// seat in etcd that the owner's repeated call completes; the reconcilers of both remaining
+/// members, killed after revoking and after removing the member, hand the retirement on until
+/// it is done. After each, every invariant of the chaos soak holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_change_and_retirement_resume_after_a_kill_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        LocalCluster::create(dir.path(), 3, &polis_node_binary(), test_logger()).unwrap();
+    let owner = cluster.bring_up(2).await.unwrap();
+    let node = cluster.start_registration(2, &owner).await.unwrap();
+    cluster.approve(2, &owner, &node).await.unwrap();
+    let mut expected = Expected {
+        records: owner
+            .clone()
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| (n.id.clone(), n.state))
+            .collect(),
+        running: [0, 1, 2].into(),
+        ..Expected::default()
+    };
+    whole(&cluster, &expected).await;
+
+    // The role change, its Curator killed once the learner is in etcd.
+    restart_armed(&mut cluster, 0, "curator:learner-added", &expected).await;
+    let mut on_0 = cluster.owner(0).await.unwrap();
+    // etcd refuses member changes for a while after its start: ask until the hook fires.
+    PATIENCE
+        .until(async || {
+            if died_at(&log_of(&cluster, 0), "curator:learner-added") {
+                return Ok(());
+            }
+            let answer = on_0.make_consensus_member(&node.id).await;
+            assert!(
+                answer.is_err(),
+                "the Curator answered a role change it died in"
+            );
+            Err("the hook did not fire")
+        })
+        .await
+        .unwrap();
+    let status = cluster.wait_exit(0).unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "curator:learner-added: {status:?}"
+    );
+    cluster.start(0, &[]).unwrap();
+    let members = cluster
+        .until(0, "list the etcd members", || async {
+            let mut client = polis::consensus::connect(&cluster.nodes[0].root)
+                .await
+                .ok()?;
+            client.member_list().await.ok()
+        })
+        .await
+        .unwrap();
+    let learners = members.members().iter().filter(|m| m.is_learner()).count();
+    assert_eq!(learners, 1, "killed after adding node 2's learner");
+    cluster
+        .make_consensus_member(2, &owner, &node.id)
+        .await
+        .unwrap();
+    whole(&cluster, &expected).await;
+
+    // Node 2, now a voter, dies and is decommissioned; whichever member retires it is killed
+    // after revoking its certificates, then after removing its etcd member, until it is done.
+    let certificate = NodeCredentials::load(&cluster.nodes[2].root)
+        .unwrap()
+        .unwrap()
+        .certificate;
+    for i in [0, 1] {
+        restart_armed(&mut cluster, i, "decommission:revoked", &expected).await;
+    }
+    cluster.stop(2, nix::sys::signal::Signal::SIGKILL);
+    expected.running.remove(&2);
+    cluster
+        .until(0, "decommission node 2", || {
+            let (mut owner, id) = (owner.clone(), node.id.clone());
+            async move { owner.decommission(&id).await.ok() }
+        })
+        .await
+        .unwrap();
+    expected
+        .records
+        .insert(node.id.clone(), NodeState::Decommissioned as i32);
+    expected.retired.insert(node.id.clone(), certificate);
+    let mut armed = ["decommission:revoked"; 2].map(Some);
+    let mut fired = std::collections::BTreeSet::new();
+    PATIENCE
+        .until(async || {
+            for i in [0, 1] {
+                if cluster.is_running(i) {
+                    continue;
+                }
+                let step = armed[i].expect("only an armed node is killed");
+                let log = log_of(&cluster, i);
+                assert!(died_at(&log, step), "node {i} died, not at {step}: {log}");
+                fired.insert(step);
+                armed[i] =
+                    (step == "decommission:revoked").then_some("decommission:member-removed");
+                match armed[i] {
+                    Some(next) => cluster.start(i, &["--test-crash-after", next]).unwrap(),
+                    None => cluster.start(i, &[]).unwrap(),
+                }
+            }
+            check(&cluster, &expected).await?;
+            holds(
+                fired.len() == 2,
+                &format!("retired, but only {fired:?} fired"),
+            )
+        })
+        .await
+        .unwrap();
+    whole(&cluster, &expected).await;
+}
+
+/// Restart node `i` with the hook armed at `step`, and wait until the cluster is whole again.
+async fn restart_armed(cluster: &mut LocalCluster, i: usize, step: &str, expected: &Expected) {
+    cluster.stop(i, nix::sys::signal::Signal::SIGTERM);
+    cluster.start(i, &["--test-crash-after", step]).unwrap();
+    whole(cluster, expected).await;
+}
+
+/// Whether the hook last killed the node whose log is `log` at `step`.
+fn died_at(log: &str, step: &str) -> bool {
+    log.lines()
+        .rev()
+        .find(|line| line.contains("test hook"))
+        .is_some_and(|line| line.contains(&format!("after: {step}")))
+}
+
+/// How long a cluster may take to be whole again.
+const PATIENCE: Poll = Poll::new(Duration::from_millis(250), Duration::from_secs(180));
+
 /// Wait until every invariant of the chaos soak holds.
 async fn whole(cluster: &LocalCluster, expected: &Expected) {
-    let mut last = String::new();
-    for _ in 0..600 {
-        match check(cluster, expected).await {
-            Ok(()) => return,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    panic!("the cluster is not whole again: {last}");
+    PATIENCE
+        .until(async || check(cluster, expected).await)
+        .await
+        .unwrap_or_else(|last| panic!("the cluster is not whole again: {last}"));
 }

@@ -11,6 +11,7 @@ use polis::launch::{LocalCluster, Machines};
 use polis::netns::{within, ClusterNetwork};
 use polis::owner::{escrow, first_use, Owner};
 use polis::pki::generate_key;
+use polis::poll::Poll;
 use polis::proto::api::node_parameters::{Cluster, ClusterBootstrap, Network};
 use polis::proto::api::NodeParameters;
 use polis::proto::common::NodeState;
@@ -67,17 +68,9 @@ where
             .enable_all()
             .build()
             .unwrap();
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(answer) = rt.block_on(call()) {
-                return answer;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no Curator answered the owner in {STEP:?}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        Poll::new(Duration::from_millis(500), STEP)
+            .until_blocking(|| rt.block_on(call()).ok_or(()))
+            .unwrap_or_else(|()| panic!("no Curator answered the owner in {STEP:?}"))
     })
     .unwrap()
 }

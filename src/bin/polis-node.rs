@@ -71,9 +71,10 @@ struct Args {
     #[arg(long)]
     system_hosts: Option<PathBuf>,
     /// Test hook: SIGKILL this process right after a step of enrolment (`bootstrap:keys`,
-    /// `register:committed`, …), of join (`join:unlocked`, `join:mounted`, `join:hostsfile`,
-    /// `join:member`) or of becoming a consensus member (`role:cuk-sealed`, `role:etcd-joined`),
-    /// to prove the step is resumable.
+    /// `register:committed`, …), of join (`join:unlocked`, …), of becoming a consensus member
+    /// (`role:cuk-sealed`, …), of the Curator's role change (`curator:learner-added`) or of
+    /// the decommission reconciler (`decommission:revoked`, …), to prove the step is resumable
+    /// (see `polis::crash_point`).
     #[arg(long, hide = true)]
     test_crash_after: Option<String>,
     /// Lowest level of log records written to standard error.
@@ -109,7 +110,6 @@ fn node_config(args: &Args) -> NodeConfig {
             fw_cfg: args.fw_cfg.clone(),
             set_hostname: args.set_hostname,
             system_hosts: args.system_hosts.clone(),
-            crash_after: args.test_crash_after.clone(),
         },
         tpm: if args.insecure_no_tpm {
             TpmConfig::InsecureNone
@@ -128,6 +128,9 @@ fn main() -> ExitCode {
     bridge_log_crate(log.clone());
     log_panics(log.clone());
     let config = node_config(&args);
+    if let Some(step) = args.test_crash_after.clone() {
+        polis::crash_point::arm(step);
+    }
     if config.tpm == TpmConfig::InsecureNone {
         slog::crit!(
             log,
@@ -208,7 +211,6 @@ fn machine_config(root: &NodeRoot, machine: &init::Machine) -> NodeConfig {
             fw_cfg: PathBuf::from(polis::lifecycle::FW_CFG_PARAMETERS),
             set_hostname: true,
             system_hosts: None,
-            crash_after: None,
         },
         tpm: TpmConfig::Tcti(DEFAULT_TPM.into()),
     }

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::chaos::{check, curator, Expected};
 use crate::consensus::connect;
 use crate::launch::LocalCluster;
+use crate::poll::Poll;
 
 /// How long one round may take before it counts as a failure to fail over.
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -86,19 +87,11 @@ async fn round(
     cluster.stop(victim, Signal::SIGKILL);
     let killed = Instant::now();
     let survivors: Vec<usize> = (0..cluster.nodes.len()).filter(|&s| s != victim).collect();
-    loop {
-        if curator(cluster, survivors.iter().copied(), ATTEMPT)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        if killed.elapsed() > PATIENCE {
-            return Err(format!(
-                "no survivor's Curator answered after node {victim} was lost"
-            ));
-        }
-    }
+    // No pause between attempts: the time until one answers is what is measured.
+    Poll::new(Duration::ZERO, PATIENCE)
+        .until(async || curator(cluster, survivors.iter().copied(), ATTEMPT).await)
+        .await
+        .map_err(|e| format!("no survivor's Curator answered after node {victim} was lost: {e}"))?;
     let serving = killed.elapsed();
     cluster
         .start(victim, &[])
@@ -115,24 +108,16 @@ async fn round(
 
 /// Wait until every invariant holds, learning the records on the first pass.
 async fn until(cluster: &LocalCluster, expected: &mut Expected) -> Result<(), String> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if expected.records.is_empty() {
-            let slots = expected.running.clone();
-            if let Ok((_, nodes)) = curator(cluster, slots, ATTEMPT).await {
+    Poll::new(Duration::from_millis(100), PATIENCE)
+        .until(async || {
+            if expected.records.is_empty() {
+                let slots = expected.running.clone();
+                let (_, nodes) = curator(cluster, slots, ATTEMPT).await?;
                 expected.records = nodes.into_iter().map(|n| (n.id, n.state)).collect();
             }
-        }
-        let result = match expected.records.is_empty() {
-            true => Err("no Curator answers yet".to_owned()),
-            false => check(cluster, expected).await,
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+            check(cluster, expected).await
+        })
+        .await
 }
 
 /// The slot whose etcd leads, as a running member's etcd says.

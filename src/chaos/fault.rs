@@ -8,6 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::launch::LocalCluster;
+use crate::poll::{holds, Poll};
 
 /// How long a paused node stays paused.
 pub const PAUSE: Duration = Duration::from_secs(3);
@@ -208,13 +209,10 @@ async fn kill_actor(
 
 /// Wait until `happened`, or fail naming `fault` as one that had no effect.
 async fn observe(fault: &Fault, happened: impl Fn() -> bool) -> Result<(), String> {
-    for _ in 0..600 {
-        if happened() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{fault} had no visible effect within 30 s"))
+    Poll::new(Duration::from_millis(50), Duration::from_secs(30))
+        .until(async || holds(happened(), "no effect"))
+        .await
+        .map_err(|_| format!("{fault} had no visible effect within 30 s"))
 }
 
 /// A node's `polis-node` and its etcd, while they run.

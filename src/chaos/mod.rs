@@ -5,7 +5,8 @@
 //! reboots), then waits until [`check::check`] passes; the time that takes is the fault's
 //! recovery time. An invariant that does not hold within the patience is a violation: the soak
 //! stops there, and its report names the seed, the schedule so far, and what did not hold.
-//! Meanwhile the owner calls GetNodes in a loop and rotates the register ticket, and every few
+//! Meanwhile the owner calls GetNodes in a loop and rotates the register ticket, a node's Watch
+//! is held open (reconnecting after faults; every event must say UP), and every few
 //! faults a spare slot registers a node (every second one also made a consensus member) or
 //! decommissions the one it holds.
 
@@ -13,6 +14,7 @@ mod check;
 mod failover;
 mod fault;
 mod report;
+mod watcher;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::launch::LocalCluster;
 use crate::owner::{CuratorAddress, Owner};
 use crate::pki::NodeCredentials;
+use crate::poll::Poll;
 use crate::proto::common::NodeState;
 
 pub use check::{check, curator, Expected, MEMBER_ACTORS, NODE_ACTORS};
@@ -137,6 +140,12 @@ pub async fn soak(
     }
     workload.stop(&mut report.workload).await;
     report.workload.reboots = soak.reboots;
+    if report.workload.watch_wrong > 0 && report.violation.is_none() {
+        report.violation = Some(format!(
+            "the workload's Watch received {} events that did not say its node is UP",
+            report.workload.watch_wrong
+        ));
+    }
     report.duration = start.elapsed();
     report
 }
@@ -151,34 +160,24 @@ struct Soak {
 impl Soak {
     /// Learn the records as they are and wait until every invariant holds before any fault.
     async fn baseline(&mut self, cluster: &mut LocalCluster) -> Result<(), String> {
-        let deadline = Instant::now() + self.patience;
-        loop {
-            if let Some(nodes) = self.any_owner(cluster).await.ok().map(|(_, n)| n) {
+        Poll::new(Duration::from_millis(250), self.patience)
+            .until(async || {
+                let (_, nodes) = self.any_owner(cluster).await?;
                 self.expected.records = nodes.into_iter().map(|n| (n.id, n.state)).collect();
-                if check(cluster, &self.expected).await.is_ok() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return check(cluster, &self.expected).await;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+                check(cluster, &self.expected).await
+            })
+            .await
     }
 
     /// Boot what should run and does not, until every invariant holds or the patience is out.
     async fn recover(&mut self, cluster: &mut LocalCluster) -> Result<(), String> {
-        let deadline = Instant::now() + self.patience;
-        loop {
-            self.reboot(cluster)?;
-            match check(cluster, &self.expected).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("not within {:?}: {e}", self.patience))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+        Poll::new(Duration::from_millis(250), self.patience)
+            .until(async || {
+                self.reboot(cluster)?;
+                check(cluster, &self.expected).await
+            })
+            .await
+            .map_err(|e| format!("not within {:?}: {e}", self.patience))
     }
 
     /// Boot every node that should run and does not, as a machine reboots.
@@ -197,19 +196,14 @@ impl Soak {
     /// Wait until the cluster has retired decommissioned `id`, booting what should run
     /// meanwhile (a fault just before may have ended a node the retirement needs).
     async fn until_retired(&mut self, cluster: &mut LocalCluster, id: &str) -> Result<(), String> {
-        let deadline = Instant::now() + self.patience;
-        loop {
-            self.reboot(cluster)?;
-            if let Ok((_, nodes)) = self.any_owner(cluster).await {
-                if nodes.iter().any(|n| n.id == id && n.retired) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{id} not retired within {:?}", self.patience));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        Poll::new(Duration::from_millis(250), self.patience)
+            .until(async || {
+                self.reboot(cluster)?;
+                let (_, nodes) = self.any_owner(cluster).await?;
+                crate::poll::holds(nodes.iter().any(|n| n.id == id && n.retired), "not retired")
+            })
+            .await
+            .map_err(|e| format!("{id} not retired within {:?}: {e}", self.patience))
     }
 
     /// The slots among `running` that are consensus members, as the records say.
@@ -318,14 +312,17 @@ fn healthy_actors(cluster: &LocalCluster, node: usize) -> Vec<String> {
 }
 
 /// The workload that runs beside the faults: the owner's GetNodes in a loop over every
-/// Curator, and a ticket rotation every 25 calls while `rotation` allows.
+/// Curator, a ticket rotation every 25 calls while `rotation` allows, and a Watch held open
+/// ([`watcher`]).
 struct Background {
     stop: Arc<AtomicBool>,
     rotation: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     rotated: Arc<AtomicU64>,
+    watch: watcher::WatchCounts,
     task: tokio::task::JoinHandle<()>,
+    watch_task: tokio::task::JoinHandle<()>,
 }
 
 impl Background {
@@ -343,6 +340,27 @@ impl Background {
             Arc::new(AtomicBool::new(true)),
         );
         let (ok, failed, rotated) = (Arc::default(), Arc::default(), Arc::default());
+        let watch = watcher::WatchCounts::default();
+        // The first running node's credentials: a node the workload never decommissions.
+        let credentials = expected.running.first().and_then(|&slot| {
+            NodeCredentials::load(&cluster.nodes[slot].root)
+                .ok()
+                .flatten()
+        });
+        let watch_task = {
+            let (curators, ca, key) = (curators.clone(), ca.clone(), key.clone());
+            let (certificate, stop, watch) = (certificate.clone(), stop.clone(), watch.clone());
+            let owner = async move |curator: &CuratorAddress| {
+                Owner::connect(curator, &ca, &key, certificate.clone())
+                    .await
+                    .ok()
+            };
+            tokio::spawn(async move {
+                if let Some(credentials) = credentials {
+                    watcher::hold(credentials, curators, owner, stop, watch).await;
+                }
+            })
+        };
         let task = {
             let (stop, rotation) = (stop.clone(), rotation.clone());
             let (ok, failed, rotated): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>) =
@@ -376,15 +394,21 @@ impl Background {
             ok,
             failed,
             rotated,
+            watch,
             task,
+            watch_task,
         }
     }
 
     async fn stop(self, counts: &mut Workload) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
+        let _ = self.watch_task.await;
         counts.calls_ok = self.ok.load(Ordering::Relaxed);
         counts.calls_failed = self.failed.load(Ordering::Relaxed);
         counts.tickets_rotated = self.rotated.load(Ordering::Relaxed);
+        counts.watch_events = self.watch.events.load(Ordering::Relaxed);
+        counts.watch_reconnects = self.watch.reconnects.load(Ordering::Relaxed);
+        counts.watch_wrong = self.watch.wrong.load(Ordering::Relaxed);
     }
 }

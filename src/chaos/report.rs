@@ -26,6 +26,12 @@ pub struct Workload {
     pub calls_failed: u64,
     /// Register tickets rotated.
     pub tickets_rotated: u64,
+    /// Events the workload's Watch received.
+    pub watch_events: u64,
+    /// Times a fault broke the Watch and it connected again.
+    pub watch_reconnects: u64,
+    /// Watch events that did not say the watched node is UP (wrong answers).
+    pub watch_wrong: u64,
     /// Nodes registered, approved and UP during the soak.
     pub registered: u64,
     /// Of those, made consensus members.
@@ -104,10 +110,14 @@ impl Report {
         let w = &self.workload;
         out.push_str(&format!(
             "\nworkload: {} owner calls answered, {} failed during faults; {} tickets rotated; \
+             {} Watch events ({} wrong), {} reconnections; \
              {} nodes registered ({} made consensus members), {} decommissioned; {} reboots\n",
             w.calls_ok,
             w.calls_failed,
             w.tickets_rotated,
+            w.watch_events,
+            w.watch_wrong,
+            w.watch_reconnects,
             w.registered,
             w.promoted,
             w.decommissioned,
@@ -141,6 +151,9 @@ impl Report {
                 "calls_ok": w.calls_ok,
                 "calls_failed": w.calls_failed,
                 "tickets_rotated": w.tickets_rotated,
+                "watch_events": w.watch_events,
+                "watch_reconnects": w.watch_reconnects,
+                "watch_wrong": w.watch_wrong,
                 "registered": w.registered,
                 "promoted": w.promoted,
                 "decommissioned": w.decommissioned,

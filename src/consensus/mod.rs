@@ -19,6 +19,7 @@ pub use kv::{Leadership, NamespacedKv};
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::pki::CertificateAuthority;
+use crate::poll::Poll;
 use crate::process::ChildProcess;
 use crate::storage::NodeRoot;
 
@@ -261,9 +262,9 @@ impl Handler<RemoveMember> for Consensus {
         let Some(client) = self.client.clone() else {
             return Ok(Reply::now(Err(ConsensusError::NotReady)));
         };
-        slog::warn!(ctx.log(), "removing a member"; "name" => &msg.name, "peer_url" => &msg.peer_url);
+        let log = ctx.log().clone();
         Ok(Reply::later(async move {
-            Ok(bounded("removing a member", remove_member(client, msg)).await)
+            Ok(bounded("removing a member", remove_member(client, msg, &log)).await)
         }))
     }
 }
@@ -361,7 +362,11 @@ async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, Cons
         .join(","))
 }
 
-async fn remove_member(mut client: Client, msg: RemoveMember) -> Result<bool, ConsensusError> {
+async fn remove_member(
+    mut client: Client,
+    msg: RemoveMember,
+    log: &slog::Logger,
+) -> Result<bool, ConsensusError> {
     let members = client.member_list().await?;
     let Some(member) = members.members().iter().find(|m| {
         m.name() == msg.name || (m.name().is_empty() && m.peer_urls().contains(&msg.peer_url))
@@ -372,8 +377,33 @@ async fn remove_member(mut client: Client, msg: RemoveMember) -> Result<bool, Co
     if !member.is_learner() && voters <= 1 {
         return Err(ConsensusError::LastMember(msg.name));
     }
-    client.member_remove(member.id()).await?;
+    slog::warn!(log, "removing a member"; "name" => &msg.name, "peer_url" => &msg.peer_url,
+        "learner" => member.is_learner());
+    // Raft drops a membership change proposed while another is unapplied (two reconcilers
+    // removing the same member as their lock changes hands), and etcd then leaves the call
+    // waiting: the member being gone answers it as well.
+    let id = member.id();
+    let watcher = client.clone();
+    tokio::select! {
+        removed = client.member_remove(id) => {
+            removed?;
+        }
+        () = until_gone(watcher, id) => {}
+    }
     Ok(true)
+}
+
+/// Answers once etcd lists no member `id`; never, if that does not happen in time.
+async fn until_gone(mut client: Client, id: u64) {
+    let gone = Poll::new(Duration::from_millis(200), crate::grpc::CALL_DEADLINE)
+        .until(async || {
+            let members = client.member_list().await.map_err(|e| e.to_string())?;
+            crate::poll::holds(!members.members().iter().any(|m| m.id() == id), "listed")
+        })
+        .await;
+    if gone.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Copy the stored peer CRL to `file` now and on every change; returns only when the watch
@@ -408,27 +438,20 @@ pub async fn peer_ca(kv: &mut NamespacedKv) -> Result<CertificateAuthority, Cons
 /// Wait until etcd answers, then commit a new cluster's peer CA (certificate and key in one
 /// create-if-absent transaction) and forget its pending copy on disk.
 async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    let client = loop {
-        // Ready means serving linearizable reads, which a learner refuses until it is promoted.
-        let attempt = async {
+    // Ready means serving linearizable reads, which a learner refuses until it is promoted.
+    let client = Poll::new(Duration::from_millis(100), READY_TIMEOUT)
+        .until(async || {
             let mut client = etcd::connect(&root).await?;
             client
                 .get(format!("{NAMESPACE}{PEER_CRL_KEY}"), None)
                 .await?;
             Ok::<_, ConsensusError>(client)
-        };
-        match attempt.await {
-            Ok(client) => break client,
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(Failure::msg(format!(
-                    "etcd not ready within {} s: {e}",
-                    READY_TIMEOUT.as_secs()
-                )))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+        })
+        .await
+        .map_err(|e| {
+            let within = READY_TIMEOUT.as_secs();
+            Failure::msg(format!("etcd not ready within {within} s: {e}"))
+        })?;
     if let Some(ca) = new_ca {
         let mut kv = NamespacedKv::new(client.clone(), NAMESPACE.to_owned());
         let stored = kv

@@ -10,6 +10,7 @@ use crate::consensus::{
     peer_ca, Consensus, Kv, NamespacedKv, RemoveMember, NAMESPACE as CONSENSUS_NAMESPACE,
     PEER_CRL_KEY,
 };
+use crate::crash_point;
 use crate::curator::reconciler::{reconcile, Pass};
 use crate::curator::records::{awaits_retirement, consensus_role, Records};
 use crate::curator::service::peer_url;
@@ -109,31 +110,42 @@ impl Pass for Retire {
 
 impl Retire {
     /// Take from a decommissioned node what it holds: its node and Curator certificates
-    /// (revoked), and if it was a consensus member its place in etcd and its peer certificate
-    /// (revoked, so that etcd refuses it should it come back). Each step is repeatable.
+    /// (revoked), its place in etcd if it has one and, if it was a consensus member, its peer
+    /// certificate (revoked, so that etcd refuses it should it come back). Each step is
+    /// repeatable.
     async fn retire(&self, node: &Node) -> Result<(), CuratorError> {
         for certificate in [&node.node_certificate, &node.curator_certificate] {
             if !certificate.is_empty() {
                 self.issuer.ask(Revoke(serial_of(certificate)?)).await??;
             }
         }
-        let Some(member) = consensus_role(node) else {
-            return Ok(());
-        };
-        let removed = remove_consensus_member(&self.consensus, &self.peer_kv, node, member).await?;
-        slog::info!(self.log, "etcd member removed"; "node" => &node.id, "was_member" => removed);
+        crash_point::pass(&self.log, "decommission:revoked");
+        // Asked of every node, member or not: a Curator that died between adding a learner and
+        // recording the role left a seat in etcd that no record names.
+        let removed = remove_consensus_member(
+            &self.consensus,
+            &self.peer_kv,
+            node,
+            consensus_role(node),
+            &self.log,
+        )
+        .await?;
+        if removed {
+            slog::info!(self.log, "etcd member removed"; "node" => &node.id);
+        }
         Ok(())
     }
 }
 
-/// Take the consensus role `member` of `node` back: remove its etcd member (by name, or by peer
-/// URL if it never started) and revoke its peer certificate into the peer CRL. Repeatable;
-/// answers whether a member was removed.
+/// Take node `node`'s seat in etcd back, if it has one (by name, or by peer URL if its member
+/// never started), and revoke the peer certificate of its consensus role `member`, if any, into
+/// the peer CRL. Repeatable; answers whether a member was removed.
 pub(super) async fn remove_consensus_member(
     consensus: &ActorRef<Consensus>,
     peer_kv: &NamespacedKv,
     node: &Node,
-    member: &ConsensusMember,
+    member: Option<&ConsensusMember>,
+    log: &slog::Logger,
 ) -> Result<bool, CuratorError> {
     let removed = consensus
         .ask(RemoveMember {
@@ -141,7 +153,10 @@ pub(super) async fn remove_consensus_member(
             peer_url: peer_url(node),
         })
         .await??;
-    if !member.peer_certificate.is_empty() {
+    if removed {
+        crash_point::pass(log, "decommission:member-removed");
+    }
+    if let Some(member) = member.filter(|m| !m.peer_certificate.is_empty()) {
         revoke_peer_certificate(peer_kv, &member.peer_certificate).await?;
     }
     Ok(removed)

@@ -173,7 +173,14 @@ impl Services {
             None => {
                 slog::warn!(self.log, "the node left UP while it got the consensus role; undoing";
                     "node" => &node.id);
-                remove_consensus_member(&self.consensus, &self.peer_kv, node, member).await?;
+                remove_consensus_member(
+                    &self.consensus,
+                    &self.peer_kv,
+                    node,
+                    Some(member),
+                    &self.log,
+                )
+                .await?;
                 Ok(())
             }
         }
@@ -688,7 +695,11 @@ impl Management for Services {
         records::require_up(&node)?;
         let has_consensus = records::is_consensus_member(&node);
         let member = match msg.consensus_member {
-            Some(true) if !has_consensus => Some(self.add_consensus_member(&node).await?),
+            Some(true) if !has_consensus => {
+                let member = self.add_consensus_member(&node).await?;
+                crate::crash_point::pass(&self.log, "curator:learner-added");
+                Some(member)
+            }
             Some(false) if has_consensus => {
                 return Err(CuratorError::Unsupported(
                     "removing the consensus role is not supported",

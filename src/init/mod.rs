@@ -20,6 +20,10 @@ pub use mounts::{mount_esp, mount_system, MountError};
 pub use net::{configure, NetConfig, NetConfigError};
 pub use shutdown::halt;
 
+use std::time::Duration;
+
+use crate::poll::Poll;
+
 /// Whether this process is the machine's init.
 pub fn is_pid1() -> bool {
     std::process::id() == 1
@@ -63,7 +67,7 @@ pub struct Machine {
 }
 
 /// How long init waits for devices that drivers are still probing (the disk, the interface).
-const DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
 /// Bring the machine up for a node rooted at `root`: system filesystems, kernel modules,
 /// Ctrl-Alt-Del as SIGINT, the disk and its ESP, the external interface.
@@ -106,19 +110,14 @@ async fn wait_for<T, E: std::fmt::Display, F: std::future::Future<Output = Resul
     what: &str,
     mut probe: impl FnMut() -> F,
 ) -> Result<T, E> {
-    let deadline = tokio::time::Instant::now() + DEVICE_WAIT;
     let mut said = false;
-    loop {
-        match probe().await {
-            Ok(value) => return Ok(value),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(e) => {
-                if !said {
+    Poll::new(Duration::from_millis(100), DEVICE_WAIT)
+        .until(async || {
+            probe().await.inspect_err(|e| {
+                if !std::mem::replace(&mut said, true) {
                     slog::info!(log, "waiting for {}", what; "reason" => %e);
-                    said = true;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
+            })
+        })
+        .await
 }

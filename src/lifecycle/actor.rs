@@ -44,10 +44,6 @@ pub struct LifecycleConfig {
     pub set_hostname: bool,
     /// The system hosts file to keep in place (a bind mount), if any.
     pub system_hosts: Option<std::path::PathBuf>,
-    /// Test hook: kill this process (SIGKILL) right after this step, named `flow:step`
-    /// (e.g. `register:formatted`, `join:mounted`, `role:etcd-joined`), to prove that every
-    /// step is resumable.
-    pub crash_after: Option<String>,
 }
 
 /// The actors and values the lifecycle works with.
@@ -310,13 +306,9 @@ impl Run {
         self.crash_point(&name);
     }
 
-    /// The test hook (`--test-crash-after NAME`): die right after the step `name`, as a power
-    /// cut there would make the node.
+    /// The test hook ([`crate::crash_point`]): die here if it is armed at `name`.
     pub(super) fn crash_point(&self, name: &str) {
-        if self.config.crash_after.as_deref() == Some(name) {
-            slog::crit!(self.log, "test hook: killing this process"; "after" => name);
-            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
-        }
+        crate::crash_point::pass(&self.log, name);
     }
 }
 

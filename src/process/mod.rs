@@ -281,6 +281,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::poll::{holds, Poll};
+
+    /// How the tests wait for a child's doings: its output, its death.
+    const WAIT: Poll = Poll::new(Duration::from_millis(10), Duration::from_secs(60));
 
     fn quiet() -> Logger {
         Logger::root(slog::Discard, slog::o!())
@@ -323,17 +327,13 @@ mod tests {
         let status = rt.block_on(child.exited());
         assert_eq!(status.code(), Some(3));
         // Readers may trail the exit by a moment.
-        for _ in 0..100 {
-            if lines(&ring)
+        let _ = WAIT.until_blocking(|| {
+            let streams = lines(&ring)
                 .iter()
                 .filter(|l| l.contains("stream="))
-                .count()
-                == 2
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                .count();
+            holds(streams == 2, "both streams read")
+        });
         let lines = lines(&ring);
         assert!(lines.iter().any(|l| l == "out stream=stdout"), "{lines:?}");
         assert!(lines.iter().any(|l| l == "err stream=stderr"), "{lines:?}");
@@ -346,28 +346,19 @@ mod tests {
         cmd.args(["-c", "sleep 300 & echo $! ; wait"]);
         let (ring, log) = capture();
         let child = ChildProcess::spawn(cmd, "sh", &log).unwrap();
-        let mut grandchild = None;
-        for _ in 0..200 {
-            grandchild = lines(&ring)
+        let grandchild = WAIT.until_blocking(|| {
+            lines(&ring)
                 .iter()
                 .find(|l| l.ends_with("stream=stdout"))
-                .and_then(|l| l.split(' ').next()?.parse::<u32>().ok());
-            if grandchild.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                .and_then(|l| l.split(' ').next()?.parse::<u32>().ok())
+                .ok_or(())
+        });
         let (pid, grandchild) = (child.pid(), grandchild.expect("grandchild pid"));
         assert!(alive(pid) && alive(grandchild));
         drop(child);
         assert!(!alive(pid), "the child is reaped");
-        for _ in 0..200 {
-            if !alive(grandchild) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("grandchild {grandchild} survived");
+        WAIT.until_blocking(|| holds(!alive(grandchild), "alive"))
+            .unwrap_or_else(|_| panic!("grandchild {grandchild} survived"));
     }
 
     #[test]
@@ -384,13 +375,8 @@ mod tests {
         })
         .join()
         .unwrap();
-        for _ in 0..200 {
-            if !alive(pid) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("child {pid} outlived its parent");
+        WAIT.until_blocking(|| holds(!alive(pid), "alive"))
+            .unwrap_or_else(|_| panic!("child {pid} outlived its parent"));
     }
 
     #[test]
@@ -410,13 +396,8 @@ mod tests {
             .build()
             .unwrap();
         // SIGTERM must arrive once the trap ignores it, which the shell tells by the file.
-        for _ in 0..12_000 {
-            if trapped.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(trapped.exists(), "the shell never installed its trap");
+        WAIT.until_blocking(|| holds(trapped.exists(), "no trap"))
+            .expect("the shell never installed its trap");
         let status = rt.block_on(child.terminate(Duration::from_millis(200)));
         assert_eq!(status.signal(), Some(9));
     }

@@ -5,10 +5,11 @@
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slog::Logger;
 
+use crate::poll::{holds, Poll};
 use crate::process::{ChildProcess, ProcessError};
 
 /// Why a software TPM did not start.
@@ -128,15 +129,15 @@ fn free_port_pair() -> Option<u16> {
 
 /// Wait until `ready` says so, or the process exits, or 10 s pass.
 fn wait_ready(process: &ChildProcess, ready: impl Fn() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = process.exit_status() {
-            return Err(format!("it exited with {status}"));
-        }
-        if ready() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut exited = None;
+    Poll::new(Duration::from_millis(20), Duration::from_secs(10))
+        .until_blocking(|| {
+            exited = process.exit_status();
+            holds(exited.is_some() || ready(), "")
+        })
+        .map_err(|_| "it did not listen within 10 s".to_owned())?;
+    match exited {
+        Some(status) => Err(format!("it exited with {status}")),
+        None => Ok(()),
     }
-    Err("it did not listen within 10 s".into())
 }

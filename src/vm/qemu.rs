@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::netns::ClusterNetwork;
+use crate::poll::Poll;
 use crate::process::ChildProcess;
 use crate::tpm::{Swtpm, SwtpmError};
 
@@ -240,16 +241,12 @@ impl Vm {
     /// QEMU's real PID (from its pid file; `ip netns exec` execs it).
     fn read_pid(&self) -> Option<i32> {
         let file = self.config.dir.join("qemu.pid");
-        for _ in 0..100 {
-            if let Some(pid) = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            {
-                return Some(pid);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        Poll::new(Duration::from_millis(20), Duration::from_secs(2))
+            .until_blocking(|| {
+                let text = std::fs::read_to_string(&file).ok();
+                text.and_then(|t| t.trim().parse().ok()).ok_or(())
+            })
+            .ok()
     }
 
     /// The VM's configuration.
