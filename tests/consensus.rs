@@ -59,6 +59,41 @@ async fn kv(consensus: &ActorRef<Consensus>, prefix: &str) -> NamespacedKv {
         .expect("consensus never became ready")
 }
 
+/// A lock waiter dropped while it waits (its actor crashed) stops renewing its lease: etcd takes
+/// its waiting key back, and with the holder gone too, no lease is left alive (a leaked renewal
+/// would keep one for good, and a task running for every crash).
+#[actix_rt::test]
+async fn a_dropped_lock_waiter_stops_renewing_its_lease() {
+    const TTL: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, consensus) = start(dir.path()).await;
+    let mut locks = kv(&consensus, "/locks/").await;
+    let held = locks.clone().lead("l", TTL).await.unwrap();
+    let mut waiting = locks.clone();
+    let waiter = tokio::spawn(async move { waiting.lead("l", TTL).await.map(drop) });
+    // The waiter's key is in etcd (etcd's lock keys are `<name>/<lease>`) before it goes.
+    let wait = Poll::new(Duration::from_millis(10), Duration::from_secs(60));
+    wait.until(async || {
+        let keys = locks.list("l/").await.map_err(|e| e.to_string())?;
+        holds(keys.len() == 2, "the waiter has not queued yet")
+    })
+    .await
+    .unwrap();
+    waiter.abort();
+    drop(held);
+    let mut etcd = polis::consensus::connect(&polis::storage::NodeRoot::new(dir.path()))
+        .await
+        .unwrap();
+    wait.until(async || {
+        let leases = etcd.leases().await.map_err(|e| e.to_string())?;
+        holds(leases.leases().is_empty(), "a lease is still renewed")
+    })
+    .await
+    .unwrap();
+    assert!(locks.lead("l", TTL).await.is_ok());
+    tree.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn keys_survive_every_kind_of_kill_and_no_etcd_is_left_behind() {
     let dir = tempfile::tempdir().unwrap();

@@ -241,7 +241,7 @@ impl NamespacedKv {
         let lease = self.client.lease_grant(seconds, None).await?.id();
         let (mut keeper, mut answers) = self.client.lease_keep_alive(lease).await?;
         let keep_alive = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(seconds as u64 / 3));
+            let mut tick = tokio::time::interval(Duration::from_millis(seconds as u64 * 1000 / 3));
             loop {
                 tick.tick().await;
                 if keeper.keep_alive().await.is_err() {
@@ -253,9 +253,13 @@ impl NamespacedKv {
                 }
             }
         });
+        // Held from here, not only once the lock is: a caller dropped while it waits (its actor
+        // crashed) must stop renewing the lease too, or its waiting key outlives it and takes
+        // the lock for good once the key before it goes (a dropped JoinHandle does not abort).
+        let leadership = Leadership { keep_alive };
         let options = etcd_client::LockOptions::new().with_lease(lease);
         self.client.lock(self.key(name), Some(options)).await?;
-        Ok(Leadership { keep_alive })
+        Ok(leadership)
     }
 }
 
