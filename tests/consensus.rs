@@ -94,6 +94,25 @@ async fn a_dropped_lock_waiter_stops_renewing_its_lease() {
     tree.shutdown().await;
 }
 
+/// A stop gives etcd its SIGTERM and the time to shut down cleanly (its WAL and snapshot
+/// consistent): it exits by itself, and is not killed when its CRL watch ends.
+#[actix_rt::test]
+async fn a_stop_lets_etcd_exit_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, consensus) = start(dir.path()).await;
+    let _ = kv(&consensus, "/").await;
+    let registry = tree.registry().clone();
+    tree.shutdown().await;
+    let logs = registry.logs("/consensus").unwrap_or_default();
+    // etcd ends by re-raising the SIGTERM once it has closed its server.
+    let stopped = logs.iter().find(|l| l.contains("etcd stopped"));
+    assert!(
+        stopped.is_some_and(|l| l.contains("SIGTERM")),
+        "etcd was not left to stop: {stopped:?}"
+    );
+    assert!(logs.iter().any(|l| l.contains("closed etcd server")));
+}
+
 #[actix_rt::test]
 async fn keys_survive_every_kind_of_kill_and_no_etcd_is_left_behind() {
     let dir = tempfile::tempdir().unwrap();

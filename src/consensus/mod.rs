@@ -100,6 +100,9 @@ pub struct Consensus {
     client: Option<Client>,
     promoting: bool,
     waiting: Vec<oneshot::Sender<()>>,
+    /// A stop was asked for: etcd's exit and the end of the CRL watch are expected, not failures
+    /// (failing would kill etcd in the middle of its clean shutdown).
+    stopping: bool,
 }
 
 impl Consensus {
@@ -111,6 +114,7 @@ impl Consensus {
             client: None,
             promoting: false,
             waiting: Vec::new(),
+            stopping: false,
         }
     }
 }
@@ -169,17 +173,25 @@ impl Actor for Consensus {
         etcd::remove_stale_socket(&root)?;
         let command = etcd::command(&root, &self.config.member, join.as_deref());
         let process = ChildProcess::spawn(command, "etcd", ctx.log())?;
-        ctx.spawn(process.exited(), |status, _, _| {
-            Err(Failure::msg(format!("etcd exited unexpectedly: {status}")))
-        });
+        ctx.spawn(
+            process.exited(),
+            |status, consensus: &mut Self, _| match consensus.stopping {
+                true => Ok(()),
+                false => Err(Failure::msg(format!("etcd exited unexpectedly: {status}"))),
+            },
+        );
         self.etcd = Some(process);
         ctx.spawn(ready(root, new_ca), |result, consensus: &mut Self, ctx| {
             let client = result?;
             slog::info!(ctx.log(), "etcd ready");
             let crl_file = consensus.config.root.etcd_peer_crl();
-            ctx.spawn(watch_crl(client.clone(), crl_file), |ended, _, _| {
-                Err(Failure::msg(format!("the peer CRL watch ended: {ended}")))
-            });
+            ctx.spawn(
+                watch_crl(client.clone(), crl_file),
+                |ended, consensus: &mut Self, _| match consensus.stopping {
+                    true => Ok(()),
+                    false => Err(Failure::msg(format!("the peer CRL watch ended: {ended}"))),
+                },
+            );
             consensus.client = Some(client);
             for waiter in consensus.waiting.drain(..) {
                 let _ = waiter.send(());
@@ -196,6 +208,7 @@ impl Actor for Consensus {
 
     fn stop_requested(&mut self, ctx: &mut Ctx<'_, Self>) {
         self.client = None;
+        self.stopping = true;
         match &self.etcd {
             Some(etcd) => ctx.spawn(etcd.terminate(STOP_GRACE), |status, _, ctx| {
                 slog::info!(ctx.log(), "etcd stopped"; "status" => %status);
