@@ -171,6 +171,9 @@ pub fn incoming(
                     continue;
                 }
             };
+            if let Err(e) = send_at_once(&tcp) {
+                slog::warn!(log, "TCP_NODELAY refused"; "peer" => %remote, "error" => %e);
+            }
             // Before authentication nothing may queue without bound: past the limit, a new
             // connection is closed at once rather than held.
             let Ok(permit) = handshakes.clone().try_acquire_owned() else {
@@ -251,6 +254,7 @@ pub async fn channel_with_deadline(
             let (connector, name) = (connector.clone(), name.clone());
             let dial = async move {
                 let tcp = TcpStream::connect(addr).await?;
+                send_at_once(&tcp)?;
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, io::Error>(TokioIo::new(tls))
             };
@@ -268,6 +272,12 @@ pub async fn channel_with_deadline(
         })
 }
 
+/// Turn Nagle's algorithm off on `tcp`: a gRPC call is a few small writes, and with it on the
+/// last of them waits for the peer's delayed ACK (about 40 ms a call).
+fn send_at_once(tcp: &TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)
+}
+
 /// `error` and its sources, outermost first, joined by ": ", each message once.
 fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -282,4 +292,22 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn both_ends_of_a_connection_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        for tcp in [&client, &server] {
+            assert!(!tcp.nodelay().unwrap(), "Nagle is on by default");
+            send_at_once(tcp).unwrap();
+            assert!(tcp.nodelay().unwrap());
+        }
+    }
 }
