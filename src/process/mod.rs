@@ -198,6 +198,19 @@ impl Drop for ChildProcess {
     }
 }
 
+/// Whether process `pid` runs: it exists and has not ended. A zombie has ended (it only waits
+/// for its parent to reap it) though it still answers `kill(pid, 0)`.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|state| !matches!(state, "Z" | "X"))
+}
+
 /// Run `cmd` to completion with its output captured; a non-zero exit is an error carrying its
 /// standard error.
 pub fn run(mut cmd: Command) -> Result<Output, ProcessError> {
@@ -278,7 +291,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::ExitStatusExt;
-    use std::path::Path;
 
     use super::*;
     use crate::poll::{holds, Poll};
@@ -307,11 +319,24 @@ mod tests {
         run(cmd).unwrap_or_else(|e| panic!("descriptor {fd} leaked into the child: {e}"));
     }
 
-    fn alive(pid: u32) -> bool {
-        Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ")
+    #[test]
+    fn a_zombie_is_not_running() {
+        let mut ended = Command::new("true").spawn().unwrap();
+        let mut sleeping = Command::new("sleep").arg("300").spawn().unwrap();
+        // Not reaped yet: a zombie once it has exited.
+        WAIT.until_blocking(|| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", ended.id()));
+            holds(
+                stat.unwrap_or_default().contains(") Z "),
+                "not a zombie yet",
+            )
+        })
+        .unwrap();
+        assert!(!is_running(ended.id()));
+        assert!(is_running(sleeping.id()));
+        sleeping.kill().unwrap();
+        let _ = (ended.wait(), sleeping.wait());
+        assert!(!is_running(sleeping.id()), "reaped");
     }
 
     #[test]
@@ -354,10 +379,10 @@ mod tests {
                 .ok_or(())
         });
         let (pid, grandchild) = (child.pid(), grandchild.expect("grandchild pid"));
-        assert!(alive(pid) && alive(grandchild));
+        assert!(is_running(pid) && is_running(grandchild));
         drop(child);
-        assert!(!alive(pid), "the child is reaped");
-        WAIT.until_blocking(|| holds(!alive(grandchild), "alive"))
+        assert!(!is_running(pid), "the child is reaped");
+        WAIT.until_blocking(|| holds(!is_running(grandchild), "alive"))
             .unwrap_or_else(|_| panic!("grandchild {grandchild} survived"));
     }
 
@@ -375,7 +400,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        WAIT.until_blocking(|| holds(!alive(pid), "alive"))
+        WAIT.until_blocking(|| holds(!is_running(pid), "alive"))
             .unwrap_or_else(|_| panic!("child {pid} outlived its parent"));
     }
 

@@ -12,6 +12,8 @@ use polis::launch::{read_owner_key, LaunchError, LocalCluster, Machines, CA_FILE
 use polis::netns::{within, NetError};
 use polis::owner::{CuratorAddress, Owner, OwnerError};
 use polis::pki::hex;
+use polis::poll::{holds, Poll};
+use polis::process;
 use polis::vm::{build_initramfs, ImageError, Kernel};
 
 /// Why a cluster command failed.
@@ -29,10 +31,15 @@ pub enum ClusterError {
     Image(#[from] ImageError),
     #[error("{0}")]
     Usage(String),
+    /// The launcher did not end after `polisctl stop` asked it to.
+    #[error("the launcher (PID {pid}) has not stopped within {} s", STOP_PATIENCE.as_secs())]
+    NotStopped { pid: i32 },
 }
 
 const NODES_FILE: &str = "nodes.json";
 const LAUNCHER_PID: &str = "launcher.pid";
+/// How long `polisctl stop` waits for the launcher, which powers its nodes off in order.
+const STOP_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Launch `n` nodes (processes, or VMs if `vm`) under `dir`, print them, and run until SIGTERM
 /// or SIGINT.
@@ -214,9 +221,10 @@ pub fn stop(dir: &Path) -> Result<(), ClusterError> {
             path.display()
         )));
     }
-    while kill(pid, None).is_ok() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Not `kill(pid, 0)`: a launcher that ended but is not reaped yet still answers it.
+    Poll::new(Duration::from_millis(100), STOP_PATIENCE)
+        .until_blocking(|| holds(!process::is_running(pid.as_raw() as u32), "running"))
+        .map_err(|_| ClusterError::NotStopped { pid: pid.as_raw() })?;
     eprintln!("polisctl: cluster stopped");
     Ok(())
 }
