@@ -21,6 +21,7 @@ packages=(
   binutils                     # objcopy: strip polis-node for the initramfs
   cpio                         # checks the initramfs writer against GNU cpio
   cryptsetup-bin               # cryptsetup luksDump, to inspect a VM disk from the host
+  prometheus                   # promtool: tests lint every node's /metrics with it
 )
 
 missing=()
@@ -38,10 +39,13 @@ else
   echo "setup: all system packages present"
 fi
 
-# Debian installs etcd as a service; Polis starts its own etcd members, never the system one.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl stop etcd || true
-fi
+# Debian installs etcd and Prometheus as services; Polis starts its own etcd members, never the
+# system one, and needs only Prometheus's promtool.
+for service in etcd prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl stop "$service" || true
+  fi
+done
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use polis_actors::{Actor, Ctx, Failure, Started, Watchable};
 
 use crate::fsutil::{self, PUBLIC_MODE};
+use crate::metrics::health::Health;
 use crate::network::NetworkStatus;
 use crate::proto::common::ClusterDirectory;
 use crate::storage::NodeRoot;
@@ -26,6 +27,8 @@ pub struct HostsConfig {
     /// Also overwrite this file in place with the same text: the system's `/etc/hosts` where it
     /// is a bind mount (a node in a network namespace) rather than a link to `ephemeral/hosts`.
     pub system_hosts: Option<std::path::PathBuf>,
+    /// Where the entry count is reported.
+    pub health: Health,
 }
 
 /// The hostsfile actor.
@@ -125,7 +128,12 @@ impl Hostsfile {
                 .into());
             }
         }
-        slog::debug!(ctx.log(), "hosts file written"; "entries" => hosts.lines().count());
+        let entries = hosts
+            .lines()
+            .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+            .count();
+        self.config.health.hosts_entries(entries);
+        slog::debug!(ctx.log(), "hosts file written"; "entries" => entries);
         Ok(())
     }
 }

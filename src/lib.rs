@@ -13,6 +13,7 @@ pub mod hostsfile;
 pub mod init;
 pub mod launch;
 pub mod lifecycle;
+pub mod metrics;
 pub mod netns;
 pub mod network;
 pub mod node;

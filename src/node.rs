@@ -5,6 +5,7 @@ use std::time::Duration;
 use polis_actors::{Backoff, ChildSpec, Restart, Strategy, SupervisorSpec, Watchable};
 
 use crate::lifecycle::{cluster, Lifecycle, LifecycleConfig, LifecycleDeps};
+use crate::metrics::NodeMetrics;
 use crate::proto::common::ClusterDirectory;
 
 use crate::network::{AddressSource, Network, NetworkStatus};
@@ -37,6 +38,8 @@ pub struct NodeState {
     pub network: Watchable<NetworkStatus>,
     /// The cluster directory as the lifecycle last learnt it.
     pub directory: Watchable<ClusterDirectory>,
+    /// The node's own metric families, for the debug endpoint to serve.
+    pub metrics: NodeMetrics,
 }
 
 /// The root supervisor: one_for_one, so that a failure inside `core` never stops the lifecycle
@@ -47,6 +50,7 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
     let state = NodeState {
         network: Watchable::new(NetworkStatus::default()),
         directory: Watchable::new(ClusterDirectory::default()),
+        metrics: NodeMetrics::default(),
     };
     let (source, status) = (config.address.clone(), state.network.clone());
     let (network, _) = ChildSpec::worker("network", move || {
@@ -78,6 +82,7 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
         cluster: cluster_ref,
         network: state.network.clone(),
         directory: state.directory.clone(),
+        metrics: state.metrics.clone(),
     };
     let lifecycle_config = config.lifecycle.clone();
     let (lifecycle, _) = ChildSpec::worker("lifecycle", move || {

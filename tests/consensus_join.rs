@@ -94,6 +94,7 @@ async fn a_learner_joins_is_promoted_and_serves() {
             key: key.to_pkcs8_der().unwrap().as_bytes().to_vec(),
             crl: ca.crl(1, &[]).unwrap(),
         },
+        health: Default::default(),
     };
     let (b_spec, b): (ChildSpec, ActorRef<Consensus>) =
         ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));

@@ -46,6 +46,7 @@ async fn the_hosts_file_follows_network_and_directory_across_restarts() {
         node_id: SELF.into(),
         set_hostname: false,
         system_hosts: None,
+        health: Default::default(),
     };
     let (hosts_status, hosts_directory) = (status.clone(), directory.clone());
     let (hostsfile, _) = ChildSpec::worker("hostsfile", move || {
@@ -149,6 +150,7 @@ fn the_hostname_is_set_in_the_nodes_own_uts_namespace() {
                 node_id: SELF.into(),
                 set_hostname: true,
                 system_hosts: None,
+                health: Default::default(),
             };
             let (status, directory) = (
                 Watchable::new(NetworkStatus::default()),

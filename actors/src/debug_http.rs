@@ -1,4 +1,4 @@
-//! The node's debug endpoint on loopback: `/metrics` (Prometheus text), `/debug/tree` (JSON
+//! The node's debug endpoint on loopback: `/metrics` (Prometheus text, or OpenMetrics when asked), `/debug/tree` (JSON
 //! snapshots by path), `/debug/logs?path=` (an actor's kept log lines) and `POST /debug/kill`
 //! (fault injection, body `{"path": "/cluster/consensus", "how": "crash" | "brutal"}`). Killing
 //! needs `Authorization: Bearer <token>` with the token the server was started with: loopback
@@ -10,7 +10,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use subtle::ConstantTimeEq;
 
-use crate::{Kill, KillError, Registry};
+use crate::{Exposition, Kill, KillError, Registry};
 
 /// Why the debug endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +78,15 @@ impl DebugServer {
     }
 }
 
-async fn metrics(registry: web::Data<Registry>) -> HttpResponse {
+async fn metrics(registry: web::Data<Registry>, request: HttpRequest) -> HttpResponse {
+    let accept = request
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
     HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(registry.prometheus_text())
+        .content_type(format.content_type())
+        .body(registry.metrics_text(format))
 }
 
 async fn tree(registry: web::Data<Registry>) -> HttpResponse {

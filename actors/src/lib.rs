@@ -7,7 +7,8 @@
 //!   with [`Backoff`], and escalates to its parent when it gives up. A handler error, an abnormal
 //!   stop and a panic are all failures with a typed [`ExitReason`]; a panic never takes the
 //!   process down.
-//! - Every actor has an [`ActorPath`]; the [`Registry`] keeps its mailbox metrics, its recent log
+//! - Every actor has an [`ActorPath`]; the [`Registry`] keeps its mailbox metrics (served as
+//!   classic Prometheus text or [`Exposition::OpenMetrics`]), its recent log
 //!   lines and a kill switch for fault injection; [`debug_http`] serves them on loopback.
 //!
 //! What a restart does to messages is the queued-message rule in [`address`](ActorRef).
@@ -18,6 +19,7 @@ mod cell;
 mod context;
 pub mod debug_http;
 mod exit;
+mod exposition;
 mod logging;
 mod metrics;
 mod path;
@@ -32,6 +34,7 @@ pub use actor::{Actor, Handler, Message, Reply, Started};
 pub use address::{ActorRef, SendError};
 pub use context::{Ctx, Timer};
 pub use exit::{ExitReason, Failure};
+pub use exposition::Exposition;
 pub use logging::{bridge_log_crate, log_panics, terminal_logger, LogRing};
 pub use metrics::{ActorSnapshot, ActorState, FailureReport};
 pub use path::ActorPath;

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::{lock, ActorPath, ExitReason};
+use crate::{lock, ActorPath, ExitReason, Exposition};
 
 /// Where an actor is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -182,7 +182,8 @@ type HistogramFamily = Family<PathLabel, LatencyHistogram>;
 
 /// The metric families of a whole tree, registered once with a Prometheus registry.
 pub(crate) struct Families {
-    registry: PromRegistry,
+    /// Behind a lock so that the node can add its own families beside the actors'.
+    registry: Mutex<PromRegistry>,
     depth: Family<PathLabel, Gauge>,
     depth_max: Family<PathLabel, Gauge>,
     enqueued: Family<PathLabel, Counter>,
@@ -198,7 +199,8 @@ pub(crate) struct Families {
 
 impl Families {
     pub(crate) fn new() -> Self {
-        let mut registry = PromRegistry::with_prefix("polis_actor");
+        let mut root = PromRegistry::default();
+        let registry = root.sub_registry_with_prefix("polis_actor");
         let f = Families {
             depth: Family::default(),
             depth_max: Family::default(),
@@ -211,7 +213,7 @@ impl Families {
             generation: Family::default(),
             state: Family::default(),
             last_failure: Family::default(),
-            registry: PromRegistry::default(),
+            registry: Mutex::new(PromRegistry::default()),
         };
         registry.register(
             "mailbox_depth",
@@ -248,7 +250,15 @@ impl Families {
             "Unix time of the last abnormal exit",
             f.last_failure.clone(),
         );
-        Families { registry, ..f }
+        Families {
+            registry: Mutex::new(root),
+            ..f
+        }
+    }
+
+    /// Add families of the node's own (each registers under its full name, unprefixed).
+    pub(crate) fn extend(&self, register: impl FnOnce(&mut PromRegistry)) {
+        register(&mut lock(&self.registry));
     }
 
     /// The metrics of one path; calling it again for the same path shares the same series.
@@ -289,12 +299,12 @@ impl Families {
         metrics
     }
 
-    /// All families as Prometheus/OpenMetrics text.
-    pub(crate) fn encode(&self) -> String {
+    /// All families, in `format`.
+    pub(crate) fn encode(&self, format: Exposition) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let _ = prometheus_client::encoding::text::encode(&mut out, &lock(&self.registry));
+        format.render(out)
     }
 }
 

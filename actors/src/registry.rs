@@ -10,7 +10,7 @@ use crate::logging::LogRing;
 use crate::metrics::{
     unix_ms_now, ActorMetrics, ActorSnapshot, ActorState, FailureReport, Families,
 };
-use crate::{lock, ActorPath, ExitReason};
+use crate::{lock, ActorPath, ExitReason, Exposition};
 
 /// How many log lines each actor keeps.
 const LOG_LINES_KEPT: usize = 200;
@@ -167,8 +167,22 @@ impl Registry {
         self.find(path).map(|e| e.logs.lines())
     }
 
-    /// All metrics as Prometheus text (OpenMetrics format).
+    /// All metrics as classic Prometheus text, what `promtool` and most readers expect.
     pub fn prometheus_text(&self) -> String {
-        self.inner.families.encode()
+        self.inner.families.encode(Exposition::Prometheus)
+    }
+
+    /// All metrics in `format`.
+    pub fn metrics_text(&self, format: Exposition) -> String {
+        self.inner.families.encode(format)
+    }
+
+    /// Serve the node's own metric families (process, gRPC, cluster health) beside the actors',
+    /// on the same `/metrics`.
+    pub fn register_metrics(
+        &self,
+        register: impl FnOnce(&mut prometheus_client::registry::Registry),
+    ) {
+        self.inner.families.extend(register);
     }
 }

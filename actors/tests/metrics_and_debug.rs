@@ -110,6 +110,34 @@ async fn exact_counts_after_a_known_message_sequence() {
     );
 }
 
+/// `promtool check metrics` (Debian's `prometheus` package, installed by the set-up) finds no
+/// problem in `text`.
+fn assert_promtool_accepts(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus; run scripts/setup.sh)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{}{}\non:\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Checks the OpenMetrics text format: descriptors, samples of declared families, a final EOF.
 fn assert_valid_exposition(text: &str) {
     let mut families = BTreeSet::new();
@@ -187,13 +215,24 @@ async fn http_as(
     body: &str,
     token: &str,
 ) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let authorization = match token {
         "" => String::new(),
         token => format!("Authorization: Bearer {token}\r\n"),
     };
+    http_with(addr, method, path, body, &authorization).await
+}
+
+/// A request with `headers` (each line ending in CRLF) and no token.
+async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -244,9 +283,14 @@ async fn debug_endpoint_serves_metrics_tree_logs_and_kill() {
     .unwrap();
     let addr = server.addr();
 
-    let (status, body) = http(addr, "GET", "/metrics", "").await;
+    let openmetrics = "Accept: application/openmetrics-text; version=1.0.0\r\n";
+    let (status, body) = http_with(addr, "GET", "/metrics", "", openmetrics).await;
     assert_eq!(status, 200);
     assert_valid_exposition(&body);
+    // Anyone else gets the classic text, which Prometheus's own linter accepts.
+    let (status, body) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert_promtool_accepts(&body);
 
     let (status, body) = http(addr, "GET", "/debug/tree", "").await;
     assert_eq!(status, 200);

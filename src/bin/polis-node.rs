@@ -219,7 +219,7 @@ fn machine_config(root: &NodeRoot, machine: &init::Machine) -> NodeConfig {
 /// Run the node's tree and its debug endpoint until a signal or the tree's own end; answers why
 /// the tree stopped.
 async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) -> ExitReason {
-    let (spec, _state) = polis::node::tree_spec(&config);
+    let (spec, state) = polis::node::tree_spec(&config);
     let tree = match Tree::start(spec, log.clone()).await {
         Ok(tree) => tree,
         Err(e) => {
@@ -239,6 +239,8 @@ async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) ->
             };
         }
     };
+    tree.registry()
+        .register_metrics(|registry| state.metrics.register(registry));
     let debug = match DebugServer::start(tree.registry().clone(), debug_listen, token) {
         Ok(server) => server,
         Err(e) => {

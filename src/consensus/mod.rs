@@ -18,6 +18,7 @@ pub use etcd::{
 pub use kv::{Leadership, NamespacedKv};
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
+use crate::metrics::health::{Health, MemberStatus};
 use crate::pki::CertificateAuthority;
 use crate::poll::Poll;
 use crate::process::ChildProcess;
@@ -91,6 +92,8 @@ pub struct ConsensusConfig {
     pub member: Member,
     /// How it first comes into being.
     pub mode: Mode,
+    /// Where the member's status is reported.
+    pub health: Health,
 }
 
 /// The consensus actor.
@@ -294,7 +297,10 @@ impl Consensus {
         };
         self.promoting = true;
         ctx.spawn(
-            bounded("promoting a learner", promote_started_learner(client)),
+            bounded(
+                "promoting a learner",
+                promote_started_learner(client, self.config.health.clone()),
+            ),
             |result, consensus: &mut Self, ctx| {
                 consensus.promoting = false;
                 match result {
@@ -322,9 +328,20 @@ async fn bounded<T>(
         .unwrap_or(Err(ConsensusError::TimedOut(what)))
 }
 
-async fn promote_started_learner(mut client: Client) -> Result<Option<String>, ConsensusError> {
+/// Each round also reports the member's status (leader, learner, term, database size) to the
+/// node's health metrics.
+async fn promote_started_learner(
+    mut client: Client,
+    health: Health,
+) -> Result<Option<String>, ConsensusError> {
     let status = client.status().await?;
     let me = status.header().map(|h| h.member_id());
+    health.member_status(MemberStatus {
+        leader: me == Some(status.leader()),
+        learner: status.is_learner(),
+        raft_term: status.raft_term(),
+        db_size_bytes: status.db_size(),
+    });
     if me != Some(status.leader()) {
         return Ok(None);
     }

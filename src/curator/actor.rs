@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Started};
 use rustls::ServerConfig;
@@ -16,6 +17,7 @@ use crate::curator::owner_only::OwnerOnly;
 use crate::curator::records::{Records, NAMESPACE};
 use crate::curator::{server_certificate, Services};
 use crate::grpc::incoming;
+use crate::metrics::NodeMetrics;
 use crate::pki::{Issuer, NodeCredentials, CRL_KEY};
 use crate::proto::api::aaa_server::AaaServer;
 use crate::proto::api::management_server::ManagementServer;
@@ -34,7 +36,12 @@ pub struct CuratorConfig {
     pub root: NodeRoot,
     /// The address to listen on.
     pub listen: SocketAddr,
+    /// Its calls are counted there, and the records by state.
+    pub metrics: NodeMetrics,
 }
+
+/// How often the records are counted by state for the metrics.
+const COUNT_NODES_EVERY: Duration = Duration::from_secs(5);
 
 /// The Curator actor.
 pub struct Curator {
@@ -84,6 +91,7 @@ impl Actor for Curator {
             self.config.listen,
             ctx.log().clone(),
         );
+        let calls = self.config.metrics.grpc.layer();
         let serve = async move {
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
@@ -100,7 +108,7 @@ impl Actor for Curator {
                 .await
                 .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
             let services = Services::new(
-                records,
+                records.clone(),
                 peer_kv,
                 pki_kv.clone(),
                 issuer,
@@ -108,6 +116,7 @@ impl Actor for Curator {
                 log.clone(),
             );
             let server = tonic::transport::Server::builder()
+                .layer(calls)
                 .add_service(CuratorServer::new(services.clone()))
                 .add_service(CuratorLocalServer::new(services.clone()))
                 .add_service(OwnerOnly::new(
@@ -116,10 +125,14 @@ impl Actor for Curator {
                 ))
                 .add_service(AaaServer::new(services))
                 .serve_with_incoming(incoming(listener, updates, log));
-            Ok::<_, Failure>((server, configs, pki_kv, identity))
+            Ok::<_, Failure>((server, configs, pki_kv, identity, records))
         };
         ctx.spawn(serve, move |served, curator: &mut Self, ctx| {
-            let (server, configs, mut pki_kv, identity) = served?;
+            let (server, configs, mut pki_kv, identity, records) = served?;
+            ctx.run_interval(COUNT_NODES_EVERY, move |curator: &mut Self, ctx| {
+                curator.count_nodes(records.clone(), ctx);
+                Ok(())
+            });
             let server = tokio::spawn(server);
             curator.server = Some(server.abort_handle());
             slog::info!(ctx.log(), "serving"; "listen" => %listen);
@@ -153,6 +166,24 @@ impl Actor for Curator {
 }
 
 // ---- helpers ----
+
+impl Curator {
+    /// Count the records by state for the node's health metrics; a failed read is only logged
+    /// (the next round tries again).
+    fn count_nodes(&self, records: Records, ctx: &mut Ctx<'_, Self>) {
+        let health = self.config.metrics.health.clone();
+        ctx.spawn(
+            async move { records.clone().list().await },
+            move |listed, _, ctx| {
+                match listed {
+                    Ok(nodes) => health.nodes(&nodes),
+                    Err(e) => slog::debug!(ctx.log(), "records not counted"; "reason" => %e),
+                }
+                Ok(())
+            },
+        );
+    }
+}
 
 /// What the Curator presents: the node key with its Curator certificate.
 struct ServerIdentity {

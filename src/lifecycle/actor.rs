@@ -22,6 +22,7 @@ use crate::consensus::Mode;
 use crate::lifecycle::cluster::{self, ClusterConfig};
 use crate::lifecycle::material::Enrolment;
 use crate::lifecycle::{decide, Flow, LifecycleError, FW_CFG_WINS};
+use crate::metrics::NodeMetrics;
 use crate::network::NetworkStatus;
 use crate::pki::NodeCredentials;
 use crate::proto::api::node_parameters::Cluster;
@@ -59,6 +60,8 @@ pub struct LifecycleDeps {
     pub network: Watchable<NetworkStatus>,
     /// The cluster directory, as last learnt.
     pub directory: Watchable<ClusterDirectory>,
+    /// The node's metrics: the lifecycle reports its steps, and hands them to `/cluster`.
+    pub metrics: NodeMetrics,
 }
 
 /// The lifecycle actor.
@@ -251,6 +254,7 @@ impl Run {
             address,
             set_hostname: self.config.set_hostname,
             system_hosts: self.config.system_hosts.clone(),
+            metrics: self.deps.metrics.clone(),
         }
     }
 
@@ -306,8 +310,10 @@ impl Run {
         self.crash_point(&name);
     }
 
-    /// The test hook ([`crate::crash_point`]): die here if it is armed at `name`.
+    /// A step of the flow is done: report it as the current step, then pass the test hook
+    /// ([`crate::crash_point`]): die here if it is armed at `name`.
     pub(super) fn crash_point(&self, name: &str) {
+        self.deps.metrics.health.lifecycle_step(name);
         crate::crash_point::pass(&self.log, name);
     }
 }

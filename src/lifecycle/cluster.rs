@@ -12,6 +12,7 @@ use polis_actors::{ActorRef, Backoff, ChildSpec, Strategy, Supervisor, Superviso
 use crate::consensus::{Consensus, ConsensusConfig, Member, Mode, PEER_PORT};
 use crate::curator::{Curator, CuratorConfig, Decommissioner, Escrower, CURATOR_PORT};
 use crate::hostsfile::{HostsConfig, Hostsfile};
+use crate::metrics::NodeMetrics;
 use crate::network::NetworkStatus;
 use crate::pki::Issuer;
 use crate::proto::common::ClusterDirectory;
@@ -30,6 +31,8 @@ pub struct ClusterConfig {
     pub set_hostname: bool,
     /// The system hosts file to keep in place, if it is a bind mount.
     pub system_hosts: Option<PathBuf>,
+    /// The node's metrics, which the subtree's actors update.
+    pub metrics: NodeMetrics,
 }
 
 /// The `cluster` supervisor, rest_for_one and empty: the lifecycle adds its children once the
@@ -56,6 +59,7 @@ pub fn hostsfile(
         node_id: config.node_id.clone(),
         set_hostname: config.set_hostname,
         system_hosts: config.system_hosts.clone(),
+        health: config.metrics.health.clone(),
     };
     ChildSpec::worker("hostsfile", move || {
         Ok(Hostsfile::new(
@@ -96,6 +100,7 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
             peer_listen: SocketAddr::new(config.address, PEER_PORT),
         },
         mode,
+        health: config.metrics.health.clone(),
     };
     let (consensus, consensus_ref) = ChildSpec::worker("consensus", move || {
         Ok(Consensus::new(consensus_config.clone()))
@@ -110,6 +115,7 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
     let curator_config = CuratorConfig {
         root: config.root.clone(),
         listen: SocketAddr::new(config.address, CURATOR_PORT),
+        metrics: config.metrics.clone(),
     };
     let (curator_consensus, curator_issuer) = (consensus_ref.clone(), issuer_ref.clone());
     let (retiring_consensus, retiring_issuer) = (consensus_ref.clone(), issuer_ref.clone());

@@ -155,6 +155,7 @@ impl Run {
                     .into_inner();
                 while let Some(event) = events.message().await.map_err(|s| refused("Watch", s))? {
                     backoff.reset();
+                    self.deps.metrics.health.lifecycle_done();
                     if event.state == NodeState::Decommissioned as i32 {
                         return Err(LifecycleError::Decommissioned);
                     }

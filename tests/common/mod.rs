@@ -48,6 +48,7 @@ pub fn consensus_of(root: &Path, member: Member) -> (ChildSpec, ActorRef<Consens
         root: NodeRoot::new(root),
         member,
         mode: Mode::Bootstrap,
+        health: Default::default(),
     };
     let (spec, consensus) =
         ChildSpec::worker("consensus", move || Ok(Consensus::new(config.clone())));
