@@ -1,7 +1,6 @@
 //! Polis: the init process of a cluster node. The supervision runtime lives in `polis-actors`;
 //! this crate holds the node's subsystems, its protobufs and its binaries.
 
-pub mod backoff;
 pub mod chaos;
 pub mod consensus;
 pub mod crash_point;
@@ -23,6 +22,7 @@ pub mod poll;
 pub mod process;
 pub mod proto;
 pub mod quorum;
+pub mod retry;
 pub mod storage;
 pub mod tls;
 pub mod tpm;

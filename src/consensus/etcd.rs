@@ -75,8 +75,8 @@ pub enum ConsensusError {
 pub struct Member {
     /// The member name: the node ID.
     pub name: String,
-    /// The host other members reach it by: its node ID, resolved through the hosts file (an
-    /// address in loopback tests).
+    /// The host other members reach it by: the node's external address (a loopback address in
+    /// tests).
     pub advertise_host: String,
     /// Where it listens for peers.
     pub peer_listen: SocketAddr,

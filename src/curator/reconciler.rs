@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use polis_actors::{ActorRef, Failure};
 
-use crate::backoff::Backoff;
 use crate::consensus::{Consensus, Kv};
 use crate::curator::records::{Records, NAMESPACE};
 use crate::curator::CuratorError;
+use crate::retry::Retry;
 
 /// How long a dead leader keeps a reconciler's lock.
 const LEASE: Duration = Duration::from_secs(6);
@@ -50,18 +50,18 @@ async fn lead_and_run<P: Pass>(
     let mut leadership = records.kv().lead(lock, LEASE).await?;
     slog::info!(log, "leading"; "work" => P::WHAT);
     let mut changes = records.watch().await?;
-    let mut backoff = Backoff::new();
+    let mut retry = Retry::new();
     loop {
         let failure = pass.pass(&mut records).await?;
         // After a failure, try again after a backoff; else when the records change.
         let next = async {
             match failure {
                 Some((what, e)) => {
-                    backoff.wait(log, &what, &e).await;
+                    retry.wait(log, &what, &e).await;
                     Ok(())
                 }
                 None => {
-                    backoff.reset();
+                    retry.reset();
                     match changes.message().await {
                         Ok(Some(_)) => Ok(()),
                         _ => Err(Failure::msg("the watch of the node records ended")),

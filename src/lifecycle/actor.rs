@@ -17,7 +17,6 @@ use polis_actors::{
 use prost::Message;
 use zeroize::Zeroizing;
 
-use crate::backoff::Backoff;
 use crate::consensus::Mode;
 use crate::lifecycle::cluster::{self, ClusterConfig};
 use crate::lifecycle::material::Enrolment;
@@ -29,6 +28,7 @@ use crate::proto::api::node_parameters::Cluster;
 use crate::proto::common::ClusterDirectory;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{SealedConfiguration, SealedEnvelope};
+use crate::retry::Retry;
 use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
 use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
 
@@ -264,11 +264,11 @@ impl Run {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, LifecycleError>>,
     {
-        let mut backoff = Backoff::new();
+        let mut retry = Retry::new();
         loop {
             match op().await {
                 Ok(value) => return Ok(value),
-                Err(e) if e.is_transient() => backoff.wait(&self.log, what, &e).await,
+                Err(e) if e.is_transient() => retry.wait(&self.log, what, &e).await,
                 Err(e) => return Err(e),
             }
         }

@@ -13,7 +13,6 @@ use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::backoff::Backoff;
 use crate::consensus::Mode;
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -26,6 +25,7 @@ use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{ConfirmSharesRequest, JoinNodeRequest, WatchEvent, WatchRequest};
 use crate::proto::private::{HeldShares, SealedConfiguration, SealedEnvelope, Share};
 use crate::quorum::{self, client::gather};
+use crate::retry::Retry;
 use crate::storage::UnlockKey;
 use crate::tls::Identity;
 use crate::tpm::SealedKind;
@@ -100,7 +100,7 @@ impl Run {
         join_key: &SigningKey,
         address: std::net::IpAddr,
     ) -> Result<UnlockKey, LifecycleError> {
-        let mut backoff = Backoff::new();
+        let mut retry = Retry::new();
         loop {
             match self.join_node(directory, sealed, join_key, address).await {
                 Ok(cuk) => return Ok(cuk),
@@ -122,7 +122,7 @@ impl Run {
                 Err(why) => {
                     slog::warn!(self.log, "this consensus member cannot unlock yet: no Curator answered, and its peers' shares do not suffice";
                         "reason" => %why);
-                    backoff.wait(&self.log, "quorum unlock", &why).await;
+                    retry.wait(&self.log, "quorum unlock", &why).await;
                 }
             }
         }
@@ -140,7 +140,7 @@ impl Run {
     ) -> Result<(), LifecycleError> {
         let id = node_id(&credentials.key.verifying_key());
         let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
-        let mut backoff = Backoff::new();
+        let mut retry = Retry::new();
         // The shares this node last sealed on its ESP, once it has.
         let mut held: Option<Vec<Share>> = None;
         loop {
@@ -154,7 +154,7 @@ impl Run {
                     .map_err(|s| refused("Watch", s))?
                     .into_inner();
                 while let Some(event) = events.message().await.map_err(|s| refused("Watch", s))? {
-                    backoff.reset();
+                    retry.reset();
                     self.deps.metrics.health.lifecycle_done();
                     if event.state == NodeState::Decommissioned as i32 {
                         return Err(LifecycleError::Decommissioned);
@@ -200,7 +200,7 @@ impl Run {
                 Ok(()) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
                 Err(e) if e.is_transient() => {
                     self.refuse_if_decommissioned(&sealed, address).await?;
-                    backoff.wait(&self.log, "watch", &e).await
+                    retry.wait(&self.log, "watch", &e).await
                 }
                 Err(e) => return Err(e),
             }

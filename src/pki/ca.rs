@@ -24,7 +24,8 @@ pub const CURATOR_URI: &str = "urn:polis:role:curator";
 const VALIDITY: Duration = Duration::days(365 * 20);
 /// Tolerance for clocks that run behind the issuer's.
 const BACKDATE: Duration = Duration::hours(1);
-/// How long a CRL is current; the CRL watcher reissues well before.
+/// How long a CRL is current. Nothing reissues a CRL on a schedule yet: each revocation issues a
+/// new one.
 const CRL_VALIDITY: Duration = Duration::days(365);
 
 /// Why a certificate could not be made or a key not read.
