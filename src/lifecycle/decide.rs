@@ -125,7 +125,8 @@ pub fn decide(esp: &Esp, fw_cfg: &Path) -> Result<(Flow, bool), DecideError> {
 mod tests {
     use super::*;
     use crate::proto::private::sealed_envelope::Protection;
-    use crate::storage::{NodeRoot, ENVELOPE_VERSION};
+    use crate::storage::NodeRoot;
+    use crate::tpm::ENVELOPE_VERSION;
 
     fn setup() -> (tempfile::TempDir, Esp, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

@@ -13,9 +13,7 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::private::sealed_envelope::Protection;
 use crate::proto::private::SealedEnvelope;
 use crate::storage::NodeRoot;
-
-/// The envelope version this code writes and reads.
-pub const ENVELOPE_VERSION: u32 = 1;
+use crate::tpm::ENVELOPE_VERSION;
 
 /// What can be wrong with an ESP file; every variant names the file.
 #[derive(Debug, thiserror::Error)]

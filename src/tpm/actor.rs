@@ -11,11 +11,14 @@ use zeroize::Zeroizing;
 
 use crate::proto::private::sealed_envelope::Protection;
 use crate::proto::private::SealedEnvelope;
-use crate::storage::ENVELOPE_VERSION;
 use crate::tpm::{SealedKind, Sealer, TpmError};
 
 /// How long one TPM command may take before the TPM counts as stuck.
 const TPM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The envelope version this code writes and reads: it lives with the code that makes
+/// envelopes; the ESP only checks it when decoding.
+pub const ENVELOPE_VERSION: u32 = 1;
 
 // ---- messages ----
 

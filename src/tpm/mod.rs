@@ -5,6 +5,6 @@ mod actor;
 mod sealer;
 mod swtpm;
 
-pub use actor::{Random, Seal, Tpm, TpmConfig, Unseal};
+pub use actor::{Random, Seal, Tpm, TpmConfig, Unseal, ENVELOPE_VERSION};
 pub use sealer::{SealedKind, SealedObject, Sealer, TpmError};
 pub use swtpm::{Swtpm, SwtpmError};

@@ -13,7 +13,8 @@ use polis::proto::common::{cluster_directory, Address, ClusterDirectory};
 use polis::proto::private::enrolment_journal::Flow;
 use polis::proto::private::sealed_envelope::Protection;
 use polis::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
-use polis::storage::{DataBackend, NodeRoot, ENVELOPE_VERSION};
+use polis::storage::{DataBackend, NodeRoot};
+use polis::tpm::ENVELOPE_VERSION;
 use polis::tpm::{SealedKind, Sealer, Swtpm};
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
