@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod grpc;
 pub mod hostsfile;
 pub mod init;
+pub mod issuer;
 pub mod launch;
 pub mod lifecycle;
 pub mod metrics;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use polis::consensus::{Consensus, Kv, RemoveMember};
 use polis::curator::records::{awaits_retirement, consensus_role, decommission, Records};
 use polis::curator::{CuratorError, Services};
-use polis::pki::{generate_key, node_id, GetCaCertificate, Issuer};
+use polis::issuer::{GetCaCertificate, Issuer};
+use polis::pki::{generate_key, node_id};
 use polis::proto::api::management_server::Management;
 use polis::proto::api::{DecommissionNodeRequest, UpdateNodeRolesRequest};
 use polis::proto::common::node_roles::ConsensusMember;
@@ -124,7 +125,7 @@ async fn services(
                 .unwrap(),
         ),
         kv(polis::consensus::NAMESPACE).await.unwrap().unwrap(),
-        kv(polis::pki::NAMESPACE).await.unwrap().unwrap(),
+        kv(polis::issuer::NAMESPACE).await.unwrap().unwrap(),
         issuer.clone(),
         consensus.clone(),
         common::quiet(),

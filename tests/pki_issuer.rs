@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::verify;
 use polis::consensus::Kv;
-use polis::pki::{generate_key, GetCaCertificate, Issue, Issuer, Revoke, Template, NAMESPACE};
+use polis::issuer::{GetCaCertificate, Issue, Issuer, Revoke, NAMESPACE};
+use polis::pki::{generate_key, Template};
 use polis::poll::Poll;
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 use webpki::{Error, KeyUsage};

@@ -17,8 +17,9 @@ use crate::curator::owner_only::OwnerOnly;
 use crate::curator::records::{Records, NAMESPACE};
 use crate::curator::{server_certificate, Services};
 use crate::grpc::incoming;
+use crate::issuer::{Issuer, CRL_KEY};
 use crate::metrics::NodeMetrics;
-use crate::pki::{Issuer, NodeCredentials, CRL_KEY};
+use crate::pki::NodeCredentials;
 use crate::proto::api::aaa_server::AaaServer;
 use crate::proto::api::management_server::ManagementServer;
 use crate::proto::curator::curator_local_server::CuratorLocalServer;
@@ -95,7 +96,7 @@ impl Actor for Curator {
         let serve = async move {
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
-            let mut pki_kv = consensus.ask(Kv(crate::pki::NAMESPACE.into())).await??;
+            let mut pki_kv = consensus.ask(Kv(crate::issuer::NAMESPACE.into())).await??;
             let mut records = Records::new(kv);
             let served = server_certificate::ensure(&mut records, &issuer, &credentials).await?;
             let identity = ServerIdentity {

@@ -15,7 +15,8 @@ use crate::curator::reconciler::{reconcile, Pass};
 use crate::curator::records::{awaits_retirement, consensus_role, Records};
 use crate::curator::service::peer_url;
 use crate::curator::CuratorError;
-use crate::pki::{revoke, serial_of, Issuer, Revoke};
+use crate::issuer::{revoke, Issuer, Revoke};
+use crate::pki::serial_of;
 use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::private::{Node, Retirement};
 

@@ -21,7 +21,8 @@ pub use service::{initial_cluster, parse_initial_cluster, Services, MAX_WATCHES_
 use tonic::{Code, Status};
 
 use crate::consensus::ConsensusError;
-use crate::pki::{IssuerError, PkiError, RevocationError};
+use crate::issuer::{IssuerError, RevocationError};
+use crate::pki::PkiError;
 
 /// Why a Curator call was refused or failed; each maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]

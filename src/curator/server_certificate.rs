@@ -8,7 +8,8 @@ use polis_actors::ActorRef;
 
 use crate::curator::records::{is_consensus_member, Records};
 use crate::curator::CuratorError;
-use crate::pki::{node_id, Issue, Issuer, NodeCredentials, Template};
+use crate::issuer::{Issue, Issuer};
+use crate::pki::{node_id, NodeCredentials, Template};
 use crate::proto::common::NodeState;
 use crate::proto::private::Node;
 

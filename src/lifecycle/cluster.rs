@@ -12,9 +12,9 @@ use polis_actors::{ActorRef, Backoff, ChildSpec, Strategy, Supervisor, Superviso
 use crate::consensus::{Consensus, ConsensusConfig, Member, Mode, PEER_PORT};
 use crate::curator::{Curator, CuratorConfig, Decommissioner, Escrower, CURATOR_PORT};
 use crate::hostsfile::{HostsConfig, Hostsfile};
+use crate::issuer::Issuer;
 use crate::metrics::NodeMetrics;
 use crate::network::NetworkStatus;
-use crate::pki::Issuer;
 use crate::proto::common::ClusterDirectory;
 use crate::storage::NodeRoot;
 

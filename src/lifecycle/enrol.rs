@@ -8,14 +8,14 @@ use tonic::Code;
 
 use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE, PEER_PORT};
 use crate::curator::records::{self, Records, INITIAL_OWNER};
+use crate::issuer::{GetCaCertificate, Issue};
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::cluster;
 use crate::lifecycle::material::{Enrolment, EnrolmentKeys, EnrolmentParams};
 use crate::lifecycle::LifecycleError;
 use crate::pki::{
-    generate_key, node_id, read_pem, verify_node_certificate, GetCaCertificate, Issue,
-    NodeCredentials, Template,
+    generate_key, node_id, read_pem, verify_node_certificate, NodeCredentials, Template,
 };
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::NodeParameters;

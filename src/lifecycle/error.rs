@@ -6,9 +6,10 @@ use polis_actors::{ChildError, SendError};
 use tonic::Code;
 
 use crate::curator::CuratorError;
+use crate::issuer::IssuerError;
 use crate::lifecycle::client::ReachError;
 use crate::lifecycle::DecideError;
-use crate::pki::{CredentialsError, IssuerError, PkiError};
+use crate::pki::{CredentialsError, PkiError};
 use crate::storage::{DataError, EspError, StorageError};
 use crate::tls::TlsError;
 use crate::tpm::TpmError;

@@ -1,6 +1,6 @@
 //! The PKI issuer: the cluster CA kept in etcd under `/cluster-pki/`, created with *Ensure*
 //! semantics (create-if-absent in one transaction: two concurrent starts agree on one CA), every
-//! issued certificate recorded, and revocation ([`crate::pki::revoke`]) through a CRL stored
+//! issued certificate recorded, and revocation ([`revoke`]) through a CRL stored
 //! beside it.
 //!
 //! Bootstrap needs no exception: the lifecycle starts the first node's etcd and this issuer before
@@ -12,7 +12,11 @@ use ed25519_dalek::VerifyingKey;
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
 
 use crate::consensus::{Consensus, ConsensusError, Kv, NamespacedKv};
-use crate::pki::{hex, revoke, CertificateAuthority, Issued, PkiError, RevocationError, Template};
+use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
+
+mod revocation;
+
+pub use revocation::{revoke, RevocationError};
 
 /// The etcd namespace of the cluster PKI.
 pub const NAMESPACE: &str = "/cluster-pki/";
