@@ -1,0 +1,93 @@
+//! The Curator's RPC handlers, one file per service as the protobufs define them: node-facing
+//! [`node`] (`Curator`) and [`local`] (`CuratorLocal`), owner-facing [`management`]
+//! (`Management`) and [`aaa`] (`AAA`). Every handler authorizes by the caller's TLS certificate,
+//! which the acceptor verified ([`auth`]): an ephemeral certificate proves a key (node key, join
+//! key, owner key); a CA-issued one is checked against the certificate the Curator recorded for
+//! its holder. Giving a node the consensus role is [`membership`].
+
+mod aaa;
+mod auth;
+mod local;
+mod management;
+mod membership;
+mod node;
+mod watch_slots;
+
+use std::sync::Arc;
+
+use polis_actors::ActorRef;
+use tonic::{Response, Status};
+
+use crate::consensus::{Consensus, NamespacedKv};
+use crate::curator::records::{self, Records};
+use crate::curator::CuratorError;
+use crate::issuer::{GetCaCertificate, Issuer, CRL_KEY};
+use crate::proto::common::ClusterDirectory;
+use crate::proto::private::Node;
+
+pub(super) use membership::peer_url;
+pub use membership::{initial_cluster, parse_initial_cluster};
+use watch_slots::WatchSlots;
+pub use watch_slots::MAX_WATCHES_PER_NODE;
+
+/// The handlers, sharing etcd clients and the actors they ask.
+#[derive(Clone)]
+pub struct Services {
+    records: Records,
+    peer_kv: NamespacedKv,
+    pki_kv: NamespacedKv,
+    issuer: ActorRef<Issuer>,
+    consensus: ActorRef<Consensus>,
+    watch_slots: WatchSlots,
+    /// The cluster CA's certificate, once the issuer has answered it: it never changes, and the
+    /// unauthenticated GetCACertificate must not queue in the issuer's mailbox.
+    ca: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    log: slog::Logger,
+}
+
+impl Services {
+    /// Handlers over `records` (the Curator namespace), `peer_kv` (the consensus namespace, for
+    /// the peer CA) and `pki_kv` (the PKI namespace, for the cluster CRL), issuing through
+    /// `issuer` and adding members through `consensus`.
+    pub fn new(
+        records: Records,
+        peer_kv: NamespacedKv,
+        pki_kv: NamespacedKv,
+        issuer: ActorRef<Issuer>,
+        consensus: ActorRef<Consensus>,
+        log: slog::Logger,
+    ) -> Self {
+        Services {
+            records,
+            peer_kv,
+            pki_kv,
+            issuer,
+            consensus,
+            watch_slots: WatchSlots::default(),
+            ca: Arc::default(),
+            log,
+        }
+    }
+
+    /// The cluster CA's certificate, asked of the issuer once per incarnation.
+    async fn ca_certificate(&self) -> Result<Vec<u8>, CuratorError> {
+        let ca = self
+            .ca
+            .get_or_try_init(|| async {
+                Ok::<_, CuratorError>(self.issuer.ask(GetCaCertificate).await??)
+            })
+            .await?;
+        Ok(ca.clone())
+    }
+
+    /// The directory as it stands: the records and the cluster CA's current CRL.
+    async fn directory(&self) -> Result<(Vec<Node>, ClusterDirectory), CuratorError> {
+        let nodes = self.records.clone().list().await?;
+        let crl = self.pki_kv.clone().get(CRL_KEY).await?.unwrap_or_default();
+        let directory = records::directory(&nodes, crl);
+        Ok((nodes, directory))
+    }
+}
+
+/// What every handler answers.
+type Answer<T> = Result<Response<T>, Status>;

@@ -1,0 +1,240 @@
+//! The node-facing `Curator` service: RegisterNode, CommitNode, JoinNode, Watch, ConfirmShares.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::{caller_key, check_address, check_len, matches_stored};
+use super::{Answer, Services};
+use crate::curator::escrow;
+use crate::curator::records::{self, REGISTER_TICKET};
+use crate::curator::CuratorError;
+use crate::issuer::{Issue, CRL_KEY};
+use crate::pki::{node_id, Template};
+use crate::proto::common::{ClusterDirectory, NodeState};
+use crate::proto::curator::curator_server::Curator;
+use crate::proto::curator::*;
+use crate::proto::private::Node;
+
+/// The most shares one ConfirmShares may confirm (a holder holds one per other member).
+const MAX_CONFIRMED_SHARES: usize = 64;
+
+#[tonic::async_trait]
+impl Curator for Services {
+    async fn register_node(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> Answer<RegisterNodeResponse> {
+        let public = caller_key(&request)?;
+        let msg = request.get_ref();
+        check_len(&msg.join_key, "join_key")?;
+        check_address(&msg.external_address, "external_address")?;
+        let mut records = self.records.clone();
+        let ticket = records
+            .kv()
+            .get(REGISTER_TICKET)
+            .await
+            .map_err(CuratorError::from)?;
+        if !matches_stored(ticket, &msg.register_ticket) {
+            return Err(CuratorError::WrongTicket.into());
+        }
+        let id = node_id(&public);
+        records
+            .update(&id, |current| {
+                records::register(
+                    current,
+                    &id,
+                    public.as_bytes(),
+                    &msg.join_key,
+                    &msg.external_address,
+                )
+            })
+            .await?;
+        slog::info!(self.log, "node registered"; "node" => &id);
+        Ok(Response::new(RegisterNodeResponse {}))
+    }
+
+    async fn commit_node(&self, request: Request<CommitNodeRequest>) -> Answer<CommitNodeResponse> {
+        let public = caller_key(&request)?;
+        let cuk = &request.get_ref().cluster_unlock_key;
+        check_len(cuk, "cluster_unlock_key")?;
+        let id = node_id(&public);
+        let mut records = self.records.clone();
+        let node = loop {
+            let current = records.get(&id).await?;
+            // A certificate is issued only for a node that may commit now; the record decides.
+            let certificate = match current.as_ref().map(|n| n.fsm_state) {
+                Some(s) if s == NodeState::Standby as i32 => {
+                    let template = Template::Node {
+                        node_id: id.clone(),
+                    };
+                    self.issuer
+                        .ask(Issue(template, public))
+                        .await
+                        .map_err(CuratorError::from)?
+                        .map_err(CuratorError::from)?
+                        .der
+                }
+                _ => Vec::new(),
+            };
+            match records
+                .update(&id, |current| {
+                    records::commit(current, &id, cuk, &certificate)
+                })
+                .await
+            {
+                // Approved between the read and the write: read again, and issue this time.
+                Err(CuratorError::ApprovedMeanwhile(_)) => continue,
+                committed => break committed?,
+            }
+        };
+        slog::info!(self.log, "node committed"; "node" => &id);
+        Ok(Response::new(CommitNodeResponse {
+            ca_certificate: self.ca_certificate().await?,
+            node_certificate: node.node_certificate,
+        }))
+    }
+
+    async fn join_node(&self, request: Request<JoinNodeRequest>) -> Answer<JoinNodeResponse> {
+        let join_key = caller_key(&request)?;
+        let address = request.get_ref().external_address.clone();
+        if !address.is_empty() {
+            check_address(&address, "external_address")?;
+        }
+        let mut records = self.records.clone();
+        let node = records
+            .by_join_key(join_key.as_bytes())
+            .await?
+            .ok_or_else(|| {
+                CuratorError::UnknownNode(format!(
+                    "with join key {}",
+                    crate::pki::hex(join_key.as_bytes())
+                ))
+            })?;
+        let id = node.id.clone();
+        let node = records
+            .update(&id, |current| {
+                let node = current.ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
+                match NodeState::try_from(node.fsm_state) {
+                    Ok(NodeState::Up) => {}
+                    Ok(NodeState::Decommissioned) => {
+                        return Err(CuratorError::Decommissioned(id.clone()))
+                    }
+                    _ => {
+                        return Err(CuratorError::WrongState {
+                            id: id.clone(),
+                            state: records::state_name(node.fsm_state),
+                            wanted: "UP",
+                        })
+                    }
+                }
+                let moved = !address.is_empty()
+                    && node.status.as_ref().map(|s| s.external_address.as_str())
+                        != Some(address.as_str());
+                Ok(moved.then(|| Node {
+                    status: Some(records::status(&address)),
+                    ..node.clone()
+                }))
+            })
+            .await?;
+        slog::info!(self.log, "node joined"; "node" => &id);
+        Ok(Response::new(JoinNodeResponse {
+            cluster_unlock_key: node.cluster_unlock_key,
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Answer<Self::WatchStream> {
+        let id = self.node(&request).await?.id;
+        let slot = self.watch_slots.claim(&id)?;
+        // Records and CRL are both watched before the first read, so no change is missed.
+        let mut node_changes = self.records.clone().watch().await?;
+        let mut crl_changes = self
+            .pki_kv
+            .clone()
+            .watch(CRL_KEY)
+            .await
+            .map_err(CuratorError::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let services = self.clone();
+        tokio::spawn(async move {
+            // Held until the stream ends, however it ends (the client going away included).
+            let _slot = slot;
+            let mut last = None;
+            loop {
+                let event = match services.directory().await {
+                    Ok((nodes, directory)) => watch_event(&nodes, directory, &id),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if last.as_ref() != Some(&event) {
+                    if tx.send(Ok(event.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(event);
+                }
+                let changed = tokio::select! {
+                    m = node_changes.message() => matches!(m, Ok(Some(_))),
+                    m = crl_changes.message() => matches!(m, Ok(Some(_))),
+                    _ = tx.closed() => return,
+                };
+                if !changed {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the etcd watch ended")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        let events = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn confirm_shares(
+        &self,
+        request: Request<ConfirmSharesRequest>,
+    ) -> Answer<ConfirmSharesResponse> {
+        let holder = self.node(&request).await?.id;
+        let sealed = &request.get_ref().sealed;
+        if sealed.len() > MAX_CONFIRMED_SHARES {
+            return Err(CuratorError::Invalid {
+                field: "sealed",
+                reason: format!("more than {MAX_CONFIRMED_SHARES} shares"),
+            }
+            .into());
+        }
+        let mut records = self.records.clone();
+        for share in sealed {
+            let confirmed = records
+                .update(&share.owner, |current| {
+                    Ok(current.and_then(|owner| escrow::confirm(owner, &holder, share.generation)))
+                })
+                .await;
+            match confirmed {
+                // An owner whose record is gone has no split to confirm.
+                Ok(_) | Err(CuratorError::UnknownNode(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        slog::info!(self.log, "held shares confirmed"; "node" => &holder, "shares" => sealed.len());
+        Ok(Response::new(ConfirmSharesResponse {}))
+    }
+}
+
+/// What a node's Watch sees.
+fn watch_event(nodes: &[Node], directory: ClusterDirectory, id: &str) -> WatchEvent {
+    let own = nodes.iter().find(|n| n.id == id);
+    WatchEvent {
+        directory: Some(directory),
+        roles: own.and_then(|n| n.roles.clone()),
+        state: own.map_or(NodeState::Invalid as i32, |n| n.fsm_state),
+        held_shares: escrow::held_shares(nodes, id),
+        keep_cluster_unlock_key: escrow::keeps_cluster_unlock_key(nodes, id),
+    }
+}
