@@ -7,7 +7,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -74,12 +73,10 @@ impl fmt::Debug for Identity {
 impl Identity {
     /// `key` with the certificate (DER) the cluster CA issued for it.
     pub fn new(key: &SigningKey, certificate: Vec<u8>) -> Result<Self, TlsError> {
-        let pkcs8 = key
-            .to_pkcs8_der()
-            .map_err(|e| PkiError::BadKey(e.to_string()))?;
+        let pkcs8 = crate::pki::pkcs8(key)?;
         Ok(Identity {
             chain: vec![CertificateDer::from(certificate)],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec())),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())),
         })
     }
 

@@ -136,15 +136,12 @@ pub fn bootstrap_peer_pki(
     )?;
     let key = crate::pki::generate_key()?;
     let cert = ca.issue(&peer_template(member), &key.verifying_key())?;
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    let key_der = key
-        .to_pkcs8_der()
-        .map_err(|e| PkiError::BadKey(e.to_string()))?;
+    let key_der = crate::pki::pkcs8(&key)?;
     write_peer_pki(
         root,
         ca.certificate(),
         &cert.der,
-        key_der.as_bytes(),
+        &key_der,
         &ca.crl(1, &[])?,
     )?;
     Ok(ca)

@@ -8,7 +8,6 @@
 //! are still being placed) keeps its CUK sealed and unlocks with that. A Curator's answer always
 //! wins, so a decommissioned member that reaches the cluster is refused.
 
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -18,7 +17,7 @@ use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
 use crate::lifecycle::LifecycleError;
-use crate::pki::{node_id, NodeCredentials, PkiError};
+use crate::pki::{node_id, pkcs8, NodeCredentials};
 use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::confirm_shares_request::Sealed;
 use crate::proto::curator::curator_client::CuratorClient;
@@ -175,12 +174,7 @@ impl Run {
                             initial_cluster: crate::curator::initial_cluster(&role.peers),
                             ca: role.ca_certificate,
                             certificate: role.peer_certificate,
-                            key: credentials
-                                .key
-                                .to_pkcs8_der()
-                                .map_err(|e| PkiError::BadKey(e.to_string()))?
-                                .as_bytes()
-                                .to_vec(),
+                            key: pkcs8(&credentials.key)?.to_vec(),
                             crl: role.initial_crl,
                         };
                         self.start_member(&self.cluster_config(&id, address), mode)

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use ed25519_dalek::pkcs8::EncodePrivateKey;
+use crate::pki::pkcs8;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
@@ -139,12 +139,7 @@ impl CertificateAuthority {
 
     /// The CA's key as PKCS#8 DER, for storing it (in etcd, never on the ESP).
     pub fn key_pkcs8(&self) -> Result<Vec<u8>, PkiError> {
-        Ok(self
-            .key
-            .to_pkcs8_der()
-            .map_err(|e| PkiError::BadKey(e.to_string()))?
-            .as_bytes()
-            .to_vec())
+        Ok(pkcs8(&self.key)?.to_vec())
     }
 
     /// Issue a certificate of kind `template` for `public`.
@@ -289,10 +284,8 @@ impl PublicKeyData for Ed25519Public {
 }
 
 fn rcgen_key(key: &SigningKey) -> Result<KeyPair, PkiError> {
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|e| PkiError::BadKey(e.to_string()))?;
-    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &PKCS_ED25519)
+    let der = pkcs8(key)?;
+    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_slice().into(), &PKCS_ED25519)
         .map_err(rcgen_err("load the CA key"))
 }
 

@@ -2,11 +2,11 @@
 //! cluster CA it pins, its node certificate, and its node key (owner-only). The node key is also
 //! its etcd peer key, so the Curator can issue a peer certificate for it without a new secret.
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::SigningKey;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
-use crate::pki::PkiError;
+use crate::pki::{pkcs8, PkiError};
 use crate::storage::NodeRoot;
 
 /// Why credentials could not be read or written.
@@ -75,14 +75,11 @@ impl NodeCredentials {
     /// Write them below `root`'s data partition, each file atomically, the key owner-only.
     pub fn save(&self, root: &NodeRoot) -> Result<(), CredentialsError> {
         let dir = root.node_credentials();
-        let key = self
-            .key
-            .to_pkcs8_der()
-            .map_err(|e| PkiError::BadKey(e.to_string()))?;
+        let key = pkcs8(&self.key)?;
         for ((file, tag), der, mode) in [
             (CA, self.ca.as_slice(), PUBLIC_MODE),
             (CERT, self.certificate.as_slice(), PUBLIC_MODE),
-            (KEY, key.as_bytes(), SECRET_MODE),
+            (KEY, key.as_slice(), SECRET_MODE),
         ] {
             fsutil::write_atomic(&dir.join(file), to_pem(tag, der).as_bytes(), mode)?;
         }

@@ -3,6 +3,7 @@
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{CertificateDer, UnixTime};
+use zeroize::Zeroizing;
 
 use crate::pki::PkiError;
 
@@ -15,6 +16,15 @@ pub fn generate_key() -> Result<SigningKey, PkiError> {
     let key = SigningKey::from_bytes(&seed);
     seed.fill(0);
     Ok(key)
+}
+
+/// `key` as PKCS#8 DER, the form etcd, rustls and rcgen read it in; wiped when dropped.
+pub fn pkcs8(key: &SigningKey) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let document = key
+        .to_pkcs8_der()
+        .map_err(|e| PkiError::BadKey(e.to_string()))?;
+    Ok(Zeroizing::new(document.as_bytes().to_vec()))
 }
 
 /// The node ID: `metropolis-` and the hex of the public key's first 16 bytes.
