@@ -79,13 +79,11 @@ impl Esp {
 
     /// The node parameters the installer left.
     pub fn parameters(&self) -> Result<NodeParameters, EspError> {
-        let path = self.root.parameters();
-        let bytes = fsutil::read(&path).map_err(|e| match e.is_not_found() {
-            true => EspError::NoParameters(path.clone()),
-            false => EspError::Io(e),
-        })?;
-        NodeParameters::decode(bytes.as_slice())
-            .map_err(|source| EspError::ParametersCorrupted { path, source })
+        read_message(
+            &self.root.parameters(),
+            EspError::NoParameters,
+            |path, source| EspError::ParametersCorrupted { path, source },
+        )
     }
 
     /// Write node parameters (the installer's and the launcher's job).
@@ -119,14 +117,12 @@ impl Esp {
     /// The sealed configuration's envelope, checked for format and version; unsealing it is the
     /// TPM sealer's job.
     pub fn sealed(&self) -> Result<SealedEnvelope, EspError> {
-        let path = self.root.sealed_configuration();
-        read_envelope(&path, EspError::NoSealed(path.clone()))
+        read_envelope(&self.root.sealed_configuration(), EspError::NoSealed)
     }
 
     /// The sealed enrolment journal's envelope, checked like the sealed configuration's.
     pub fn journal(&self) -> Result<SealedEnvelope, EspError> {
-        let path = self.root.enrolment_journal();
-        read_envelope(&path, EspError::NoJournal(path.clone()))
+        read_envelope(&self.root.enrolment_journal(), EspError::NoJournal)
     }
 
     /// Replace the enrolment journal (owner-only file, atomic).
@@ -142,8 +138,7 @@ impl Esp {
     /// The sealed shares this node holds of its peers' CUKs (quorum unlock), checked like the
     /// sealed configuration's envelope.
     pub fn held_shares(&self) -> Result<SealedEnvelope, EspError> {
-        let path = self.root.held_shares();
-        read_envelope(&path, EspError::NoHeldShares(path.clone()))
+        read_envelope(&self.root.held_shares(), EspError::NoHeldShares)
     }
 
     /// Replace the held shares (owner-only file, atomic).
@@ -183,13 +178,11 @@ impl Esp {
 
     /// The cluster directory.
     pub fn directory(&self) -> Result<ClusterDirectory, EspError> {
-        let path = self.root.cluster_directory();
-        let bytes = fsutil::read(&path).map_err(|e| match e.is_not_found() {
-            true => EspError::NoDirectory(path.clone()),
-            false => EspError::Io(e),
-        })?;
-        ClusterDirectory::decode(bytes.as_slice())
-            .map_err(|source| EspError::DirectoryCorrupted { path, source })
+        read_message(
+            &self.root.cluster_directory(),
+            EspError::NoDirectory,
+            |path, source| EspError::DirectoryCorrupted { path, source },
+        )
     }
 
     /// Replace the cluster directory.
@@ -222,13 +215,34 @@ fn remove(path: &Path) -> Result<(), EspError> {
     }
 }
 
+/// The bytes of the ESP file at `path`: `absent` (naming it) if there is none, `unreadable` if it
+/// is there but cannot be read.
+fn read(
+    path: &Path,
+    absent: fn(PathBuf) -> EspError,
+    unreadable: fn(FsError) -> EspError,
+) -> Result<Vec<u8>, EspError> {
+    fsutil::read(path).map_err(|e| match e.is_not_found() {
+        true => absent(path.to_owned()),
+        false => unreadable(e),
+    })
+}
+
+/// The protobuf message in the ESP file at `path`: `absent` if there is none, `corrupted` if it
+/// does not decode.
+fn read_message<M: Message + Default>(
+    path: &Path,
+    absent: fn(PathBuf) -> EspError,
+    corrupted: fn(PathBuf, prost::DecodeError) -> EspError,
+) -> Result<M, EspError> {
+    let bytes = read(path, absent, EspError::Io)?;
+    M::decode(bytes.as_slice()).map_err(|source| corrupted(path.to_owned(), source))
+}
+
 /// Read a sealed envelope at `path`: `absent` if there is none, `SealedUnavailable` if it cannot
 /// be read now, else as [`decode_envelope`] finds it.
-fn read_envelope(path: &Path, absent: EspError) -> Result<SealedEnvelope, EspError> {
-    let bytes = fsutil::read(path).map_err(|e| match e.is_not_found() {
-        true => absent,
-        false => EspError::SealedUnavailable(e),
-    })?;
+fn read_envelope(path: &Path, absent: fn(PathBuf) -> EspError) -> Result<SealedEnvelope, EspError> {
+    let bytes = read(path, absent, EspError::SealedUnavailable)?;
     decode_envelope(path, &bytes)
 }
 
