@@ -82,8 +82,7 @@ fn peer_and_client_certificates_carry_their_names_and_usages() {
         .issue(
             &Template::Peer {
                 name: "metropolis-ab".into(),
-                dns: vec!["metropolis-ab".into()],
-                ips: vec![ip],
+                ip,
             },
             &key.verifying_key(),
         )

@@ -116,8 +116,7 @@ async fn only_an_unrevoked_curator_certificate_serves_the_curator() {
         "metropolis-p",
         Template::Peer {
             name: "metropolis-p".into(),
-            dns: vec!["metropolis-p".into()],
-            ips: vec![],
+            ip: "198.18.0.9".parse().unwrap(),
         },
     );
     let server = server_config(identity(&unmarked), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();

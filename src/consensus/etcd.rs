@@ -172,12 +172,11 @@ pub fn forget_pending_peer_ca(root: &NodeRoot) -> Result<(), FsError> {
     }
 }
 
-/// What a peer certificate for `member` says: its name, and its name and address as SANs.
+/// What a peer certificate for `member` says: its name and the address it listens on.
 pub fn peer_template(member: &Member) -> Template {
     Template::Peer {
         name: member.name.clone(),
-        dns: vec![member.name.clone()],
-        ips: vec![member.peer_listen.ip()],
+        ip: member.peer_listen.ip(),
     }
 }
 

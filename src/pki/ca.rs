@@ -69,14 +69,13 @@ pub enum Template {
         /// The node ID of the consensus member serving the Curator.
         node_id: String,
     },
-    /// An etcd peer: served and presented on the peer port, named by DNS and IP.
+    /// An etcd peer: served and presented on the peer port, named by its name (as common name
+    /// and DNS name) and its address.
     Peer {
         /// The member's name (its node ID).
         name: String,
-        /// DNS names it is reached by.
-        dns: Vec<String>,
-        /// Addresses it is reached by.
-        ips: Vec<IpAddr>,
+        /// The address other members reach it at.
+        ip: IpAddr,
     },
     /// A client only (the owner, a tool): common name, client authentication.
     Client {
@@ -166,18 +165,9 @@ impl CertificateAuthority {
                 params.subject_alt_names = vec![dns(node_id)?, SanType::URI(mark)];
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
-            Template::Peer {
-                name,
-                dns: names,
-                ips,
-            } => {
+            Template::Peer { name, ip } => {
                 dn.push(DnType::CommonName, name.as_str());
-                let mut sans = names
-                    .iter()
-                    .map(|n| dns(n))
-                    .collect::<Result<Vec<_>, _>>()?;
-                sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-                params.subject_alt_names = sans;
+                params.subject_alt_names = vec![dns(name)?, SanType::IpAddress(*ip)];
                 params.extended_key_usages = vec![
                     ExtendedKeyUsagePurpose::ServerAuth,
                     ExtendedKeyUsagePurpose::ClientAuth,

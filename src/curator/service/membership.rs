@@ -30,8 +30,7 @@ impl Services {
         let public = verifying_key(&node.public_key, "public_key")?;
         let template = Template::Peer {
             name: node.id.clone(),
-            dns: vec![node.id.clone()],
-            ips: vec![ip],
+            ip,
         };
         let certificate = ca.issue(&template, &public)?;
         let initial_cluster = self
