@@ -51,6 +51,8 @@ pub(crate) struct ActorEntry {
     pub(crate) logs: Arc<LogRing>,
     control: Mutex<Option<Control>>,
     generations: AtomicU64,
+    /// When the path first started, relative to the others: siblings are listed in start order.
+    started: u64,
 }
 
 impl ActorEntry {
@@ -93,6 +95,8 @@ pub struct Registry {
 struct Inner {
     entries: Mutex<BTreeMap<ActorPath, Arc<ActorEntry>>>,
     families: Families,
+    /// How many paths have started so far.
+    started: AtomicU64,
 }
 
 impl Default for Registry {
@@ -108,6 +112,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 entries: Mutex::new(BTreeMap::new()),
                 families: Families::new(),
+                started: AtomicU64::new(0),
             }),
         }
     }
@@ -123,6 +128,7 @@ impl Registry {
                     logs: Arc::new(LogRing::new(LOG_LINES_KEPT)),
                     control: Mutex::new(None),
                     generations: AtomicU64::new(0),
+                    started: self.inner.started.fetch_add(1, Ordering::Relaxed),
                 })
             })
             .clone()
@@ -148,12 +154,18 @@ impl Registry {
         Ok(())
     }
 
-    /// Every actor's metrics, parents before children.
+    /// Every actor's metrics as the tree reads: each parent before its children, siblings in
+    /// the order they first started.
     pub fn snapshot(&self) -> Vec<ActorSnapshot> {
-        let entries: Vec<_> = lock(&self.inner.entries).values().cloned().collect();
-        entries
-            .iter()
-            .map(|e| e.metrics.snapshot(&e.path))
+        let entries = lock(&self.inner.entries).clone();
+        let mut ordered: Vec<(Vec<u64>, &Arc<ActorEntry>)> = entries
+            .values()
+            .map(|e| (tree_position(&entries, &e.path), e))
+            .collect();
+        ordered.sort_by(|a, b| a.0.cmp(&b.0));
+        ordered
+            .into_iter()
+            .map(|(_, e)| e.metrics.snapshot(&e.path))
             .collect()
     }
 
@@ -185,4 +197,20 @@ impl Registry {
     ) {
         self.inner.families.extend(register);
     }
+}
+
+/// Where `path` comes in a depth-first walk of the tree: the start order of each of its
+/// ancestors (the root excluded) and of itself.
+fn tree_position(entries: &BTreeMap<ActorPath, Arc<ActorEntry>>, path: &ActorPath) -> Vec<u64> {
+    let text = path.as_str();
+    text.match_indices('/')
+        .skip(1)
+        .map(|(i, _)| &text[..i])
+        .chain((!path.is_root()).then_some(text))
+        .map(|prefix| {
+            entries
+                .get(&ActorPath::from(prefix))
+                .map_or(0, |e| e.started)
+        })
+        .collect()
 }

@@ -395,3 +395,30 @@ async fn log_crate_records_land_in_the_running_actors_ring() {
     tree.kill("/a", Kill::Brutal).unwrap();
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn the_tree_lists_each_parent_before_its_children_and_siblings_in_start_order() {
+    let journal = Journal::default();
+    let (zeta, _, _) = probe("zeta", &journal);
+    let (beta, _, _) = probe("beta", &journal);
+    let (alpha, _, _) = probe("alpha", &journal);
+    let mid = polis_actors::ChildSpec::supervisor(
+        "mid",
+        SupervisorSpec::new(Strategy::OneForOne).child(beta),
+    )
+    .0;
+    let tree = start(
+        SupervisorSpec::new(Strategy::OneForOne)
+            .child(zeta)
+            .child(mid)
+            .child(alpha),
+    )
+    .await;
+    let paths: Vec<String> = tree
+        .registry()
+        .snapshot()
+        .iter()
+        .map(|s| s.path.to_string())
+        .collect();
+    assert_eq!(paths, ["/", "/zeta", "/mid", "/mid/beta", "/alpha"]);
+}

@@ -4,6 +4,8 @@
 
 #[path = "polisctl/cluster.rs"]
 mod cluster;
+#[path = "polisctl/table.rs"]
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -268,35 +270,33 @@ fn run(cli: &Cli) -> Result<(), CliError> {
 
 /// One line per actor, indented by depth: path, state, generation, restarts, queue depth.
 fn print_tree(nodes: &[serde_json::Value]) {
-    println!(
-        "{:<32} {:<11} {:>4} {:>8} {:>6}",
-        "ACTOR", "STATE", "GEN", "RESTARTS", "QUEUE"
-    );
-    for node in nodes {
-        let path = node["path"].as_str().unwrap_or("?");
-        let depth = if path == "/" {
-            0
-        } else {
-            path.matches('/').count()
-        };
-        let name = if path == "/" {
-            "/"
-        } else {
-            path.rsplit('/').next().unwrap_or(path)
-        };
-        let restarts: u64 = node["restarts"]
-            .as_object()
-            .map(|r| r.values().filter_map(|v| v.as_u64()).sum())
-            .unwrap_or(0);
-        println!(
-            "{:<32} {:<11} {:>4} {:>8} {:>6}",
-            format!("{}{}", "  ".repeat(depth), name),
-            node["state"].as_str().unwrap_or("?"),
-            node["generation"],
-            restarts,
-            node["queue_depth"],
-        );
-    }
+    let rows: Vec<[String; 5]> = nodes
+        .iter()
+        .map(|node| {
+            let path = node["path"].as_str().unwrap_or("?");
+            let (depth, name) = match path {
+                "/" => (0, "/"),
+                _ => (
+                    path.matches('/').count(),
+                    path.rsplit('/').next().unwrap_or(path),
+                ),
+            };
+            let restarts: u64 = node["restarts"]
+                .as_object()
+                .map(|r| r.values().filter_map(|v| v.as_u64()).sum())
+                .unwrap_or(0);
+            let number = |field: &str| node[field].as_i64().map_or("?".into(), |n| n.to_string());
+            [
+                format!("{}{name}", "  ".repeat(depth)),
+                node["state"].as_str().unwrap_or("?").to_owned(),
+                number("generation"),
+                restarts.to_string(),
+                number("queue_depth"),
+            ]
+        })
+        .collect();
+    let header = ["ACTOR", "STATE", "GEN", "RESTARTS", "QUEUE"].map(str::to_owned);
+    print!("{}", table::table(&header, &rows));
 }
 
 /// Percent-encode a path for a query string.

@@ -358,26 +358,50 @@ fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
                     "pubkey": hex(&n.pubkey),
                     "state": state_name(n.state),
                     "address": n.status.as_ref().map(|s| s.external_address.clone()),
-                    "consensus_member": n.roles.as_ref().is_some_and(|r| r.consensus_member.is_some()),
+                    "roles": held_roles(n),
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(list));
         return;
     }
-    println!("{:<45} {:<14} {:<15} ROLES", "NODE", "STATE", "ADDRESS");
-    for n in nodes {
-        let roles = match n.roles.as_ref() {
-            Some(r) if r.consensus_member.is_some() => "consensus",
-            _ => "-",
-        };
-        println!(
-            "{:<45} {:<14} {:<15} {roles}",
-            n.id,
-            state_name(n.state),
-            n.status
-                .as_ref()
-                .map_or("", |s| s.external_address.as_str()),
-        );
-    }
+    let rows: Vec<[String; 4]> = nodes
+        .iter()
+        .map(|n| {
+            let roles = held_roles(n);
+            [
+                n.id.clone(),
+                state_name(n.state).to_owned(),
+                n.status
+                    .as_ref()
+                    .map_or(String::new(), |s| s.external_address.clone()),
+                match roles.is_empty() {
+                    true => "-".to_owned(),
+                    false => roles.join(","),
+                },
+            ]
+        })
+        .collect();
+    let header = ["NODE", "STATE", "ADDRESS", "ROLES"].map(str::to_owned);
+    print!("{}", crate::table::table(&header, &rows));
+}
+
+/// The roles node `n` holds: only an UP node holds any (a decommissioned node's record keeps the
+/// roles it had, which it no longer holds).
+fn held_roles(n: &polis::proto::api::Node) -> Vec<&'static str> {
+    let up = n.state == polis::proto::common::NodeState::Up as i32;
+    let roles = n.roles.as_ref().filter(|_| up);
+    [
+        (
+            "consensus",
+            roles.is_some_and(|r| r.consensus_member.is_some()),
+        ),
+        (
+            "kubernetes-worker",
+            roles.is_some_and(|r| r.kubernetes_worker.is_some()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, held)| held.then_some(name))
+    .collect()
 }
