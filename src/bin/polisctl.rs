@@ -18,7 +18,7 @@ use polis::storage::NodeRoot;
 
 /// Operate Polis nodes.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "polisctl", version)]
 struct Cli {
     /// The node's debug endpoint.
     #[arg(long, global = true, default_value_t = polis::debug_client::DEBUG_ADDRESS)]
@@ -131,6 +131,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = How::Crash)]
         how: How,
     },
+    /// Print a completion script for SHELL, e.g. `polisctl completions bash >
+    /// /etc/bash_completion.d/polisctl`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print polisctl's manual page (roff), e.g. `polisctl man | man -l -`.
+    Man,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -164,6 +172,8 @@ enum CliError {
     NotANode(String),
     #[error("an invariant did not hold; the cluster's files are kept in {}", .0.display())]
     Violations(PathBuf),
+    #[error("cannot write to standard output: {0}")]
+    Output(std::io::Error),
 }
 
 /// `[NODE] PATH` as (node, path).
@@ -226,6 +236,16 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Ticket { rotate } => cluster::ticket(&cli.dir, *rotate)?,
         Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,
         Command::Decommission { id } => cluster::decommission(&cli.dir, id)?,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "polisctl", &mut std::io::stdout());
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map_err(CliError::Output)?;
+        }
         Command::Metrics { node } => print!("{}", debug(*node, "GET", "/metrics", "")?),
         Command::Tree { node } => {
             let body = debug(*node, "GET", "/debug/tree", "")?;
@@ -309,4 +329,36 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_manual_and_the_completions_cover_every_subcommand() {
+        Cli::command().debug_assert();
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH polisctl 1"), "{man}");
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "polisctl",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            let roff = name.replace('-', "\\-");
+            assert!(man.contains(&roff), "{name} not in the manual");
+            assert!(bash.contains(name), "{name} not in the bash completions");
+        }
+    }
 }
