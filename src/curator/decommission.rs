@@ -12,7 +12,7 @@ use crate::consensus::{
 };
 use crate::crash_point;
 use crate::curator::reconciler::{reconcile, Pass};
-use crate::curator::records::{awaits_retirement, consensus_role, Records};
+use crate::curator::records::{self, awaits_retirement, consensus_role, Records};
 use crate::curator::service::peer_url;
 use crate::curator::CuratorError;
 use crate::issuer::{revoke, Issuer, Revoke};
@@ -183,7 +183,7 @@ async fn record(
 ) -> Result<(), CuratorError> {
     records
         .update(id, |current| {
-            let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+            let node = records::existing(current, id)?;
             Ok(
                 (node.retirement.as_ref() != Some(&retirement)).then(|| Node {
                     retirement: Some(retirement.clone()),

@@ -10,7 +10,7 @@ use polis_actors::{Actor, ActorRef, Ctx, Failure, Started};
 
 use crate::consensus::Consensus;
 use crate::curator::reconciler::{reconcile, Pass};
-use crate::curator::records::{is_consensus_member, Records};
+use crate::curator::records::{self, is_consensus_member, Records};
 use crate::curator::CuratorError;
 use crate::proto::common::NodeState;
 use crate::proto::private::{Escrow, Node, Share};
@@ -66,7 +66,7 @@ impl Pass for Split {
             };
             let updated = records
                 .update(&node.id, |current| {
-                    let node = current.ok_or_else(|| CuratorError::UnknownNode(node.id.clone()))?;
+                    let node = records::existing(current, &node.id)?;
                     Ok(Some(resplit(node, &holders)))
                 })
                 .await;

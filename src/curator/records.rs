@@ -84,10 +84,7 @@ impl Records {
                 .map(|(key, bytes)| decode(key, bytes))
                 .collect::<Result<Vec<_>, _>>()?;
             let Some(new) = change(&nodes)? else {
-                return nodes
-                    .into_iter()
-                    .find(|n| n.id == id)
-                    .ok_or_else(|| CuratorError::UnknownNode(id.to_owned()));
+                return existing(nodes.into_iter().find(|n| n.id == id), id);
             };
             let record = new.encode_to_vec();
             if self
@@ -124,7 +121,7 @@ impl Records {
             let (bytes, revision) = self.kv.get_versioned(&key).await?;
             let current = bytes.map(|b| decode(&key, &b)).transpose()?;
             let Some(new) = change(current.as_ref())? else {
-                return current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()));
+                return existing(current, id);
             };
             let record = new.encode_to_vec();
             let index = join_key_index(&new.join_key);
@@ -206,9 +203,15 @@ pub fn register(
     }
 }
 
+/// Node `id`'s record, if there is one, else `UnknownNode` naming it: the one way every call
+/// that needs a record says it is missing.
+pub fn existing<T>(record: Option<T>, id: &str) -> Result<T, CuratorError> {
+    record.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))
+}
+
 /// ApproveNode: NEW becomes STANDBY; a node approved already stays as it is.
 pub fn approve(current: Option<&Node>, id: &str) -> Result<Option<Node>, CuratorError> {
-    let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    let node = existing(current, id)?;
     match NodeState::try_from(node.fsm_state) {
         Ok(NodeState::New) => Ok(Some(Node {
             fsm_state: NodeState::Standby as i32,
@@ -232,7 +235,7 @@ pub fn commit(
     certificate: &[u8],
 ) -> Result<Option<Node>, CuratorError> {
     use subtle::ConstantTimeEq;
-    let node = current.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    let node = existing(current, id)?;
     match NodeState::try_from(node.fsm_state) {
         // The caller read the record before it was approved and brought no certificate.
         Ok(NodeState::Standby) if certificate.is_empty() => {
@@ -258,10 +261,7 @@ pub fn commit(
 /// DecommissionNode, given every record: the node may never join again, and the reconciler is
 /// to retire it. The last UP consensus member may not go (the cluster would lose etcd).
 pub fn decommission(nodes: &[Node], id: &str) -> Result<Option<Node>, CuratorError> {
-    let node = nodes
-        .iter()
-        .find(|n| n.id == id)
-        .ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    let node = existing(nodes.iter().find(|n| n.id == id), id)?;
     if node.fsm_state == NodeState::Decommissioned as i32 {
         return Ok(None);
     }

@@ -6,7 +6,7 @@
 
 use polis_actors::ActorRef;
 
-use crate::curator::records::{is_consensus_member, Records};
+use crate::curator::records::{self, is_consensus_member, Records};
 use crate::curator::CuratorError;
 use crate::issuer::{Issue, Issuer};
 use crate::pki::{node_id, NodeCredentials, Template};
@@ -47,7 +47,7 @@ pub(super) async fn ensure(
 
 /// `node`, if its record lets it serve the Curator.
 fn eligible<'a>(node: Option<&'a Node>, id: &str) -> Result<&'a Node, CuratorError> {
-    let node = node.ok_or_else(|| CuratorError::UnknownNode(id.to_owned()))?;
+    let node = records::existing(node, id)?;
     if node.fsm_state != NodeState::Up as i32 || !is_consensus_member(node) {
         return Err(CuratorError::NotConsensusMember(id.to_owned()));
     }

@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use tonic::Request;
 
 use super::Services;
-use crate::curator::records::OWNER_CERTIFICATE;
+use crate::curator::records::{self, OWNER_CERTIFICATE};
 use crate::curator::CuratorError;
 use crate::grpc::Peer;
 use crate::pki::node_id;
@@ -33,12 +33,7 @@ impl Services {
     pub(super) async fn node<T>(&self, request: &Request<T>) -> Result<Node, CuratorError> {
         let presented = caller_certificate(request)?.to_vec();
         let id = node_id(&caller_key(request)?);
-        let node = self
-            .records
-            .clone()
-            .get(&id)
-            .await?
-            .ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
+        let node = records::existing(self.records.clone().get(&id).await?, &id)?;
         if node.node_certificate.is_empty() || node.node_certificate != presented {
             return Err(CuratorError::Unauthenticated);
         }

@@ -98,10 +98,7 @@ impl Management for Services {
     ) -> Answer<UpdateNodeRolesResponse> {
         let msg = request.into_inner();
         let mut records = self.records.clone();
-        let node = records
-            .get(&msg.id)
-            .await?
-            .ok_or_else(|| CuratorError::UnknownNode(msg.id.clone()))?;
+        let node = records::existing(records.get(&msg.id).await?, &msg.id)?;
         records::require_up(&node)?;
         let has_consensus = records::is_consensus_member(&node);
         let member = match msg.consensus_member {
@@ -121,9 +118,7 @@ impl Management for Services {
         let id = msg.id.clone();
         let written = records
             .update(&id, |current| {
-                let Some(node) = current else {
-                    return Err(CuratorError::UnknownNode(id.clone()));
-                };
+                let node = records::existing(current, &id)?;
                 // Checked again where it is written: a decommission may have come in between.
                 records::require_up(node)?;
                 let mut roles = node.roles.clone().unwrap_or_default();

@@ -115,7 +115,7 @@ impl Curator for Services {
         let id = node.id.clone();
         let node = records
             .update(&id, |current| {
-                let node = current.ok_or_else(|| CuratorError::UnknownNode(id.clone()))?;
+                let node = records::existing(current, &id)?;
                 match NodeState::try_from(node.fsm_state) {
                     Ok(NodeState::Up) => {}
                     Ok(NodeState::Decommissioned) => {
