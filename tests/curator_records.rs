@@ -250,3 +250,56 @@ async fn history(etcd: &mut etcd_client::Client, key: &str) -> Vec<Node> {
     versions.reverse();
     versions
 }
+
+#[actix_rt::test]
+async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (consensus_spec, consensus) = common::consensus(dir.path());
+    let tree = Tree::start(
+        SupervisorSpec::new(Strategy::OneForOne).child(consensus_spec),
+        common::quiet(),
+    )
+    .await
+    .unwrap();
+    let kv = consensus
+        .ask(Kv("/bootstrap/".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut records = Records::new(kv);
+    let first = |cuk: u8| {
+        polis::curator::records::first_node(polis::curator::records::FirstNode {
+            id: "metropolis-first".into(),
+            public_key: vec![1; 32],
+            join_key: vec![2; 32],
+            cluster_unlock_key: vec![cuk; 32],
+            node_certificate: vec![4],
+            address: "198.18.0.2".into(),
+            peer_ca_certificate: vec![5],
+            peer_certificate: vec![6],
+        })
+    };
+    assert!(records.bootstrap(b"owner", first(3)).await.unwrap());
+    let written = records.get("metropolis-first").await.unwrap().unwrap();
+    assert_eq!(written, first(3));
+    assert_eq!(written.fsm_state, NodeState::Up as i32);
+    assert_eq!(
+        consensus_role(&written).map(|m| m.peers.len()),
+        Some(1),
+        "the first member is its own only peer"
+    );
+    // Repeated (a resumed step): nothing changes, not even with other values.
+    assert!(records.bootstrap(b"owner", first(9)).await.unwrap());
+    assert_eq!(
+        records.get("metropolis-first").await.unwrap().unwrap(),
+        first(3)
+    );
+    // Where etcd names another owner, bootstrap is refused and writes no node.
+    let kv = consensus.ask(Kv("/other/".into())).await.unwrap().unwrap();
+    let mut other = Records::new(kv);
+    let owner_key = polis::curator::records::INITIAL_OWNER;
+    other.kv().put(owner_key, b"owner").await.unwrap();
+    assert!(!other.bootstrap(b"another owner", first(3)).await.unwrap());
+    assert!(other.get("metropolis-first").await.unwrap().is_none());
+    tree.shutdown().await;
+}

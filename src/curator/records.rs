@@ -5,11 +5,13 @@
 
 use prost::Message;
 
-use crate::consensus::NamespacedKv;
+use crate::consensus::{NamespacedKv, PEER_PORT};
 use crate::curator::CuratorError;
 use crate::pki::hex;
-use crate::proto::common::node_roles::ConsensusMember;
-use crate::proto::common::{cluster_directory, Address, ClusterDirectory, NodeState, NodeStatus};
+use crate::proto::common::node_roles::{consensus_member, ConsensusMember, KubernetesWorker};
+use crate::proto::common::{
+    cluster_directory, Address, ClusterDirectory, NodeRoles, NodeState, NodeStatus,
+};
 use crate::proto::private::{Node, Retirement};
 
 /// The etcd namespace of the Curator.
@@ -47,6 +49,19 @@ impl Records {
             Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// A new cluster's first records: `owner` as the initial owner and `first` as the first node
+    /// ([`first_node`]), each only if absent, so a repeated bootstrap step changes nothing.
+    /// Answers `false`, writing no node, if etcd already names another initial owner.
+    pub async fn bootstrap(&mut self, owner: &[u8], first: Node) -> Result<bool, CuratorError> {
+        if self.kv.ensure(INITIAL_OWNER, owner).await? != owner {
+            return Ok(false);
+        }
+        let id = first.id.clone();
+        self.update(&id, |current| Ok(current.is_none().then(|| first.clone())))
+            .await?;
+        Ok(true)
     }
 
     /// A stream of the changes to any node record from now on: each item says that something
@@ -309,6 +324,57 @@ pub fn require_up(node: &Node) -> Result<(), CuratorError> {
         state: state_name(node.fsm_state),
         wanted: "UP",
     })
+}
+
+/// What bootstrap knows of the cluster's first node.
+#[derive(Clone, Debug)]
+pub struct FirstNode {
+    /// Its node ID.
+    pub id: String,
+    /// Its node public key.
+    pub public_key: Vec<u8>,
+    /// Its join public key.
+    pub join_key: Vec<u8>,
+    /// Its cluster unlock key.
+    pub cluster_unlock_key: Vec<u8>,
+    /// The node certificate the issuer gave it.
+    pub node_certificate: Vec<u8>,
+    /// Its external address.
+    pub address: String,
+    /// The etcd peer CA's certificate.
+    pub peer_ca_certificate: Vec<u8>,
+    /// Its etcd peer certificate.
+    pub peer_certificate: Vec<u8>,
+}
+
+/// The first node's record: UP, a consensus member whose only peer is itself, and a Kubernetes
+/// worker.
+pub fn first_node(first: FirstNode) -> Node {
+    Node {
+        public_key: first.public_key,
+        cluster_unlock_key: first.cluster_unlock_key,
+        fsm_state: NodeState::Up as i32,
+        roles: Some(NodeRoles {
+            consensus_member: Some(ConsensusMember {
+                ca_certificate: first.peer_ca_certificate,
+                peer_certificate: first.peer_certificate,
+                peers: vec![consensus_member::Peer {
+                    name: first.id.clone(),
+                    port: PEER_PORT.into(),
+                    host: first.address.clone(),
+                }],
+                ..ConsensusMember::default()
+            }),
+            kubernetes_worker: Some(KubernetesWorker {}),
+        }),
+        join_key: first.join_key,
+        id: first.id,
+        node_certificate: first.node_certificate,
+        status: Some(status(&first.address)),
+        curator_certificate: Vec::new(),
+        retirement: None,
+        escrow: None,
+    }
 }
 
 /// A node's reported status at `address`.

@@ -6,8 +6,8 @@
 use prost::Message;
 use tonic::Code;
 
-use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE, PEER_PORT};
-use crate::curator::records::{self, Records, INITIAL_OWNER};
+use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE};
+use crate::curator::records::{self, Records};
 use crate::issuer::{GetCaCertificate, Issue};
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -19,12 +19,11 @@ use crate::pki::{
 };
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::NodeParameters;
-use crate::proto::common::node_roles::{consensus_member, ConsensusMember, KubernetesWorker};
-use crate::proto::common::{cluster_directory, Address, ClusterDirectory, NodeRoles, NodeState};
+use crate::proto::common::{cluster_directory, Address, ClusterDirectory};
 use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
-use crate::proto::private::{EnrolmentJournal, Node, SealedConfiguration};
+use crate::proto::private::{EnrolmentJournal, SealedConfiguration};
 use crate::storage::{DataError, MountNew, NewKeys, StorageError};
 use crate::tls::Identity;
 use crate::tpm::SealedKind;
@@ -141,17 +140,6 @@ impl Run {
             self.retry("the node record", || async {
                 let mut records =
                     Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
-                let owner = records
-                    .kv()
-                    .ensure(INITIAL_OWNER, &params.owner_public_key)
-                    .await?;
-                if owner != params.owner_public_key {
-                    return Err(LifecycleError::Inconsistent {
-                        step: "formatted",
-                        reason: "etcd names another owner than the node parameters".into(),
-                        recovery: "reinstall the node with the parameters of this cluster",
-                    });
-                }
                 let peer_ca = consensus
                     .ask(Kv(crate::consensus::NAMESPACE.into()))
                     .await??
@@ -162,35 +150,24 @@ impl Run {
                     &self.config.root.etcd_peer_pki().join(PEER_CERTIFICATE_FILE),
                     "CERTIFICATE",
                 )?;
-                let record = Node {
-                    public_key: keys.node.verifying_key().to_bytes().to_vec(),
-                    cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
-                    fsm_state: NodeState::Up as i32,
-                    roles: Some(NodeRoles {
-                        consensus_member: Some(ConsensusMember {
-                            ca_certificate: peer_ca,
-                            peer_certificate,
-                            peers: vec![consensus_member::Peer {
-                                name: id.clone(),
-                                port: PEER_PORT.into(),
-                                host: address.to_string(),
-                            }],
-                            ..ConsensusMember::default()
-                        }),
-                        kubernetes_worker: Some(KubernetesWorker {}),
-                    }),
-                    join_key: keys.join.verifying_key().to_bytes().to_vec(),
+                let first = records::first_node(records::FirstNode {
                     id: id.clone(),
+                    public_key: keys.node.verifying_key().to_bytes().to_vec(),
+                    join_key: keys.join.verifying_key().to_bytes().to_vec(),
+                    cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
                     node_certificate: credentials.certificate.clone(),
-                    status: Some(records::status(&address.to_string())),
-                    curator_certificate: Vec::new(),
-                    retirement: None,
-                    escrow: None,
-                };
-                records
-                    .update(&id, |current| Ok(current.is_none().then(|| record.clone())))
-                    .await?;
-                Ok(())
+                    address: address.to_string(),
+                    peer_ca_certificate: peer_ca,
+                    peer_certificate,
+                });
+                match records.bootstrap(&params.owner_public_key, first).await? {
+                    true => Ok(()),
+                    false => Err(LifecycleError::Inconsistent {
+                        step: "formatted",
+                        reason: "etcd names another owner than the node parameters".into(),
+                        recovery: "reinstall the node with the parameters of this cluster",
+                    }),
+                }
             })
             .await?;
             journal.step = COMMITTED;
