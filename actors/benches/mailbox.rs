@@ -1,6 +1,9 @@
 //! Measures what supervision costs: request/response through raw actix against the same through
 //! a supervised, metered actor (same run, same machine), and the crash → healthy restart latency
-//! of a trivial actor with backoff off (p50/p99 printed at the end).
+//! of a trivial actor with backoff off (p50/p99 printed at the end). The ratio raw ÷ supervised
+//! is measured last with the two alternating batch by batch in one loop (issue 12's P3), so that
+//! the shared machine's noise falls on both alike; criterion's own figures run one after the
+//! other.
 
 use std::time::{Duration, Instant};
 
@@ -143,9 +146,70 @@ fn restart_latency(c: &mut Criterion) {
     let _ = std::panic::take_hook();
 }
 
+/// Pings per batch of the interleaved comparison, and batches of each kind.
+const BATCH: u64 = 20_000;
+const PAIRS: usize = 31;
+
+/// Raw and supervised batches alternating (which goes first alternates too); prints each kind's
+/// median nanoseconds per ping and the per-pair ratio raw ÷ supervised, min/median/max.
+fn interleaved_ratio() {
+    let sys = actix_rt::System::new();
+    let raw = sys.block_on(async { RawEcho.start() });
+    let (_tree, echo) = tree(&sys);
+    let raw_batch = || {
+        sys.block_on(async {
+            let start = Instant::now();
+            for i in 0..BATCH {
+                raw.send(RawPing(i)).await.unwrap();
+            }
+            start.elapsed().as_nanos() as f64 / BATCH as f64
+        })
+    };
+    let supervised_batch = || {
+        sys.block_on(async {
+            let start = Instant::now();
+            for i in 0..BATCH {
+                echo.ask(Ping(i)).await.unwrap();
+            }
+            start.elapsed().as_nanos() as f64 / BATCH as f64
+        })
+    };
+    raw_batch();
+    supervised_batch();
+    let (mut raws, mut supervised, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        let (r, s) = match pair % 2 {
+            0 => (raw_batch(), supervised_batch()),
+            _ => {
+                let s = supervised_batch();
+                (raw_batch(), s)
+            }
+        };
+        raws.push(r);
+        supervised.push(s);
+        ratios.push(r / s);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r, s, m) = (
+        median(&mut raws),
+        median(&mut supervised),
+        median(&mut ratios),
+    );
+    println!(
+        "interleaved ping-pong, {PAIRS} pairs of {BATCH}: raw actix {r:.0} ns, supervised {s:.0} ns, \
+         ratio raw/supervised min {:.2} median {m:.2} max {:.2}",
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+}
+
 criterion_group!(benches, ping_pong, restart_latency);
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
+    interleaved_ratio();
 }

@@ -141,11 +141,11 @@ impl<A: Actor> ActorRef<A> {
             Some(l) if l.addr.connected() => l,
             _ => return Err(SendError::NotRunning(self.name())),
         };
-        live.entry.metrics.enqueued();
+        let timed = live.entry.metrics.enqueued();
         live.addr.do_send(Envelope {
             msg: Some(msg),
             reply,
-            sent_at: Instant::now(),
+            sent_at: timed.then(Instant::now),
             entry: live.entry.clone(),
         });
         Ok(())
@@ -159,7 +159,8 @@ pub(crate) type ReplyTo<M> = oneshot::Sender<Result<<M as Message>::Reply, SendE
 pub(crate) struct Envelope<M: Message> {
     msg: Option<M>,
     reply: Option<ReplyTo<M>>,
-    sent_at: Instant,
+    /// When it was sent, if it is one of the messages timed.
+    sent_at: Option<Instant>,
     entry: Arc<ActorEntry>,
 }
 
@@ -168,13 +169,14 @@ impl<M: Message> actix::Message for Envelope<M> {
 }
 
 impl<M: Message> Envelope<M> {
-    /// Take the message out for handling, which begins `now`.
-    pub(crate) fn open(mut self, now: Instant) -> Option<(M, Option<ReplyTo<M>>)> {
+    /// Take the message out for handling, which begins now; answers when, if it is timed.
+    pub(crate) fn open(mut self) -> Option<(M, Option<ReplyTo<M>>, Option<Instant>)> {
         let msg = self.msg.take()?;
+        let began = self.sent_at.map(|sent| (sent, Instant::now()));
         self.entry
             .metrics
-            .dequeued(now.saturating_duration_since(self.sent_at));
-        Some((msg, self.reply.take()))
+            .dequeued(began.map(|(sent, now)| now.saturating_duration_since(sent)));
+        Some((msg, self.reply.take(), began.map(|(_, now)| now)))
     }
 }
 

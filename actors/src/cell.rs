@@ -127,10 +127,13 @@ impl<A: Actor> Cell<A> {
     fn finish<R: Send>(
         &self,
         reply: Option<oneshot::Sender<Result<R, SendError>>>,
-        began: Instant,
+        began: Option<Instant>,
         result: Result<R, SendError>,
     ) {
-        self.core.entry.metrics.handled(began.elapsed());
+        self.core
+            .entry
+            .metrics
+            .handled(began.map(|began| began.elapsed()));
         if let Some(tx) = reply {
             // The caller may have given up waiting; that is its business.
             let _ = tx.send(result);
@@ -180,8 +183,7 @@ where
         if self.halted() {
             return; // dropping the envelope tells the caller Stopped
         }
-        let began = Instant::now();
-        let Some((msg, reply)) = envelope.open(began) else {
+        let Some((msg, reply, began)) = envelope.open() else {
             return;
         };
         match self.with_ctx(actx, |actor, ctx| actor.handle(msg, ctx)) {
@@ -211,7 +213,7 @@ impl<A: Actor> Cell<A> {
         &mut self,
         actx: &mut actix::Context<Self>,
         reply: Option<oneshot::Sender<Result<R, SendError>>>,
-        began: Instant,
+        began: Option<Instant>,
         result: Result<R, Failure>,
     ) {
         match result {
