@@ -139,6 +139,11 @@ async fn every_node_serves_lint_clean_metrics_that_fit_the_cluster() {
         );
         let status_at = value(text, "polis_consensus_last_status_timestamp_seconds ");
         assert!(status_at > now() - 60.0, "node {i}: status at {status_at}");
+        let ready = value(text, "polis_consensus_ready_seconds ");
+        assert!(
+            ready > 0.0 && ready < 60.0,
+            "node {i}: etcd ready after {ready} s"
+        );
 
         // Every node's hosts file: localhost twice and the three nodes.
         assert_eq!(value(text, "polis_hostsfile_entries "), 5.0, "node {i}");

@@ -46,6 +46,7 @@ pub struct Health {
     raft_term: Gauge,
     db_size: Gauge,
     status_at: Gauge<f64, AtomicU64>,
+    ready_seconds: Gauge<f64, AtomicU64>,
     nodes: Family<StateLabel, Gauge>,
     hosts_entries: Gauge,
 }
@@ -99,6 +100,11 @@ impl Health {
             self.status_at.clone(),
         );
         registry.register(
+            "polis_consensus_ready_seconds",
+            "Seconds from spawning this member's etcd to its first answered read, at its latest start",
+            self.ready_seconds.clone(),
+        );
+        registry.register(
             "polis_curator_nodes",
             "Nodes in the cluster's records by state, as this node's Curator reads them",
             self.nodes.clone(),
@@ -132,6 +138,12 @@ impl Health {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.status_at.set(now);
+    }
+
+    /// This member's etcd, spawned `elapsed` ago, has answered its first read: how long a start
+    /// waits on etcd itself, which a node's own start time is measured against.
+    pub fn consensus_ready(&self, elapsed: std::time::Duration) {
+        self.ready_seconds.set(elapsed.as_secs_f64());
     }
 
     /// The Curator read `nodes`: count them by state, every state present (0 if none).
