@@ -36,6 +36,8 @@ use crate::vm::{make_disk, ImageError, Vm, VmConfig, VmError};
 const SWTPM_PORT: u16 = 2321;
 /// How long a node gets for each step before the launch gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often a step's progress is probed (each probe is a Curator call or a connection).
+const STEP_POLL: Duration = Duration::from_millis(50);
 /// The cluster CA as the owner met it, in the cluster directory.
 pub const CA_FILE: &str = "ca.crt";
 /// How many of a node's last log lines a timeout reports.
@@ -184,6 +186,7 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     owner_key: SigningKey,
     log: slog::Logger,
+    poll_every: Duration,
 }
 
 impl LocalCluster {
@@ -263,6 +266,7 @@ impl LocalCluster {
             nodes,
             owner_key,
             log,
+            poll_every: STEP_POLL,
         })
     }
 
@@ -548,11 +552,31 @@ impl LocalCluster {
     }
 
     /// Bootstrap node 0 and take ownership, then register, approve and promote nodes 1 to
-    /// `members - 1`, one at a time: a cluster of `members` consensus members. Answers the owner.
-    pub async fn bring_up(&mut self, members: usize) -> Result<Owner, LaunchError> {
+    /// `consensus - 1`, one at a time (etcd adds one learner at a time), then register and
+    /// approve the next `workers` nodes all at once. Answers the owner.
+    pub async fn bring_up(
+        &mut self,
+        consensus: usize,
+        workers: usize,
+    ) -> Result<Owner, LaunchError> {
         let owner = self.bootstrap().await?;
-        for i in 1..members {
+        for i in 1..consensus {
             self.register(i, &owner).await?;
+        }
+        let workers: Vec<usize> = (consensus..consensus + workers).collect();
+        for &i in &workers {
+            self.begin_registration(i, &owner).await?;
+        }
+        let (this, owner_ref) = (&*self, &owner);
+        let approved = futures::future::try_join_all(workers.iter().map(|&i| async move {
+            let node = this.registered(i, owner_ref).await?;
+            this.approve(i, owner_ref, &node).await?;
+            Ok::<_, LaunchError>((i, node.id))
+        }))
+        .await?;
+        for (i, id) in approved {
+            slog::info!(self.log, "worker registered and approved"; "node" => i, "id" => &id);
+            self.nodes[i].known_id = Some(id);
         }
         Ok(owner)
     }
@@ -585,17 +609,27 @@ impl LocalCluster {
         i: usize,
         owner: &Owner,
     ) -> Result<ApiNode, LaunchError> {
-        let mut owner_now = owner.clone();
-        let info = owner_now.cluster_info().await?;
+        self.begin_registration(i, owner).await?;
+        self.registered(i, owner).await
+    }
+
+    /// Give node `i` parameters with a register ticket and start it.
+    async fn begin_registration(&mut self, i: usize, owner: &Owner) -> Result<(), LaunchError> {
+        let mut owner = owner.clone();
+        let info = owner.cluster_info().await?;
         self.write_parameters(
             i,
             Cluster::ClusterRegister(ClusterRegister {
                 cluster_directory: info.cluster_directory,
-                register_ticket: owner_now.ticket().await?,
+                register_ticket: owner.ticket().await?,
                 ca_certificate: info.ca_certificate,
             }),
         )?;
-        self.start(i, &[])?;
+        self.start(i, &[])
+    }
+
+    /// Node `i`'s record, once it has registered (NEW).
+    async fn registered(&self, i: usize, owner: &Owner) -> Result<ApiNode, LaunchError> {
         let address = self.nodes[i].address.to_string();
         self.until(i, "register", || {
             let (mut owner, address) = (owner.clone(), address.clone());
@@ -651,7 +685,13 @@ impl LocalCluster {
         .await
     }
 
-    /// Retry `probe` every 200 ms until it answers, or time out naming node `i`'s log.
+    /// Probe every [`LocalCluster::poll_every`] from now on (a benchmark times steps closely).
+    pub fn poll_every(&mut self, every: Duration) {
+        self.poll_every = every;
+    }
+
+    /// Retry `probe` every [`STEP_POLL`] (or as set) until it answers, or time out naming node
+    /// `i`'s log.
     pub async fn until<T, F, Fut>(
         &self,
         i: usize,
@@ -662,7 +702,7 @@ impl LocalCluster {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        Poll::new(Duration::from_millis(200), STEP_TIMEOUT)
+        Poll::new(self.poll_every, STEP_TIMEOUT)
             .until(async || probe().await.ok_or(()))
             .await
             .map_err(|()| self.timed_out(i, what))

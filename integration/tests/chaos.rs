@@ -15,7 +15,7 @@ async fn sixty_seeded_faults_break_no_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
         LocalCluster::create(dir.path(), MEMBERS + 1, &polis_node_binary(), test_logger()).unwrap();
-    cluster.bring_up(MEMBERS).await.unwrap();
+    cluster.bring_up(MEMBERS, 0).await.unwrap();
     let config = ChaosConfig {
         kills: 60,
         seed: 20261201,

@@ -12,7 +12,7 @@ async fn losing_any_member_the_leader_included_fails_over_and_it_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
         LocalCluster::create(dir.path(), 3, &polis_node_binary(), test_logger()).unwrap();
-    cluster.bring_up(3).await.unwrap();
+    cluster.bring_up(3, 0).await.unwrap();
     let report = failover(&mut cluster, 4, |line| eprintln!("failover: {line}")).await;
     eprintln!("{}", report.table());
     assert_eq!(report.failure, None);

@@ -146,7 +146,7 @@ async fn role_change_and_retirement_resume_after_a_kill_at_every_step() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
         LocalCluster::create(dir.path(), 3, &polis_node_binary(), test_logger()).unwrap();
-    let owner = cluster.bring_up(2).await.unwrap();
+    let owner = cluster.bring_up(2, 0).await.unwrap();
     let node = cluster.start_registration(2, &owner).await.unwrap();
     cluster.approve(2, &owner, &node).await.unwrap();
     let mut expected = Expected {

@@ -53,6 +53,10 @@ enum Command {
         /// How many nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// How many of them are consensus members (etcd voters); the rest are workers, registered
+        /// and approved all at once. Default: min(N, 3).
+        #[arg(long)]
+        consensus: Option<usize>,
         /// Run each node as a QEMU VM (polis-node as PID 1, a LUKS2 disk, swtpm as its TPM)
         /// instead of a process in a network namespace.
         #[arg(long)]
@@ -206,7 +210,14 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
     };
     match &cli.command {
-        Command::Launch { nodes, vm } => cluster::launch(&cli.dir, *nodes, *vm)?,
+        Command::Launch {
+            nodes,
+            consensus,
+            vm,
+        } => {
+            let consensus = consensus.unwrap_or((*nodes).min(3));
+            cluster::launch(&cli.dir, *nodes, consensus, *vm)?
+        }
         Command::Stop => cluster::stop(&cli.dir)?,
         Command::Failover { rounds, nodes } => {
             let json = matches!(cli.output, Output::Json);

@@ -41,10 +41,16 @@ const LAUNCHER_PID: &str = "launcher.pid";
 /// How long `polisctl stop` waits for the launcher, which powers its nodes off in order.
 const STOP_PATIENCE: Duration = Duration::from_secs(600);
 
-/// Launch `n` nodes (processes, or VMs if `vm`) under `dir`, print them, and run until SIGTERM
-/// or SIGINT.
-pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
+/// Launch `n` nodes (processes, or VMs if `vm`) under `dir`, `consensus` of them consensus
+/// members, print them, and run until SIGTERM or SIGINT.
+pub fn launch(dir: &Path, n: usize, consensus: usize, vm: bool) -> Result<(), ClusterError> {
+    if consensus == 0 || consensus > n {
+        return Err(ClusterError::Usage(format!(
+            "--consensus {consensus} must be between 1 and --nodes {n}"
+        )));
+    }
     let binary = fresh_dir(dir, n)?;
+    let began = std::time::Instant::now();
     let log = polis_actors::terminal_logger(slog::Level::Info);
     let machines = match vm {
         false => Machines::Processes { binary },
@@ -71,8 +77,13 @@ pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
             dir.display()
         );
         let mut cluster = LocalCluster::create_with(dir, n, machines, log)?;
-        eprintln!("polisctl: bootstrapping node 0, taking ownership, then registering, approving and promoting the others");
-        let owner = cluster.bring_up(n).await?;
+        eprintln!(
+            "polisctl: bootstrapping node 0, taking ownership, registering, approving and \
+             promoting nodes 1..{consensus} one at a time, then registering and approving {} \
+             workers at once",
+            n - consensus
+        );
+        let owner = cluster.bring_up(consensus, n - consensus).await?;
         let entries: Vec<serde_json::Value> = cluster
             .nodes
             .iter()
@@ -92,6 +103,10 @@ pub fn launch(dir: &Path, n: usize, vm: bool) -> Result<(), ClusterError> {
         let text = serde_json::to_string_pretty(&entries).unwrap_or_default();
         fsutil::write_atomic(&dir.join(NODES_FILE), text.as_bytes(), PUBLIC_MODE)?;
         print_nodes(&owner.clone().nodes().await?, false);
+        eprintln!(
+            "polisctl: {n} nodes ({consensus} consensus members) up in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
         let pid = std::process::id().to_string();
         fsutil::write_atomic(&dir.join(LAUNCHER_PID), pid.as_bytes(), PUBLIC_MODE)?;
         eprintln!(
@@ -170,7 +185,7 @@ fn with_fresh_cluster<T>(
             dir.display()
         );
         let mut cluster = LocalCluster::create(dir, members + spare, &binary, log)?;
-        cluster.bring_up(members).await?;
+        cluster.bring_up(members, 0).await?;
         Ok(work(&mut cluster).await)
     })
 }
