@@ -1,6 +1,7 @@
 //! Polis: the init process of a cluster node. The supervision runtime lives in `polis-actors`;
 //! this crate holds the node's subsystems, its protobufs and its binaries.
 
+pub mod bench;
 pub mod chaos;
 pub mod consensus;
 pub mod crash_point;

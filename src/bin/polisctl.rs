@@ -92,6 +92,18 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
     },
+    /// Performance against its floors, interleaved in one run: cold bootstrap and restart against
+    /// a bare etcd (same command line), Polis's overhead outside its etcd, an idle node's memory,
+    /// and launch time against N. Replaces --dir. (In-process actor figures: `cargo bench -p
+    /// polis-actors --bench mailbox`.)
+    Bench {
+        /// Rounds of the start measures.
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// Cluster sizes to launch, e.g. `--launch 3,6,12` (none: `--launch 0`).
+        #[arg(long, value_delimiter = ',', default_value = "3,6,12")]
+        launch: Vec<usize>,
+    },
     /// List the cluster's nodes (owner call).
     Nodes,
     /// Print the current register ticket in hex (owner call).
@@ -219,6 +231,12 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             cluster::launch(&cli.dir, *nodes, consensus, *vm)?
         }
         Command::Stop => cluster::stop(&cli.dir)?,
+        Command::Bench { rounds, launch } => cluster::bench(
+            &cli.dir,
+            *rounds,
+            launch,
+            matches!(cli.output, Output::Json),
+        )?,
         Command::Failover { rounds, nodes } => {
             let json = matches!(cli.output, Output::Json);
             if !cluster::failover(&cli.dir, *nodes, *rounds, json)? {

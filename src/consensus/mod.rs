@@ -12,8 +12,9 @@ use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
 
 pub use etcd::{
-    bootstrap_peer_pki, command as etcd_command, connect, peer_template, ConsensusError, Member,
-    Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE, PEER_PORT, PENDING_CA_KEY_FILE,
+    bootstrap_peer_pki, command as etcd_command, connect, peer_template, remove_stale_socket,
+    ConsensusError, Member, Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE, PEER_PORT,
+    PENDING_CA_KEY_FILE,
 };
 pub use kv::{Leadership, NamespacedKv};
 

@@ -29,6 +29,8 @@ pub enum ClusterError {
     Net(#[from] NetError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Bench(#[from] polis::bench::BenchError),
     #[error("{0}")]
     Usage(String),
     /// The launcher did not end after `polisctl stop` asked it to.
@@ -124,6 +126,26 @@ pub fn launch(dir: &Path, n: usize, consensus: usize, vm: bool) -> Result<(), Cl
         let _ = std::fs::remove_file(dir.join(LAUNCHER_PID));
         Ok::<(), ClusterError>(())
     })
+}
+
+/// Run the benchmark suite under `dir`; progress on stderr, the report (a table, or JSON) on
+/// stdout.
+pub fn bench(dir: &Path, rounds: usize, launch: &[usize], json: bool) -> Result<(), ClusterError> {
+    let binary = fresh_dir(dir, 1)?;
+    let config = polis::bench::BenchConfig {
+        dir: dir.to_owned(),
+        binary,
+        rounds,
+        launch_sizes: launch.iter().copied().filter(|n| *n > 0).collect(),
+    };
+    let report = runtime(dir)?.block_on(polis::bench::run(&config, |line| {
+        eprintln!("bench: {line}")
+    }))?;
+    match json {
+        true => println!("{}", report.json()),
+        false => print!("{}", report.table()),
+    }
+    Ok(())
 }
 
 /// Launch `nodes` consensus members and a spare slot under `dir`, and soak them with `config`;

@@ -1,0 +1,49 @@
+//! The benchmark suite's smoke run: one round of every start measure and a launch with workers,
+//! gating nothing on time. Each measure must come back with a sample (and its floor's, where it
+//! has one), Polis's overhead must be a part of its total, and the five-node launch (three
+//! consensus members, two workers approved at once) must bring every node up.
+
+use polis::bench::{run, BenchConfig};
+use polis_integration::polis_node_binary;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_of_every_measure_comes_back_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BenchConfig {
+        dir: dir.path().join("bench"),
+        binary: polis_node_binary(),
+        rounds: 1,
+        launch_sizes: vec![5],
+    };
+    let report = run(&config, |line| eprintln!("bench: {line}"))
+        .await
+        .unwrap();
+    eprintln!("{}", report.table());
+    let get = |prefix: &str| {
+        report
+            .measures
+            .iter()
+            .find(|m| m.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {report:?}"))
+    };
+    for (name, floored) in [
+        ("P1 cold", true),
+        ("P1 overhead", false),
+        ("P2 restart", true),
+        ("P2 overhead", false),
+        ("P6 idle RSS, node", true),
+        ("P6 idle RSS, swtpm", false),
+        ("launch 5 nodes, 3 consensus", false),
+    ] {
+        let m = get(name);
+        assert_eq!(m.polis.len(), 1, "{m:?}");
+        assert!(m.polis[0] > 0.0, "{m:?}");
+        assert_eq!(m.floor.len(), usize::from(floored), "{m:?}");
+        assert!(m.floor.iter().all(|f| *f > 0.0), "{m:?}");
+    }
+    assert!(get("P1 overhead").polis[0] < get("P1 cold").polis[0]);
+    assert!(get("P2 overhead").polis[0] < get("P2 restart").polis[0]);
+    // Resident memory in MiB: a running process holds at least one.
+    assert!(get("P6 idle RSS, node").polis[0] > 1.0);
+    assert!(report.json()["measures"].as_array().unwrap().len() == 7);
+}

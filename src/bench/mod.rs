@@ -1,0 +1,327 @@
+//! `polisctl bench`: Polis's performance, each figure against its floor measured in the same run
+//! and interleaved with it, so that a shared machine's noise falls on both alike (issue 12).
+//!
+//! - P1 cold bootstrap: `polis-node` spawned → the owner holds a certificate from its Curator,
+//!   against a bare etcd (the same command line) spawned → first put answered.
+//! - P2 restart: the node stopped cleanly and started again → an owner call answered, against
+//!   the bare etcd restarted from its data → first put.
+//! - For both, Polis's overhead: its time minus its own etcd's spawn → first read
+//!   (`polis_consensus_ready_seconds`), the part Polis controls (etcd's election delay is random).
+//! - P6 resident memory of an idle `polis-node` (its etcd and swtpm beside it, for scale).
+//! - Launch time against N: a local cluster of N nodes (min(N, 3) consensus members) up.
+//!
+//! P3 (supervised against raw actix) and P4 (actor restart latency) are in-process and live in
+//! `cargo bench -p polis-actors --bench mailbox`.
+
+mod floor;
+mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+pub use report::{Measure, Report};
+
+use crate::fsutil::FsError;
+use crate::launch::{LaunchError, LocalCluster};
+
+/// What the suite runs.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Where the clusters and bare etcds live (replaced).
+    pub dir: PathBuf,
+    /// The `polis-node` binary.
+    pub binary: PathBuf,
+    /// Rounds of P1, P2 and P6 (each: bare etcd cold and restarted, a node cold and restarted).
+    pub rounds: usize,
+    /// Cluster sizes to launch.
+    pub launch_sizes: Vec<usize>,
+}
+
+/// Why the suite could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A local cluster failed to come up or to answer.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// A bare etcd failed.
+    #[error(transparent)]
+    Consensus(#[from] crate::consensus::ConsensusError),
+    /// A process could not be started.
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
+    /// A file could not be read or written.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// A node's metrics or /proc lack what the suite reads.
+    #[error("node {node}: {what}")]
+    Missing {
+        /// The node's index.
+        node: usize,
+        /// What was missing.
+        what: String,
+    },
+}
+
+/// Run the suite; `progress` gets a line per step.
+pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report, BenchError> {
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let _ = std::fs::remove_dir_all(&config.dir);
+    std::fs::create_dir_all(&config.dir).map_err(|e| FsError::new("create", &config.dir, e))?;
+    let mut samples = Samples::default();
+    for round in 0..config.rounds {
+        // Which goes first alternates, so that neither always meets a warmer machine.
+        let (etcd, node) = match round % 2 {
+            0 => {
+                let etcd = floor::etcd_starts(&config.dir.join("etcd"), &log).await?;
+                (etcd, node_starts(config, &log).await?)
+            }
+            _ => {
+                let node = node_starts(config, &log).await?;
+                (
+                    floor::etcd_starts(&config.dir.join("etcd"), &log).await?,
+                    node,
+                )
+            }
+        };
+        progress(&format!(
+            "round {}/{}: cold {:.0} ms (etcd {:.0} ms), restart {:.0} ms (etcd {:.0} ms)",
+            round + 1,
+            config.rounds,
+            ms(node.cold),
+            ms(etcd.cold),
+            ms(node.restart),
+            ms(etcd.restart)
+        ));
+        samples.add(etcd, node);
+    }
+    let mut launches = Vec::new();
+    for &n in &config.launch_sizes {
+        let took = launch(config, n, &log).await?;
+        progress(&format!("launch of {n} nodes: {:.1} s", took.as_secs_f64()));
+        launches.push((n, took));
+    }
+    Ok(samples.report(launches))
+}
+
+/// One node's start times, its etcd's share of each, and its memory once idle.
+#[derive(Clone, Copy, Debug)]
+struct NodeStarts {
+    cold: Duration,
+    cold_etcd: Duration,
+    restart: Duration,
+    restart_etcd: Duration,
+    rss: Rss,
+}
+
+/// Resident memory, bytes.
+#[derive(Clone, Copy, Debug)]
+struct Rss {
+    node: u64,
+    etcd: u64,
+    swtpm: u64,
+}
+
+/// How long an idle node is left before its memory is read.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// Bootstrap a one-node cluster, stop it cleanly, start it again; time both starts closely.
+async fn node_starts(config: &BenchConfig, log: &slog::Logger) -> Result<NodeStarts, BenchError> {
+    let dir = config.dir.join("node");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
+    let mut cluster = LocalCluster::create(&dir, 1, &config.binary, log.clone())?;
+    cluster.poll_every(Duration::from_millis(2));
+    cluster.ensure_swtpm(0)?;
+    let began = Instant::now();
+    cluster.bootstrap().await?;
+    let cold = began.elapsed();
+    let cold_etcd = etcd_ready(&cluster)?;
+    cluster.stop(0, Signal::SIGTERM);
+    let began = Instant::now();
+    cluster.start(0, &[])?;
+    cluster
+        .until(0, "answer the owner after a restart", || async {
+            cluster.owner(0).await.ok()?.nodes().await.ok()
+        })
+        .await?;
+    let restart = began.elapsed();
+    let restart_etcd = etcd_ready(&cluster)?;
+    tokio::time::sleep(IDLE).await;
+    let rss = rss_of(&cluster)?;
+    Ok(NodeStarts {
+        cold,
+        cold_etcd,
+        restart,
+        restart_etcd,
+        rss,
+    })
+}
+
+/// Node 0's etcd spawn → first read, from its metrics.
+fn etcd_ready(cluster: &LocalCluster) -> Result<Duration, BenchError> {
+    let text = cluster.debug(0, "GET", "/metrics", "")?;
+    let missing = || BenchError::Missing {
+        node: 0,
+        what: "no polis_consensus_ready_seconds in its metrics".into(),
+    };
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("polis_consensus_ready_seconds "))
+        .ok_or_else(missing)?;
+    let secs: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(missing)?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Node 0's resident memory, and its etcd's and swtpm's.
+fn rss_of(cluster: &LocalCluster) -> Result<Rss, BenchError> {
+    let missing = |what: &str| BenchError::Missing {
+        node: 0,
+        what: what.to_owned(),
+    };
+    let node = cluster.nodes[0]
+        .pid()
+        .ok_or_else(|| missing("no node.pid"))?;
+    let etcd = children(node)
+        .into_iter()
+        .find(|pid| comm(*pid).as_deref() == Some("etcd"))
+        .ok_or_else(|| missing("no etcd child"))?;
+    let swtpm = cluster
+        .swtpm_pid(0)
+        .ok_or_else(|| missing("no swtpm.pid"))?;
+    let read =
+        |pid: i32| resident_bytes(pid).ok_or_else(|| missing(&format!("no VmRSS for pid {pid}")));
+    Ok(Rss {
+        node: read(node)?,
+        etcd: read(etcd)?,
+        swtpm: read(swtpm)?,
+    })
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn comm(pid: i32) -> Option<String> {
+    Some(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// `VmRSS` of `pid`, in bytes.
+fn resident_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Launch `n` nodes (min(n, 3) consensus members) and time it until every one is UP.
+async fn launch(
+    config: &BenchConfig,
+    n: usize,
+    log: &slog::Logger,
+) -> Result<Duration, BenchError> {
+    let dir = config.dir.join(format!("launch{n}"));
+    std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
+    let began = Instant::now();
+    let mut cluster = LocalCluster::create(&dir, n, &config.binary, log.clone())?;
+    let consensus = n.min(3);
+    cluster.bring_up(consensus, n - consensus).await?;
+    let took = began.elapsed();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(took)
+}
+
+/// Every round's figures, paired.
+#[derive(Default)]
+struct Samples {
+    etcd: Vec<floor::EtcdStarts>,
+    node: Vec<NodeStarts>,
+}
+
+impl Samples {
+    fn add(&mut self, etcd: floor::EtcdStarts, node: NodeStarts) {
+        self.etcd.push(etcd);
+        self.node.push(node);
+    }
+
+    fn report(&self, launches: Vec<(usize, Duration)>) -> Report {
+        let secs = |f: &dyn Fn(&NodeStarts) -> Duration| -> Vec<f64> {
+            self.node.iter().map(|n| f(n).as_secs_f64()).collect()
+        };
+        let etcd = |f: &dyn Fn(&floor::EtcdStarts) -> Duration| -> Vec<f64> {
+            self.etcd.iter().map(|e| f(e).as_secs_f64()).collect()
+        };
+        let overhead = |total: &dyn Fn(&NodeStarts) -> Duration,
+                        own: &dyn Fn(&NodeStarts) -> Duration| {
+            self.node
+                .iter()
+                .map(|n| total(n).saturating_sub(own(n)).as_secs_f64())
+                .collect::<Vec<f64>>()
+        };
+        let mib = |f: &dyn Fn(&Rss) -> u64| -> Vec<f64> {
+            self.node
+                .iter()
+                .map(|n| f(&n.rss) as f64 / 1048576.0)
+                .collect()
+        };
+        let mut measures = vec![
+            Measure::paired(
+                "P1 cold bootstrap (s)",
+                secs(&|n| n.cold),
+                etcd(&|e| e.cold),
+                "ratio ≤ 1.05",
+            ),
+            Measure::alone(
+                "P1 overhead outside etcd (s)",
+                overhead(&|n| n.cold, &|n| n.cold_etcd),
+                "≤ 0.025",
+            ),
+            Measure::paired(
+                "P2 restart (s)",
+                secs(&|n| n.restart),
+                etcd(&|e| e.restart),
+                "ratio ≤ 1.05",
+            ),
+            Measure::alone(
+                "P2 overhead outside etcd (s)",
+                overhead(&|n| n.restart, &|n| n.restart_etcd),
+                "≤ 0.025",
+            ),
+            Measure::paired(
+                "P6 idle RSS, node vs its etcd (MiB)",
+                mib(&|r| r.node),
+                mib(&|r| r.etcd),
+                "-",
+            ),
+            Measure::alone("P6 idle RSS, swtpm (MiB)", mib(&|r| r.swtpm), "-"),
+        ];
+        for (n, took) in launches {
+            let goal = if n == 12 { "< 15 (3 + 9)" } else { "-" };
+            measures.push(Measure::alone(
+                &format!("launch {n} nodes, {} consensus (s)", n.min(3)),
+                vec![took.as_secs_f64()],
+                goal,
+            ));
+        }
+        Report { measures }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
