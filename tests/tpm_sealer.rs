@@ -184,3 +184,69 @@ fn no_tpm_and_bad_configuration_are_clear_errors() {
         Err(TpmError::BadTcti { .. })
     ));
 }
+
+/// A `polis-node` killed while connected straight to its TPM leaves transient objects loaded
+/// (its kept storage primary); a TPM holds only a few. Here a process fills every slot and dies
+/// without cleaning up: a new sealer flushes them and still seals and unseals.
+#[test]
+fn objects_a_killed_process_left_loaded_do_not_block_sealing() {
+    let (_dir, swtpm, sealer) = tpm();
+    drop(sealer);
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "fill_the_tpm_then_die",
+            "--nocapture",
+        ])
+        .env(FILL_TCTI, swtpm.tcti())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the filler must die, not exit: {status}");
+
+    let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+    let blob = sealer.seal(KIND, &secret()).unwrap();
+    assert_eq!(*sealer.unseal(KIND, &blob).unwrap(), secret());
+}
+
+/// The TPM [`fill_the_tpm_then_die`] fills.
+const FILL_TCTI: &str = "POLIS_TEST_FILL_TCTI";
+
+/// Not a test: the process the test above kills. Loads primaries until the TPM is full, then
+/// aborts (no destructor runs, so nothing is flushed).
+#[test]
+#[ignore = "run by objects_a_killed_process_left_loaded_do_not_block_sealing"]
+fn fill_the_tpm_then_die() {
+    use std::str::FromStr;
+    use tss_esapi::interface_types::algorithm::{EccSchemeAlgorithm, HashingAlgorithm};
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::interface_types::resource_handles::Hierarchy;
+    use tss_esapi::structures::EccScheme;
+
+    let Ok(tcti) = std::env::var(FILL_TCTI) else {
+        return;
+    };
+    let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(&tcti).unwrap();
+    let mut ctx = tss_esapi::Context::new(conf).unwrap();
+    let scheme = EccScheme::create(
+        EccSchemeAlgorithm::EcDsa,
+        Some(HashingAlgorithm::Sha256),
+        None,
+    )
+    .unwrap();
+    let template =
+        tss_esapi::utils::create_unrestricted_signing_ecc_public(scheme, EccCurve::NistP256)
+            .unwrap();
+    let mut loaded = 0;
+    while loaded < 16
+        && ctx
+            .execute_with_nullauth_session(|ctx| {
+                ctx.create_primary(Hierarchy::Owner, template.clone(), None, None, None, None)
+            })
+            .is_ok()
+    {
+        loaded += 1;
+    }
+    assert!(loaded >= 3, "the TPM took only {loaded} objects");
+    std::process::abort();
+}
