@@ -1,6 +1,7 @@
 //! The benchmark suite's smoke run: one round of every start measure and a launch with workers,
 //! gating nothing on time. Each measure must come back with a sample (and its floor's, where it
-//! has one), Polis's overhead must be a part of its total, and the five-node launch (three
+//! has one: 20 registrations through the Curator among them), Polis's overhead must be a part
+//! of its total, and the five-node launch (three
 //! consensus members, two workers approved at once) must bring every node up.
 
 use polis::bench::{run, BenchConfig};
@@ -31,6 +32,8 @@ async fn one_round_of_every_measure_comes_back_complete() {
         ("P1 overhead", false),
         ("P2 restart", true),
         ("P2 overhead", false),
+        ("P5 registrations per second", true),
+        ("P5 registration latency", false),
         ("P6 idle RSS, node", true),
         ("P6 idle RSS, swtpm", false),
         ("launch 5 nodes, 3 consensus", false),
@@ -45,5 +48,5 @@ async fn one_round_of_every_measure_comes_back_complete() {
     assert!(get("P2 overhead").polis[0] < get("P2 restart").polis[0]);
     // Resident memory in MiB: a running process holds at least one.
     assert!(get("P6 idle RSS, node").polis[0] > 1.0);
-    assert!(report.json()["measures"].as_array().unwrap().len() == 7);
+    assert!(report.json()["measures"].as_array().unwrap().len() == 9);
 }

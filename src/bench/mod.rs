@@ -7,12 +7,16 @@
 //!   the bare etcd restarted from its data → first put.
 //! - For both, Polis's overhead: its time minus its own etcd's spawn → first read
 //!   (`polis_consensus_ready_seconds`), the part Polis controls (etcd's election delay is random).
+//! - P5 registrations per second through the Curator (RegisterNode, ApproveNode, CommitNode of
+//!   synthetic nodes over TLS), against the etcd reads and transactions they need issued
+//!   straight to the same member, batch by batch; and a registration's p99 latency.
 //! - P6 resident memory of an idle `polis-node` (its etcd and swtpm beside it, for scale).
 //! - Launch time against N: a local cluster of N nodes (min(N, 3) consensus members) up.
 //!
 //! P3 (supervised against raw actix) and P4 (actor restart latency) are in-process and live in
 //! `cargo bench -p polis-actors --bench mailbox`.
 
+mod curator;
 mod floor;
 mod report;
 
@@ -54,6 +58,23 @@ pub enum BenchError {
     /// A file could not be read or written.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A Curator refused a synthetic node's call.
+    #[error("{call} refused: {status}")]
+    Refused {
+        /// The call.
+        call: &'static str,
+        /// What the Curator answered.
+        status: tonic::Status,
+    },
+    /// An owner call failed.
+    #[error(transparent)]
+    Owner(#[from] crate::owner::OwnerError),
+    /// No Curator could be reached.
+    #[error(transparent)]
+    Reach(#[from] crate::lifecycle::ReachError),
+    /// A key could not be made.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
     /// A node's metrics or /proc lack what the suite reads.
     #[error("node {node}: {what}")]
     Missing {
@@ -96,13 +117,34 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         ));
         samples.add(etcd, node);
     }
+    progress(&format!(
+        "P5: {} batches of {} registrations through the Curator, interleaved with etcd",
+        config.rounds,
+        curator::PER_BATCH
+    ));
+    let throughput = curator_throughput(config, &log).await?;
     let mut launches = Vec::new();
     for &n in &config.launch_sizes {
         let took = launch(config, n, &log).await?;
         progress(&format!("launch of {n} nodes: {:.1} s", took.as_secs_f64()));
         launches.push((n, took));
     }
-    Ok(samples.report(launches))
+    Ok(samples.report(throughput, launches))
+}
+
+/// P5 on a one-node cluster of its own.
+async fn curator_throughput(
+    config: &BenchConfig,
+    log: &slog::Logger,
+) -> Result<curator::Throughput, BenchError> {
+    let dir = config.dir.join("curator");
+    std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
+    let mut cluster = LocalCluster::create(&dir, 1, &config.binary, log.clone())?;
+    let owner = cluster.bootstrap().await?;
+    let throughput = curator::registrations(&cluster, &owner, config.rounds).await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+    throughput
 }
 
 /// One node's start times, its etcd's share of each, and its memory once idle.
@@ -259,7 +301,7 @@ impl Samples {
         self.node.push(node);
     }
 
-    fn report(&self, launches: Vec<(usize, Duration)>) -> Report {
+    fn report(&self, throughput: curator::Throughput, launches: Vec<(usize, Duration)>) -> Report {
         let secs = |f: &dyn Fn(&NodeStarts) -> Duration| -> Vec<f64> {
             self.node.iter().map(|n| f(n).as_secs_f64()).collect()
         };
@@ -301,6 +343,17 @@ impl Samples {
                 "P2 overhead outside etcd (s)",
                 overhead(&|n| n.restart, &|n| n.restart_etcd),
                 "≤ 0.025",
+            ),
+            Measure::paired(
+                "P5 registrations per second",
+                throughput.polis,
+                throughput.floor,
+                "ratio ≥ 0.5",
+            ),
+            Measure::alone(
+                "P5 registration latency, p99 (s)",
+                report::p99(&throughput.latencies).into_iter().collect(),
+                "-",
             ),
             Measure::paired(
                 "P6 idle RSS, node vs its etcd (MiB)",

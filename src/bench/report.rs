@@ -104,6 +104,14 @@ pub fn median(samples: &[f64]) -> Option<f64> {
     sorted.get(sorted.len() / 2).copied()
 }
 
+/// The 99th percentile of `samples` (nearest rank), if any.
+pub fn p99(samples: &[f64]) -> Option<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (sorted.len() * 99).div_ceil(100);
+    sorted.get(rank.checked_sub(1)?).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,8 +131,12 @@ mod tests {
     }
 
     #[test]
-    fn median_of_nothing_is_none() {
+    fn median_and_p99_of_nothing_are_none() {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(p99(&[]), None);
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(p99(&hundred), Some(99.0));
+        assert_eq!(p99(&[5.0, 1.0]), Some(5.0));
     }
 }

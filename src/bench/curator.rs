@@ -1,0 +1,137 @@
+//! P5: how fast the Curator registers nodes, against the etcd work a registration needs issued
+//! straight to the same member. A synthetic node (fresh node and join keys) calls RegisterNode
+//! over TLS with an ephemeral identity, the owner approves it, and it calls CommitNode for its
+//! certificate; the floor makes the same reads and transactions on keys of its own: the ticket
+//! read, then the record created with its join-key index, approved and committed, each a read
+//! and a compare-and-swap.
+
+use std::time::{Duration, Instant};
+
+use super::BenchError;
+use crate::consensus::NamespacedKv;
+use crate::launch::LocalCluster;
+use crate::lifecycle::connect;
+use crate::owner::Owner;
+use crate::pki::generate_key;
+use crate::proto::common::ClusterDirectory;
+use crate::proto::curator::curator_client::CuratorClient;
+use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
+use crate::tls::Identity;
+
+/// Registrations (and floor iterations) per batch; batches alternate between the two.
+pub const PER_BATCH: usize = 20;
+/// What synthetic nodes say their address is: nothing ever dials it.
+const SYNTHETIC_ADDRESS: &str = "198.18.0.254";
+/// The floor's record: about a node record's size (keys, address, certificate).
+const RECORD_BYTES: usize = 600;
+
+/// Per batch, registrations per second through the Curator and the floor's iterations per
+/// second; and every registration's latency.
+#[derive(Clone, Debug, Default)]
+pub struct Throughput {
+    /// Polis's rate per batch.
+    pub polis: Vec<f64>,
+    /// The floor's rate per batch, paired with Polis's.
+    pub floor: Vec<f64>,
+    /// Every registration's latency, seconds.
+    pub latencies: Vec<f64>,
+}
+
+/// Run `batches` pairs of batches against node 0 of `cluster`, which `owner` owns.
+pub async fn registrations(
+    cluster: &LocalCluster,
+    owner: &Owner,
+    batches: usize,
+) -> Result<Throughput, BenchError> {
+    let mut owner = owner.clone();
+    let info = owner.cluster_info().await?;
+    let caller = Caller {
+        directory: info.cluster_directory.unwrap_or_default(),
+        ca: info.ca_certificate,
+        ticket: owner.ticket().await?,
+    };
+    let client = crate::consensus::connect(&cluster.nodes[0].root).await?;
+    let mut kv = NamespacedKv::new(client, "/bench/".to_owned());
+    let mut out = Throughput::default();
+    let mut iteration = 0u64;
+    for batch in 0..batches {
+        let polis_first = batch % 2 == 0;
+        let mut floor_rate = 0.0;
+        if !polis_first {
+            floor_rate = floor_batch(&mut kv, &mut iteration).await?;
+        }
+        let began = Instant::now();
+        for _ in 0..PER_BATCH {
+            let took = caller.register_one(&mut owner).await?;
+            out.latencies.push(took.as_secs_f64());
+        }
+        out.polis
+            .push(PER_BATCH as f64 / began.elapsed().as_secs_f64());
+        if polis_first {
+            floor_rate = floor_batch(&mut kv, &mut iteration).await?;
+        }
+        out.floor.push(floor_rate);
+    }
+    Ok(out)
+}
+
+/// What a synthetic node needs to register.
+struct Caller {
+    directory: ClusterDirectory,
+    ca: Vec<u8>,
+    ticket: Vec<u8>,
+}
+
+impl Caller {
+    /// One node registered, approved and committed; answers how long it took.
+    async fn register_one(&self, owner: &mut Owner) -> Result<Duration, BenchError> {
+        let node = generate_key()?;
+        let join = generate_key()?;
+        let began = Instant::now();
+        let channel = connect(&self.directory, &self.ca, || Identity::ephemeral(&node)).await?;
+        let mut curator = CuratorClient::new(channel);
+        let refused = |call| move |status: tonic::Status| BenchError::Refused { call, status };
+        curator
+            .register_node(RegisterNodeRequest {
+                register_ticket: self.ticket.clone(),
+                join_key: join.verifying_key().to_bytes().to_vec(),
+                external_address: SYNTHETIC_ADDRESS.to_owned(),
+            })
+            .await
+            .map_err(refused("RegisterNode"))?;
+        owner.approve(&node.verifying_key().to_bytes()).await?;
+        curator
+            .commit_node(CommitNodeRequest {
+                cluster_unlock_key: vec![0x5a; 32],
+            })
+            .await
+            .map_err(refused("CommitNode"))?;
+        Ok(began.elapsed())
+    }
+}
+
+/// [`PER_BATCH`] floor iterations; answers their rate per second.
+async fn floor_batch(kv: &mut NamespacedKv, iteration: &mut u64) -> Result<f64, BenchError> {
+    let record = vec![0xa5; RECORD_BYTES];
+    let began = Instant::now();
+    for _ in 0..PER_BATCH {
+        *iteration += 1;
+        let (key, index) = (format!("nodes/{iteration}"), format!("join/{iteration}"));
+        kv.get("ticket").await?;
+        let (_, revision) = kv.get_versioned(&key).await?;
+        kv.swap(
+            &key,
+            revision,
+            &[&index],
+            &[(&key, &record), (&index, b"id")],
+        )
+        .await?;
+        // Approved, then committed (which reads the record once more before its swap).
+        kv.get(&key).await?;
+        for _ in 0..2 {
+            let (_, revision) = kv.get_versioned(&key).await?;
+            kv.swap(&key, revision, &[], &[(&key, &record)]).await?;
+        }
+    }
+    Ok(PER_BATCH as f64 / began.elapsed().as_secs_f64())
+}
