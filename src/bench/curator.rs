@@ -3,7 +3,7 @@
 //! over TLS with an ephemeral identity, the owner approves it, and it calls CommitNode for its
 //! certificate; the floor makes the same reads and transactions on keys of its own: the ticket
 //! read, then the record created with its join-key index, approved and committed, each a read
-//! and a compare-and-swap.
+//! and a compare-and-swap, and the issued certificate recorded.
 
 use std::time::{Duration, Instant};
 
@@ -126,8 +126,10 @@ async fn floor_batch(kv: &mut NamespacedKv, iteration: &mut u64) -> Result<f64, 
             &[(&key, &record), (&index, b"id")],
         )
         .await?;
-        // Approved, then committed (which reads the record once more before its swap).
+        // Approved, then committed: the record read once more, the certificate issued and
+        // recorded, then the swap.
         kv.get(&key).await?;
+        kv.put(&format!("issued/{iteration}"), &record).await?;
         for _ in 0..2 {
             let (_, revision) = kv.get_versioned(&key).await?;
             kv.swap(&key, revision, &[], &[(&key, &record)]).await?;
