@@ -27,20 +27,23 @@ async fn one_round_of_every_measure_comes_back_complete() {
             .find(|m| m.name.starts_with(prefix))
             .unwrap_or_else(|| panic!("no {prefix} in {report:?}"))
     };
-    for (name, floored) in [
-        ("P1 cold", true),
-        ("P1 overhead", false),
-        ("P2 restart", true),
-        ("P2 overhead", false),
-        ("P5 registrations per second", true),
-        ("P5 registration latency", false),
-        ("P6 idle RSS, node", true),
-        ("P6 idle RSS, swtpm", false),
-        ("launch 5 nodes, 3 consensus", false),
+    // (measure, has a floor, samples): one per round, one per registration for the P5 steps.
+    for (name, floored, samples) in [
+        ("P1 cold", true, 1),
+        ("P1 overhead", false, 1),
+        ("P2 restart", true, 1),
+        ("P2 overhead", false, 1),
+        ("P5 registrations per second", true, 1),
+        ("P5 registration latency", false, 1),
+        ("P5 step: TLS connection", false, 20),
+        ("P5 step: CommitNode", false, 20),
+        ("P6 idle RSS, node", true, 1),
+        ("P6 idle RSS, swtpm", false, 1),
+        ("launch 5 nodes, 3 consensus", false, 1),
     ] {
         let m = get(name);
-        assert_eq!(m.polis.len(), 1, "{m:?}");
-        assert!(m.polis[0] > 0.0, "{m:?}");
+        assert_eq!(m.polis.len(), samples, "{m:?}");
+        assert!(m.polis.iter().all(|p| *p > 0.0), "{m:?}");
         assert_eq!(m.floor.len(), usize::from(floored), "{m:?}");
         assert!(m.floor.iter().all(|f| *f > 0.0), "{m:?}");
     }
@@ -48,5 +51,5 @@ async fn one_round_of_every_measure_comes_back_complete() {
     assert!(get("P2 overhead").polis[0] < get("P2 restart").polis[0]);
     // Resident memory in MiB: a running process holds at least one.
     assert!(get("P6 idle RSS, node").polis[0] > 1.0);
-    assert!(report.json()["measures"].as_array().unwrap().len() == 9);
+    assert!(report.json()["measures"].as_array().unwrap().len() == 13);
 }

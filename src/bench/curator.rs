@@ -35,13 +35,24 @@ pub struct Throughput {
     pub floor: Vec<f64>,
     /// Every registration's latency, seconds.
     pub latencies: Vec<f64>,
+    /// Per step of a registration ([`STEPS`]), every registration's time in it, seconds.
+    pub steps: [Vec<f64>; 4],
 }
+
+/// The steps of a registration, as the report names them.
+pub const STEPS: [&str; 4] = [
+    "TLS connection of a new node",
+    "RegisterNode",
+    "ApproveNode (owner)",
+    "CommitNode",
+];
 
 /// Run `batches` pairs of batches against node 0 of `cluster`, which `owner` owns.
 pub async fn registrations(
     cluster: &LocalCluster,
     owner: &Owner,
     batches: usize,
+    progress: &impl Fn(&str),
 ) -> Result<Throughput, BenchError> {
     let mut owner = owner.clone();
     let info = owner.cluster_info().await?;
@@ -62,15 +73,23 @@ pub async fn registrations(
         }
         let began = Instant::now();
         for _ in 0..PER_BATCH {
-            let took = caller.register_one(&mut owner).await?;
-            out.latencies.push(took.as_secs_f64());
+            let steps = caller.register_one(&mut owner).await?;
+            out.latencies
+                .push(steps.iter().sum::<Duration>().as_secs_f64());
+            for (all, took) in out.steps.iter_mut().zip(steps) {
+                all.push(took.as_secs_f64());
+            }
         }
-        out.polis
-            .push(PER_BATCH as f64 / began.elapsed().as_secs_f64());
+        let rate = PER_BATCH as f64 / began.elapsed().as_secs_f64();
+        out.polis.push(rate);
         if polis_first {
             floor_rate = floor_batch(&mut kv, &mut iteration).await?;
         }
         out.floor.push(floor_rate);
+        progress(&format!(
+            "P5 batch {}/{batches}: {rate:.1} registrations/s, etcd floor {floor_rate:.1}/s",
+            batch + 1
+        ));
     }
     Ok(out)
 }
@@ -83,12 +102,13 @@ struct Caller {
 }
 
 impl Caller {
-    /// One node registered, approved and committed; answers how long it took.
-    async fn register_one(&self, owner: &mut Owner) -> Result<Duration, BenchError> {
+    /// One node registered, approved and committed; answers how long each of [`STEPS`] took.
+    async fn register_one(&self, owner: &mut Owner) -> Result<[Duration; 4], BenchError> {
         let node = generate_key()?;
         let join = generate_key()?;
-        let began = Instant::now();
+        let mut lap = Lap(Instant::now());
         let channel = connect(&self.directory, &self.ca, || Identity::ephemeral(&node)).await?;
+        let connected = lap.next();
         let mut curator = CuratorClient::new(channel);
         let refused = |call| move |status: tonic::Status| BenchError::Refused { call, status };
         curator
@@ -99,14 +119,16 @@ impl Caller {
             })
             .await
             .map_err(refused("RegisterNode"))?;
+        let registered = lap.next();
         owner.approve(&node.verifying_key().to_bytes()).await?;
+        let approved = lap.next();
         curator
             .commit_node(CommitNodeRequest {
                 cluster_unlock_key: vec![0x5a; 32],
             })
             .await
             .map_err(refused("CommitNode"))?;
-        Ok(began.elapsed())
+        Ok([connected, registered, approved, lap.next()])
     }
 }
 
@@ -136,4 +158,17 @@ async fn floor_batch(kv: &mut NamespacedKv, iteration: &mut u64) -> Result<f64, 
         }
     }
     Ok(PER_BATCH as f64 / began.elapsed().as_secs_f64())
+}
+
+/// A stopwatch read lap by lap.
+struct Lap(Instant);
+
+impl Lap {
+    /// The time since the last lap (or the start).
+    fn next(&mut self) -> Duration {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.0);
+        self.0 = now;
+        took
+    }
 }

@@ -122,7 +122,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         config.rounds,
         curator::PER_BATCH
     ));
-    let throughput = curator_throughput(config, &log).await?;
+    let throughput = curator_throughput(config, &log, &progress).await?;
     let mut launches = Vec::new();
     for &n in &config.launch_sizes {
         let took = launch(config, n, &log).await?;
@@ -136,12 +136,13 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
 async fn curator_throughput(
     config: &BenchConfig,
     log: &slog::Logger,
+    progress: &impl Fn(&str),
 ) -> Result<curator::Throughput, BenchError> {
     let dir = config.dir.join("curator");
     std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
     let mut cluster = LocalCluster::create(&dir, 1, &config.binary, log.clone())?;
     let owner = cluster.bootstrap().await?;
-    let throughput = curator::registrations(&cluster, &owner, config.rounds).await;
+    let throughput = curator::registrations(&cluster, &owner, config.rounds, progress).await;
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     throughput
@@ -355,6 +356,15 @@ impl Samples {
                 report::p99(&throughput.latencies).into_iter().collect(),
                 "-",
             ),
+        ];
+        for (step, samples) in curator::STEPS.iter().zip(throughput.steps) {
+            measures.push(Measure::alone(
+                &format!("P5 step: {step} (s)"),
+                samples,
+                "-",
+            ));
+        }
+        measures.extend([
             Measure::paired(
                 "P6 idle RSS, node vs its etcd (MiB)",
                 mib(&|r| r.node),
@@ -362,7 +372,7 @@ impl Samples {
                 "-",
             ),
             Measure::alone("P6 idle RSS, swtpm (MiB)", mib(&|r| r.swtpm), "-"),
-        ];
+        ]);
         for (n, took) in launches {
             let goal = if n == 12 { "< 15 (3 + 9)" } else { "-" };
             measures.push(Measure::alone(
