@@ -161,9 +161,9 @@ struct NodeStarts {
 /// Resident memory, bytes.
 #[derive(Clone, Copy, Debug)]
 struct Rss {
-    node: u64,
-    etcd: u64,
-    swtpm: u64,
+    node: f64,
+    etcd: f64,
+    swtpm: f64,
 }
 
 /// How long an idle node is left before its memory is read.
@@ -237,8 +237,10 @@ fn rss_of(cluster: &LocalCluster) -> Result<Rss, BenchError> {
     let swtpm = cluster
         .swtpm_pid(0)
         .ok_or_else(|| missing("no swtpm.pid"))?;
-    let read =
-        |pid: i32| resident_bytes(pid).ok_or_else(|| missing(&format!("no VmRSS for pid {pid}")));
+    let read = |pid: i32| {
+        crate::metrics::process::resident_memory_bytes(pid)
+            .ok_or_else(|| missing(&format!("no resident memory in /proc/{pid}/stat")))
+    };
     Ok(Rss {
         node: read(node)?,
         etcd: read(etcd)?,
@@ -261,14 +263,6 @@ fn comm(pid: i32) -> Option<String> {
             .trim()
             .to_owned(),
     )
-}
-
-/// `VmRSS` of `pid`, in bytes.
-fn resident_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Launch `n` nodes (min(n, 3) consensus members) and time it until every one is UP.
@@ -316,11 +310,8 @@ impl Samples {
                 .map(|n| total(n).saturating_sub(own(n)).as_secs_f64())
                 .collect::<Vec<f64>>()
         };
-        let mib = |f: &dyn Fn(&Rss) -> u64| -> Vec<f64> {
-            self.node
-                .iter()
-                .map(|n| f(&n.rss) as f64 / 1048576.0)
-                .collect()
+        let mib = |f: &dyn Fn(&Rss) -> f64| -> Vec<f64> {
+            self.node.iter().map(|n| f(&n.rss) / 1048576.0).collect()
         };
         let mut measures = vec![
             Measure::paired(

@@ -26,7 +26,7 @@ struct Stat {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        if let Some(stat) = read_stat() {
+        if let Some(stat) = read_stat("self") {
             let counter = "process_cpu_seconds";
             encoder
                 .encode_descriptor(
@@ -87,9 +87,16 @@ fn gauge(
         .encode_gauge(&value)
 }
 
-/// This process's `/proc/self/stat`, with the kernel's clock tick, page size and boot time.
-fn read_stat() -> Option<Stat> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// The resident memory of process `pid` in bytes, read as `process_resident_memory_bytes` is for
+/// this one: what `polisctl bench` reports of a node, its etcd and its swtpm.
+pub fn resident_memory_bytes(pid: i32) -> Option<f64> {
+    Some(read_stat(&pid.to_string())?.resident_memory_bytes)
+}
+
+/// `/proc/<proc>/stat` (`proc` a PID or `self`), with the kernel's clock tick, page size and
+/// boot time.
+fn read_stat(proc: &str) -> Option<Stat> {
+    let stat = std::fs::read_to_string(format!("/proc/{proc}/stat")).ok()?;
     let boot = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks = sysconf(SysconfVar::CLK_TCK).ok()?? as f64;
     let page = sysconf(SysconfVar::PAGE_SIZE).ok()?? as f64;
@@ -153,7 +160,7 @@ mod tests {
 
     #[test]
     fn this_process_reads_as_running_and_using_memory() {
-        let stat = read_stat().expect("/proc/self/stat");
+        let stat = read_stat("self").expect("/proc/self/stat");
         assert!(stat.resident_memory_bytes > 0.0);
         assert!(stat.start_time_seconds > 1_600_000_000.0);
         assert!(stat.cpu_seconds >= 0.0);
