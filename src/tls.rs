@@ -3,6 +3,7 @@
 //! non-Ed25519 peers, so tonic gets these rustls configurations instead.
 //!
 //! Trust is pinned: a client trusts exactly the cluster CA it was given, not the system's roots.
+//! No session is ever resumed, so every connection checks the peer's certificate and the CRL.
 
 use std::fmt;
 use std::sync::Arc;
@@ -151,6 +152,10 @@ pub fn server_config(identity: Identity, clients: ClientAuth) -> Result<ServerCo
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed session skips the client's certificate and the CRL: every connection must do
+    // a full handshake, so that a certificate revoked since the last one is refused.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -175,6 +180,7 @@ pub fn curator_client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
+    no_resumption(&mut config);
     Ok(config)
 }
 
@@ -194,6 +200,7 @@ pub fn first_use_client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    no_resumption(&mut config);
     Ok((config, seen))
 }
 
@@ -354,6 +361,12 @@ impl ClientCertVerifier for CaOrEphemeral {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ED25519]
     }
+}
+
+/// A client never offers to resume a session: a resumed session skips the server's
+/// certificate, so a Curator revoked since the last connection would still be believed.
+fn no_resumption(config: &mut ClientConfig) {
+    config.resumption = rustls::client::Resumption::disabled();
 }
 
 /// What a verifier answers if asked about TLS 1.2, which the provider never negotiates.

@@ -1,13 +1,14 @@
 //! The TLS builder under real handshakes: mutual TLS 1.3 with Ed25519 certificates from a pinned
 //! CA works; revoked, foreign-CA, non-Ed25519 and TLS 1.2 peers are refused; ephemeral
-//! self-signed clients are admitted only where asked for.
+//! self-signed clients are admitted only where asked for; no session is resumed.
 
 use std::sync::Arc;
 
 use polis::pki::{generate_key, CertificateAuthority, Template};
 use polis::tls::{curator_client_config, server_config, ClientAuth, Identity, Trust};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ProtocolVersion, ServerConfig};
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Run one handshake; the server's view decides client authentication, the client's view
@@ -76,6 +77,52 @@ async fn mutual_tls_13_between_nodes_of_one_ca() {
     let (s, c) = handshake(server, client, &a.id).await;
     assert_eq!(s, Ok(ProtocolVersion::TLSv1_3));
     assert_eq!(c, Ok(()));
+}
+
+/// One connection with the configs a server and a client keep between connections: a full
+/// exchange (the client sends a byte, the server answers one, so any session ticket reaches
+/// the client); answers how the server saw the handshake.
+async fn connection(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+    name: &str,
+) -> Option<HandshakeKind> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = TlsAcceptor::from(server.clone());
+    let connector = TlsConnector::from(client.clone());
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let serve = async {
+        let mut stream = acceptor.accept(a).await.unwrap();
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        stream.write_all(&byte).await.unwrap();
+        stream.flush().await.unwrap();
+        stream.get_ref().1.handshake_kind()
+    };
+    let call = async {
+        let mut stream = connector.connect(name, b).await.unwrap();
+        stream.write_all(b"x").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        stream
+    };
+    let (kind, _stream) = tokio::join!(serve, call);
+    kind
+}
+
+#[tokio::test]
+async fn no_connection_resumes_a_session_so_every_one_checks_the_certificates() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (a, b) = (curator(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
+    let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
+    let client = curator_client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
+    let (server, client) = (Arc::new(server), Arc::new(client));
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        kinds.push(connection(&server, &client, &a.id).await);
+    }
+    assert_eq!(kinds, vec![Some(HandshakeKind::Full); 3]);
 }
 
 #[tokio::test]
