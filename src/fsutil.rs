@@ -1,8 +1,11 @@
 //! The one way Polis writes a file that must survive a crash whole: a temporary file beside it
 //! (truncated, written, fsynced), renamed over the target, then the directory fsynced. A reader
-//! sees the old contents or the new, never half of either.
+//! sees the old contents or the new, never half of either. Files rebuilt on every boot (under
+//! `ephemeral/`) are replaced the same way without the fsyncs, and any of these writes can be
+//! moved off the node's event-loop thread with [`off_thread`].
 
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +47,51 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// Replace `path` with `contents` atomically and durably, creating its directory if needed;
 /// the file gets `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    replace(path, contents, mode, Durability::Synced)
+}
+
+/// Replace `path` with `contents` atomically but not durably: for files that are rebuilt on
+/// every boot (`ephemeral/`, a tmpfs on a real node), where an fsync buys nothing and costs
+/// milliseconds on every change. A reader still sees the old contents or the new, never half.
+pub fn write_ephemeral(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    replace(path, contents, mode, Durability::Volatile)
+}
+
+/// Run the file work `f` on the blocking thread pool. A node's actors share one event-loop
+/// thread, which also serves the Curator: an fsync there stalls every call in flight. The work
+/// starts at once (call this inside the runtime); a panic in it comes back as an error naming
+/// `path`.
+pub fn off_thread<T, E, F>(path: &Path, f: F) -> impl Future<Output = Result<T, E>> + 'static
+where
+    T: Send + 'static,
+    E: From<FsError> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    let path = path.to_owned();
+    let work = tokio::task::spawn_blocking(f);
+    async move {
+        work.await.unwrap_or_else(|e| {
+            Err(FsError::new(
+                "write (the writing thread failed)",
+                &path,
+                std::io::Error::other(e.to_string()),
+            )
+            .into())
+        })
+    }
+}
+
+/// Whether [`replace`] makes the new contents durable before returning.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// The file and its directory are fsynced: the new contents survive a power cut.
+    Synced,
+    /// Nothing is fsynced: a power cut may leave the old contents (never a mix).
+    Volatile,
+}
+
+/// Write a temporary file beside `path` and rename it over `path`.
+fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), FsError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -74,18 +122,24 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
         .map_err(|e| FsError::new("set mode of", &tmp, e))?;
     file.write_all(contents)
         .map_err(|e| FsError::new("write", &tmp, e))?;
-    file.sync_all()
-        .map_err(|e| FsError::new("fsync", &tmp, e))?;
+    if durability == Durability::Synced {
+        file.sync_all()
+            .map_err(|e| FsError::new("fsync", &tmp, e))?;
+    }
     drop(file);
     fs::rename(&tmp, path).map_err(|e| FsError::new("rename into place", path, e))?;
+    if durability == Durability::Volatile {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| FsError::new("fsync directory", dir, e))
 }
 
-/// Overwrite the file at `path` in place (same inode) and fsync it. Only for a file that is
-/// bind-mounted elsewhere, such as a network namespace's `/etc/hosts`, where a rename would leave
-/// the mount on the old inode; everything else uses [`write_atomic`].
+/// Overwrite the file at `path` in place (same inode), not durably. Only for a file that is
+/// bind-mounted elsewhere and rebuilt on every start, such as a network namespace's
+/// `/etc/hosts`, where a rename would leave the mount on the old inode; everything else uses
+/// [`write_atomic`] or [`write_ephemeral`].
 pub fn overwrite_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -93,8 +147,7 @@ pub fn overwrite_in_place(path: &Path, contents: &[u8]) -> Result<(), FsError> {
         .open(path)
         .map_err(|e| FsError::new("open", path, e))?;
     file.write_all(contents)
-        .map_err(|e| FsError::new("write", path, e))?;
-    file.sync_all().map_err(|e| FsError::new("fsync", path, e))
+        .map_err(|e| FsError::new("write", path, e))
 }
 
 /// Read a whole file, naming it in the error.
@@ -120,6 +173,38 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec!["x.pb"]);
+    }
+
+    #[test]
+    fn ephemeral_files_are_replaced_whole_and_off_thread_work_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ephemeral/hosts");
+        write_ephemeral(&path, b"127.0.0.1 localhost\n", PUBLIC_MODE).unwrap();
+        write_ephemeral(&path, b"::1 localhost\n", SECRET_MODE).unwrap();
+        assert_eq!(read(&path).unwrap(), b"::1 localhost\n");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SECRET_MODE);
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let moved = path.clone();
+        let written = runtime.block_on(async {
+            off_thread(&path, move || {
+                write_ephemeral(&moved, b"from the pool", PUBLIC_MODE)
+            })
+            .await
+        });
+        written.unwrap();
+        assert_eq!(read(&path).unwrap(), b"from the pool");
+        let failed = runtime.block_on(async {
+            off_thread(&path, || -> Result<(), FsError> {
+                panic!("the writer broke")
+            })
+            .await
+        });
+        assert!(failed.unwrap_err().to_string().contains("ephemeral/hosts"));
     }
 
     #[test]

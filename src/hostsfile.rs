@@ -71,7 +71,7 @@ impl Hostsfile {
 impl Actor for Hostsfile {
     fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
         let machine_id = machine_id(&self.config.node_id);
-        fsutil::write_atomic(
+        fsutil::write_ephemeral(
             &self.config.root.machine_id(),
             format!("{machine_id}\n").as_bytes(),
             PUBLIC_MODE,
@@ -80,48 +80,61 @@ impl Actor for Hostsfile {
             nix::unistd::sethostname(&self.config.node_id)
                 .map_err(|e| Failure::msg(format!("cannot set the hostname: {e}")))?;
         }
-        self.rewrite(ctx)?;
-        self.watch(ctx);
-        Ok(Started::Healthy)
+        self.rewrite(ctx);
+        // Healthy once the first file is written: etcd peers resolve each other through it.
+        Ok(Started::Pending)
     }
 }
 
+// ---- helpers ----
+
 impl Hostsfile {
-    /// Wait for the next change of either input, rewrite, and wait again.
-    fn watch(&self, ctx: &mut Ctx<'_, Self>) {
+    /// Render the file from the inputs as they are now and write it on the blocking pool (the
+    /// node's event loop, which serves the Curator, never waits on the disk); then check it and
+    /// wait for the next change. A change while the write runs is seen afterwards, so a burst
+    /// of changes costs one more write, not one per change.
+    fn rewrite(&self, ctx: &mut Ctx<'_, Self>) {
         let (mut network, mut directory) = (self.network.subscribe(), self.directory.subscribe());
-        // The receivers start marked as changed; consume that, the file was just written.
-        network.borrow_and_update();
-        directory.borrow_and_update();
-        ctx.spawn(
-            async move {
-                tokio::select! {
-                    r = network.changed() => r.is_ok(),
-                    r = directory.changed() => r.is_ok(),
-                }
-            },
-            |alive, hostsfile, ctx| {
-                if alive {
-                    hostsfile.rewrite(ctx)?;
-                    hostsfile.watch(ctx);
-                }
-                Ok(())
-            },
-        );
+        let own = network.borrow_and_update().external_address;
+        let hosts = render(&self.config.node_id, own, &directory.borrow_and_update());
+        let path = self.config.root.hosts();
+        let system = self.config.system_hosts.clone();
+        let text = hosts.clone();
+        let write = fsutil::off_thread(&path.clone(), move || {
+            fsutil::write_ephemeral(&path, text.as_bytes(), PUBLIC_MODE)?;
+            match system {
+                Some(system) => fsutil::overwrite_in_place(&system, text.as_bytes()),
+                None => Ok(()),
+            }
+        });
+        ctx.spawn(write, move |written, hostsfile, ctx| {
+            written?;
+            hostsfile.check(ctx, &hosts, own)?;
+            ctx.healthy();
+            ctx.spawn(
+                async move {
+                    tokio::select! {
+                        r = network.changed() => r.is_ok(),
+                        r = directory.changed() => r.is_ok(),
+                    }
+                },
+                |alive, hostsfile, ctx| {
+                    if alive {
+                        hostsfile.rewrite(ctx);
+                    }
+                    Ok(())
+                },
+            );
+            Ok(())
+        });
     }
 
-    fn rewrite(&self, ctx: &mut Ctx<'_, Self>) -> Result<(), Failure> {
-        let own = self.network.get().external_address;
-        let hosts = render(&self.config.node_id, own, &self.directory.get());
-        let path = self.config.root.hosts();
-        fsutil::write_atomic(&path, hosts.as_bytes(), PUBLIC_MODE)?;
-        if let Some(system) = &self.config.system_hosts {
-            fsutil::overwrite_in_place(system, hosts.as_bytes())?;
-        }
+    /// The written `hosts` must resolve this node to its address `own`; report its entries.
+    fn check(&self, ctx: &Ctx<'_, Self>, hosts: &str, own: Option<IpAddr>) -> Result<(), Failure> {
         if let Some(address) = own {
-            if resolve(&hosts, &self.config.node_id) != Some(address) {
+            if resolve(hosts, &self.config.node_id) != Some(address) {
                 return Err(HostsError::SelfNotResolved {
-                    path: path.display().to_string(),
+                    path: self.config.root.hosts().display().to_string(),
                     node_id: self.config.node_id.clone(),
                     address,
                 }

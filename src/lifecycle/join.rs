@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::consensus::Mode;
+use crate::fsutil;
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
@@ -160,7 +161,11 @@ impl Run {
                     }
                     if let Some(directory) = event.directory.clone() {
                         if directory != self.deps.directory.get() && !directory.nodes.is_empty() {
-                            self.esp.write_directory(&directory)?;
+                            // Off the event loop, which serves this node's Curator too.
+                            let (esp, written) = (self.esp.clone(), directory.clone());
+                            let path = self.esp.directory_path();
+                            fsutil::off_thread(&path, move || esp.write_directory(&written))
+                                .await?;
                             self.deps.directory.set(directory);
                         }
                     }

@@ -185,11 +185,15 @@ impl Esp {
         )
     }
 
+    /// Where the cluster directory is kept.
+    pub fn directory_path(&self) -> PathBuf {
+        self.root.cluster_directory()
+    }
+
     /// Replace the cluster directory.
     pub fn write_directory(&self, directory: &ClusterDirectory) -> Result<(), EspError> {
-        let path = self.root.cluster_directory();
         Ok(fsutil::write_atomic(
-            &path,
+            &self.directory_path(),
             &directory.encode_to_vec(),
             PUBLIC_MODE,
         )?)
