@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use polis::consensus::{Consensus, Kv, RemoveMember};
+use polis::curator::mirror::NodeMirror;
 use polis::curator::records::{awaits_retirement, consensus_role, decommission, Records};
 use polis::curator::{CuratorError, Services};
 use polis::issuer::{GetCaCertificate, Issuer};
@@ -301,5 +302,57 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
     other.kv().put(owner_key, b"owner").await.unwrap();
     assert!(!other.bootstrap(b"another owner", first(3)).await.unwrap());
     assert!(other.get("metropolis-first").await.unwrap().is_none());
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_mirror_holds_every_record_and_follows_each_later_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (consensus_spec, consensus) = common::consensus(dir.path());
+    let spec = SupervisorSpec::new(Strategy::OneForOne).child(consensus_spec);
+    let tree = Tree::start(spec, common::quiet()).await.unwrap();
+    let kv = consensus.ask(Kv("/mirror/".into())).await.unwrap().unwrap();
+    let mut records = Records::new(kv);
+    for id in ["a", "b"] {
+        records.update(id, |_| Ok(Some(member(id)))).await.unwrap();
+    }
+    let mut mirror = NodeMirror::open(&mut records).await.unwrap();
+    assert_eq!(mirror.nodes(), vec![member("a"), member("b")]);
+
+    // A change, a creation, and a deletion by a client that is not the Curator's.
+    let mut changed = member("b");
+    changed.fsm_state = NodeState::Decommissioned as i32;
+    records
+        .update("b", |_| Ok(Some(changed.clone())))
+        .await
+        .unwrap();
+    records
+        .update("c", |_| Ok(Some(member("c"))))
+        .await
+        .unwrap();
+    let mut raw = polis::consensus::connect(&NodeRoot::new(dir.path()))
+        .await
+        .unwrap();
+    raw.delete("/mirror/nodes/a", None).await.unwrap();
+    let want = vec![changed, member("c")];
+    while mirror.nodes() != want {
+        tokio::time::timeout(Duration::from_secs(10), mirror.changed())
+            .await
+            .unwrap_or_else(|_| panic!("the mirror stopped at {:?}", mirror.nodes()))
+            .unwrap();
+    }
+    // A record that does not decode fails the mirror, naming its key.
+    raw.put("/mirror/nodes/d", vec![0xff; 3], None)
+        .await
+        .unwrap();
+    let broken = tokio::time::timeout(Duration::from_secs(10), mirror.changed())
+        .await
+        .unwrap();
+    assert!(
+        broken
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("nodes/d")),
+        "{broken:?}"
+    );
     tree.shutdown().await;
 }

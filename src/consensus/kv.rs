@@ -22,6 +22,14 @@ impl NamespacedKv {
         format!("{}{key}", self.prefix)
     }
 
+    /// A key as etcd names it (in a watch event), relative to this namespace.
+    pub fn relative(&self, full: &[u8]) -> String {
+        let full = String::from_utf8_lossy(full);
+        full.strip_prefix(self.prefix.as_str())
+            .unwrap_or(&full)
+            .to_owned()
+    }
+
     /// The value at `key`, if any.
     pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ConsensusError> {
         let response = self.client.get(self.key(key), None).await?;
@@ -127,13 +135,16 @@ impl NamespacedKv {
         Ok(response.succeeded())
     }
 
-    /// A stream of the changes under `prefix` from now on: each item says that something
-    /// changed (read again to see what).
+    /// A stream of the changes under `prefix`, from revision `from` if given, else from now.
     pub async fn watch(
         &mut self,
         prefix: &str,
+        from: Option<i64>,
     ) -> Result<etcd_client::WatchStream, ConsensusError> {
-        let options = etcd_client::WatchOptions::new().with_prefix();
+        let mut options = etcd_client::WatchOptions::new().with_prefix();
+        if let Some(revision) = from {
+            options = options.with_start_revision(revision);
+        }
         let stream = self.client.watch(self.key(prefix), Some(options)).await?;
         Ok(stream)
     }

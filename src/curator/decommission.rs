@@ -79,16 +79,15 @@ struct Retire {
 impl Pass for Retire {
     const WHAT: &'static str = "retiring decommissioned nodes";
 
-    async fn pass(&self, records: &mut Records) -> Result<Option<(String, CuratorError)>, Failure> {
-        let pending: Vec<Node> = records
-            .list()
-            .await?
-            .into_iter()
-            .filter(awaits_retirement)
-            .collect();
+    async fn pass(
+        &self,
+        nodes: &[Node],
+        records: &mut Records,
+    ) -> Result<Option<(String, CuratorError)>, Failure> {
+        let pending: Vec<&Node> = nodes.iter().filter(|n| awaits_retirement(n)).collect();
         let mut failure = None;
         for node in pending {
-            let outcome = self.retire(&node).await;
+            let outcome = self.retire(node).await;
             let retirement = match &outcome {
                 Ok(()) => Retirement {
                     done: true,

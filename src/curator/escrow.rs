@@ -57,11 +57,14 @@ struct Split {
 impl Pass for Split {
     const WHAT: &'static str = "escrowing the consensus members' cluster unlock keys";
 
-    async fn pass(&self, records: &mut Records) -> Result<Option<(String, CuratorError)>, Failure> {
-        let nodes = records.list().await?;
+    async fn pass(
+        &self,
+        nodes: &[Node],
+        records: &mut Records,
+    ) -> Result<Option<(String, CuratorError)>, Failure> {
         let mut failure = None;
-        for node in &nodes {
-            let Some(holders) = wanted_split(&nodes, node) else {
+        for node in nodes {
+            let Some(holders) = wanted_split(nodes, node) else {
                 continue;
             };
             let updated = records

@@ -6,6 +6,7 @@
 mod actor;
 mod decommission;
 mod escrow;
+pub mod mirror;
 mod owner_only;
 mod reconciler;
 pub mod records;

@@ -1,6 +1,7 @@
 //! The loop every Curator reconciler runs (decommission, escrow): take an etcd lock so that only
 //! one member acts at a time, then make a pass over the node records, again after each change
-//! of the records and after a backoff while a pass reports a failure. Level-triggered, so nothing
+//! of the records and after a backoff while a pass reports a failure. Passes read the records
+//! from a [`NodeMirror`] (one list, then the watch), not from etcd. Level-triggered, so nothing
 //! is lost to a failed call or a crash; it ends only by failing (leadership lost, etcd away),
 //! and its supervisor starts it again.
 
@@ -10,8 +11,10 @@ use std::time::Duration;
 use polis_actors::{ActorRef, Failure};
 
 use crate::consensus::{Consensus, Kv};
+use crate::curator::mirror::NodeMirror;
 use crate::curator::records::{Records, NAMESPACE};
 use crate::curator::CuratorError;
+use crate::proto::private::Node;
 use crate::retry::Retry;
 
 /// How long a dead leader keeps a reconciler's lock.
@@ -22,9 +25,14 @@ pub(super) trait Pass {
     /// What the reconciler does, for logs ("retiring decommissioned nodes").
     const WHAT: &'static str;
 
-    /// Bring the records one step closer to what they should be; answers the first thing that
-    /// failed (what, why), to try again after a backoff, or `None` if all is done.
-    async fn pass(&self, records: &mut Records) -> Result<Option<(String, CuratorError)>, Failure>;
+    /// Bring the records one step closer to what they should be, deciding from `nodes` (every
+    /// record as last seen) and writing through `records`; answers the first thing that failed
+    /// (what, why), to try again after a backoff, or `None` if all is done.
+    async fn pass(
+        &self,
+        nodes: &[Node],
+        records: &mut Records,
+    ) -> Result<Option<(String, CuratorError)>, Failure>;
 }
 
 /// Lead under the etcd lock `lock`, then run `pass` for good. Returns only a failure.
@@ -49,23 +57,21 @@ async fn lead_and_run<P: Pass>(
     let mut records = Records::new(consensus.ask(Kv(NAMESPACE.into())).await??);
     let mut leadership = records.kv().lead(lock, LEASE).await?;
     slog::info!(log, "leading"; "work" => P::WHAT);
-    let mut changes = records.watch().await?;
+    let mut mirror = NodeMirror::open(&mut records).await?;
     let mut retry = Retry::new();
     loop {
-        let failure = pass.pass(&mut records).await?;
-        // After a failure, try again after a backoff; else when the records change.
+        let failure = pass.pass(&mirror.nodes(), &mut records).await?;
+        // After a failure, try again after a backoff (with what changed meanwhile); else when
+        // the records change.
         let next = async {
             match failure {
                 Some((what, e)) => {
                     retry.wait(log, &what, &e).await;
-                    Ok(())
+                    mirror.catch_up()
                 }
                 None => {
                     retry.reset();
-                    match changes.message().await {
-                        Ok(Some(_)) => Ok(()),
-                        _ => Err(Failure::msg("the watch of the node records ended")),
-                    }
+                    mirror.changed().await
                 }
             }
         };
@@ -73,7 +79,7 @@ async fn lead_and_run<P: Pass>(
             _ = leadership.lost() => {
                 return Err(Failure::msg(format!("lost the lease of the lock {lock}")));
             }
-            next = next => next?,
+            next = next => next.map_err(|e| Failure::msg(format!("the node records: {e}")))?,
         }
     }
 }

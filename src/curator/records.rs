@@ -64,19 +64,37 @@ impl Records {
         Ok(true)
     }
 
-    /// A stream of the changes to any node record from now on: each item says that something
-    /// changed (list again to see what).
-    pub async fn watch(&mut self) -> Result<etcd_client::WatchStream, CuratorError> {
-        Ok(self.kv.watch(NODES).await?)
+    /// Every record by key, and the store's revision they were read at (for
+    /// [`Records::watch_after`]).
+    pub async fn list_versioned(&mut self) -> Result<(Vec<(String, Node)>, i64), CuratorError> {
+        let (listed, revision) = self.kv.list_versioned(NODES).await?;
+        let nodes = listed
+            .into_iter()
+            .map(|(key, bytes)| {
+                let node = decode(&key, &bytes)?;
+                Ok((key, node))
+            })
+            .collect::<Result<Vec<_>, CuratorError>>()?;
+        Ok((nodes, revision))
+    }
+
+    /// A stream of the changes to node records made after `revision`.
+    pub async fn watch_after(
+        &mut self,
+        revision: i64,
+    ) -> Result<etcd_client::WatchStream, CuratorError> {
+        Ok(self.kv.watch(NODES, Some(revision + 1)).await?)
     }
 
     /// Every node record, by ID.
     pub async fn list(&mut self) -> Result<Vec<Node>, CuratorError> {
-        let mut nodes = Vec::new();
-        for (key, bytes) in self.kv.list(NODES).await? {
-            nodes.push(decode(&key, &bytes)?);
-        }
-        Ok(nodes)
+        Ok(self
+            .list_versioned()
+            .await?
+            .0
+            .into_iter()
+            .map(|(_, node)| node)
+            .collect())
     }
 
     /// Change node `id`'s existing record by `change`, given every record as it is now (it
@@ -165,7 +183,8 @@ fn join_key_index(join_key: &[u8]) -> String {
     format!("{JOIN_KEYS}{}", hex(join_key))
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<Node, CuratorError> {
+/// A node record from its stored bytes, or an error naming its key.
+pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Node, CuratorError> {
     Node::decode(bytes).map_err(|source| CuratorError::CorruptRecord {
         key: format!("{NAMESPACE}{key}"),
         source,

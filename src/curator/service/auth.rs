@@ -22,8 +22,17 @@ impl Services {
         presented: Option<&[u8]>,
     ) -> Result<(), CuratorError> {
         let presented = presented.ok_or(CuratorError::Unauthenticated)?;
-        let mut records = self.records.clone();
-        match matches_stored(records.kv().get(OWNER_CERTIFICATE).await?, presented) {
+        let stored = match self.owner_certificate.get() {
+            Some(stored) => Some(stored.clone()),
+            None => {
+                let read = self.records.clone().kv().get(OWNER_CERTIFICATE).await?;
+                if let Some(stored) = &read {
+                    let _ = self.owner_certificate.set(stored.clone());
+                }
+                read
+            }
+        };
+        match matches_stored(stored, presented) {
             true => Ok(()),
             false => Err(CuratorError::NotOwner),
         }

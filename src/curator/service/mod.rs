@@ -42,6 +42,9 @@ pub struct Services {
     /// The cluster CA's certificate, once the issuer has answered it: it never changes, and the
     /// unauthenticated GetCACertificate must not queue in the issuer's mailbox.
     ca: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    /// The owner certificate, once read: Escrow writes it once and answers the same one ever
+    /// after, so every Management call need not read it from etcd again.
+    owner_certificate: Arc<std::sync::OnceLock<Vec<u8>>>,
     log: slog::Logger,
 }
 
@@ -65,6 +68,7 @@ impl Services {
             consensus,
             watch_slots: WatchSlots::default(),
             ca: Arc::default(),
+            owner_certificate: Arc::default(),
             log,
         }
     }
@@ -83,9 +87,13 @@ impl Services {
     /// The directory as it stands: the records and the cluster CA's current CRL.
     async fn directory(&self) -> Result<(Vec<Node>, ClusterDirectory), CuratorError> {
         let nodes = self.records.clone().list().await?;
-        let crl = self.pki_kv.clone().get(CRL_KEY).await?.unwrap_or_default();
-        let directory = records::directory(&nodes, crl);
+        let directory = records::directory(&nodes, self.crl().await?);
         Ok((nodes, directory))
+    }
+
+    /// The cluster CA's current CRL (empty before the first).
+    async fn crl(&self) -> Result<Vec<u8>, CuratorError> {
+        Ok(self.pki_kv.clone().get(CRL_KEY).await?.unwrap_or_default())
     }
 }
 

@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{caller_key, check_address, check_len, matches_stored};
 use super::{Answer, Services};
+use crate::consensus::ConsensusError;
 use crate::curator::escrow;
+use crate::curator::mirror::NodeMirror;
 use crate::curator::records::{self, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::issuer::{Issue, CRL_KEY};
@@ -149,12 +151,13 @@ impl Curator for Services {
     async fn watch(&self, request: Request<WatchRequest>) -> Answer<Self::WatchStream> {
         let id = self.node(&request).await?.id;
         let slot = self.watch_slots.claim(&id)?;
-        // Records and CRL are both watched before the first read, so no change is missed.
-        let mut node_changes = self.records.clone().watch().await?;
+        // Records and CRL are both watched before the first read, so no change is missed; the
+        // records are kept in a mirror, not listed again on every change.
+        let mut mirror = NodeMirror::open(&mut self.records.clone()).await?;
         let mut crl_changes = self
             .pki_kv
             .clone()
-            .watch(CRL_KEY)
+            .watch(CRL_KEY, None)
             .await
             .map_err(CuratorError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -163,29 +166,43 @@ impl Curator for Services {
             // Held until the stream ends, however it ends (the client going away included).
             let _slot = slot;
             let mut last = None;
+            // The CRL as last read; read again after it changes.
+            let mut crl = None;
             loop {
-                let event = match services.directory().await {
-                    Ok((nodes, directory)) => watch_event(&nodes, directory, &id),
+                let current = match crl.take() {
+                    Some(current) => Ok(current),
+                    None => services.crl().await,
+                };
+                let current = match current {
+                    Ok(current) => current,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
+                let nodes = mirror.nodes();
+                let event = watch_event(&nodes, records::directory(&nodes, current.clone()), &id);
+                crl = Some(current);
                 if last.as_ref() != Some(&event) {
                     if tx.send(Ok(event.clone())).await.is_err() {
                         return;
                     }
                     last = Some(event);
                 }
-                let changed = tokio::select! {
-                    m = node_changes.message() => matches!(m, Ok(Some(_))),
-                    m = crl_changes.message() => matches!(m, Ok(Some(_))),
+                let ended = tokio::select! {
+                    changed = mirror.changed() => changed.err(),
+                    m = crl_changes.message() => match m {
+                        Ok(Some(_)) => {
+                            crl = None;
+                            None
+                        }
+                        _ => Some(CuratorError::from(ConsensusError::WatchClosed(CRL_KEY.into()))),
+                    },
                     _ = tx.closed() => return,
                 };
-                if !changed {
-                    let _ = tx
-                        .send(Err(Status::unavailable("the etcd watch ended")))
-                        .await;
+                if let Some(e) = ended {
+                    let why = format!("the etcd watch ended: {e}");
+                    let _ = tx.send(Err(Status::unavailable(why))).await;
                     return;
                 }
             }
