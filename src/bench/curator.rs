@@ -37,7 +37,16 @@ pub struct Throughput {
     pub latencies: Vec<f64>,
     /// Per step of a registration ([`STEPS`]), every registration's time in it, seconds.
     pub steps: [Vec<f64>; 4],
+    /// Per call of [`CALLS`], the Curator's mean time handling it, seconds.
+    pub inside: Vec<f64>,
 }
+
+/// The Curator calls a registration makes, as its gRPC metrics label them (service, method).
+pub const CALLS: [(&str, &str); 3] = [
+    ("polis.curator.Curator", "RegisterNode"),
+    ("polis.api.Management", "ApproveNode"),
+    ("polis.curator.Curator", "CommitNode"),
+];
 
 /// The steps of a registration, as the report names them.
 pub const STEPS: [&str; 4] = [

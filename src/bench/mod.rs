@@ -143,9 +143,41 @@ async fn curator_throughput(
     let mut cluster = LocalCluster::create(&dir, 1, &config.binary, log.clone())?;
     let owner = cluster.bootstrap().await?;
     let throughput = curator::registrations(&cluster, &owner, config.rounds, progress).await;
+    let throughput = match throughput {
+        Ok(mut t) => curator_means(&cluster).map(|inside| {
+            t.inside = inside;
+            t
+        }),
+        Err(e) => Err(e),
+    };
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
     throughput
+}
+
+/// The mean time node 0's Curator spent inside each of [`curator::CALLS`], from its
+/// `grpc_server_handling_seconds` sum and count: what the bench's timings of the same calls
+/// spent outside it is transport (TLS, HTTP/2, the network namespace's veth).
+fn curator_means(cluster: &LocalCluster) -> Result<Vec<f64>, BenchError> {
+    let text = cluster.debug(0, "GET", "/metrics", "")?;
+    curator::CALLS
+        .iter()
+        .map(|(service, method)| {
+            let labels = format!("{{grpc_service=\"{service}\",grpc_method=\"{method}\"}}");
+            let sum = metric(&text, &format!("grpc_server_handling_seconds_sum{labels}"));
+            let count = metric(
+                &text,
+                &format!("grpc_server_handling_seconds_count{labels}"),
+            );
+            match (sum, count) {
+                (Some(sum), Some(count)) if count > 0.0 => Ok(sum / count),
+                _ => Err(BenchError::Missing {
+                    node: 0,
+                    what: format!("no grpc_server_handling_seconds for {method}"),
+                }),
+            }
+        })
+        .collect()
 }
 
 /// One node's start times, its etcd's share of each, and its memory once idle.
@@ -205,20 +237,21 @@ async fn node_starts(config: &BenchConfig, log: &slog::Logger) -> Result<NodeSta
 /// Node 0's etcd spawn → first read, from its metrics.
 fn etcd_ready(cluster: &LocalCluster) -> Result<Duration, BenchError> {
     let text = cluster.debug(0, "GET", "/metrics", "")?;
-    let missing = || BenchError::Missing {
-        node: 0,
-        what: "no polis_consensus_ready_seconds in its metrics".into(),
-    };
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("polis_consensus_ready_seconds "))
-        .ok_or_else(missing)?;
-    let secs: f64 = line
-        .rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(missing)?;
+    let secs =
+        metric(&text, "polis_consensus_ready_seconds").ok_or_else(|| BenchError::Missing {
+            node: 0,
+            what: "no polis_consensus_ready_seconds in its metrics".into(),
+        })?;
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The value of the sample named `series` (its name with its labels, as printed) in
+/// Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// Node 0's resident memory, and its etcd's and swtpm's.
@@ -355,6 +388,13 @@ impl Samples {
                 "-",
             ));
         }
+        for ((_, method), mean) in curator::CALLS.iter().zip(throughput.inside) {
+            measures.push(Measure::alone(
+                &format!("P5 inside the Curator: {method}, mean (s)"),
+                vec![mean],
+                "-",
+            ));
+        }
         measures.extend([
             Measure::paired(
                 "P6 idle RSS, node vs its etcd (MiB)",
@@ -378,4 +418,28 @@ impl Samples {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_name_and_labels() {
+        let text = "# HELP x_seconds help\n\
+                    x_seconds_sum{grpc_method=\"RegisterNode\"} 0.5\n\
+                    x_seconds_sum{grpc_method=\"Register\"} 0.25\n\
+                    x_seconds_count{grpc_method=\"RegisterNode\"} 4\n\
+                    polis_consensus_ready_seconds 0.031\n";
+        assert_eq!(
+            metric(text, "x_seconds_sum{grpc_method=\"Register\"}"),
+            Some(0.25)
+        );
+        assert_eq!(
+            metric(text, "x_seconds_count{grpc_method=\"RegisterNode\"}"),
+            Some(4.0)
+        );
+        assert_eq!(metric(text, "polis_consensus_ready_seconds"), Some(0.031));
+        assert_eq!(metric(text, "polis_consensus_ready"), None);
+    }
 }
