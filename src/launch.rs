@@ -10,7 +10,7 @@
 //! others. Processes are started so that their real PID is known, and ended by that PID.
 
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -19,10 +19,11 @@ use ed25519_dalek::SigningKey;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::curator::CURATOR_PORT;
 use crate::debug_client::{read_token, request, request_port, DebugClientError, DEBUG_ADDRESS};
-use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::netns::{enter, within, ClusterNetwork, NetError};
-use crate::owner::{escrow, first_use, CuratorAddress, Owner, OwnerError};
+use crate::owner::{self, escrow, first_use, Credentials, CuratorAddress, Owner, OwnerError};
 use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
 use crate::poll::Poll;
 use crate::proto::api::node_parameters::Network;
@@ -38,8 +39,6 @@ const SWTPM_PORT: u16 = 2321;
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 /// How often a step's progress is probed (each probe is a Curator call or a connection).
 const STEP_POLL: Duration = Duration::from_millis(50);
-/// The cluster CA as the owner met it, in the cluster directory.
-pub const CA_FILE: &str = "ca.crt";
 /// How many of a node's last log lines a timeout reports.
 const TAIL_LINES: usize = 40;
 
@@ -219,7 +218,7 @@ impl LocalCluster {
             false => ClusterNetwork::create(n)?,
         };
         let owner_key = generate_key()?;
-        fsutil::write_atomic(&dir.join("owner.key"), &owner_key.to_bytes(), SECRET_MODE)?;
+        owner::save_key(dir, &owner_key)?;
         let mut nodes = Vec::new();
         for (i, node) in net.nodes().iter().enumerate() {
             let root = dir.join(format!("node{i}"));
@@ -515,13 +514,13 @@ impl LocalCluster {
     pub fn curator(&self, i: usize) -> Option<CuratorAddress> {
         Some(CuratorAddress {
             node_id: self.nodes[i].id()?,
-            address: self.nodes[i].address,
+            address: SocketAddr::new(self.nodes[i].address, CURATOR_PORT),
         })
     }
 
     /// The cluster CA, as the owner met it at bootstrap (`ca.crt`).
     pub fn ca(&self) -> Result<Vec<u8>, LaunchError> {
-        Ok(fsutil::read(&self.dir.join(CA_FILE))?)
+        Ok(fsutil::read(&self.dir.join(owner::CA_FILE))?)
     }
 
     /// Bootstrap node 0 and take ownership; answers the owner's client (its certificate is kept
@@ -539,14 +538,19 @@ impl LocalCluster {
         let (ca, curator, certificate) = self
             .until(0, "serve the Curator", || async {
                 // Trust on first use of the CA node 0 made, as an owner meeting a cluster would.
+                let address = SocketAddr::new(address, CURATOR_PORT);
                 let (ca, curator) = first_use(address, &self.owner_key).await.ok()?;
                 let certificate = escrow(&curator, &ca, &self.owner_key).await.ok()?;
                 Some((ca, curator, certificate))
             })
             .await?;
         self.nodes[0].known_id = Some(curator.node_id);
-        fsutil::write_atomic(&self.dir.join(CA_FILE), &ca, PUBLIC_MODE)?;
-        fsutil::write_atomic(&self.dir.join("owner.crt"), &certificate, PUBLIC_MODE)?;
+        let credentials = Credentials {
+            key: self.owner_key.clone(),
+            certificate,
+            ca,
+        };
+        credentials.save(&self.dir)?;
         slog::info!(self.log, "node 0 bootstrapped the cluster; ownership taken");
         self.owner(0).await
     }
@@ -583,7 +587,7 @@ impl LocalCluster {
 
     /// The owner's client on node `i`'s Curator.
     pub async fn owner(&self, i: usize) -> Result<Owner, LaunchError> {
-        let certificate = fsutil::read(&self.dir.join("owner.crt"))?;
+        let certificate = fsutil::read(&self.dir.join(owner::CERTIFICATE_FILE))?;
         let curator = self
             .curator(i)
             .ok_or_else(|| self.timed_out(i, "have credentials"))?;
@@ -737,18 +741,4 @@ impl Drop for LocalCluster {
                 std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.nodes[i].namespace));
         }
     }
-}
-
-/// Read an owner key seed written by [`LocalCluster::create`].
-pub fn read_owner_key(dir: &Path) -> Result<SigningKey, LaunchError> {
-    let path = dir.join("owner.key");
-    let seed = fsutil::read(&path)?;
-    let seed: [u8; 32] = seed.try_into().map_err(|_| {
-        FsError::new(
-            "read an Ed25519 seed from",
-            &path,
-            std::io::ErrorKind::InvalidData.into(),
-        )
-    })?;
-    Ok(SigningKey::from_bytes(&seed))
 }

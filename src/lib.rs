@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod clusters;
 pub mod consensus;
 pub mod crash_point;
 pub mod curator;

@@ -1,13 +1,15 @@
-//! The owner's side of the Curator: taking ownership (Escrow with the bootstrap owner key) and
-//! the management calls (with the owner certificate). Used by `polisctl` and the cluster tests.
+//! The owner's side of the Curator: taking ownership (Escrow with the bootstrap owner key), the
+//! credentials that result (key, owner certificate, cluster CA: one directory), and the
+//! management calls. Used by `polisctl` and the cluster tests.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 
-use crate::curator::CURATOR_PORT;
+use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::grpc::{channel, GrpcError};
 use crate::pki::certificate_node_id;
 use crate::proto::api::aaa_client::AaaClient;
@@ -38,6 +40,20 @@ pub enum OwnerError {
         /// What the cluster is waiting on.
         waiting_on: String,
     },
+    /// A credentials file could not be read or written.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The cluster's CA was not accepted on first use.
+    #[error("the cluster CA (SHA-256 {fingerprint}) is not trusted: {why}")]
+    CaRefused {
+        /// The CA's fingerprint.
+        fingerprint: String,
+        /// Why not.
+        why: String,
+    },
+    /// The owner key file does not hold a 32-byte Ed25519 seed.
+    #[error("{0} does not hold an Ed25519 owner key (a 32-byte seed)")]
+    BadKey(PathBuf),
     /// The Curator refused or failed.
     #[error("{call}: {status}")]
     Call {
@@ -51,13 +67,13 @@ pub enum OwnerError {
 /// How often a decommission's progress is read.
 const RETIREMENT_POLL: Duration = Duration::from_millis(250);
 
-/// Where a Curator is: its node ID (its certificate's name) and address.
+/// Where a Curator is: its node ID (its certificate's name) and its address and port.
 #[derive(Clone, Debug)]
 pub struct CuratorAddress {
     /// The node ID.
     pub node_id: String,
-    /// The node's address.
-    pub address: IpAddr,
+    /// Where it serves the Curator.
+    pub address: SocketAddr,
 }
 
 async fn open(
@@ -67,8 +83,7 @@ async fn open(
 ) -> Result<Channel, OwnerError> {
     let trust = Trust::pinned(ca.to_vec());
     let config = curator_client_config(Some(identity), &trust)?;
-    let addr = SocketAddr::new(curator.address, CURATOR_PORT);
-    Ok(channel(addr, &curator.node_id, config).await?)
+    Ok(channel(curator.address, &curator.node_id, config).await?)
 }
 
 fn call(call: &'static str) -> impl FnOnce(tonic::Status) -> OwnerError {
@@ -89,17 +104,18 @@ pub async fn escrow(
     Ok(response.into_inner().owner_certificate)
 }
 
-/// Meet a cluster for the first time at `address`: ask the Curator there for the cluster CA
+/// Meet a cluster for the first time at `address` (a Curator's address and port): ask the
+/// Curator there for the cluster CA
 /// over a connection that trusts whoever answers (trust on first use; `owner_key` is the
 /// ephemeral client identity), and learn that Curator's node ID from its certificate. Later
 /// calls pin the CA and check the node's certificate against it.
 pub async fn first_use(
-    address: IpAddr,
+    address: SocketAddr,
     owner_key: &SigningKey,
 ) -> Result<(Vec<u8>, CuratorAddress), OwnerError> {
     let (config, seen) = first_use_client_config(Identity::ephemeral(owner_key)?)?;
     // Any valid name: the first-use verifier does not match it.
-    let channel = channel(SocketAddr::new(address, CURATOR_PORT), "curator", config).await?;
+    let channel = channel(address, "curator", config).await?;
     let ca = CuratorLocalClient::new(channel)
         .get_ca_certificate(GetCaCertificateRequest {})
         .await
@@ -116,6 +132,83 @@ pub async fn first_use(
         status: tonic::Status::internal(format!("the server's certificate: {e}")),
     })?;
     Ok((ca, CuratorAddress { node_id, address }))
+}
+
+/// The files of an owner's credentials directory.
+pub const KEY_FILE: &str = "owner.key";
+/// The owner certificate Escrow issued.
+pub const CERTIFICATE_FILE: &str = "owner.crt";
+/// The cluster CA, as the owner met it (trust on first use, confirmed by its fingerprint).
+pub const CA_FILE: &str = "ca.crt";
+
+/// What an owner holds to manage a cluster, kept in one directory: the owner key (0400), the
+/// owner certificate and the cluster CA.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The owner key.
+    pub key: SigningKey,
+    /// The owner certificate (DER).
+    pub certificate: Vec<u8>,
+    /// The cluster CA's certificate (DER).
+    pub ca: Vec<u8>,
+}
+
+impl Credentials {
+    /// The credentials kept in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, OwnerError> {
+        Ok(Credentials {
+            key: read_key(&dir.join(KEY_FILE))?,
+            certificate: fsutil::read(&dir.join(CERTIFICATE_FILE))?,
+            ca: fsutil::read(&dir.join(CA_FILE))?,
+        })
+    }
+
+    /// Keep these credentials in `dir` (the key readable by its owner only).
+    pub fn save(&self, dir: &Path) -> Result<(), OwnerError> {
+        save_key(dir, &self.key)?;
+        fsutil::write_atomic(&dir.join(CERTIFICATE_FILE), &self.certificate, PUBLIC_MODE)?;
+        fsutil::write_atomic(&dir.join(CA_FILE), &self.ca, PUBLIC_MODE)?;
+        Ok(())
+    }
+}
+
+/// Keep `key` in `dir` as the owner key (a 32-byte seed, 0400), before ownership is taken.
+pub fn save_key(dir: &Path, key: &SigningKey) -> Result<(), OwnerError> {
+    let seed = zeroize::Zeroizing::new(key.to_bytes());
+    Ok(fsutil::write_atomic(
+        &dir.join(KEY_FILE),
+        seed.as_slice(),
+        SECRET_MODE,
+    )?)
+}
+
+/// The owner key in the file at `path` (a 32-byte Ed25519 seed).
+pub fn read_key(path: &Path) -> Result<SigningKey, OwnerError> {
+    let seed = zeroize::Zeroizing::new(fsutil::read(path)?);
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| OwnerError::BadKey(path.to_owned()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Take ownership of the cluster whose Curator answers at `address` with `key` (the owner key
+/// named at bootstrap): meet its CA (trust on first use), which `accept_ca` must accept (e.g.
+/// by its fingerprint), then Escrow. Answers the credentials; the same every time for the same
+/// key, as Escrow answers the same certificate.
+pub async fn take_ownership(
+    address: SocketAddr,
+    key: SigningKey,
+    accept_ca: impl FnOnce(&[u8]) -> Result<(), OwnerError>,
+) -> Result<Credentials, OwnerError> {
+    let (ca, curator) = first_use(address, &key).await?;
+    accept_ca(&ca)?;
+    let certificate = escrow(&curator, &ca, &key).await?;
+    Ok(Credentials {
+        key,
+        certificate,
+        ca,
+    })
 }
 
 /// The owner's management client (cheap to clone: clones share the connection).
@@ -136,6 +229,20 @@ impl Owner {
         Ok(Owner {
             client: ManagementClient::new(open(curator, ca, identity).await?),
         })
+    }
+
+    /// Connect as the owner to the Curator at `address`, knowing only where it is: its node ID
+    /// is learnt from the certificate it shows, and the connection then made pins the CA of
+    /// `credentials` and checks that certificate (chain, Curator mark, that name).
+    pub async fn at(address: SocketAddr, credentials: &Credentials) -> Result<Self, OwnerError> {
+        let (_, curator) = first_use(address, &credentials.key).await?;
+        Owner::connect(
+            &curator,
+            &credentials.ca,
+            &credentials.key,
+            credentials.certificate.clone(),
+        )
+        .await
     }
 
     /// The current register ticket.

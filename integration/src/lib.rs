@@ -3,12 +3,22 @@
 
 /// The `polis-node` binary that `cargo test --workspace` built beside this test's executable.
 pub fn polis_node_binary() -> std::path::PathBuf {
+    binary("polis-node")
+}
+
+/// The `polisctl` binary built beside the tests.
+pub fn polisctl_binary() -> std::path::PathBuf {
+    binary("polisctl")
+}
+
+/// The workspace binary `name`, built beside the tests.
+fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test> → target/<profile>/polis-node
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let binary = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("polis-node"))
+        .map(|profile| profile.join(name))
         .expect("a target directory");
     assert!(
         binary.exists(),

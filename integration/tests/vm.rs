@@ -2,11 +2,12 @@
 //! VM's `tpm-tis` TPM (the node opens /dev/tpmrm0), node parameters over fw_cfg, a GPT disk with
 //! a vfat ESP and a LUKS2 data partition, and a TAP device on a bridge in a namespace of its own.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use nix::sys::signal::Signal;
+use polis::curator::CURATOR_PORT;
 use polis::launch::{LocalCluster, Machines};
 use polis::netns::{within, ClusterNetwork};
 use polis::owner::{escrow, first_use, Owner};
@@ -35,7 +36,9 @@ struct Seen {
 /// the VMs' namespace; answers the CA and the owner certificate.
 fn take_ownership(net: &ClusterNetwork, owner_key: &SigningKey) -> (Vec<u8>, Vec<u8>) {
     owner_call(net, || async {
-        let (ca, curator) = first_use(NODE0, owner_key).await.ok()?;
+        let (ca, curator) = first_use(SocketAddr::new(NODE0, CURATOR_PORT), owner_key)
+            .await
+            .ok()?;
         let certificate = escrow(&curator, &ca, owner_key).await.ok()?;
         Some((ca, certificate))
     })
@@ -44,7 +47,9 @@ fn take_ownership(net: &ClusterNetwork, owner_key: &SigningKey) -> (Vec<u8>, Vec
 /// What the owner sees, once a Curator answers.
 fn seen(net: &ClusterNetwork, owner_key: &SigningKey, ca: &[u8], certificate: &[u8]) -> Seen {
     owner_call(net, || async {
-        let (_, curator) = first_use(NODE0, owner_key).await.ok()?;
+        let (_, curator) = first_use(SocketAddr::new(NODE0, CURATOR_PORT), owner_key)
+            .await
+            .ok()?;
         let mut owner = Owner::connect(&curator, ca, owner_key, certificate.to_vec())
             .await
             .ok()?;

@@ -1,9 +1,12 @@
-//! `polisctl`: operate Polis. It launches a local cluster in network namespaces, makes the
-//! owner's calls to it (nodes, ticket, approve, decommission), and reads and drives a node's
-//! debug endpoint: its supervision tree, its metrics, an actor's logs, and fault injection.
+//! `polisctl`: operate Polis. It launches a local cluster in network namespaces, takes
+//! ownership of a cluster and makes the owner's calls to any cluster (nodes, ticket, approve,
+//! decommission), and reads and drives a node's debug endpoint: its supervision tree, its
+//! metrics, an actor's logs, and fault injection.
 
 #[path = "polisctl/cluster.rs"]
 mod cluster;
+#[path = "polisctl/owner.rs"]
+mod owner;
 #[path = "polisctl/table.rs"]
 mod table;
 
@@ -27,9 +30,21 @@ struct Cli {
     /// authorizes kill-actor.
     #[arg(long, global = true, default_value = "/")]
     node_root: PathBuf,
-    /// The local cluster's directory (`launch` creates it; the owner's commands read it).
+    /// The local cluster's directory (`launch` creates it; the owner's commands use the cluster
+    /// launched there, unless --endpoint or --cluster names another).
     #[arg(long, global = true, default_value = "/tmp/polis-cluster")]
     dir: PathBuf,
+    /// A Curator of the cluster to manage, HOST or HOST:PORT (port 7835 if none); repeat for
+    /// more. With --credentials.
+    #[arg(long, global = true)]
+    endpoint: Vec<String>,
+    /// The directory of the owner's credentials (owner.key, owner.crt, ca.crt), as
+    /// take-ownership writes it.
+    #[arg(long, global = true)]
+    credentials: Option<PathBuf>,
+    /// A cluster of the clusters file ($XDG_CONFIG_HOME/polis/clusters.json), by name.
+    #[arg(long, global = true)]
+    cluster: Option<String>,
     /// Run a debug command against node N of the local cluster (inside its namespace).
     #[arg(long, global = true)]
     node: Option<usize>,
@@ -103,6 +118,21 @@ enum Command {
         /// Cluster sizes to launch, e.g. `--launch 3,6,12` (none: `--launch 0`).
         #[arg(long, value_delimiter = ',', default_value = "3,6,12")]
         launch: Vec<usize>,
+    },
+    /// Take ownership of a new cluster (Escrow with the owner key named at its bootstrap): meet
+    /// its CA at --endpoint, trusted only by its fingerprint (--ca-fingerprint, or confirmed on
+    /// the terminal); keep the credentials in --credentials (default: the config directory's
+    /// polis/NAME) and the cluster in the clusters file as NAME, made current.
+    TakeOwnership {
+        /// The owner key: a file of its 32-byte Ed25519 seed.
+        #[arg(long)]
+        owner_key: PathBuf,
+        /// The SHA-256 fingerprint of the cluster CA's certificate (hex; colons allowed).
+        #[arg(long)]
+        ca_fingerprint: Option<String>,
+        /// The cluster's name in the clusters file.
+        #[arg(long, default_value = "default")]
+        name: String,
     },
     /// List the cluster's nodes (owner call).
     Nodes,
@@ -190,6 +220,8 @@ enum CliError {
     Violations(PathBuf),
     #[error("cannot write to standard output: {0}")]
     Output(std::io::Error),
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// `[NODE] PATH` as (node, path).
@@ -220,6 +252,15 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let token = read_token(&NodeRoot::new(&cli.node_root));
             Ok::<_, CliError>(request(addr, token.as_deref(), method, path, body)?)
         }
+    };
+    // The cluster the owner's commands are for.
+    let target = || {
+        owner::Target::choose(
+            &cli.endpoint,
+            cli.credentials.as_deref(),
+            cli.cluster.as_deref(),
+            &cli.dir,
+        )
     };
     match &cli.command {
         Command::Launch {
@@ -261,10 +302,37 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 return Err(CliError::Violations(cli.dir.clone()));
             }
         }
-        Command::Nodes => cluster::nodes(&cli.dir, matches!(cli.output, Output::Json))?,
-        Command::Ticket { rotate } => cluster::ticket(&cli.dir, *rotate)?,
-        Command::Approve { pubkey } => cluster::approve(&cli.dir, pubkey)?,
-        Command::Decommission { id } => cluster::decommission(&cli.dir, id)?,
+        Command::TakeOwnership {
+            owner_key,
+            ca_fingerprint,
+            name,
+        } => {
+            let [endpoint] = cli.endpoint.as_slice() else {
+                return Err(CliError::Usage(
+                    "take-ownership needs one --endpoint".into(),
+                ));
+            };
+            let credentials = match &cli.credentials {
+                Some(dir) => dir.clone(),
+                None => polis::clusters::Clusters::path()
+                    .map_err(cluster::ClusterError::from)?
+                    .with_file_name(name),
+            };
+            owner::take_ownership(
+                endpoint,
+                owner_key,
+                ca_fingerprint.as_deref(),
+                &credentials,
+                name,
+                matches!(cli.output, Output::Json),
+            )?
+        }
+        Command::Nodes => owner::nodes(&target()?, matches!(cli.output, Output::Json))?,
+        Command::Ticket { rotate } => {
+            owner::ticket(&target()?, *rotate, matches!(cli.output, Output::Json))?
+        }
+        Command::Approve { pubkey } => owner::approve(&target()?, pubkey)?,
+        Command::Decommission { id } => owner::decommission(&target()?, id)?,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "polisctl", &mut std::io::stdout());

@@ -333,7 +333,8 @@ impl Background {
             .filter_map(|&s| cluster.curator(s))
             .collect();
         let ca = cluster.ca().unwrap_or_default();
-        let certificate = std::fs::read(cluster.dir().join("owner.crt")).unwrap_or_default();
+        let certificate =
+            std::fs::read(cluster.dir().join(crate::owner::CERTIFICATE_FILE)).unwrap_or_default();
         let key = cluster.owner_key().clone();
         let (stop, rotation) = (
             Arc::new(AtomicBool::new(false)),

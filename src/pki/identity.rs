@@ -37,6 +37,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A certificate's fingerprint: the SHA-256 of its DER, in lowercase hex. An owner meeting a
+/// cluster confirms its CA by this before trusting it.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
 /// The node ID of the key a certificate (DER) certifies.
 pub fn certificate_node_id(der: &[u8]) -> Result<String, PkiError> {
     Ok(node_id(&certificate_key(der)?))

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use polis::clusters::{Cluster, Clusters, ClustersError};
 use polis::debug_client::read_token;
 use polis::fsutil::{self, FsError, PUBLIC_MODE};
-use polis::launch::{read_owner_key, LaunchError, LocalCluster, Machines, CA_FILE};
-use polis::netns::{within, NetError};
-use polis::owner::{CuratorAddress, Owner, OwnerError};
-use polis::pki::hex;
+use polis::launch::{LaunchError, LocalCluster, Machines};
+use polis::netns::NetError;
+use polis::owner::OwnerError;
 use polis::poll::{holds, Poll};
 use polis::process;
 use polis::vm::{build_initramfs, ImageError, Kernel};
@@ -31,6 +31,8 @@ pub enum ClusterError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Bench(#[from] polis::bench::BenchError),
+    #[error(transparent)]
+    Clusters(#[from] ClustersError),
     #[error("{0}")]
     Usage(String),
     /// The launcher did not end after `polisctl stop` asked it to.
@@ -38,7 +40,8 @@ pub enum ClusterError {
     NotStopped { pid: i32 },
 }
 
-const NODES_FILE: &str = "nodes.json";
+/// The launched nodes, in the cluster's directory.
+pub const NODES_FILE: &str = "nodes.json";
 const LAUNCHER_PID: &str = "launcher.pid";
 /// How long `polisctl stop` waits for the launcher, which powers its nodes off in order.
 const STOP_PATIENCE: Duration = Duration::from_secs(600);
@@ -104,11 +107,14 @@ pub fn launch(dir: &Path, n: usize, consensus: usize, vm: bool) -> Result<(), Cl
             .collect();
         let text = serde_json::to_string_pretty(&entries).unwrap_or_default();
         fsutil::write_atomic(&dir.join(NODES_FILE), text.as_bytes(), PUBLIC_MODE)?;
-        print_nodes(&owner.clone().nodes().await?, false);
+        crate::owner::print_nodes(&owner.clone().nodes().await?, false);
         eprintln!(
             "polisctl: {n} nodes ({consensus} consensus members) up in {:.1} s",
             began.elapsed().as_secs_f64()
         );
+        if !vm {
+            remember(dir, &cluster, consensus)?;
+        }
         let pid = std::process::id().to_string();
         fsutil::write_atomic(&dir.join(LAUNCHER_PID), pid.as_bytes(), PUBLIC_MODE)?;
         eprintln!(
@@ -126,6 +132,28 @@ pub fn launch(dir: &Path, n: usize, consensus: usize, vm: bool) -> Result<(), Cl
         let _ = std::fs::remove_file(dir.join(LAUNCHER_PID));
         Ok::<(), ClusterError>(())
     })
+}
+
+/// Name the launched cluster `local` in the clusters file, made current: its consensus members
+/// as endpoints (reached through the bridge from the root namespace), `dir` as credentials. Then
+/// the owner's commands reach it with `--cluster local` from anywhere on this machine.
+fn remember(dir: &Path, cluster: &LocalCluster, consensus: usize) -> Result<(), ClusterError> {
+    let path = Clusters::path()?;
+    let mut clusters = Clusters::load(&path)?;
+    let endpoints = cluster.nodes[..consensus]
+        .iter()
+        .map(|node| node.address.to_string())
+        .collect();
+    clusters.set_current(
+        "local",
+        Cluster {
+            endpoints,
+            credentials: dir.to_owned(),
+        },
+    );
+    clusters.save(&path)?;
+    eprintln!("polisctl: the cluster is `local` in {}", path.display());
+    Ok(())
 }
 
 /// Run the benchmark suite under `dir`; progress on stderr, the report (a table, or JSON) on
@@ -235,7 +263,7 @@ fn fresh_dir(dir: &Path, n: usize) -> Result<std::path::PathBuf, ClusterError> {
 }
 
 /// The runtime a command runs its async work on.
-fn runtime(dir: &Path) -> Result<tokio::runtime::Runtime, ClusterError> {
+pub fn runtime(dir: &Path) -> Result<tokio::runtime::Runtime, ClusterError> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -292,153 +320,8 @@ pub fn debug_route(dir: &Path, n: usize) -> Result<DebugRoute, ClusterError> {
         .ok_or_else(|| ClusterError::Usage(format!("node {n} has no namespace in the node list")))
 }
 
-fn launched(dir: &Path) -> Result<Vec<serde_json::Value>, ClusterError> {
+pub fn launched(dir: &Path) -> Result<Vec<serde_json::Value>, ClusterError> {
     let path = dir.join(NODES_FILE);
     serde_json::from_slice(&fsutil::read(&path)?)
         .map_err(|e| ClusterError::Usage(format!("{} is not a node list: {e}", path.display())))
-}
-
-/// Run `call` as the owner against the first node that answers, from inside that node's
-/// namespace (a VM's is the one with the bridge).
-fn with_owner<T: Send>(
-    dir: &Path,
-    call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError> + Sync,
-) -> Result<T, ClusterError> {
-    let key = read_owner_key(dir)?;
-    let certificate = fsutil::read(&dir.join("owner.crt"))?;
-    let ca = fsutil::read(&dir.join(CA_FILE))?;
-    let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
-    for node in launched(dir)? {
-        let (Some(id), Some(address), Some(namespace)) = (
-            node["id"].as_str(),
-            node["address"].as_str().and_then(|a| a.parse().ok()),
-            node["namespace"].as_str(),
-        ) else {
-            continue;
-        };
-        let curator = CuratorAddress {
-            node_id: id.to_owned(),
-            address,
-        };
-        let answer = within(namespace, || {
-            runtime(dir)?.block_on(async {
-                let mut owner = Owner::connect(&curator, &ca, &key, certificate.clone()).await?;
-                Ok::<_, ClusterError>(call(&mut owner).await?)
-            })
-        })?;
-        match answer {
-            Ok(value) => return Ok(value),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-pub fn nodes(dir: &Path, json: bool) -> Result<(), ClusterError> {
-    let nodes = with_owner(dir, async |owner| owner.nodes().await)?;
-    print_nodes(&nodes, json);
-    Ok(())
-}
-
-/// Print the register ticket, replacing it first if `rotate`.
-pub fn ticket(dir: &Path, rotate: bool) -> Result<(), ClusterError> {
-    let ticket = with_owner(dir, async |owner| match rotate {
-        true => owner.rotate_ticket().await,
-        false => owner.ticket().await,
-    })?;
-    println!("{}", hex(&ticket));
-    Ok(())
-}
-
-pub fn approve(dir: &Path, pubkey: &str) -> Result<(), ClusterError> {
-    let key = unhex(pubkey).ok_or_else(|| ClusterError::Usage(format!("{pubkey:?} is not hex")))?;
-    with_owner(dir, async |owner| owner.approve(&key).await)
-}
-
-/// Decommission node `id` and wait until it is retired, saying what the cluster waits on.
-pub fn decommission(dir: &Path, id: &str) -> Result<(), ClusterError> {
-    with_owner(dir, async |owner| {
-        owner.decommission(id).await?;
-        owner
-            .wait_retired(id, DECOMMISSION_PATIENCE, |waiting_on| {
-                eprintln!("decommissioning {id}: waiting on {waiting_on}")
-            })
-            .await
-    })?;
-    eprintln!("{id} is decommissioned and retired");
-    Ok(())
-}
-
-/// How long `polisctl decommission` waits for the retirement before saying what blocks it.
-const DECOMMISSION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    s.len()
-        .is_multiple_of(2)
-        .then(|| {
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
-}
-
-fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
-    use polis::curator::records::state_name;
-    if json {
-        let list: Vec<serde_json::Value> = nodes
-            .iter()
-            .map(|n| {
-                serde_json::json!({
-                    "id": n.id,
-                    "pubkey": hex(&n.pubkey),
-                    "state": state_name(n.state),
-                    "address": n.status.as_ref().map(|s| s.external_address.clone()),
-                    "roles": held_roles(n),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(list));
-        return;
-    }
-    let rows: Vec<[String; 4]> = nodes
-        .iter()
-        .map(|n| {
-            let roles = held_roles(n);
-            [
-                n.id.clone(),
-                state_name(n.state).to_owned(),
-                n.status
-                    .as_ref()
-                    .map_or(String::new(), |s| s.external_address.clone()),
-                match roles.is_empty() {
-                    true => "-".to_owned(),
-                    false => roles.join(","),
-                },
-            ]
-        })
-        .collect();
-    let header = ["NODE", "STATE", "ADDRESS", "ROLES"].map(str::to_owned);
-    print!("{}", crate::table::table(&header, &rows));
-}
-
-/// The roles node `n` holds: only an UP node holds any (a decommissioned node's record keeps the
-/// roles it had, which it no longer holds).
-fn held_roles(n: &polis::proto::api::Node) -> Vec<&'static str> {
-    let up = n.state == polis::proto::common::NodeState::Up as i32;
-    let roles = n.roles.as_ref().filter(|_| up);
-    [
-        (
-            "consensus",
-            roles.is_some_and(|r| r.consensus_member.is_some()),
-        ),
-        (
-            "kubernetes-worker",
-            roles.is_some_and(|r| r.kubernetes_worker.is_some()),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, held)| held.then_some(name))
-    .collect()
 }

@@ -1,0 +1,337 @@
+//! The owner's commands (`nodes`, `ticket`, `approve`, `decommission`, `take-ownership`)
+//! against any cluster: one named by `--endpoint` and `--credentials`, one of the clusters file
+//! (`--cluster`, or its current one), or the local cluster launched in `--dir`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use polis::clusters::{self, Cluster, Clusters};
+use polis::netns::within;
+use polis::owner::{self, Credentials, CuratorAddress, Owner, OwnerError};
+use polis::pki::{fingerprint, hex};
+
+use crate::cluster::{launched, runtime, ClusterError, NODES_FILE};
+
+/// Which cluster an owner command is for, and as whom.
+pub enum Target {
+    /// A cluster whose Curators answer at these endpoints, with these credentials.
+    Remote {
+        /// Curator endpoints, tried in order.
+        endpoints: Vec<SocketAddr>,
+        /// The owner's credentials.
+        credentials: Box<Credentials>,
+    },
+    /// The local cluster launched in this directory (reached inside its nodes' namespaces).
+    Local(PathBuf),
+}
+
+impl Target {
+    /// The target the flags name: `--endpoint` with `--credentials`; else `--cluster` from the
+    /// clusters file; else the cluster launched in `dir`, if one is; else the clusters file's
+    /// current cluster.
+    pub fn choose(
+        endpoints: &[String],
+        credentials: Option<&Path>,
+        cluster: Option<&str>,
+        dir: &Path,
+    ) -> Result<Self, ClusterError> {
+        let remote = |endpoints: &[String], credentials: &Path| {
+            Ok::<_, ClusterError>(Target::Remote {
+                endpoints: endpoints
+                    .iter()
+                    .map(|e| clusters::endpoint(e))
+                    .collect::<Result<_, _>>()?,
+                credentials: Box::new(Credentials::load(credentials)?),
+            })
+        };
+        match (endpoints.is_empty(), credentials) {
+            (false, Some(credentials)) => return remote(endpoints, credentials),
+            (true, None) => {}
+            _ => {
+                return Err(ClusterError::Usage(
+                    "--endpoint and --credentials go together".into(),
+                ))
+            }
+        }
+        let path = Clusters::path()?;
+        let config = Clusters::load(&path)?;
+        if cluster.is_none() && dir.join(NODES_FILE).exists() {
+            return Ok(Target::Local(dir.to_owned()));
+        }
+        match config.select(cluster, &path)? {
+            Some(chosen) => remote(&chosen.endpoints, &chosen.credentials),
+            None => Err(ClusterError::Usage(format!(
+                "no cluster to manage: no local cluster in {}, none current in {}; name one \
+                 with --endpoint and --credentials, or take ownership first",
+                dir.display(),
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Run `call` as the owner against the first Curator of `target` that answers.
+fn with_owner<T: Send>(
+    target: &Target,
+    call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError> + Sync,
+) -> Result<T, ClusterError> {
+    match target {
+        Target::Remote {
+            endpoints,
+            credentials,
+        } => {
+            let mut last = ClusterError::Usage("no Curator endpoint given".into());
+            for &address in endpoints {
+                let answer = runtime(Path::new("."))?.block_on(async {
+                    let mut owner = Owner::at(address, credentials).await?;
+                    call(&mut owner).await
+                });
+                match answer {
+                    Ok(value) => return Ok(value),
+                    Err(e) => last = e.into(),
+                }
+            }
+            Err(last)
+        }
+        Target::Local(dir) => with_local_owner(dir, call),
+    }
+}
+
+/// Run `call` as the owner against the first node of the cluster launched in `dir` that
+/// answers, from inside that node's namespace (a VM's is the one with the bridge).
+fn with_local_owner<T: Send>(
+    dir: &Path,
+    call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError> + Sync,
+) -> Result<T, ClusterError> {
+    let credentials = Credentials::load(dir)?;
+    let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
+    for node in launched(dir)? {
+        let (Some(id), Some(address), Some(namespace)) = (
+            node["id"].as_str(),
+            node["address"].as_str().and_then(|a| a.parse().ok()),
+            node["namespace"].as_str(),
+        ) else {
+            continue;
+        };
+        let curator = CuratorAddress {
+            node_id: id.to_owned(),
+            address: SocketAddr::new(address, polis::curator::CURATOR_PORT),
+        };
+        let answer = within(namespace, || {
+            runtime(dir)?.block_on(async {
+                let mut owner = Owner::connect(
+                    &curator,
+                    &credentials.ca,
+                    &credentials.key,
+                    credentials.certificate.clone(),
+                )
+                .await?;
+                Ok::<_, ClusterError>(call(&mut owner).await?)
+            })
+        })?;
+        match answer {
+            Ok(value) => return Ok(value),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Take ownership of the cluster at `endpoint` with the owner key in `key_file`: its CA is
+/// trusted only if its fingerprint is `expected` (or, with none given, if the user confirms it
+/// on a terminal). The credentials go to `credentials` and the cluster into the clusters file
+/// as `name`, made current.
+pub fn take_ownership(
+    endpoint: &str,
+    key_file: &Path,
+    expected: Option<&str>,
+    credentials: &Path,
+    name: &str,
+    json: bool,
+) -> Result<(), ClusterError> {
+    let address = clusters::endpoint(endpoint)?;
+    let key = owner::read_key(key_file)?;
+    let mut seen = String::new();
+    let taken = runtime(credentials)?.block_on(owner::take_ownership(address, key, |ca| {
+        seen = fingerprint(ca);
+        accept_ca(&seen, expected)
+    }))?;
+    taken.save(credentials)?;
+    let path = Clusters::path()?;
+    let mut config = Clusters::load(&path)?;
+    config.set_current(
+        name,
+        Cluster {
+            endpoints: vec![endpoint.to_owned()],
+            credentials: credentials.to_owned(),
+        },
+    );
+    config.save(&path)?;
+    match json {
+        true => println!(
+            "{}",
+            serde_json::json!({
+                "cluster": name,
+                "ca_fingerprint": seen,
+                "credentials": credentials,
+                "config": path,
+            })
+        ),
+        false => eprintln!(
+            "polisctl: you own cluster {name:?} (CA SHA-256 {seen}); credentials in {}, \
+             cluster in {} (current)",
+            credentials.display(),
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Whether the CA whose fingerprint is `seen` may be trusted: it must be `expected` (hex,
+/// colons and case ignored); with none expected, the user is asked on a terminal.
+fn accept_ca(seen: &str, expected: Option<&str>) -> Result<(), OwnerError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let refused = |why: String| OwnerError::CaRefused {
+        fingerprint: seen.to_owned(),
+        why,
+    };
+    if let Some(expected) = expected {
+        let expected: String = expected
+            .chars()
+            .filter(|c| *c != ':')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        return match expected == seen {
+            true => Ok(()),
+            false => Err(refused(format!("--ca-fingerprint says {expected}"))),
+        };
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(refused(
+            "no --ca-fingerprint given and no terminal to confirm it on".into(),
+        ));
+    }
+    eprint!("The cluster's CA has the SHA-256 fingerprint\n  {seen}\nTrust it? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = stdin.lock().read_line(&mut answer);
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(refused("not confirmed".into())),
+    }
+}
+
+/// List the cluster's nodes.
+pub fn nodes(target: &Target, json: bool) -> Result<(), ClusterError> {
+    let nodes = with_owner(target, async |owner| owner.nodes().await)?;
+    print_nodes(&nodes, json);
+    Ok(())
+}
+
+/// Print the register ticket, replacing it first if `rotate`.
+pub fn ticket(target: &Target, rotate: bool, json: bool) -> Result<(), ClusterError> {
+    let ticket = with_owner(target, async |owner| match rotate {
+        true => owner.rotate_ticket().await,
+        false => owner.ticket().await,
+    })?;
+    match json {
+        true => println!("{}", serde_json::json!({ "ticket": hex(&ticket) })),
+        false => println!("{}", hex(&ticket)),
+    }
+    Ok(())
+}
+
+/// Approve the NEW node whose public key is `pubkey` (hex).
+pub fn approve(target: &Target, pubkey: &str) -> Result<(), ClusterError> {
+    let key = unhex(pubkey).ok_or_else(|| ClusterError::Usage(format!("{pubkey:?} is not hex")))?;
+    with_owner(target, async |owner| owner.approve(&key).await)
+}
+
+/// Decommission node `id` and wait until it is retired, saying what the cluster waits on.
+pub fn decommission(target: &Target, id: &str) -> Result<(), ClusterError> {
+    with_owner(target, async |owner| {
+        owner.decommission(id).await?;
+        owner
+            .wait_retired(id, DECOMMISSION_PATIENCE, |waiting_on| {
+                eprintln!("decommissioning {id}: waiting on {waiting_on}")
+            })
+            .await
+    })?;
+    eprintln!("{id} is decommissioned and retired");
+    Ok(())
+}
+
+/// How long `polisctl decommission` waits for the retirement before saying what blocks it.
+const DECOMMISSION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    s.len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
+pub fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
+    use polis::curator::records::state_name;
+    if json {
+        let list: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id,
+                    "pubkey": hex(&n.pubkey),
+                    "state": state_name(n.state),
+                    "address": n.status.as_ref().map(|s| s.external_address.clone()),
+                    "roles": held_roles(n),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    let rows: Vec<[String; 4]> = nodes
+        .iter()
+        .map(|n| {
+            let roles = held_roles(n);
+            [
+                n.id.clone(),
+                state_name(n.state).to_owned(),
+                n.status
+                    .as_ref()
+                    .map_or(String::new(), |s| s.external_address.clone()),
+                match roles.is_empty() {
+                    true => "-".to_owned(),
+                    false => roles.join(","),
+                },
+            ]
+        })
+        .collect();
+    let header = ["NODE", "STATE", "ADDRESS", "ROLES"].map(str::to_owned);
+    print!("{}", crate::table::table(&header, &rows));
+}
+
+/// The roles node `n` holds: only an UP node holds any (a decommissioned node's record keeps the
+/// roles it had, which it no longer holds).
+fn held_roles(n: &polis::proto::api::Node) -> Vec<&'static str> {
+    let up = n.state == polis::proto::common::NodeState::Up as i32;
+    let roles = n.roles.as_ref().filter(|_| up);
+    [
+        (
+            "consensus",
+            roles.is_some_and(|r| r.consensus_member.is_some()),
+        ),
+        (
+            "kubernetes-worker",
+            roles.is_some_and(|r| r.kubernetes_worker.is_some()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, held)| held.then_some(name))
+    .collect()
+}
