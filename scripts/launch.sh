@@ -43,6 +43,10 @@ for _ in $(seq 600); do [ -f "$dir/launcher.pid" ] && break; sleep 0.5; done
 [ -f "$dir/launcher.pid" ] || { echo "the cluster did not come up; logs: $dir/node*/node.log"; exit 1; }
 echo "== the cluster, as the owner sees it"
 ctl nodes
+if [ ${#kind[@]} -eq 0 ]; then
+  echo "== the same through the clusters file (~/.config/polis/clusters.json), as any client reaches a cluster"
+  ./target/release/polisctl --cluster local nodes
+fi
 echo "== node 1's supervision tree"
 ctl tree 1
 echo "== fault injection on node 1: crash /cluster/curator; its supervisor restarts it"
