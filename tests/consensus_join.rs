@@ -65,14 +65,12 @@ async fn a_learner_joins_is_promoted_and_serves() {
         name: member.name.clone(),
         peer_url: member.peer_url(),
     };
-    let initial_cluster = a.ask(add()).await.unwrap().unwrap();
-    assert!(
-        initial_cluster.contains(&format!("{}={}", member.name, member.peer_url())),
-        "{initial_cluster}"
-    );
+    let peers = a.ask(add()).await.unwrap().unwrap();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.contains(&member.peer()), "{peers:?}");
     assert_eq!(
         a.ask(add()).await.unwrap().unwrap(),
-        initial_cluster,
+        peers,
         "repeating the add is harmless"
     );
     let third = AddLearner {
@@ -88,7 +86,7 @@ async fn a_learner_joins_is_promoted_and_serves() {
         root: NodeRoot::new(b_dir.path()),
         member,
         mode: Mode::Join {
-            initial_cluster,
+            peers,
             ca: ca.certificate().to_vec(),
             certificate: certificate.der,
             key: key.to_pkcs8_der().unwrap().as_bytes().to_vec(),

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use ed25519_dalek::SigningKey;
 use prost::Message;
 
-use polis::curator::{initial_cluster as format_initial_cluster, parse_initial_cluster};
+use polis::consensus::peers;
 use polis::grpc::Peer;
 use polis::hostsfile;
 use polis::lifecycle::material::{Enrolment, Membership};
@@ -177,17 +177,24 @@ pub fn crl(data: &[u8]) -> bool {
     client
 }
 
-/// etcd's `--initial-cluster`: what parses formats back to the same peers.
+/// A member of etcd's member list (`name=url`), as it is read back into the `--initial-cluster`
+/// a joining member starts with: what parses formats back to exactly the same text, one entry.
 pub fn initial_cluster(data: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((name, url)) = std::str::from_utf8(data)
+        .ok()
+        .and_then(|t| t.split_once('='))
+    else {
         return false;
     };
-    let peers = parse_initial_cluster(text);
-    assert_eq!(
-        parse_initial_cluster(&format_initial_cluster(&peers)),
-        peers
-    );
-    !peers.is_empty()
+    let Some(peer) = peers::parse(name, url) else {
+        return false;
+    };
+    let port = u16::try_from(peer.port).expect("a parsed port fits");
+    assert_eq!(peers::peer_url(&peer.host, port), url);
+    let flag = peers::initial_cluster(std::slice::from_ref(&peer));
+    assert_eq!(flag, format!("{name}={url}"));
+    assert_eq!(flag.matches(',').count(), 0);
+    true
 }
 
 /// What the certificate targets check against: a CA and a node key.

@@ -8,6 +8,7 @@ use etcd_client::Client;
 use hyper_util::rt::TokioIo;
 use tonic::transport::Endpoint;
 
+use super::peers::{initial_cluster, peer_url, Peer};
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::pki::{read_pem, to_pem, CertificateAuthority, PkiError, Template};
 use crate::storage::NodeRoot;
@@ -52,6 +53,13 @@ pub enum ConsensusError {
     #[error("etcd did not complete {0} in time")]
     TimedOut(&'static str),
     /// etcd closed a watch.
+    #[error("etcd lists member {name:?} at {url:?}, which is not an https://host:port URL Polis can pass on")]
+    BadPeer {
+        /// The member's name.
+        name: String,
+        /// Its peer URL.
+        url: String,
+    },
     #[error("etcd closed the watch on {0}")]
     WatchClosed(String),
     /// A value every running cluster holds is absent.
@@ -92,8 +100,8 @@ pub enum Mode {
     /// A member the cluster has added as a learner (see `AddLearner`), with the peer PKI the
     /// cluster issued for it.
     Join {
-        /// Every member as `name=url`, this one included.
-        initial_cluster: String,
+        /// Every member, this one included.
+        peers: Vec<Peer>,
         /// The peer CA certificate (DER).
         ca: Vec<u8>,
         /// This member's peer certificate (DER).
@@ -108,11 +116,16 @@ pub enum Mode {
 impl Member {
     /// The URL other members reach this one at.
     pub fn peer_url(&self) -> String {
-        format!(
-            "https://{}:{}",
-            self.advertise_host,
-            self.peer_listen.port()
-        )
+        peer_url(&self.advertise_host, self.peer_listen.port())
+    }
+
+    /// This member as a peer of others.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            name: self.name.clone(),
+            host: self.advertise_host.clone(),
+            port: i32::from(self.peer_listen.port()),
+        }
     }
 }
 
@@ -211,9 +224,9 @@ pub fn write_peer_pki(
 }
 
 /// The etcd command line for `member`: with `join` unset, the first member of a new cluster;
-/// with `join` set (every member as `name=url`), a learner joining an existing one. Restarting
+/// with `join` set (every member), a learner joining an existing one. Restarting
 /// from a data directory, etcd ignores both.
-pub fn command(root: &NodeRoot, member: &Member, join: Option<&str>) -> Command {
+pub fn command(root: &NodeRoot, member: &Member, join: Option<&[Peer]>) -> Command {
     let pki = root.etcd_peer_pki();
     let socket = format!("unix://{SOCKET_NAME}:0");
     let mut cmd = Command::new("etcd");
@@ -231,10 +244,10 @@ pub fn command(root: &NodeRoot, member: &Member, join: Option<&str>) -> Command 
         .arg("--initial-advertise-peer-urls")
         .arg(member.peer_url())
         .arg("--initial-cluster")
-        .arg(join.map_or_else(
-            || format!("{}={}", member.name, member.peer_url()),
-            str::to_owned,
-        ))
+        .arg(match join {
+            Some(peers) => initial_cluster(peers),
+            None => initial_cluster(&[member.peer()]),
+        })
         .arg("--initial-cluster-state")
         .arg(if join.is_some() { "existing" } else { "new" })
         .arg("--peer-cert-file")

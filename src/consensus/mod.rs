@@ -4,6 +4,7 @@
 
 mod etcd;
 mod kv;
+pub mod peers;
 
 use std::time::Duration;
 
@@ -59,7 +60,8 @@ impl Message for WaitReady {
 }
 
 /// Add a member as a learner (etcd 3.4 allows one learner at a time; a second is refused until
-/// the first is promoted). Answers the `--initial-cluster` the new member starts with. Repeating
+/// the first is promoted). Answers every member, the new one included: the peers the new member
+/// starts with (its `--initial-cluster`). Repeating
 /// the call for a member already added answers the same and adds nothing.
 pub struct AddLearner {
     /// The new member's name (its node ID).
@@ -68,7 +70,7 @@ pub struct AddLearner {
     pub peer_url: String,
 }
 impl Message for AddLearner {
-    type Reply = Result<String, ConsensusError>;
+    type Reply = Result<Vec<peers::Peer>, ConsensusError>;
 }
 
 /// Remove the member called `name` (a node ID) or, if it never started and so has no name yet,
@@ -165,15 +167,16 @@ impl Actor for Consensus {
                     new_ca = Some(etcd::bootstrap_peer_pki(&root, &self.config.member)?);
                 }
                 Mode::Join {
-                    initial_cluster,
+                    peers,
                     ca,
                     certificate,
                     key,
                     crl,
                 } => {
-                    slog::info!(ctx.log(), "joining the cluster as a learner"; "initial_cluster" => initial_cluster);
+                    slog::info!(ctx.log(), "joining the cluster as a learner";
+                        "initial_cluster" => peers::initial_cluster(peers));
                     etcd::write_peer_pki(&root, ca, certificate, key, crl)?;
-                    join = Some(initial_cluster.clone());
+                    join = Some(peers.clone());
                 }
             }
         }
@@ -368,7 +371,10 @@ async fn promote_started_learner(
     Ok(Some(name))
 }
 
-async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, ConsensusError> {
+async fn add_learner(
+    mut client: Client,
+    msg: AddLearner,
+) -> Result<Vec<peers::Peer>, ConsensusError> {
     let members = client.member_list().await?;
     let known = members
         .members()
@@ -386,20 +392,26 @@ async fn add_learner(mut client: Client, msg: AddLearner) -> Result<String, Cons
             .await?;
     }
     let members = client.member_list().await?;
-    Ok(members
+    members
         .members()
         .iter()
         .filter_map(|m| {
             let url = m.peer_urls().first()?;
+            // The new member has no name until it starts: it gets the one it will start with.
             let name = if *url == msg.peer_url {
                 msg.name.as_str()
             } else {
                 m.name()
             };
-            Some(format!("{name}={url}"))
+            Some((name, url))
         })
-        .collect::<Vec<_>>()
-        .join(","))
+        .map(|(name, url)| {
+            peers::parse(name, url).ok_or_else(|| ConsensusError::BadPeer {
+                name: name.to_owned(),
+                url: url.clone(),
+            })
+        })
+        .collect()
 }
 
 async fn remove_member(

@@ -17,7 +17,7 @@ pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
 pub use decommission::Decommissioner;
 pub use escrow::Escrower;
 pub use records::Records;
-pub use service::{initial_cluster, parse_initial_cluster, Services, MAX_WATCHES_PER_NODE};
+pub use service::{Services, MAX_WATCHES_PER_NODE};
 
 use tonic::{Code, Status};
 

@@ -176,7 +176,7 @@ impl Run {
                         sealed = self.seal_cuk(sealed.clone(), &cuk).await?;
                         self.crash_point("role:cuk-sealed");
                         let mode = Mode::Join {
-                            initial_cluster: crate::curator::initial_cluster(&role.peers),
+                            peers: role.peers,
                             ca: role.ca_certificate,
                             certificate: role.peer_certificate,
                             key: pkcs8(&credentials.key)?.to_vec(),

@@ -1,12 +1,12 @@
 //! Giving a node the consensus role (a peer certificate, a learner seat in etcd, the role in its
 //! record) and undoing it when the record did not take it; how peers are named to etcd.
 
-use crate::consensus::{peer_ca, AddLearner, PEER_CRL_KEY, PEER_PORT};
+use crate::consensus::{peer_ca, peers, AddLearner, PEER_CRL_KEY, PEER_PORT};
 use crate::curator::decommission::{remove_consensus_member, revoke_peer_certificate};
 use crate::curator::records;
 use crate::curator::CuratorError;
 use crate::pki::Template;
-use crate::proto::common::node_roles::{consensus_member, ConsensusMember};
+use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::private::Node;
 
 use super::auth::verifying_key;
@@ -33,7 +33,7 @@ impl Services {
             ip,
         };
         let certificate = ca.issue(&template, &public)?;
-        let initial_cluster = self
+        let peers = self
             .consensus
             .ask(AddLearner {
                 name: node.id.clone(),
@@ -44,7 +44,7 @@ impl Services {
             ca_certificate: ca.certificate().to_vec(),
             peer_certificate: certificate.der,
             initial_crl: crl,
-            peers: parse_initial_cluster(&initial_cluster),
+            peers,
         })
     }
 
@@ -89,49 +89,5 @@ fn external_address(node: &Node) -> &str {
 
 /// Where other etcd members reach `node`, as it is added and removed.
 pub(in crate::curator) fn peer_url(node: &Node) -> String {
-    format!("https://{}:{PEER_PORT}", external_address(node))
-}
-
-/// `name=https://host:port,…` as peers; members that are not of that form are left out. The
-/// fuzz target `initial_cluster` checks it against [`initial_cluster`], its inverse.
-pub fn parse_initial_cluster(initial_cluster: &str) -> Vec<consensus_member::Peer> {
-    initial_cluster
-        .split(',')
-        .filter_map(|member| {
-            let (name, url) = member.split_once('=')?;
-            let authority = url.strip_prefix("https://")?;
-            let (host, port) = authority.rsplit_once(':')?;
-            Some(consensus_member::Peer {
-                name: name.to_owned(),
-                port: port.parse().ok()?,
-                host: host.to_owned(),
-            })
-        })
-        .collect()
-}
-
-/// The `--initial-cluster` value of `peers` (the inverse of [`parse_initial_cluster`]).
-pub fn initial_cluster(peers: &[consensus_member::Peer]) -> String {
-    peers
-        .iter()
-        .map(|p| format!("{}=https://{}:{}", p.name, p.host, p.port))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn initial_cluster_round_trips_through_peers() {
-        let text = "a=https://198.18.0.2:7834,b=https://198.18.0.3:7834";
-        let peers = parse_initial_cluster(text);
-        assert_eq!(peers.len(), 2);
-        assert_eq!(peers[1].name, "b");
-        assert_eq!(peers[1].host, "198.18.0.3");
-        assert_eq!(peers[1].port, 7834);
-        assert_eq!(initial_cluster(&peers), text);
-        assert!(parse_initial_cluster("garbage").is_empty());
-    }
+    peers::peer_url(external_address(node), PEER_PORT)
 }

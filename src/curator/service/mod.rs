@@ -26,7 +26,6 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::private::Node;
 
 pub(super) use membership::peer_url;
-pub use membership::{initial_cluster, parse_initial_cluster};
 use watch_slots::WatchSlots;
 pub use watch_slots::MAX_WATCHES_PER_NODE;
 
