@@ -209,3 +209,17 @@ fn a_restored_ca_signs_like_the_original_and_other_cas_are_not_trusted() {
         Err(PkiError::BadKey(_))
     ));
 }
+
+#[test]
+fn a_certificate_says_when_it_expires() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let key = generate_key().unwrap();
+    let id = node_id(&key.verifying_key());
+    let issued = ca
+        .issue(&Template::Node { node_id: id }, &key.verifying_key())
+        .unwrap();
+    let now = polis::curator::records::unix_now();
+    let expires = polis::pki::not_after(&issued.der).unwrap();
+    assert!(expires > now + 86_400, "{expires} is not after {now}");
+    assert!(polis::pki::not_after(&issued.der[..20]).is_err());
+}

@@ -65,3 +65,19 @@ pub async fn until_cuks_escrowed(cluster: &polis::launch::LocalCluster, members:
             .unwrap();
     }
 }
+
+/// Wait until node `i` follows its record: its lifecycle has heard from its Watch
+/// (`polis_lifecycle_done 1` on its metrics), so that Watch is open and a Curator has noted the
+/// node as seen. (The enrolment's last log line comes before the Watch opens.)
+pub async fn until_following(cluster: &polis::launch::LocalCluster, i: usize) {
+    cluster
+        .until(i, "follow its record", || async {
+            let metrics = cluster.debug(i, "GET", "/metrics", "").ok()?;
+            metrics
+                .lines()
+                .any(|line| line == "polis_lifecycle_done 1")
+                .then_some(())
+        })
+        .await
+        .unwrap();
+}

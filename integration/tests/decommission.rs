@@ -5,7 +5,7 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use polis::launch::LocalCluster;
-use polis_integration::{polis_node_binary, test_logger};
+use polis_integration::{polis_node_binary, test_logger, until_following};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_its_decommission_learns_it_from_join_node_and_stops() {
@@ -16,19 +16,9 @@ async fn a_node_that_missed_its_decommission_learns_it_from_join_node_and_stops(
     // Node 1: a worker, following node 0's Curator, the only one.
     let node = cluster.start_registration(1, &owner).await.unwrap();
     cluster.approve(1, &owner, &node).await.unwrap();
-    // Its Watch is open once it has heard from it: the lifecycle is done. (The enrolment's last
-    // log line comes before the Watch opens; frozen between the two, the node would hear of its
-    // decommission from the Watch, not from JoinNode.)
-    cluster
-        .until(1, "follow its record", || async {
-            let metrics = cluster.debug(1, "GET", "/metrics", "").ok()?;
-            metrics
-                .lines()
-                .any(|line| line == "polis_lifecycle_done 1")
-                .then_some(())
-        })
-        .await
-        .unwrap();
+    // Frozen before its Watch opens, the node would hear of its decommission from the Watch,
+    // not from JoinNode.
+    until_following(&cluster, 1).await;
 
     // Freeze node 1, break its watch by crashing node 0's Curator, decommission it meanwhile.
     let pid = Pid::from_raw(cluster.nodes[1].pid().unwrap());

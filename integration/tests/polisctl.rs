@@ -1,7 +1,8 @@
 //! `polisctl` for a cluster it did not launch: the cluster is launched in one directory; a fresh
 //! configuration directory and a fresh credentials directory, with only the cluster's endpoint
 //! and the owner key, take ownership (refused for a wrong CA fingerprint) and then manage it,
-//! first through the clusters file alone, then through --endpoint and --credentials alone.
+//! first through the clusters file alone (the node's last-seen time and certificate expiry among what it lists), then
+//! through --endpoint and --credentials alone.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,7 +11,7 @@ use std::process::{Command, Output};
 use polis::launch::LocalCluster;
 use polis::owner::{CA_FILE, KEY_FILE};
 use polis::pki::fingerprint;
-use polis_integration::{polis_node_binary, polisctl_binary, test_logger};
+use polis_integration::{polis_node_binary, polisctl_binary, test_logger, until_following};
 
 /// `polisctl ARGS` with `config` as its XDG configuration directory and no local cluster.
 fn polisctl(config: &Path, args: &[&str]) -> Output {
@@ -34,7 +35,9 @@ async fn a_cluster_launched_elsewhere_is_managed_from_its_endpoint_and_credentia
     let launched = tempfile::tempdir().unwrap();
     let mut cluster =
         LocalCluster::create(launched.path(), 1, &polis_node_binary(), test_logger()).unwrap();
+    let began = polis::curator::records::unix_now();
     let mut owner = cluster.bootstrap().await.unwrap();
+    until_following(&cluster, 0).await;
     let endpoint = cluster.nodes[0].address.to_string();
     let key = launched.path().join(KEY_FILE);
     let ca = std::fs::read(launched.path().join(CA_FILE)).unwrap();
@@ -77,6 +80,13 @@ async fn a_cluster_launched_elsewhere_is_managed_from_its_endpoint_and_credentia
     let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
     assert_eq!(nodes[0]["id"], cluster.nodes[0].id().unwrap().as_str());
     assert_eq!(nodes[0]["state"], "UP");
+    let expires = nodes[0]["certificate_expires"].as_i64().unwrap();
+    assert!(expires > polis::curator::records::unix_now(), "{expires}");
+    let seen = nodes[0]["last_seen"].as_i64().unwrap();
+    assert!(
+        (began..=polis::curator::records::unix_now()).contains(&seen),
+        "{seen}"
+    );
 
     // Through --endpoint and --credentials alone, in an empty configuration directory.
     let empty = tempfile::tempdir().unwrap();

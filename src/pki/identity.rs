@@ -60,6 +60,11 @@ fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
     VerifyingKey::from_bytes(&key).map_err(|e| PkiError::BadCertificate(e.to_string()))
 }
 
+/// When `certificate` (DER) expires: its notAfter, in seconds since the Unix epoch.
+pub fn not_after(certificate: &[u8]) -> Result<i64, PkiError> {
+    Ok(parse(certificate)?.validity().not_after.timestamp())
+}
+
 /// Whether `certificate` (DER) carries the Curator mark ([`crate::pki::CURATOR_URI`]). Only
 /// meaningful for a certificate already verified to chain to the cluster CA.
 pub fn is_curator_certificate(certificate: &[u8]) -> Result<bool, PkiError> {

@@ -289,13 +289,16 @@ pub fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
                     "state": state_name(n.state),
                     "address": n.status.as_ref().map(|s| s.external_address.clone()),
                     "roles": held_roles(n),
+                    "last_seen": last_seen(n),
+                    "certificate_expires": (n.certificate_expires > 0).then_some(n.certificate_expires),
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(list));
         return;
     }
-    let rows: Vec<[String; 4]> = nodes
+    let now = polis::curator::records::unix_now();
+    let rows: Vec<[String; 6]> = nodes
         .iter()
         .map(|n| {
             let roles = held_roles(n);
@@ -309,11 +312,49 @@ pub fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
                     true => "-".to_owned(),
                     false => roles.join(","),
                 },
+                last_seen(n).map_or("-".to_owned(), |seen| age(now - seen)),
+                utc_day(n.certificate_expires),
             ]
         })
         .collect();
-    let header = ["NODE", "STATE", "ADDRESS", "ROLES"].map(str::to_owned);
+    let header = [
+        "NODE",
+        "STATE",
+        "ADDRESS",
+        "ROLES",
+        "LAST SEEN",
+        "CERT EXPIRES",
+    ]
+    .map(str::to_owned);
     print!("{}", crate::table::table(&header, &rows));
+}
+
+/// When a Curator last heard from node `n` (seconds since the Unix epoch), if ever.
+fn last_seen(n: &polis::proto::api::Node) -> Option<i64> {
+    n.status
+        .as_ref()
+        .map(|s| s.last_seen)
+        .filter(|seen| *seen > 0)
+}
+
+/// The UTC day of `unix` seconds, `YYYY-MM-DD` (`-` for 0: no certificate).
+fn utc_day(unix: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(at) if unix > 0 => at.date().to_string(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// How long ago `seconds` was, as a person reads it: `5s ago`, `3m ago`, `2h ago`, `4d ago`
+/// (a clock behind the Curator's reads as `0s ago`).
+fn age(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    match seconds {
+        0..60 => format!("{seconds}s ago"),
+        60..3600 => format!("{}m ago", seconds / 60),
+        3600..86400 => format!("{}h ago", seconds / 3600),
+        _ => format!("{}d ago", seconds / 86400),
+    }
 }
 
 /// The roles node `n` holds: only an UP node holds any (a decommissioned node's record keeps the
@@ -334,4 +375,28 @@ fn held_roles(n: &polis::proto::api::Node) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(name, held)| held.then_some(name))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{age, utc_day};
+
+    #[test]
+    fn ages_read_in_the_largest_whole_unit() {
+        let ages: Vec<String> = [-3, 0, 59, 60, 3599, 3600, 86399, 86400 * 9]
+            .into_iter()
+            .map(age)
+            .collect();
+        assert_eq!(
+            ages,
+            ["0s ago", "0s ago", "59s ago", "1m ago", "59m ago", "1h ago", "23h ago", "9d ago"]
+        );
+    }
+
+    #[test]
+    fn expiry_days_are_utc_dates() {
+        assert_eq!(utc_day(0), "-");
+        assert_eq!(utc_day(86_399), "1970-01-01");
+        assert_eq!(utc_day(2_000_000_000), "2033-05-18");
+    }
 }

@@ -7,7 +7,7 @@ use super::auth::verifying_key;
 use super::{Answer, Services};
 use crate::curator::records::{self, REGISTER_TICKET};
 use crate::curator::CuratorError;
-use crate::pki::node_id;
+use crate::pki::{node_id, not_after};
 use crate::proto::api::management_server::Management;
 use crate::proto::api::{self, *};
 use crate::proto::common::node_roles::KubernetesWorker;
@@ -64,6 +64,7 @@ impl Management for Services {
             nodes: nodes
                 .into_iter()
                 .map(|n| {
+                    let certificate_expires = self.certificate_expires(&n);
                     let retirement = n.retirement.unwrap_or_default();
                     api::Node {
                         pubkey: n.public_key,
@@ -73,6 +74,7 @@ impl Management for Services {
                         id: n.id,
                         retired: retirement.done,
                         retirement_waiting_on: retirement.waiting_on,
+                        certificate_expires,
                     }
                 })
                 .collect(),
@@ -158,6 +160,21 @@ impl Management for Services {
             .await?;
         slog::warn!(self.log, "node decommissioned; its retirement is under way"; "node" => &id);
         Ok(Response::new(DecommissionNodeResponse {}))
+    }
+}
+
+impl Services {
+    /// When node `n`'s certificate expires (0 if it has none). A certificate that does not
+    /// parse is logged and shown as none: one damaged record must not hide every node.
+    fn certificate_expires(&self, n: &Node) -> i64 {
+        if n.node_certificate.is_empty() {
+            return 0;
+        }
+        not_after(&n.node_certificate).unwrap_or_else(|e| {
+            slog::warn!(self.log, "a node certificate in the records does not parse";
+                "node" => &n.id, "error" => %e);
+            0
+        })
     }
 }
 

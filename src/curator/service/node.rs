@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{caller_key, check_address, check_len, matches_stored};
 use super::{Answer, Services};
-use crate::consensus::ConsensusError;
 use crate::curator::escrow;
 use crate::curator::mirror::NodeMirror;
 use crate::curator::records::{self, REGISTER_TICKET};
@@ -18,6 +17,9 @@ use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::curator_server::Curator;
 use crate::proto::curator::*;
 use crate::proto::private::Node;
+
+/// How often a Curator notes in a node's record that the node's Watch is still open.
+const LAST_SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The most shares one ConfirmShares may confirm (a holder holds one per other member).
 const MAX_CONFIRMED_SHARES: usize = 64;
@@ -165,46 +167,45 @@ impl Curator for Services {
         tokio::spawn(async move {
             // Held until the stream ends, however it ends (the client going away included).
             let _slot = slot;
+            services.mark_seen(&id).await;
+            let mut heartbeat = tokio::time::interval(LAST_SEEN_EVERY);
+            heartbeat.tick().await;
             let mut last = None;
             // The CRL as last read; read again after it changes.
             let mut crl = None;
-            loop {
-                let current = match crl.take() {
-                    Some(current) => Ok(current),
-                    None => services.crl().await,
-                };
-                let current = match current {
-                    Ok(current) => current,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                let nodes = mirror.nodes();
-                let event = watch_event(&nodes, records::directory(&nodes, current.clone()), &id);
-                crl = Some(current);
-                if last.as_ref() != Some(&event) {
-                    if tx.send(Ok(event.clone())).await.is_err() {
-                        return;
-                    }
-                    last = Some(event);
-                }
-                let ended = tokio::select! {
-                    changed = mirror.changed() => changed.err(),
-                    m = crl_changes.message() => match m {
-                        Ok(Some(_)) => {
-                            crl = None;
-                            None
+            let ended: Result<(), Status> = async {
+                loop {
+                    let current = match crl.take() {
+                        Some(current) => current,
+                        None => services.crl().await?,
+                    };
+                    let nodes = mirror.nodes();
+                    let directory = records::directory(&nodes, current.clone());
+                    let event = watch_event(&nodes, directory, &id);
+                    crl = Some(current);
+                    if last.as_ref() != Some(&event) {
+                        if tx.send(Ok(event.clone())).await.is_err() {
+                            return Ok(());
                         }
-                        _ => Some(CuratorError::from(ConsensusError::WatchClosed(CRL_KEY.into()))),
-                    },
-                    _ = tx.closed() => return,
-                };
-                if let Some(e) = ended {
-                    let why = format!("the etcd watch ended: {e}");
-                    let _ = tx.send(Err(Status::unavailable(why))).await;
-                    return;
+                        last = Some(event);
+                    }
+                    tokio::select! {
+                        changed = mirror.changed() => changed.map_err(|e| {
+                            Status::unavailable(format!("the etcd watch ended: {e}"))
+                        })?,
+                        m = crl_changes.message() => match m {
+                            Ok(Some(_)) => crl = None,
+                            _ => return Err(Status::unavailable("the etcd watch of the CRL ended")),
+                        },
+                        _ = heartbeat.tick() => services.mark_seen(&id).await,
+                        _ = tx.closed() => return Ok(()),
+                    }
                 }
+            }
+            .await;
+            services.mark_seen(&id).await;
+            if let Err(status) = ended {
+                let _ = tx.send(Err(status)).await;
             }
         });
         let events = futures::stream::unfold(rx, |mut rx| async move {
@@ -241,6 +242,28 @@ impl Curator for Services {
         }
         slog::info!(self.log, "held shares confirmed"; "node" => &holder, "shares" => sealed.len());
         Ok(Response::new(ConfirmSharesResponse {}))
+    }
+}
+
+impl Services {
+    /// Note in node `id`'s record that a Curator hears from it now. A failure is logged, not
+    /// fatal: the Watch it comes from serves on.
+    async fn mark_seen(&self, id: &str) {
+        let now = records::unix_now();
+        let noted = self
+            .records
+            .clone()
+            .update(id, |current| {
+                Ok(current.map(|node| {
+                    let mut node = node.clone();
+                    node.status.get_or_insert_with(Default::default).last_seen = now;
+                    node
+                }))
+            })
+            .await;
+        if let Err(e) = noted {
+            slog::warn!(self.log, "cannot note when the node was last seen"; "node" => id, "error" => %e);
+        }
     }
 }
 
