@@ -145,6 +145,17 @@ async fn every_node_serves_lint_clean_metrics_that_fit_the_cluster() {
             "node {i}: etcd ready after {ready} s"
         );
 
+        // Each member holds a node, a Curator and an etcd peer certificate, valid now (and
+        // issued for 20 years: within 21 from now).
+        for kind in ["node", "curator", "peer"] {
+            let series = format!("polis_certificate_expiry_timestamp_seconds{{kind=\"{kind}\"}}");
+            let expires = value(text, &series);
+            assert!(
+                expires > now() && expires < now() + 21.0 * 365.25 * 86400.0,
+                "node {i}: its {kind} certificate expires at {expires}"
+            );
+        }
+
         // Every node's hosts file: localhost twice and the three nodes.
         assert_eq!(value(text, "polis_hostsfile_entries "), 5.0, "node {i}");
         for state in ["NEW", "STANDBY", "DECOMMISSIONED"] {

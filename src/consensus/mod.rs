@@ -21,7 +21,7 @@ pub use kv::{Leadership, NamespacedKv};
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::metrics::health::{Health, MemberStatus};
-use crate::pki::CertificateAuthority;
+use crate::pki::{read_pem, CertificateAuthority};
 use crate::poll::Poll;
 use crate::process::ChildProcess;
 use crate::storage::NodeRoot;
@@ -199,6 +199,14 @@ impl Actor for Consensus {
                 let elapsed = spawned.elapsed();
                 slog::info!(ctx.log(), "etcd ready"; "after_ms" => elapsed.as_millis());
                 consensus.config.health.consensus_ready(elapsed);
+                let peer = consensus
+                    .config
+                    .root
+                    .etcd_peer_pki()
+                    .join(PEER_CERTIFICATE_FILE);
+                if let Ok(der) = read_pem(&peer, "CERTIFICATE") {
+                    consensus.config.health.certificate_held("peer", &der);
+                }
                 let crl_file = consensus.config.root.etcd_peer_crl();
                 ctx.spawn(
                     watch_crl(client.clone(), crl_file),

@@ -93,12 +93,14 @@ impl Actor for Curator {
             ctx.log().clone(),
         );
         let calls = self.config.metrics.grpc.layer();
+        let health = self.config.metrics.health.clone();
         let serve = async move {
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::issuer::NAMESPACE.into())).await??;
             let mut records = Records::new(kv);
             let served = server_certificate::ensure(&mut records, &issuer, &credentials).await?;
+            health.certificate_held("curator", &served);
             let identity = ServerIdentity {
                 credentials,
                 certificate: served,

@@ -156,6 +156,8 @@ impl Run {
                 while let Some(event) = events.message().await.map_err(|s| refused("Watch", s))? {
                     retry.reset();
                     self.deps.metrics.health.lifecycle_done();
+                    let health = &self.deps.metrics.health;
+                    health.certificate_held("node", &credentials.certificate);
                     if event.state == NodeState::Decommissioned as i32 {
                         return Err(LifecycleError::Decommissioned);
                     }

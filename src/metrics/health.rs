@@ -23,6 +23,11 @@ struct StateLabel {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
 /// What etcd's Status call says of this member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -49,6 +54,7 @@ pub struct Health {
     ready_seconds: Gauge<f64, AtomicU64>,
     nodes: Family<StateLabel, Gauge>,
     hosts_entries: Gauge,
+    certificates: Family<KindLabel, Gauge>,
 }
 
 impl Health {
@@ -105,6 +111,12 @@ impl Health {
             self.ready_seconds.clone(),
         );
         registry.register(
+            "polis_certificate_expiry_timestamp_seconds",
+            "When each certificate this node holds expires (its notAfter), since the Unix epoch, \
+             by kind: node, curator (a consensus member's Curator), peer (its etcd member)",
+            self.certificates.clone(),
+        );
+        registry.register(
             "polis_curator_nodes",
             "Nodes in the cluster's records by state, as this node's Curator reads them",
             self.nodes.clone(),
@@ -119,6 +131,18 @@ impl Health {
                 step: step.to_owned(),
             })
             .set(1);
+    }
+
+    /// This node holds `certificate` (DER) as its `kind` certificate (`node`, `curator`,
+    /// `peer`): report when it expires. One that does not parse is not reported.
+    pub fn certificate_held(&self, kind: &str, certificate: &[u8]) {
+        if let Ok(expires) = crate::pki::not_after(certificate) {
+            self.certificates
+                .get_or_create(&KindLabel {
+                    kind: kind.to_owned(),
+                })
+                .set(expires);
+        }
     }
 
     /// The lifecycle's flow has finished: it now follows the node's record.
