@@ -113,7 +113,10 @@ pub fn launch(dir: &Path, n: usize, consensus: usize, vm: bool) -> Result<(), Cl
             began.elapsed().as_secs_f64()
         );
         if !vm {
-            remember(dir, &cluster, consensus)?;
+            // Only a convenience: the cluster runs without it.
+            if let Err(e) = remember(dir, &cluster, consensus) {
+                eprintln!("polisctl: the cluster is not named in the clusters file: {e}");
+            }
         }
         let pid = std::process::id().to_string();
         fsutil::write_atomic(&dir.join(LAUNCHER_PID), pid.as_bytes(), PUBLIC_MODE)?;
