@@ -20,6 +20,8 @@ use crate::proto::private::Node;
 
 /// How often a Curator notes in a node's record that the node's Watch is still open.
 const LAST_SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long noting that may take before it is given up (etcd away): the Watch goes on.
+const LAST_SEEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The most shares one ConfirmShares may confirm (a holder holds one per other member).
 const MAX_CONFIRMED_SHARES: usize = 64;
@@ -166,7 +168,7 @@ impl Curator for Services {
         let services = self.clone();
         tokio::spawn(async move {
             // Held until the stream ends, however it ends (the client going away included).
-            let _slot = slot;
+            let slot = slot;
             services.mark_seen(&id).await;
             let mut heartbeat = tokio::time::interval(LAST_SEEN_EVERY);
             heartbeat.tick().await;
@@ -203,10 +205,11 @@ impl Curator for Services {
                 }
             }
             .await;
-            services.mark_seen(&id).await;
+            drop(slot);
             if let Err(status) = ended {
                 let _ = tx.send(Err(status)).await;
             }
+            services.mark_seen(&id).await;
         });
         let events = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|event| (event, rx))
@@ -246,24 +249,25 @@ impl Curator for Services {
 }
 
 impl Services {
-    /// Note in node `id`'s record that a Curator hears from it now. A failure is logged, not
-    /// fatal: the Watch it comes from serves on.
+    /// Note in node `id`'s record that a Curator hears from it now. A failure, or etcd taking
+    /// longer than [`LAST_SEEN_PATIENCE`], is logged, not fatal: the Watch it comes from serves
+    /// on.
     async fn mark_seen(&self, id: &str) {
         let now = records::unix_now();
-        let noted = self
-            .records
-            .clone()
-            .update(id, |current| {
-                Ok(current.map(|node| {
-                    let mut node = node.clone();
-                    node.status.get_or_insert_with(Default::default).last_seen = now;
-                    node
-                }))
-            })
-            .await;
-        if let Err(e) = noted {
-            slog::warn!(self.log, "cannot note when the node was last seen"; "node" => id, "error" => %e);
-        }
+        let mut records = self.records.clone();
+        let noted = records.update(id, |current| {
+            Ok(current.map(|node| {
+                let mut node = node.clone();
+                node.status.get_or_insert_with(Default::default).last_seen = now;
+                node
+            }))
+        });
+        let why = match tokio::time::timeout(LAST_SEEN_PATIENCE, noted).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("etcd did not answer within {LAST_SEEN_PATIENCE:?}"),
+        };
+        slog::warn!(self.log, "cannot note when the node was last seen"; "node" => id, "error" => why);
     }
 }
 
