@@ -53,12 +53,11 @@ impl Target {
                 ))
             }
         }
-        let path = Clusters::path()?;
-        let config = Clusters::load(&path)?;
         if cluster.is_none() && dir.join(NODES_FILE).exists() {
             return Ok(Target::Local(dir.to_owned()));
         }
-        match config.select(cluster, &path)? {
+        let path = Clusters::path()?;
+        match Clusters::load(&path)?.select(cluster, &path)? {
             Some(chosen) => remote(&chosen.endpoints, &chosen.credentials),
             None => Err(ClusterError::Usage(format!(
                 "no cluster to manage: no local cluster in {}, none current in {}; name one \
