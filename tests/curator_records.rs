@@ -319,22 +319,22 @@ async fn a_mirror_holds_every_record_and_follows_each_later_change() {
     let mut mirror = NodeMirror::open(&mut records).await.unwrap();
     assert_eq!(mirror.nodes(), vec![member("a"), member("b")]);
 
-    // A change, a creation, and a deletion by a client that is not the Curator's.
+    // A change, two creations, and a deletion by a client that is not the Curator's.
     let mut changed = member("b");
     changed.fsm_state = NodeState::Decommissioned as i32;
     records
         .update("b", |_| Ok(Some(changed.clone())))
         .await
         .unwrap();
-    records
-        .update("c", |_| Ok(Some(member("c"))))
-        .await
-        .unwrap();
+    for id in ["c", "aa"] {
+        records.update(id, |_| Ok(Some(member(id)))).await.unwrap();
+    }
     let mut raw = polis::consensus::connect(&NodeRoot::new(dir.path()))
         .await
         .unwrap();
     raw.delete("/mirror/nodes/a", None).await.unwrap();
-    let want = vec![changed, member("c")];
+    // In key order, the record created between two others in its place.
+    let want = vec![member("aa"), changed, member("c")];
     while mirror.nodes() != want {
         tokio::time::timeout(Duration::from_secs(10), mirror.changed())
             .await

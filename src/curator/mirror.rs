@@ -4,9 +4,8 @@
 //! every change (a registration changes its record three times, so listing made a
 //! registration's cost grow with the number of nodes). Writes still go through
 //! [`Records::update`]'s compare-and-swap, so a decision made on a copy a change behind is
-//! refused by etcd, not written.
-
-use std::collections::BTreeMap;
+//! refused by etcd, not written. The records are lent, never copied: a copy of every record
+//! for every reader on every change was most of a registration's cost in the Curator.
 
 use etcd_client::{EventType, WatchStream};
 use futures::FutureExt;
@@ -18,8 +17,10 @@ use crate::proto::private::Node;
 
 /// The node records as of the last batch of changes applied.
 pub struct NodeMirror {
-    /// Records by key (relative to the Curator's namespace).
-    nodes: BTreeMap<String, Node>,
+    /// The records' keys (relative to the Curator's namespace), sorted.
+    keys: Vec<String>,
+    /// The record at each key of `keys`, at the same index.
+    nodes: Vec<Node>,
     changes: WatchStream,
     /// The namespace, to name keys as the list did.
     kv: NamespacedKv,
@@ -31,16 +32,21 @@ impl NodeMirror {
     pub async fn open(records: &mut Records) -> Result<Self, CuratorError> {
         let (listed, revision) = records.list_versioned().await?;
         let changes = records.watch_after(revision).await?;
-        Ok(NodeMirror {
-            nodes: listed.into_iter().collect(),
+        let mut mirror = NodeMirror {
+            keys: Vec::with_capacity(listed.len()),
+            nodes: Vec::with_capacity(listed.len()),
             changes,
             kv: records.kv().clone(),
-        })
+        };
+        for (key, node) in listed {
+            mirror.put(key, node);
+        }
+        Ok(mirror)
     }
 
-    /// Every record, in ID order.
-    pub fn nodes(&self) -> Vec<Node> {
-        self.nodes.values().cloned().collect()
+    /// Every record, in key (so ID) order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
     /// Wait for the next change, then apply it and every change already waiting behind it (a
@@ -78,13 +84,27 @@ impl NodeMirror {
             match event.event_type() {
                 EventType::Put => {
                     let node = records::decode(&key, kv.value())?;
-                    self.nodes.insert(key, node);
+                    self.put(key, node);
                 }
                 EventType::Delete => {
-                    self.nodes.remove(&key);
+                    if let Ok(at) = self.keys.binary_search(&key) {
+                        self.keys.remove(at);
+                        self.nodes.remove(at);
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Set the record at `key`, in its place.
+    fn put(&mut self, key: String, node: Node) {
+        match self.keys.binary_search(&key) {
+            Ok(at) => self.nodes[at] = node,
+            Err(at) => {
+                self.keys.insert(at, key);
+                self.nodes.insert(at, node);
+            }
+        }
     }
 }

@@ -60,7 +60,7 @@ async fn lead_and_run<P: Pass>(
     let mut mirror = NodeMirror::open(&mut records).await?;
     let mut retry = Retry::new();
     loop {
-        let failure = pass.pass(&mirror.nodes(), &mut records).await?;
+        let failure = pass.pass(mirror.nodes(), &mut records).await?;
         // After a failure, try again after a backoff (with what changed meanwhile); else when
         // the records change.
         let next = async {

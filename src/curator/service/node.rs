@@ -182,8 +182,8 @@ impl Curator for Services {
                         None => services.crl().await?,
                     };
                     let nodes = mirror.nodes();
-                    let directory = records::directory(&nodes, current.clone());
-                    let event = watch_event(&nodes, directory, &id);
+                    let directory = records::directory(nodes, current.clone());
+                    let event = watch_event(nodes, directory, &id);
                     crl = Some(current);
                     if last.as_ref() != Some(&event) {
                         if tx.send(Ok(event.clone())).await.is_err() {
