@@ -186,6 +186,8 @@ pub struct LocalCluster {
     owner_key: SigningKey,
     log: slog::Logger,
     poll_every: Duration,
+    /// The node-certificate lifetime bootstrap asks for (zero: the cluster's default).
+    node_certificate_lifetime: Duration,
 }
 
 impl LocalCluster {
@@ -266,6 +268,7 @@ impl LocalCluster {
             owner_key,
             log,
             poll_every: STEP_POLL,
+            node_certificate_lifetime: Duration::ZERO,
         })
     }
 
@@ -531,6 +534,7 @@ impl LocalCluster {
             0,
             Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: owner_public,
+                node_certificate_seconds: self.node_certificate_lifetime.as_secs(),
             }),
         )?;
         self.start(0, &[])?;
@@ -687,6 +691,12 @@ impl LocalCluster {
             async move { owner.make_consensus_member(id).await.ok() }
         })
         .await
+    }
+
+    /// Have [`LocalCluster::bootstrap`] ask for node certificates valid for `lifetime` (tests
+    /// watch them renew in seconds).
+    pub fn node_certificate_lifetime(&mut self, lifetime: Duration) {
+        self.node_certificate_lifetime = lifetime;
     }
 
     /// Probe every [`LocalCluster::poll_every`] from now on (a benchmark times steps closely).

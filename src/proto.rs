@@ -38,6 +38,7 @@ mod tests {
         let params = NodeParameters {
             cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: vec![7; 32],
+                ..Default::default()
             })),
             network: None,
         };

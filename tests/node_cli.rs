@@ -20,6 +20,7 @@ fn with_parameters(root: &std::path::Path) {
     esp.write_parameters(&polis::proto::api::NodeParameters {
         cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
             owner_public_key: vec![1; 32],
+            ..Default::default()
         })),
         network: None,
     })

@@ -223,3 +223,26 @@ fn a_certificate_says_when_it_expires() {
     assert!(expires > now + 86_400, "{expires} is not after {now}");
     assert!(polis::pki::not_after(&issued.der[..20]).is_err());
 }
+
+#[test]
+fn a_bounded_certificate_is_due_for_renewal_two_thirds_into_its_life() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let key = generate_key().unwrap();
+    let template = Template::Node {
+        node_id: node_id(&key.verifying_key()),
+    };
+    let lifetime = std::time::Duration::from_secs(300);
+    let before = polis::curator::records::unix_now();
+    let issued = ca
+        .issue_valid_for(&template, &key.verifying_key(), lifetime)
+        .unwrap();
+    let after = polis::curator::records::unix_now();
+    let expires = polis::pki::not_after(&issued.der).unwrap();
+    assert!((before + 300..=after + 300).contains(&expires), "{expires}");
+    let due = polis::pki::renew_at(&issued.der).unwrap();
+    assert!(
+        (before + 200..=after + 200).contains(&due),
+        "due at {due}, issued at {before}"
+    );
+    assert!(polis::pki::renew_at(&issued.der[..20]).is_err());
+}

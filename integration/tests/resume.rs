@@ -38,6 +38,7 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
             0,
             Cluster::ClusterBootstrap(polis::proto::api::node_parameters::ClusterBootstrap {
                 owner_public_key: cluster.owner_key().verifying_key().to_bytes().to_vec(),
+                ..Default::default()
             }),
         )
         .unwrap();

@@ -96,6 +96,7 @@ fn bootstrap_parameters(owner_key: &SigningKey) -> Vec<u8> {
     NodeParameters {
         cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
             owner_public_key: owner_key.verifying_key().to_bytes().to_vec(),
+            ..Default::default()
         })),
         network: Some(Network {
             interface: String::new(),

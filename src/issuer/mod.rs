@@ -7,6 +7,7 @@
 //! it asks for the node's certificate.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
@@ -25,6 +26,14 @@ const CA_CERTIFICATE: &str = "ca/certificate";
 const CA_KEY: &str = "ca/key";
 /// The cluster CRL (DER) under [`NAMESPACE`], which servers check clients against.
 pub const CRL_KEY: &str = "crl";
+/// The cluster's node-certificate lifetime under [`NAMESPACE`] (seconds, decimal), set once at
+/// bootstrap ([`SetNodeLifetime`]).
+const NODE_LIFETIME: &str = "lifetimes/node";
+/// How long a node certificate is valid when the cluster names no lifetime.
+pub const DEFAULT_NODE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest node-certificate lifetime a cluster may name. Its nodes renew at two thirds of
+/// it, so anything shorter is a renewal storm; lifetimes of seconds are for tests.
+pub const MIN_NODE_LIFETIME: Duration = Duration::from_secs(10);
 
 /// Why the issuer could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +53,9 @@ pub enum IssuerError {
     /// The CA is not loaded yet (the issuer is not healthy yet).
     #[error("the cluster CA is not loaded yet")]
     NotReady,
+    /// The node-certificate lifetime stored in etcd does not read as seconds.
+    #[error("the node-certificate lifetime in etcd ({NAMESPACE}{NODE_LIFETIME}) is {0:?}, not a number of seconds")]
+    BadLifetime(String),
 }
 
 /// Load the cluster CA from etcd, or store `candidate` as it if there is none; returns the CA
@@ -65,6 +77,29 @@ async fn ensure_ca(
     )?)
 }
 
+/// The cluster's node-certificate lifetime: `candidate` stored if none is (`None`: only read),
+/// the default if none is stored.
+async fn node_lifetime(
+    kv: &mut NamespacedKv,
+    candidate: Option<Duration>,
+) -> Result<Duration, IssuerError> {
+    let stored = match candidate {
+        Some(lifetime) => Some(
+            kv.ensure(NODE_LIFETIME, lifetime.as_secs().to_string().as_bytes())
+                .await?,
+        ),
+        None => kv.get(NODE_LIFETIME).await?,
+    };
+    let Some(stored) = stored else {
+        return Ok(DEFAULT_NODE_LIFETIME);
+    };
+    let text = String::from_utf8_lossy(&stored);
+    match text.parse::<u64>() {
+        Ok(secs) if Duration::from_secs(secs) >= MIN_NODE_LIFETIME => Ok(Duration::from_secs(secs)),
+        _ => Err(IssuerError::BadLifetime(text.into_owned())),
+    }
+}
+
 async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerError> {
     kv.put(&format!("issued/{}", hex(&issued.serial)), &issued.der)
         .await?;
@@ -77,6 +112,13 @@ async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerErro
 pub struct Issue(pub Template, pub VerifyingKey);
 impl Message for Issue {
     type Reply = Result<Issued, IssuerError>;
+}
+
+/// Set the cluster's node-certificate lifetime, unless it is set already (bootstrap, repeatable
+/// after a crash); answers the lifetime in force.
+pub struct SetNodeLifetime(pub Duration);
+impl Message for SetNodeLifetime {
+    type Reply = Result<Duration, IssuerError>;
 }
 
 /// The cluster CA certificate (DER).
@@ -97,6 +139,8 @@ impl Message for Revoke {
 pub struct Issuer {
     consensus: ActorRef<Consensus>,
     ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
+    /// How long the node certificates it issues are valid, once read.
+    node_lifetime: Duration,
 }
 
 impl Issuer {
@@ -105,6 +149,7 @@ impl Issuer {
         Issuer {
             consensus,
             ready: None,
+            node_lifetime: DEFAULT_NODE_LIFETIME,
         }
     }
 }
@@ -120,12 +165,15 @@ impl Actor for Issuer {
                 .await
                 .map_err(IssuerError::from)??;
             let ca = ensure_ca(&mut kv, &CertificateAuthority::new(CA_NAME)?).await?;
-            Ok::<_, IssuerError>((kv, ca))
+            let lifetime = node_lifetime(&mut kv, None).await?;
+            Ok::<_, IssuerError>((kv, ca, lifetime))
         };
         ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
-            let (kv, ca) = loaded?;
-            slog::info!(ctx.log(), "cluster CA loaded");
+            let (kv, ca, lifetime) = loaded?;
+            slog::info!(ctx.log(), "cluster CA loaded";
+                "node_certificate_lifetime_s" => lifetime.as_secs());
             issuer.ready = Some((kv, Rc::new(ca)));
+            issuer.node_lifetime = lifetime;
             ctx.healthy();
             Ok(())
         });
@@ -143,14 +191,41 @@ impl Handler<Issue> for Issuer {
             return Ok(Reply::now(Err(IssuerError::NotReady)));
         };
         slog::info!(ctx.log(), "issuing"; "template" => ?template);
+        let node_lifetime = self.node_lifetime;
         Ok(Reply::later(async move {
             let issue = async {
-                let issued = ca.issue(&template, &public)?;
+                let issued = match template {
+                    Template::Node { .. } => {
+                        ca.issue_valid_for(&template, &public, node_lifetime)?
+                    }
+                    _ => ca.issue(&template, &public)?,
+                };
                 record(&mut kv, &issued).await?;
                 Ok(issued)
             };
             Ok(issue.await)
         }))
+    }
+}
+
+impl Handler<SetNodeLifetime> for Issuer {
+    fn handle(
+        &mut self,
+        SetNodeLifetime(lifetime): SetNodeLifetime,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <SetNodeLifetime as Message>::Reply>, Failure> {
+        let Some((mut kv, _)) = self.state() else {
+            return Ok(Reply::now(Err(IssuerError::NotReady)));
+        };
+        Ok(Reply::later_then(
+            async move { Ok(node_lifetime(&mut kv, Some(lifetime)).await) },
+            |set: Result<Duration, IssuerError>, issuer: &mut Self, _| {
+                if let Ok(lifetime) = &set {
+                    issuer.node_lifetime = *lifetime;
+                }
+                Ok(set)
+            },
+        ))
     }
 }
 

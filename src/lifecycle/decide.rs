@@ -139,6 +139,7 @@ mod tests {
         NodeParameters {
             cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: vec![key; 32],
+                ..Default::default()
             })),
             network: None,
         }

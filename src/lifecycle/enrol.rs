@@ -3,12 +3,16 @@
 //! a boot that finds it resumes at its step. The sealed configuration replaces the journal at the
 //! end, and nothing on the ESP claims membership before etcd has recorded it.
 
+use std::time::Duration;
+
 use prost::Message;
 use tonic::Code;
 
 use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE};
 use crate::curator::records::{self, Records};
-use crate::issuer::{GetCaCertificate, Issue};
+use crate::issuer::{
+    GetCaCertificate, Issue, SetNodeLifetime, DEFAULT_NODE_LIFETIME, MIN_NODE_LIFETIME,
+};
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::cluster;
@@ -115,11 +119,14 @@ impl Run {
         self.start_child(member.consensus).await?;
         self.start_child(member.pki).await?;
 
+        let lifetime = node_certificate_lifetime(&params)?;
         let credentials = self
             .retry("the node certificate", || async {
                 if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
                     return Ok(credentials);
                 }
+                // Before the first certificate, which it bounds.
+                issuer.ask(SetNodeLifetime(lifetime)).await??;
                 let template = Template::Node {
                     node_id: id.clone(),
                 };
@@ -334,5 +341,42 @@ impl Run {
     async fn save_journal(&self, journal: &EnrolmentJournal) -> Result<(), LifecycleError> {
         let envelope = self.seal(SealedKind::EnrolmentJournal, journal).await?;
         Ok(self.esp.write_journal(&envelope)?)
+    }
+}
+
+/// The node-certificate lifetime that bootstrap parameters name (0: the default); one shorter
+/// than [`MIN_NODE_LIFETIME`] is refused.
+fn node_certificate_lifetime(params: &ClusterBootstrap) -> Result<Duration, LifecycleError> {
+    match Duration::from_secs(params.node_certificate_seconds) {
+        Duration::ZERO => Ok(DEFAULT_NODE_LIFETIME),
+        short if short < MIN_NODE_LIFETIME => Err(LifecycleError::InvalidParameters(format!(
+            "node_certificate_seconds is {}, below the minimum of {} s",
+            short.as_secs(),
+            MIN_NODE_LIFETIME.as_secs()
+        ))),
+        lifetime => Ok(lifetime),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asking(seconds: u64) -> ClusterBootstrap {
+        ClusterBootstrap {
+            node_certificate_seconds: seconds,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_certificate_lifetime_is_the_default_or_at_least_the_minimum() {
+        let lifetime = |s| node_certificate_lifetime(&asking(s));
+        assert_eq!(lifetime(0).unwrap(), DEFAULT_NODE_LIFETIME);
+        assert_eq!(lifetime(10).unwrap(), Duration::from_secs(10));
+        assert!(matches!(
+            lifetime(9),
+            Err(LifecycleError::InvalidParameters(reason)) if reason.contains("minimum of 10 s")
+        ));
     }
 }

@@ -85,6 +85,9 @@ pub enum LifecycleError {
     /// The cluster decommissioned this node.
     #[error("this node was decommissioned; it will not rejoin")]
     Decommissioned,
+    /// The node parameters on the ESP ask for something that cannot be (the error says what).
+    #[error("the node parameters are invalid: {0}")]
+    InvalidParameters(String),
 }
 
 impl LifecycleError {
@@ -104,7 +107,9 @@ impl LifecycleError {
                     | Code::ResourceExhausted
             ),
             LifecycleError::Records(e) => e.code() == Code::Unavailable,
-            LifecycleError::Issuer(e) => !matches!(e, IssuerError::Pki(_)),
+            LifecycleError::Issuer(e) => {
+                !matches!(e, IssuerError::Pki(_) | IssuerError::BadLifetime(_))
+            }
             LifecycleError::AwaitingApproval
             | LifecycleError::Reach(ReachError::Unreachable(_))
             | LifecycleError::ActorAway(_)

@@ -19,11 +19,12 @@ use time::{Duration, OffsetDateTime};
 /// pose as a Curator.
 pub const CURATOR_URI: &str = "urn:polis:role:curator";
 
-/// How long issued certificates are valid. Node identity outlives reboots and upgrades;
-/// revocation, not expiry, is how a certificate is withdrawn.
+/// How long certificates are valid unless their issuer bounds them ([`CertificateAuthority::
+/// issue_valid_for`]): the CA's own, ephemeral ones, and those whose holders cannot renew them
+/// yet (Curator, peer, owner; issue 13).
 const VALIDITY: Duration = Duration::days(365 * 20);
 /// Tolerance for clocks that run behind the issuer's.
-const BACKDATE: Duration = Duration::hours(1);
+pub(super) const BACKDATE: Duration = Duration::hours(1);
 /// How long a CRL is current. Nothing reissues a CRL on a schedule yet: each revocation issues a
 /// new one.
 const CRL_VALIDITY: Duration = Duration::days(365);
@@ -141,13 +142,25 @@ impl CertificateAuthority {
         Ok(pkcs8(&self.key)?.to_vec())
     }
 
-    /// Issue a certificate of kind `template` for `public`.
+    /// Issue a certificate of kind `template` for `public`, valid for the long default.
     pub fn issue(&self, template: &Template, public: &VerifyingKey) -> Result<Issued, PkiError> {
+        self.issue_valid_for(template, public, VALIDITY.unsigned_abs())
+    }
+
+    /// Issue a certificate of kind `template` for `public`, valid from now for `lifetime`
+    /// (and from an hour before, for clocks that run behind).
+    pub fn issue_valid_for(
+        &self,
+        template: &Template,
+        public: &VerifyingKey,
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
         let serial = random_serial()?;
         let mut params = CertificateParams::default();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.not_before = OffsetDateTime::now_utc() - BACKDATE;
-        params.not_after = OffsetDateTime::now_utc() + VALIDITY;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + lifetime;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         let mut dn = DistinguishedName::new();

@@ -65,6 +65,17 @@ pub fn not_after(certificate: &[u8]) -> Result<i64, PkiError> {
     Ok(parse(certificate)?.validity().not_after.timestamp())
 }
 
+/// When the holder of `certificate` (DER, issued by the cluster CA) should renew it: two thirds
+/// into its lifetime, which runs from its issue (an hour after its notBefore, which is backdated
+/// for clocks that run behind) to its notAfter. In seconds since the Unix epoch.
+pub fn renew_at(certificate: &[u8]) -> Result<i64, PkiError> {
+    let parsed = parse(certificate)?;
+    let validity = parsed.validity();
+    let issued = validity.not_before.timestamp() + super::ca::BACKDATE.whole_seconds();
+    let not_after = validity.not_after.timestamp();
+    Ok(issued + (not_after - issued) * 2 / 3)
+}
+
 /// Whether `certificate` (DER) carries the Curator mark ([`crate::pki::CURATOR_URI`]). Only
 /// meaningful for a certificate already verified to chain to the cluster CA.
 pub fn is_curator_certificate(certificate: &[u8]) -> Result<bool, PkiError> {

@@ -11,6 +11,6 @@ pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Templat
 pub use credentials::{read_pem, to_pem, CredentialsError, NodeCredentials};
 pub use identity::{
     certificate_node_id, fingerprint, generate_key, hex, is_curator_certificate, node_id,
-    not_after, pkcs8, verify_client_certificate, verify_node_certificate,
+    not_after, pkcs8, renew_at, verify_client_certificate, verify_node_certificate,
 };
 pub use serial::{revoked_serials, serial_of};

@@ -306,6 +306,7 @@ mod tests {
         let params = NodeParameters {
             cluster: Some(Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: vec![1; 32],
+                ..Default::default()
             })),
             network: None,
         };

@@ -71,6 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     seeds.push(("cluster_directory", directory.encode_to_vec()));
     let bootstrap = Cluster::ClusterBootstrap(ClusterBootstrap {
         owner_public_key: key(5),
+        ..Default::default()
     });
     let register = Cluster::ClusterRegister(ClusterRegister {
         cluster_directory: Some(directory),
