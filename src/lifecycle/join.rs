@@ -18,11 +18,13 @@ use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
 use crate::lifecycle::LifecycleError;
-use crate::pki::{node_id, pkcs8, NodeCredentials};
+use crate::pki::{self, node_id, pkcs8, verify_node_certificate, NodeCredentials};
 use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::confirm_shares_request::Sealed;
 use crate::proto::curator::curator_client::CuratorClient;
-use crate::proto::curator::{ConfirmSharesRequest, JoinNodeRequest, WatchEvent, WatchRequest};
+use crate::proto::curator::{
+    ConfirmSharesRequest, JoinNodeRequest, RenewCertificateRequest, WatchEvent, WatchRequest,
+};
 use crate::proto::private::{HeldShares, SealedConfiguration, SealedEnvelope, Share};
 use crate::quorum::{self, client::gather};
 use crate::retry::Retry;
@@ -50,13 +52,16 @@ impl Run {
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),
             "sealed_cuk" => sealed_cuk.is_some(), "escrowed_cuk" => escrowed);
         let join_node = || self.join_node(&directory, &sealed, &join_key, address);
-        let cuk = match (sealed_cuk, escrowed) {
+        let Joined { cuk, certificate } = match (sealed_cuk, escrowed) {
             (Some(sealed_cuk), _) => match join_node().await {
-                Ok(cuk) => cuk,
+                Ok(joined) => joined,
                 Err(e) if e.is_transient() => {
                     slog::warn!(self.log, "no Curator answered; this consensus member, whose cluster unlock key no peer holds, unlocks with its sealed one (cold start)";
                         "reason" => %e);
-                    sealed_cuk
+                    Joined {
+                        cuk: sealed_cuk,
+                        certificate: Vec::new(),
+                    }
                 }
                 Err(e) => return Err(e),
             },
@@ -69,7 +74,7 @@ impl Run {
         self.crash_point("join:unlocked");
         self.mount(&nuk, &cuk).await?;
         self.crash_point("join:mounted");
-        let credentials = self.credentials("joined")?;
+        let credentials = self.adopt_certificate(self.credentials("joined")?, certificate)?;
         let id = node_id(&credentials.key.verifying_key());
         self.deps.directory.set(directory);
         let cluster = self.cluster_config(&id, address);
@@ -99,11 +104,11 @@ impl Run {
         sealed: &SealedConfiguration,
         join_key: &SigningKey,
         address: std::net::IpAddr,
-    ) -> Result<UnlockKey, LifecycleError> {
+    ) -> Result<Joined, LifecycleError> {
         let mut retry = Retry::new();
         loop {
             match self.join_node(directory, sealed, join_key, address).await {
-                Ok(cuk) => return Ok(cuk),
+                Ok(joined) => return Ok(joined),
                 Err(e) if e.is_transient() => {
                     slog::info!(self.log, "no Curator answered; asking the other consensus members for their shares of this node's cluster unlock key";
                         "reason" => %e);
@@ -117,7 +122,11 @@ impl Run {
                         self.log,
                         "unlocked with the other consensus members' shares (quorum unlock)"
                     );
-                    return Ok(cuk);
+                    // No certificate: if it expired meanwhile, the watch's JoinNode renews it.
+                    return Ok(Joined {
+                        cuk,
+                        certificate: Vec::new(),
+                    });
                 }
                 Err(why) => {
                     slog::warn!(self.log, "this consensus member cannot unlock yet: no Curator answered, and its peers' shares do not suffice";
@@ -129,22 +138,24 @@ impl Run {
     }
 
     /// Follow this node's record through a Curator's Watch, for good: keep the directory
-    /// (hosts file, ESP) current and start etcd when the node becomes a consensus member.
+    /// (hosts file, ESP) current, start etcd when the node becomes a consensus member, and
+    /// renew the node certificate two thirds into its life (then watch again with the new one:
+    /// the Curator accepts only the certificate its record holds).
     pub(super) async fn follow(
         &self,
-        credentials: NodeCredentials,
+        mut credentials: NodeCredentials,
         address: std::net::IpAddr,
         mut sealed: SealedConfiguration,
         cuk: UnlockKey,
         mut member: bool,
     ) -> Result<(), LifecycleError> {
         let id = node_id(&credentials.key.verifying_key());
-        let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
         let mut retry = Retry::new();
         // The shares this node last sealed on its ESP, once it has.
         let mut held: Option<Vec<Share>> = None;
         loop {
             let watched = async {
+                let identity = || Identity::new(&credentials.key, credentials.certificate.clone());
                 let channel =
                     connect(&self.deps.directory.get(), &credentials.ca, identity).await?;
                 let mut client = CuratorClient::new(channel);
@@ -153,7 +164,15 @@ impl Run {
                     .await
                     .map_err(|s| refused("Watch", s))?
                     .into_inner();
-                while let Some(event) = events.message().await.map_err(|s| refused("Watch", s))? {
+                let renewal =
+                    tokio::time::sleep_until(until(pki::renew_at(&credentials.certificate)?));
+                tokio::pin!(renewal);
+                loop {
+                    let next = tokio::select! {
+                        next = events.message() => next.map_err(|s| refused("Watch", s))?,
+                        () = &mut renewal => return self.renew(&mut client).await.map(Some),
+                    };
+                    let Some(event) = next else { break };
                     retry.reset();
                     self.deps.metrics.health.lifecycle_done();
                     let health = &self.deps.metrics.health;
@@ -195,12 +214,17 @@ impl Run {
                     );
                     sealed = self.escrow_cuk(&event, sealed.clone(), &cuk).await?;
                 }
-                Ok::<(), LifecycleError>(())
+                Ok::<Option<Vec<u8>>, LifecycleError>(None)
             };
-            match watched.await {
-                Ok(()) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
+            let watched = watched.await;
+            match watched {
+                Ok(Some(renewed)) => credentials = self.adopt_certificate(credentials, renewed)?,
+                Ok(None) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
                 Err(e) if e.is_transient() => {
-                    self.refuse_if_decommissioned(&sealed, address).await?;
+                    let certificate = self.rejoin_after_failure(&sealed, address).await?;
+                    if let Some(certificate) = certificate {
+                        credentials = self.adopt_certificate(credentials, certificate)?;
+                    }
                     retry.wait(&self.log, "watch", &e).await
                 }
                 Err(e) => return Err(e),
@@ -208,17 +232,54 @@ impl Run {
         }
     }
 
+    /// RenewCertificate, authorized by the current certificate; answers the new one. A failure
+    /// is logged here and retried by the caller.
+    async fn renew(&self, client: &mut CuratorClient<Channel>) -> Result<Vec<u8>, LifecycleError> {
+        match client.renew_certificate(RenewCertificateRequest {}).await {
+            Ok(renewed) => Ok(renewed.into_inner().node_certificate),
+            Err(status) => {
+                slog::warn!(self.log, "the node certificate could not be renewed; trying again";
+                    "answer" => %status);
+                Err(refused("RenewCertificate", status))
+            }
+        }
+    }
+
+    /// Keep `certificate`, which a Curator handed this node, as its node certificate: checked
+    /// (the pinned CA, this node's key and ID), then written beside the key. Answers the
+    /// credentials to use from now on.
+    fn adopt_certificate(
+        &self,
+        mut credentials: NodeCredentials,
+        certificate: Vec<u8>,
+    ) -> Result<NodeCredentials, LifecycleError> {
+        if certificate.is_empty() || certificate == credentials.certificate {
+            return Ok(credentials);
+        }
+        verify_node_certificate(
+            &credentials.ca,
+            &certificate,
+            &credentials.key.verifying_key(),
+        )?;
+        credentials.certificate = certificate;
+        credentials.save(&self.config.root)?;
+        slog::info!(self.log, "node certificate renewed";
+            "expires" => pki::not_after(&credentials.certificate)?);
+        Ok(credentials)
+    }
+
     /// The watch failed: perhaps because the node was decommissioned while no watch was open,
-    /// and its node certificate revoked (TLS 1.3 reports that only at the first call).
-    /// JoinNode, by the join key, which no CRL lists, says so; any other answer means retrying
-    /// the watch.
-    async fn refuse_if_decommissioned(
+    /// and its node certificate revoked (TLS 1.3 reports that only at the first call), or
+    /// because its certificate expired while it was off. JoinNode, by the join key, which no CRL
+    /// lists, says which: a refusal stops the node; otherwise it answers the node's certificate,
+    /// renewed if it was due, and the watch is tried again.
+    async fn rejoin_after_failure(
         &self,
         sealed: &SealedConfiguration,
         address: std::net::IpAddr,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<Option<Vec<u8>>, LifecycleError> {
         let Some(join_key) = signing_key(&sealed.join_key) else {
-            return Ok(());
+            return Ok(None);
         };
         let directory = self.deps.directory.get();
         match self.join_node(&directory, sealed, &join_key, address).await {
@@ -228,7 +289,8 @@ impl Run {
                 slog::crit!(self.log, "JoinNode refused this node"; "answer" => %status);
                 Err(LifecycleError::Decommissioned)
             }
-            _ => Ok(()),
+            Ok(joined) => Ok(Some(joined.certificate)),
+            Err(_) => Ok(None),
         }
     }
 
@@ -239,7 +301,7 @@ impl Run {
         sealed: &SealedConfiguration,
         join_key: &SigningKey,
         address: std::net::IpAddr,
-    ) -> Result<UnlockKey, LifecycleError> {
+    ) -> Result<Joined, LifecycleError> {
         let channel = connect(directory, &sealed.cluster_ca, || {
             Identity::ephemeral(join_key)
         })
@@ -250,10 +312,12 @@ impl Run {
         let response = CuratorClient::new(channel)
             .join_node(request)
             .await
-            .map_err(|status| refused("JoinNode", status))?;
-        Ok(UnlockKey::from_slice(
-            &response.into_inner().cluster_unlock_key,
-        )?)
+            .map_err(|status| refused("JoinNode", status))?
+            .into_inner();
+        Ok(Joined {
+            cuk: UnlockKey::from_slice(&response.cluster_unlock_key)?,
+            certificate: response.node_certificate,
+        })
     }
 
     /// A new consensus member's sealed configuration carries its CUK (and its digest) until its
@@ -358,4 +422,18 @@ impl Run {
                 else { "not a consensus member" });
         Ok(sealed)
     }
+}
+
+/// What JoinNode answers: the CUK, and the node certificate (empty when it came from elsewhere).
+struct Joined {
+    cuk: UnlockKey,
+    certificate: Vec<u8>,
+}
+
+/// The instant of a Unix time `at` (seconds), or now if it has passed.
+fn until(at: i64) -> tokio::time::Instant {
+    let wait = at
+        .saturating_sub(crate::curator::records::unix_now())
+        .max(0);
+    tokio::time::Instant::now() + std::time::Duration::from_secs(wait.unsigned_abs())
 }

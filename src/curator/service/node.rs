@@ -2,17 +2,18 @@
 
 use std::pin::Pin;
 
+use ed25519_dalek::VerifyingKey;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::auth::{caller_key, check_address, check_len, matches_stored};
+use super::auth::{caller_key, check_address, check_len, matches_stored, verifying_key};
 use super::{Answer, Services};
 use crate::curator::escrow;
 use crate::curator::mirror::NodeMirror;
 use crate::curator::records::{self, REGISTER_TICKET};
 use crate::curator::CuratorError;
 use crate::issuer::{Issue, CRL_KEY};
-use crate::pki::{node_id, Template};
+use crate::pki::{self, node_id, Template};
 use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::curator_server::Curator;
 use crate::proto::curator::*;
@@ -144,9 +145,35 @@ impl Curator for Services {
                 }))
             })
             .await?;
-        slog::info!(self.log, "node joined"; "node" => &id);
+        // A node that was off past two thirds of its certificate's life (or past its end)
+        // rejoins with a new one: it could not renew it by itself.
+        let due =
+            pki::renew_at(&node.node_certificate).map_or(true, |at| at <= records::unix_now());
+        let node = match due {
+            true => {
+                let public = verifying_key(&node.public_key, "the record's public key")?;
+                self.reissue(&id, public).await?
+            }
+            false => node,
+        };
+        slog::info!(self.log, "node joined"; "node" => &id, "certificate_renewed" => due);
         Ok(Response::new(JoinNodeResponse {
             cluster_unlock_key: node.cluster_unlock_key,
+            node_certificate: node.node_certificate,
+        }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Answer<RenewCertificateResponse> {
+        // Authorized by the certificate the record holds now, so one renewal answers one
+        // certificate: the old one can never renew again.
+        let id = self.node(&request).await?.id;
+        let node = self.reissue(&id, caller_key(&request)?).await?;
+        slog::info!(self.log, "node certificate renewed"; "node" => &id);
+        Ok(Response::new(RenewCertificateResponse {
+            node_certificate: node.node_certificate,
         }))
     }
 
@@ -249,6 +276,26 @@ impl Curator for Services {
 }
 
 impl Services {
+    /// Issue node `id` a new node certificate for `public` and record it, while the node is
+    /// UP; answers the record as written.
+    async fn reissue(&self, id: &str, public: VerifyingKey) -> Result<Node, CuratorError> {
+        let template = Template::Node {
+            node_id: id.to_owned(),
+        };
+        let issued = self.issuer.ask(Issue(template, public)).await??.der;
+        self.records
+            .clone()
+            .update(id, |current| {
+                let node = records::existing(current, id)?;
+                records::require_up(node)?;
+                Ok(Some(Node {
+                    node_certificate: issued.clone(),
+                    ..node.clone()
+                }))
+            })
+            .await
+    }
+
     /// Note in node `id`'s record that a Curator hears from it now. A failure, or etcd taking
     /// longer than [`LAST_SEEN_PATIENCE`], is logged, not fatal: the Watch it comes from serves
     /// on.

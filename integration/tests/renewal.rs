@@ -1,0 +1,124 @@
+//! Node certificates that expire and renew themselves (issue 13 §1). A three-node cluster is
+//! bootstrapped with node certificates valid for 12 s: every node renews its own at two thirds
+//! of that (RenewCertificate, authorized by the current one) and watches again with the new one,
+//! with no actor restarted and every owner call answered meanwhile. A node stopped until its
+//! certificate has expired rejoins: JoinNode, by its join key, hands it a new one.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use polis::launch::LocalCluster;
+use polis_integration::{polis_node_binary, test_logger, until_following};
+
+/// The node-certificate lifetime the cluster is bootstrapped with.
+const LIFETIME: Duration = Duration::from_secs(12);
+/// Renewals each node must go through (each certificate after its first).
+const RENEWALS: usize = 2;
+
+/// The value of `series` on node `i`'s metrics, if it has one.
+fn metric(cluster: &LocalCluster, i: usize, series: &str) -> Option<f64> {
+    let text = cluster.debug(i, "GET", "/metrics", "").ok()?;
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// Node `i`'s node certificate's notAfter, as its metrics say.
+fn node_expiry(cluster: &LocalCluster, i: usize) -> Option<i64> {
+    metric(
+        cluster,
+        i,
+        "polis_certificate_expiry_timestamp_seconds{kind=\"node\"}",
+    )
+    .map(|v| v as i64)
+}
+
+/// Every actor restart node `i` has counted, summed over actors and reasons.
+fn restarts(cluster: &LocalCluster, i: usize) -> f64 {
+    let text = cluster.debug(i, "GET", "/metrics", "").unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("polis_actor_restarts_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        LocalCluster::create(dir.path(), 3, &polis_node_binary(), test_logger()).unwrap();
+    cluster.node_certificate_lifetime(LIFETIME);
+    let mut owner = cluster.bootstrap().await.unwrap();
+    for i in 1..3 {
+        cluster.register(i, &owner).await.unwrap();
+    }
+    for i in 0..3 {
+        until_following(&cluster, i).await;
+    }
+    let restarted: Vec<f64> = (0..3).map(|i| restarts(&cluster, i)).collect();
+
+    // Each node's certificates as its metric shows them, until each has renewed RENEWALS
+    // times; every record's certificate is valid at every look, and the owner is answered.
+    let mut seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
+    let deadline = now() + 120;
+    while seen.iter().any(|s| s.len() <= RENEWALS) {
+        assert!(now() < deadline, "certificates seen in 120 s: {seen:?}");
+        for (i, seen) in seen.iter_mut().enumerate() {
+            seen.extend(node_expiry(&cluster, i));
+        }
+        let nodes = owner.nodes().await.expect("an owner call during renewals");
+        for node in &nodes {
+            assert!(
+                node.certificate_expires > now(),
+                "node {}'s recorded certificate lapsed at {}",
+                node.id,
+                node.certificate_expires
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (i, expiries) in seen.iter().enumerate() {
+        // A renewal comes two thirds into the lifetime, so each certificate outlives the last
+        // by about a third of it, never by more than a lifetime.
+        let gaps: Vec<i64> = expiries
+            .iter()
+            .zip(expiries.iter().skip(1))
+            .map(|(a, b)| b - a)
+            .collect();
+        assert!(
+            gaps.iter()
+                .all(|&gap| gap > 0 && gap <= LIFETIME.as_secs() as i64),
+            "node {i}: certificates expiring at {expiries:?}"
+        );
+    }
+    for (i, before) in restarted.iter().enumerate() {
+        assert_eq!(
+            restarts(&cluster, i),
+            *before,
+            "node {i} restarted an actor"
+        );
+    }
+
+    // Node 2 is stopped until its certificate has expired, then started again.
+    let lapsed = node_expiry(&cluster, 2).unwrap();
+    cluster.stop(2, Signal::SIGTERM);
+    while now() <= lapsed + 1 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    cluster.start(2, &[]).unwrap();
+    until_following(&cluster, 2).await;
+    let renewed = node_expiry(&cluster, 2).unwrap();
+    assert!(
+        renewed > now() && renewed > lapsed,
+        "node 2 follows with a certificate that expires at {renewed} (the old one: {lapsed})"
+    );
+}
