@@ -247,7 +247,8 @@ impl Run {
 
     /// Keep `certificate`, which a Curator handed this node, as its node certificate: checked
     /// (the pinned CA, this node's key and ID), then written beside the key. Answers the
-    /// credentials to use from now on.
+    /// credentials to use from now on. One that fails the check is logged and not kept: the
+    /// node goes on with its own, and a Curator's bad answer never stops it.
     fn adopt_certificate(
         &self,
         mut credentials: NodeCredentials,
@@ -256,11 +257,12 @@ impl Run {
         if certificate.is_empty() || certificate == credentials.certificate {
             return Ok(credentials);
         }
-        verify_node_certificate(
-            &credentials.ca,
-            &certificate,
-            &credentials.key.verifying_key(),
-        )?;
+        let key = credentials.key.verifying_key();
+        if let Err(e) = verify_node_certificate(&credentials.ca, &certificate, &key) {
+            slog::error!(self.log, "a Curator handed this node a certificate it refuses; keeping its own";
+                "reason" => %e);
+            return Ok(credentials);
+        }
         credentials.certificate = certificate;
         credentials.save(&self.config.root)?;
         slog::info!(self.log, "node certificate renewed";
