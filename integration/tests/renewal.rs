@@ -16,23 +16,11 @@ const LIFETIME: Duration = Duration::from_secs(12);
 /// Renewals each node must go through (each certificate after its first).
 const RENEWALS: usize = 2;
 
-/// The value of `series` on node `i`'s metrics, if it has one.
-fn metric(cluster: &LocalCluster, i: usize, series: &str) -> Option<f64> {
-    let text = cluster.debug(i, "GET", "/metrics", "").ok()?;
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
-}
-
 /// Node `i`'s node certificate's notAfter, as its metrics say.
 fn node_expiry(cluster: &LocalCluster, i: usize) -> Option<i64> {
-    metric(
-        cluster,
-        i,
-        "polis_certificate_expiry_timestamp_seconds{kind=\"node\"}",
-    )
-    .map(|v| v as i64)
+    let text = cluster.debug(i, "GET", "/metrics", "").ok()?;
+    let series = "polis_certificate_expiry_timestamp_seconds{kind=\"node\"}";
+    polis::metrics::sample(&text, series).map(|v| v as i64)
 }
 
 /// Every actor restart node `i` has counted, summed over actors and reasons.

@@ -29,6 +29,7 @@ pub use report::{Measure, Report};
 
 use crate::fsutil::FsError;
 use crate::launch::{LaunchError, LocalCluster};
+use crate::metrics::sample;
 
 /// What the suite runs.
 #[derive(Clone, Debug)]
@@ -164,8 +165,8 @@ fn curator_means(cluster: &LocalCluster) -> Result<Vec<f64>, BenchError> {
         .iter()
         .map(|(service, method)| {
             let labels = format!("{{grpc_service=\"{service}\",grpc_method=\"{method}\"}}");
-            let sum = metric(&text, &format!("grpc_server_handling_seconds_sum{labels}"));
-            let count = metric(
+            let sum = sample(&text, &format!("grpc_server_handling_seconds_sum{labels}"));
+            let count = sample(
                 &text,
                 &format!("grpc_server_handling_seconds_count{labels}"),
             );
@@ -238,20 +239,11 @@ async fn node_starts(config: &BenchConfig, log: &slog::Logger) -> Result<NodeSta
 fn etcd_ready(cluster: &LocalCluster) -> Result<Duration, BenchError> {
     let text = cluster.debug(0, "GET", "/metrics", "")?;
     let secs =
-        metric(&text, "polis_consensus_ready_seconds").ok_or_else(|| BenchError::Missing {
+        sample(&text, "polis_consensus_ready_seconds").ok_or_else(|| BenchError::Missing {
             node: 0,
             what: "no polis_consensus_ready_seconds in its metrics".into(),
         })?;
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// The value of the sample named `series` (its name with its labels, as printed) in
-/// Prometheus text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
 }
 
 /// Node 0's resident memory, and its etcd's and swtpm's.
@@ -418,28 +410,4 @@ impl Samples {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metric;
-
-    #[test]
-    fn a_sample_is_found_by_its_whole_name_and_labels() {
-        let text = "# HELP x_seconds help\n\
-                    x_seconds_sum{grpc_method=\"RegisterNode\"} 0.5\n\
-                    x_seconds_sum{grpc_method=\"Register\"} 0.25\n\
-                    x_seconds_count{grpc_method=\"RegisterNode\"} 4\n\
-                    polis_consensus_ready_seconds 0.031\n";
-        assert_eq!(
-            metric(text, "x_seconds_sum{grpc_method=\"Register\"}"),
-            Some(0.25)
-        );
-        assert_eq!(
-            metric(text, "x_seconds_count{grpc_method=\"RegisterNode\"}"),
-            Some(4.0)
-        );
-        assert_eq!(metric(text, "polis_consensus_ready_seconds"), Some(0.031));
-        assert_eq!(metric(text, "polis_consensus_ready"), None);
-    }
 }

@@ -30,3 +30,36 @@ impl NodeMetrics {
         self.health.register(registry);
     }
 }
+
+/// The value of the sample named `series` (its name with its labels, as printed) in
+/// Prometheus text: how the benchmark and the tests read a node's `/metrics`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_name_and_labels() {
+        let text = "# HELP x_seconds help\n\
+                    x_seconds_sum{grpc_method=\"RegisterNode\"} 0.5\n\
+                    x_seconds_sum{grpc_method=\"Register\"} 0.25\n\
+                    x_seconds_count{grpc_method=\"RegisterNode\"} 4\n\
+                    polis_consensus_ready_seconds 0.031\n";
+        assert_eq!(
+            sample(text, "x_seconds_sum{grpc_method=\"Register\"}"),
+            Some(0.25)
+        );
+        assert_eq!(
+            sample(text, "x_seconds_count{grpc_method=\"RegisterNode\"}"),
+            Some(4.0)
+        );
+        assert_eq!(sample(text, "polis_consensus_ready_seconds"), Some(0.031));
+        assert_eq!(sample(text, "polis_consensus_ready"), None);
+    }
+}
