@@ -94,10 +94,17 @@ async fn node_lifetime(
         return Ok(DEFAULT_NODE_LIFETIME);
     };
     let text = String::from_utf8_lossy(&stored);
-    match text.parse::<u64>() {
-        Ok(secs) if Duration::from_secs(secs) >= MIN_NODE_LIFETIME => Ok(Duration::from_secs(secs)),
-        _ => Err(IssuerError::BadLifetime(text.into_owned())),
-    }
+    text.parse()
+        .ok()
+        .and_then(bounded_node_lifetime)
+        .ok_or_else(|| IssuerError::BadLifetime(text.into_owned()))
+}
+
+/// `seconds` as a node-certificate lifetime, if it is no shorter than [`MIN_NODE_LIFETIME`]:
+/// the one rule for what bootstrap may ask and what the issuer reads back.
+pub fn bounded_node_lifetime(seconds: u64) -> Option<Duration> {
+    let lifetime = Duration::from_secs(seconds);
+    (lifetime >= MIN_NODE_LIFETIME).then_some(lifetime)
 }
 
 async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerError> {

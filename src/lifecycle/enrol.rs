@@ -11,7 +11,8 @@ use tonic::Code;
 use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
-    GetCaCertificate, Issue, SetNodeLifetime, DEFAULT_NODE_LIFETIME, MIN_NODE_LIFETIME,
+    bounded_node_lifetime, GetCaCertificate, Issue, SetNodeLifetime, DEFAULT_NODE_LIFETIME,
+    MIN_NODE_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -347,14 +348,14 @@ impl Run {
 /// The node-certificate lifetime that bootstrap parameters name (0: the default); one shorter
 /// than [`MIN_NODE_LIFETIME`] is refused.
 fn node_certificate_lifetime(params: &ClusterBootstrap) -> Result<Duration, LifecycleError> {
-    match Duration::from_secs(params.node_certificate_seconds) {
-        Duration::ZERO => Ok(DEFAULT_NODE_LIFETIME),
-        short if short < MIN_NODE_LIFETIME => Err(LifecycleError::InvalidParameters(format!(
-            "node_certificate_seconds is {}, below the minimum of {} s",
-            short.as_secs(),
-            MIN_NODE_LIFETIME.as_secs()
-        ))),
-        lifetime => Ok(lifetime),
+    match params.node_certificate_seconds {
+        0 => Ok(DEFAULT_NODE_LIFETIME),
+        seconds => bounded_node_lifetime(seconds).ok_or_else(|| {
+            LifecycleError::InvalidParameters(format!(
+                "node_certificate_seconds is {seconds}, below the minimum of {} s",
+                MIN_NODE_LIFETIME.as_secs()
+            ))
+        }),
     }
 }
 
