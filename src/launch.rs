@@ -277,6 +277,11 @@ impl LocalCluster {
         &self.dir
     }
 
+    /// Node `i`'s root directory on this host (its disk, for a node run as a process).
+    pub fn root(&self, i: usize) -> &NodeRoot {
+        &self.nodes[i].root
+    }
+
     /// The owner key (its seed is in `owner.key`).
     pub fn owner_key(&self) -> &SigningKey {
         &self.owner_key

@@ -1,6 +1,7 @@
 //! The one TLS configuration builder of Polis. Every gRPC connection is TLS 1.3 with Ed25519
-//! certificates only, and checks CRLs. tonic's built-in TLS would accept revoked and
-//! non-Ed25519 peers, so tonic gets these rustls configurations instead.
+//! certificates only, and checks CRLs, refusing a CRL past its nextUpdate (which no longer says
+//! what is revoked). tonic's built-in TLS would accept revoked and non-Ed25519 peers, so tonic
+//! gets these rustls configurations instead.
 //!
 //! Trust is pinned: a client trusts exactly the cluster CA it was given, not the system's roots.
 //! No session is ever resumed, so every connection checks the peer's certificate and the CRL.
@@ -137,6 +138,7 @@ pub fn server_config(identity: Identity, clients: ClientAuth) -> Result<ServerCo
     let ca_verifier = |trust: &Trust| {
         WebPkiClientVerifier::builder_with_provider(trust.roots()?, provider())
             .with_crls(trust.crls())
+            .enforce_revocation_expiration()
             .build()
             .map_err(TlsError::from)
     };
@@ -169,6 +171,7 @@ pub fn curator_client_config(
     let webpki =
         rustls::client::WebPkiServerVerifier::builder_with_provider(server.roots()?, provider())
             .with_crls(server.crls())
+            .enforce_revocation_expiration()
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
     let builder = ClientConfig::builder_with_provider(provider())

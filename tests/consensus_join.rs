@@ -12,7 +12,7 @@ use polis::consensus::{
     connect, peer_template, AddLearner, Consensus, ConsensusConfig, ConsensusError, Kv, Member,
     Mode, NAMESPACE,
 };
-use polis::pki::generate_key;
+use polis::pki::{generate_key, DEFAULT_CRL_VALIDITY};
 use polis::poll::Poll;
 use polis::storage::NodeRoot;
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
@@ -90,7 +90,7 @@ async fn a_learner_joins_is_promoted_and_serves() {
             ca: ca.certificate().to_vec(),
             certificate: certificate.der,
             key: key.to_pkcs8_der().unwrap().as_bytes().to_vec(),
-            crl: ca.crl(1, &[]).unwrap(),
+            crl: ca.crl(1, &[], DEFAULT_CRL_VALIDITY).unwrap(),
         },
         health: Default::default(),
     };

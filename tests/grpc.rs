@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use polis::grpc::{channel, channel_with_deadline, incoming, Peer};
-use polis::pki::{generate_key, CertificateAuthority, Template};
+use polis::pki::{generate_key, CertificateAuthority, Template, DEFAULT_CRL_VALIDITY};
 use polis::proto::curator::curator_local_client::CuratorLocalClient;
 use polis::proto::curator::curator_local_server::{CuratorLocal, CuratorLocalServer};
 use polis::proto::curator::{GetCaCertificateRequest, GetCaCertificateResponse};
@@ -33,6 +33,7 @@ impl CuratorLocal for Echo {
             .ok_or_else(|| Status::unauthenticated("no client key"))?;
         Ok(Response::new(GetCaCertificateResponse {
             ca_certificate: key.to_vec(),
+            crl: Vec::new(),
         }))
     }
 }
@@ -148,7 +149,11 @@ async fn handlers_see_the_verified_caller_and_refused_callers_get_nowhere() {
     let (addr, _configs, _server) = serve(
         &ca,
         vec![ca
-            .crl(2, std::slice::from_ref(&revoked_cert.serial))
+            .crl(
+                2,
+                std::slice::from_ref(&revoked_cert.serial),
+                DEFAULT_CRL_VALIDITY,
+            )
             .unwrap()],
     )
     .await;
@@ -202,13 +207,16 @@ async fn a_new_crl_refuses_the_next_handshake_of_a_revoked_client() {
             &node.verifying_key(),
         )
         .unwrap();
-    let (addr, configs, _server) = serve(&ca, vec![ca.crl(1, &[]).unwrap()]).await;
+    let (addr, configs, _server) =
+        serve(&ca, vec![ca.crl(1, &[], DEFAULT_CRL_VALIDITY).unwrap()]).await;
     let identity = || Some(Identity::new(&node, cert.der.clone()).unwrap());
     assert!(ask(addr, &ca, identity()).await.is_ok());
 
     configs.send_replace(Arc::new(config(
         &ca,
-        vec![ca.crl(2, std::slice::from_ref(&cert.serial)).unwrap()],
+        vec![ca
+            .crl(2, std::slice::from_ref(&cert.serial), DEFAULT_CRL_VALIDITY)
+            .unwrap()],
         curator_template("metropolis-server"),
     )));
     assert!(
@@ -278,7 +286,7 @@ async fn a_node_reaches_only_an_unrevoked_curator_of_its_directory() {
         }],
         curator,
     };
-    let crl = ca.crl(2, &[retired.serial]).unwrap();
+    let crl = ca.crl(2, &[retired.serial], DEFAULT_CRL_VALIDITY).unwrap();
     for key in [generate_key().unwrap(), generate_key().unwrap()] {
         let identity = || Identity::ephemeral(&key);
         let mut directory = ClusterDirectory {

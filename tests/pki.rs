@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use common::verify;
 
-use polis::pki::{generate_key, node_id, CertificateAuthority, PkiError, Template};
+use polis::pki::{
+    generate_key, node_id, CertificateAuthority, PkiError, Template, DEFAULT_CRL_VALIDITY,
+};
 use rustls_pki_types::{CertificateDer, ServerName};
 use webpki::{EndEntityCert, Error, KeyUsage};
 
@@ -120,7 +122,9 @@ fn the_crl_revokes_exactly_the_listed_certificates() {
         .unwrap()
     };
     let (gone, kept) = (issue("metropolis-gone"), issue("metropolis-kept"));
-    let crl = ca.crl(2, std::slice::from_ref(&gone.serial)).unwrap();
+    let crl = ca
+        .crl(2, std::slice::from_ref(&gone.serial), DEFAULT_CRL_VALIDITY)
+        .unwrap();
     assert_eq!(
         verify(
             ca.certificate(),
@@ -137,7 +141,7 @@ fn the_crl_revokes_exactly_the_listed_certificates() {
         Some(&crl),
     )
     .unwrap();
-    let empty = ca.crl(1, &[]).unwrap();
+    let empty = ca.crl(1, &[], DEFAULT_CRL_VALIDITY).unwrap();
     verify(
         ca.certificate(),
         &gone.der,
@@ -176,7 +180,9 @@ fn a_restored_ca_signs_like_the_original_and_other_cas_are_not_trusted() {
         )
         .unwrap();
     verify(ca.certificate(), &cert.der, KeyUsage::client_auth(), None).unwrap();
-    let crl = restored.crl(3, std::slice::from_ref(&cert.serial)).unwrap();
+    let crl = restored
+        .crl(3, std::slice::from_ref(&cert.serial), DEFAULT_CRL_VALIDITY)
+        .unwrap();
     assert_eq!(
         verify(
             ca.certificate(),
@@ -218,7 +224,7 @@ fn a_certificate_says_when_it_expires() {
     let issued = ca
         .issue(&Template::Node { node_id: id }, &key.verifying_key())
         .unwrap();
-    let now = polis::curator::records::unix_now();
+    let now = polis::pki::unix_now();
     let expires = polis::pki::not_after(&issued.der).unwrap();
     assert!(expires > now + 86_400, "{expires} is not after {now}");
     assert!(polis::pki::not_after(&issued.der[..20]).is_err());
@@ -232,11 +238,11 @@ fn a_bounded_certificate_is_due_for_renewal_two_thirds_into_its_life() {
         node_id: node_id(&key.verifying_key()),
     };
     let lifetime = std::time::Duration::from_secs(300);
-    let before = polis::curator::records::unix_now();
+    let before = polis::pki::unix_now();
     let issued = ca
         .issue_valid_for(&template, &key.verifying_key(), lifetime)
         .unwrap();
-    let after = polis::curator::records::unix_now();
+    let after = polis::pki::unix_now();
     let expires = polis::pki::not_after(&issued.der).unwrap();
     assert!((before + 300..=after + 300).contains(&expires), "{expires}");
     let due = polis::pki::renew_at(&issued.der).unwrap();

@@ -1,5 +1,6 @@
 //! The issuer actor on real etcd: one CA however many start at once, certificates recorded and
-//! verifiable, revocation through the CRL, restarts keeping the CA, and the bootstrap commit.
+//! verifiable, revocation through the CRL and its reissue, restarts keeping the CA, and the
+//! bootstrap commit.
 
 mod common;
 
@@ -7,8 +8,8 @@ use std::time::Duration;
 
 use common::verify;
 use polis::consensus::Kv;
-use polis::issuer::{GetCaCertificate, Issue, Issuer, Revoke, NAMESPACE};
-use polis::pki::{generate_key, Template};
+use polis::issuer::{GetCaCertificate, Issue, Issuer, Revoke, SetNodeLifetime, NAMESPACE};
+use polis::pki::{generate_key, read_crl, revoked_serials, Template};
 use polis::poll::Poll;
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 use webpki::{Error, KeyUsage};
@@ -56,7 +57,7 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0].1, issued.der);
 
-    let crl = b.ask(Revoke(issued.serial.clone())).await.unwrap().unwrap();
+    let crl = b.ask(Revoke(issued.der.clone())).await.unwrap().unwrap();
     assert_eq!(
         verify(&ca, &issued.der, KeyUsage::client_auth(), Some(&crl)),
         Err(Error::CertRevoked)
@@ -64,7 +65,7 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     assert_eq!(kv.get("crl").await.unwrap(), Some(crl.clone()));
     // Revoking again changes nothing; a second revocation keeps the first.
     assert_eq!(
-        a.ask(Revoke(issued.serial.clone())).await.unwrap().unwrap(),
+        a.ask(Revoke(issued.der.clone())).await.unwrap().unwrap(),
         crl
     );
     let other = a
@@ -77,13 +78,38 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
         .await
         .unwrap()
         .unwrap();
-    let both = a.ask(Revoke(other.serial.clone())).await.unwrap().unwrap();
+    let both = a.ask(Revoke(other.der.clone())).await.unwrap().unwrap();
     for der in [&issued.der, &other.der] {
         assert_eq!(
             verify(&ca, der, KeyUsage::client_auth(), Some(&both)),
             Err(Error::CertRevoked)
         );
     }
+
+    // A cluster that names a shorter lifetime gets its CRL reissued for it at once: numbered
+    // one past, listing the same certificates.
+    let before = read_crl(&both).unwrap();
+    a.ask(SetNodeLifetime(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .unwrap();
+    let reissued = Poll::new(Duration::from_millis(20), Duration::from_secs(30))
+        .until(async || {
+            let crl = kv.clone().get("crl").await.unwrap().unwrap();
+            match read_crl(&crl).unwrap() {
+                info if info.number > before.number => Ok((crl, info)),
+                _ => Err(()),
+            }
+        })
+        .await
+        .expect("the CRL reissued");
+    assert_eq!(reissued.1.number, before.number + 1);
+    assert_eq!(reissued.1.next_update - reissued.1.issued, 20);
+    let mut listed = revoked_serials(&reissued.0).unwrap();
+    listed.sort();
+    let mut expected = vec![issued.serial.clone(), other.serial.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
 
     tree.kill("/issuer-a", Kill::Crash).unwrap();
     let again = Poll::new(Duration::from_millis(10), Duration::from_secs(30))

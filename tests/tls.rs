@@ -3,8 +3,9 @@
 //! self-signed clients are admitted only where asked for; no session is resumed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use polis::pki::{generate_key, CertificateAuthority, Template};
+use polis::pki::{generate_key, CertificateAuthority, Template, DEFAULT_CRL_VALIDITY};
 use polis::tls::{curator_client_config, server_config, ClientAuth, Identity, Trust};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
@@ -129,7 +130,9 @@ async fn no_connection_resumes_a_session_so_every_one_checks_the_certificates() 
 async fn a_revoked_client_and_a_wrong_server_name_are_refused() {
     let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
     let (a, b) = (curator(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
-    let crl = ca.crl(2, std::slice::from_ref(&b.serial)).unwrap();
+    let crl = ca
+        .crl(2, std::slice::from_ref(&b.serial), DEFAULT_CRL_VALIDITY)
+        .unwrap();
     let server = server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![crl]))).unwrap();
     let client = curator_client_config(Some(identity(&b)), &trust(&ca, vec![])).unwrap();
     let (s, _) = handshake(server, client, &a.id).await;
@@ -142,6 +145,40 @@ async fn a_revoked_client_and_a_wrong_server_name_are_refused() {
         c.is_err(),
         "the server's certificate must name the node asked for"
     );
+}
+
+/// A CRL past its nextUpdate no longer says what is revoked: a server holding one refuses
+/// every client of the CA, and a client holding one refuses every server, each saying why.
+#[tokio::test]
+async fn a_stale_crl_is_refused_by_servers_and_clients() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let (a, b) = (curator(&ca, "metropolis-a"), node(&ca, "metropolis-b"));
+    let stale = ca.crl(2, &[], Duration::from_secs(1)).unwrap();
+    let current = ca.crl(3, &[], DEFAULT_CRL_VALIDITY).unwrap();
+    // Whole seconds: the CRL's nextUpdate is in them.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let server = |crl: &Vec<u8>| {
+        server_config(identity(&a), ClientAuth::Ca(trust(&ca, vec![crl.clone()]))).unwrap()
+    };
+    let client = |crl: &Vec<u8>| {
+        curator_client_config(Some(identity(&b)), &trust(&ca, vec![crl.clone()])).unwrap()
+    };
+    let (s, _) = handshake(server(&stale), client(&current), &a.id).await;
+    assert!(
+        s.as_ref()
+            .unwrap_err()
+            .contains("certificate revocation list expired"),
+        "{s:?}"
+    );
+    let (_, c) = handshake(server(&current), client(&stale), &a.id).await;
+    assert!(
+        c.as_ref()
+            .unwrap_err()
+            .contains("certificate revocation list expired"),
+        "{c:?}"
+    );
+    let (s, c) = handshake(server(&current), client(&current), &a.id).await;
+    assert!(s.is_ok() && c.is_ok(), "{s:?} {c:?}");
 }
 
 #[tokio::test]
@@ -172,7 +209,13 @@ async fn only_an_unrevoked_curator_certificate_serves_the_curator() {
     assert!(c.as_ref().unwrap_err().contains("not a Curator's"), "{c:?}");
     // A decommissioned member: its Curator certificate is in the CRL the client holds.
     let retired = curator(&ca, "metropolis-r");
-    let crl = ca.crl(2, std::slice::from_ref(&retired.serial)).unwrap();
+    let crl = ca
+        .crl(
+            2,
+            std::slice::from_ref(&retired.serial),
+            DEFAULT_CRL_VALIDITY,
+        )
+        .unwrap();
     let server = server_config(identity(&retired), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
     let config = curator_client_config(Some(identity(&client)), &trust(&ca, vec![crl])).unwrap();
     let (_, c) = handshake(server, config, &retired.id).await;
@@ -229,7 +272,9 @@ async fn ephemeral_clients_only_where_admitted() {
 
     // Still refused there: a revoked CA-issued client (it does not fall back to "self-signed").
     let b = node(&ca, "metropolis-b");
-    let crl = ca.crl(2, std::slice::from_ref(&b.serial)).unwrap();
+    let crl = ca
+        .crl(2, std::slice::from_ref(&b.serial), DEFAULT_CRL_VALIDITY)
+        .unwrap();
     let open = server_config(
         identity(&a),
         ClientAuth::CaOrEphemeral(trust(&ca, vec![crl])),

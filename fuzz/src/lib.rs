@@ -163,7 +163,8 @@ pub fn certificate(data: &[u8]) -> bool {
     pki::serial_of(data).is_ok()
 }
 
-/// A CRL (DER), as the directory and Watch hand it to clients and the peer CRL to servers.
+/// A CRL (DER), as the directory and Watch hand it to clients, the peer CRL to servers, and a
+/// Curator to a node whose CRL went stale (checked by `verify_crl`, read back by the issuer).
 pub fn crl(data: &[u8]) -> bool {
     let fixture = fixture();
     let trust = Trust {
@@ -174,6 +175,15 @@ pub fn crl(data: &[u8]) -> bool {
     let identity = Identity::ephemeral(&fixture.key).expect("an ephemeral identity");
     let server = tls::server_config(identity, ClientAuth::Ca(trust)).is_ok();
     assert_eq!(client, server, "client and server disagree on a CRL");
+    let read = polis::pki::read_crl(data).is_ok();
+    let _ = polis::pki::revoked_serials(data);
+    let verified = polis::pki::verify_crl(fixture.ca.certificate(), data, polis::pki::unix_now());
+    if verified.is_ok() {
+        assert!(
+            read && client,
+            "a CRL of the CA that verifies must read and configure TLS"
+        );
+    }
     client
 }
 

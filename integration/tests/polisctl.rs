@@ -35,7 +35,7 @@ async fn a_cluster_launched_elsewhere_is_managed_from_its_endpoint_and_credentia
     let launched = tempfile::tempdir().unwrap();
     let mut cluster =
         LocalCluster::create(launched.path(), 1, &polis_node_binary(), test_logger()).unwrap();
-    let began = polis::curator::records::unix_now();
+    let began = polis::pki::unix_now();
     let mut owner = cluster.bootstrap().await.unwrap();
     until_following(&cluster, 0).await;
     let endpoint = cluster.nodes[0].address.to_string();
@@ -81,12 +81,9 @@ async fn a_cluster_launched_elsewhere_is_managed_from_its_endpoint_and_credentia
     assert_eq!(nodes[0]["id"], cluster.nodes[0].id().unwrap().as_str());
     assert_eq!(nodes[0]["state"], "UP");
     let expires = nodes[0]["certificate_expires"].as_i64().unwrap();
-    assert!(expires > polis::curator::records::unix_now(), "{expires}");
+    assert!(expires > polis::pki::unix_now(), "{expires}");
     let seen = nodes[0]["last_seen"].as_i64().unwrap();
-    assert!(
-        (began..=polis::curator::records::unix_now()).contains(&seen),
-        "{seen}"
-    );
+    assert!((began..=polis::pki::unix_now()).contains(&seen), "{seen}");
 
     // Through --endpoint and --credentials alone, in an empty configuration directory.
     let empty = tempfile::tempdir().unwrap();

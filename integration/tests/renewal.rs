@@ -1,14 +1,19 @@
 //! Node certificates that expire and renew themselves (issue 13 §1). A three-node cluster is
 //! bootstrapped with node certificates valid for 12 s: every node renews its own at two thirds
 //! of that (RenewCertificate, authorized by the current one) and watches again with the new one,
-//! with no actor restarted and every owner call answered meanwhile. A node stopped until its
-//! certificate has expired rejoins: JoinNode, by its join key, hands it a new one.
+//! with no actor restarted and every owner call answered meanwhile. Both CRLs (the cluster CA's
+//! and the etcd peer CA's) are current for as long and reissued half-way, so at every look they
+//! are current and their numbers grow. A node stopped until its certificate and its CRL have
+//! expired rejoins: it takes the current CRL from a Curator (checking the CA's signature), and
+//! JoinNode, by its join key, hands it a new certificate.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
+use polis::owner::Owner;
+use polis::pki::{read_pem, verify_crl, CrlInfo};
 use polis_integration::{polis_node_binary, test_logger, until_following};
 
 /// The node-certificate lifetime the cluster is bootstrapped with.
@@ -30,6 +35,21 @@ fn restarts(cluster: &LocalCluster, i: usize) -> f64 {
         .filter(|line| line.starts_with("polis_actor_restarts_total{"))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// The cluster CRL as the owner is told it, which must be the CA's and current.
+async fn cluster_crl(owner: &mut Owner) -> CrlInfo {
+    let info = owner.cluster_info().await.expect("an owner call");
+    let crl = &info.cluster_directory.unwrap_or_default().crl;
+    verify_crl(&info.ca_certificate, crl, now()).expect("the cluster CRL is current")
+}
+
+/// The etcd peer CRL node `i` hands its etcd, which must be the peer CA's and current.
+fn peer_crl(cluster: &LocalCluster, i: usize) -> CrlInfo {
+    let root = cluster.root(i);
+    let ca = read_pem(&root.etcd_peer_pki().join("ca.pem"), "CERTIFICATE").unwrap();
+    let crl = std::fs::read(root.etcd_peer_crl()).unwrap();
+    verify_crl(&ca, &crl, now()).expect("node's etcd peer CRL is current")
 }
 
 fn now() -> i64 {
@@ -55,14 +75,21 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     let restarted: Vec<f64> = (0..3).map(|i| restarts(&cluster, i)).collect();
 
     // Each node's certificates as its metric shows them, until each has renewed RENEWALS
-    // times; every record's certificate is valid at every look, and the owner is answered.
+    // times and each CRL has been reissued as often; every record's certificate and both CRLs
+    // are valid at every look, and the owner is answered.
     let mut seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
+    let (mut crls, mut peer_crls) = (BTreeSet::new(), BTreeSet::new());
     let deadline = now() + 120;
-    while seen.iter().any(|s| s.len() <= RENEWALS) {
-        assert!(now() < deadline, "certificates seen in 120 s: {seen:?}");
+    while seen.iter().any(|s| s.len() <= RENEWALS) || crls.len().min(peer_crls.len()) <= RENEWALS {
+        assert!(
+            now() < deadline,
+            "certificates seen in 120 s: {seen:?}, CRLs {crls:?}, peer CRLs {peer_crls:?}"
+        );
         for (i, seen) in seen.iter_mut().enumerate() {
             seen.extend(node_expiry(&cluster, i));
         }
+        crls.insert(cluster_crl(&mut owner).await.number);
+        peer_crls.insert(peer_crl(&cluster, 0).number);
         let nodes = owner.nodes().await.expect("an owner call during renewals");
         for node in &nodes {
             assert!(
@@ -96,10 +123,12 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         );
     }
 
-    // Node 2 is stopped until its certificate has expired, then started again.
+    // Node 2 is stopped until its certificate and any CRL it can hold have expired, then
+    // started again.
     let lapsed = node_expiry(&cluster, 2).unwrap();
     cluster.stop(2, Signal::SIGTERM);
-    while now() <= lapsed + 1 {
+    let held_crl = cluster_crl(&mut owner).await;
+    while now() <= lapsed.max(held_crl.next_update) + 1 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     cluster.start(2, &[]).unwrap();

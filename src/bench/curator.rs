@@ -155,6 +155,7 @@ async fn floor_batch(kv: &mut NamespacedKv, iteration: &mut u64) -> Result<f64, 
             revision,
             &[&index],
             &[(&key, &record), (&index, b"id")],
+            &[],
         )
         .await?;
         // Approved, then committed: the record read once more, the certificate issued and
@@ -163,7 +164,8 @@ async fn floor_batch(kv: &mut NamespacedKv, iteration: &mut u64) -> Result<f64, 
         kv.put(&format!("issued/{iteration}"), &record).await?;
         for _ in 0..2 {
             let (_, revision) = kv.get_versioned(&key).await?;
-            kv.swap(&key, revision, &[], &[(&key, &record)]).await?;
+            kv.swap(&key, revision, &[], &[(&key, &record)], &[])
+                .await?;
         }
     }
     Ok(PER_BATCH as f64 / began.elapsed().as_secs_f64())

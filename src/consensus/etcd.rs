@@ -155,7 +155,7 @@ pub fn bootstrap_peer_pki(
         ca.certificate(),
         &cert.der,
         &key_der,
-        &ca.crl(1, &[])?,
+        &ca.crl(1, &[], crate::pki::DEFAULT_CRL_VALIDITY)?,
     )?;
     Ok(ca)
 }

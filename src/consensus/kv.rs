@@ -107,15 +107,16 @@ impl NamespacedKv {
         })
     }
 
-    /// Write all `puts` in one transaction if `guard` is still at `revision` (0: still absent)
-    /// and every key in `absent` is still absent. Returns whether it wrote; `false` means one of
-    /// those conditions no longer held.
+    /// Write all `puts` and delete every key of `deletes` in one transaction if `guard` is still
+    /// at `revision` (0: still absent) and every key in `absent` is still absent. Returns whether
+    /// it wrote; `false` means one of those conditions no longer held.
     pub async fn swap(
         &mut self,
         guard: &str,
         revision: i64,
         absent: &[&str],
         puts: &[(&str, &[u8])],
+        deletes: &[&str],
     ) -> Result<bool, ConsensusError> {
         let guard = self.key(guard);
         let mut compare = vec![match revision {
@@ -127,7 +128,8 @@ impl NamespacedKv {
                 .iter()
                 .map(|k| Compare::create_revision(self.key(k), CompareOp::Equal, 0)),
         );
-        let ops = self.put_ops(puts);
+        let mut ops = self.put_ops(puts);
+        ops.extend(deletes.iter().map(|k| TxnOp::delete(self.key(k), None)));
         let response = self
             .client
             .txn(Txn::new().when(compare).and_then(ops))

@@ -16,7 +16,6 @@ use crate::curator::records::{self, awaits_retirement, consensus_role, Records};
 use crate::curator::service::peer_url;
 use crate::curator::CuratorError;
 use crate::issuer::{revoke, Issuer, Revoke};
-use crate::pki::serial_of;
 use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::private::{Node, Retirement};
 
@@ -116,7 +115,7 @@ impl Retire {
     async fn retire(&self, node: &Node) -> Result<(), CuratorError> {
         for certificate in [&node.node_certificate, &node.curator_certificate] {
             if !certificate.is_empty() {
-                self.issuer.ask(Revoke(serial_of(certificate)?)).await??;
+                self.issuer.ask(Revoke(certificate.to_vec())).await??;
             }
         }
         crash_point::pass(&self.log, "decommission:revoked");
@@ -170,7 +169,7 @@ pub(super) async fn revoke_peer_certificate(
 ) -> Result<(), CuratorError> {
     let mut peer_kv = peer_kv.clone();
     let ca = peer_ca(&mut peer_kv).await?;
-    revoke(&mut peer_kv, &ca, PEER_CRL_KEY, &serial_of(certificate)?).await?;
+    revoke(&mut peer_kv, &ca, PEER_CRL_KEY, certificate).await?;
     Ok(())
 }
 

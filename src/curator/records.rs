@@ -165,7 +165,7 @@ impl Records {
                 puts.push((&index, id.as_bytes()));
                 absent.push(&index);
             }
-            if self.kv.swap(&key, revision, &absent, &puts).await? {
+            if self.kv.swap(&key, revision, &absent, &puts, &[]).await? {
                 return Ok(new);
             }
             if creating {
@@ -403,13 +403,6 @@ pub fn status(address: &str) -> NodeStatus {
         healthy: true,
         ..NodeStatus::default()
     }
-}
-
-/// Now, as records keep times: seconds since the Unix epoch (0 before it).
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The state's name as the API spells it.

@@ -1,7 +1,9 @@
 //! The PKI issuer: the cluster CA kept in etcd under `/cluster-pki/`, created with *Ensure*
 //! semantics (create-if-absent in one transaction: two concurrent starts agree on one CA), every
 //! issued certificate recorded, and revocation ([`revoke`]) through a CRL stored
-//! beside it.
+//! beside it. It keeps both CRLs current, the cluster CA's and the etcd peer CA's: each is
+//! valid for the cluster's node-certificate lifetime and reissued half-way into it
+//! ([`reissue_if_due`]); every issuer of the cluster looks, and the first to write wins.
 //!
 //! Bootstrap needs no exception: the lifecycle starts the first node's etcd and this issuer before
 //! it asks for the node's certificate.
@@ -10,14 +12,19 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
+use polis_actors::{
+    Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started, Timer,
+};
 
-use crate::consensus::{Consensus, ConsensusError, Kv, NamespacedKv};
+use crate::consensus::{
+    peer_ca, Consensus, ConsensusError, Kv, NamespacedKv, NAMESPACE as CONSENSUS_NAMESPACE,
+    PEER_CRL_KEY,
+};
 use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
 
 mod revocation;
 
-pub use revocation::{revoke, RevocationError};
+pub use revocation::{reissue_if_due, revoke, RevocationError};
 
 /// The etcd namespace of the cluster PKI.
 pub const NAMESPACE: &str = "/cluster-pki/";
@@ -134,7 +141,7 @@ impl Message for GetCaCertificate {
     type Reply = Result<Vec<u8>, IssuerError>;
 }
 
-/// Revoke the certificate with this serial; answers the new CRL (DER).
+/// Revoke this certificate (DER); answers the new CRL (DER).
 pub struct Revoke(pub Vec<u8>);
 impl Message for Revoke {
     type Reply = Result<Vec<u8>, IssuerError>;
@@ -146,8 +153,11 @@ impl Message for Revoke {
 pub struct Issuer {
     consensus: ActorRef<Consensus>,
     ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
-    /// How long the node certificates it issues are valid, once read.
+    /// How long the node certificates it issues are valid, once read; also how long its CRLs
+    /// are current.
     node_lifetime: Duration,
+    /// The next look at whether a CRL is due, while none is under way.
+    crl_check: Option<Timer>,
 }
 
 impl Issuer {
@@ -157,6 +167,7 @@ impl Issuer {
             consensus,
             ready: None,
             node_lifetime: DEFAULT_NODE_LIFETIME,
+            crl_check: None,
         }
     }
 }
@@ -182,6 +193,7 @@ impl Actor for Issuer {
             issuer.ready = Some((kv, Rc::new(ca)));
             issuer.node_lifetime = lifetime;
             ctx.healthy();
+            issuer.check_crls(ctx);
             Ok(())
         });
         Ok(Started::Pending)
@@ -226,9 +238,14 @@ impl Handler<SetNodeLifetime> for Issuer {
         };
         Ok(Reply::later_then(
             async move { Ok(node_lifetime(&mut kv, Some(lifetime)).await) },
-            |set: Result<Duration, IssuerError>, issuer: &mut Self, _| {
+            |set: Result<Duration, IssuerError>, issuer: &mut Self, ctx| {
                 if let Ok(lifetime) = &set {
                     issuer.node_lifetime = *lifetime;
+                    // CRLs made for the default validity are due now under a shorter one.
+                    if let Some(timer) = issuer.crl_check.take() {
+                        ctx.cancel(timer);
+                        issuer.check_crls(ctx);
+                    }
                 }
                 Ok(set)
             },
@@ -253,15 +270,19 @@ impl Handler<GetCaCertificate> for Issuer {
 impl Handler<Revoke> for Issuer {
     fn handle(
         &mut self,
-        Revoke(serial): Revoke,
+        Revoke(certificate): Revoke,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <Revoke as Message>::Reply>, Failure> {
         let Some((mut kv, ca)) = self.state() else {
             return Ok(Reply::now(Err(IssuerError::NotReady)));
         };
+        let serial = match crate::pki::serial_of(&certificate) {
+            Ok(serial) => serial,
+            Err(e) => return Ok(Reply::now(Err(e.into()))),
+        };
         slog::warn!(ctx.log(), "revoking"; "serial" => hex(&serial));
         Ok(Reply::later(async move {
-            Ok(revoke(&mut kv, &ca, CRL_KEY, &serial)
+            Ok(revoke(&mut kv, &ca, CRL_KEY, &certificate)
                 .await
                 .map_err(IssuerError::from))
         }))
@@ -275,4 +296,59 @@ impl Issuer {
     fn state(&self) -> Option<(NamespacedKv, Rc<CertificateAuthority>)> {
         self.ready.as_ref().map(|(kv, ca)| (kv.clone(), ca.clone()))
     }
+
+    /// Reissue whichever of the two CRLs is due (issue the cluster's first), then look again
+    /// after [`crl_check_period`]. A failure is logged and retried then: each CRL is current
+    /// for half its validity past the point it is due.
+    fn check_crls(&mut self, ctx: &mut Ctx<'_, Self>) {
+        let Some((mut kv, ca)) = self.state() else {
+            return;
+        };
+        let (consensus, validity) = (self.consensus.clone(), self.node_lifetime);
+        let check = async move {
+            let mut reissued = Vec::new();
+            if reissue_if_due(&mut kv, &ca, CRL_KEY, validity)
+                .await?
+                .is_some()
+            {
+                reissued.push("cluster");
+            }
+            let mut peer_kv = consensus
+                .ask(Kv(CONSENSUS_NAMESPACE.into()))
+                .await
+                .map_err(IssuerError::from)??;
+            let peer_ca = peer_ca(&mut peer_kv).await?;
+            if reissue_if_due(&mut peer_kv, &peer_ca, PEER_CRL_KEY, validity)
+                .await?
+                .is_some()
+            {
+                reissued.push("etcd peer");
+            }
+            Ok::<_, IssuerError>(reissued)
+        };
+        ctx.spawn(check, |checked, issuer: &mut Self, ctx| {
+            match checked {
+                Ok(reissued) if !reissued.is_empty() => {
+                    slog::info!(ctx.log(), "CRLs reissued"; "lists" => ?reissued,
+                        "valid_s" => issuer.node_lifetime.as_secs());
+                }
+                Ok(_) => {}
+                Err(e) => slog::warn!(ctx.log(), "a CRL could not be reissued; trying again";
+                    "error" => %e),
+            }
+            let period = crl_check_period(issuer.node_lifetime);
+            issuer.crl_check = Some(ctx.run_later(period, |issuer: &mut Self, ctx| {
+                issuer.crl_check = None;
+                issuer.check_crls(ctx);
+                Ok(())
+            }));
+            Ok(())
+        });
+    }
+}
+
+/// How often an issuer looks whether a CRL current for `validity` is due: twelve times in it
+/// (so it is reissued early in the half of its validity left when due), at most hourly.
+fn crl_check_period(validity: Duration) -> Duration {
+    (validity / 12).min(Duration::from_secs(3600))
 }

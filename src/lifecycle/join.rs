@@ -434,8 +434,6 @@ struct Joined {
 
 /// The instant of a Unix time `at` (seconds), or now if it has passed.
 fn until(at: i64) -> tokio::time::Instant {
-    let wait = at
-        .saturating_sub(crate::curator::records::unix_now())
-        .max(0);
+    let wait = at.saturating_sub(crate::pki::unix_now()).max(0);
     tokio::time::Instant::now() + std::time::Duration::from_secs(wait.unsigned_abs())
 }

@@ -25,9 +25,6 @@ pub const CURATOR_URI: &str = "urn:polis:role:curator";
 const VALIDITY: Duration = Duration::days(365 * 20);
 /// Tolerance for clocks that run behind the issuer's.
 pub(super) const BACKDATE: Duration = Duration::hours(1);
-/// How long a CRL is current. Nothing reissues a CRL on a schedule yet: each revocation issues a
-/// new one.
-const CRL_VALIDITY: Duration = Duration::days(365);
 
 /// Why a certificate could not be made or a key not read.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +43,17 @@ pub enum PkiError {
     /// A certificate does not parse.
     #[error("certificate does not parse: {0}")]
     BadCertificate(String),
+    /// A CRL does not parse, or is not signed by the CA it is checked against.
+    #[error("CRL refused: {0}")]
+    BadCrl(String),
+    /// A CRL is past its nextUpdate: it no longer says what is revoked.
+    #[error("the CRL (number {number}) is stale: its nextUpdate was {next_update} (Unix time)")]
+    StaleCrl {
+        /// The CRL's number.
+        number: u64,
+        /// When it stopped being current, in seconds since the Unix epoch.
+        next_update: i64,
+    },
     /// The operating system's random generator failed.
     #[error("the operating system's random generator failed")]
     Rng,
@@ -201,12 +209,18 @@ impl CertificateAuthority {
         })
     }
 
-    /// A CRL numbered `number` that revokes `serials`.
-    pub fn crl(&self, number: u64, serials: &[Vec<u8>]) -> Result<Vec<u8>, PkiError> {
+    /// A CRL numbered `number` that revokes `serials`, current from now for `validity` (its
+    /// nextUpdate; and from an hour before, for clocks that run behind).
+    pub fn crl(
+        &self,
+        number: u64,
+        serials: &[Vec<u8>],
+        validity: std::time::Duration,
+    ) -> Result<Vec<u8>, PkiError> {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
             this_update: now - BACKDATE,
-            next_update: now + CRL_VALIDITY,
+            next_update: now + validity,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: serials

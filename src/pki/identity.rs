@@ -65,6 +65,13 @@ pub fn not_after(certificate: &[u8]) -> Result<i64, PkiError> {
     Ok(parse(certificate)?.validity().not_after.timestamp())
 }
 
+/// Now, as certificates, CRLs and records keep times: seconds since the Unix epoch (0 before it).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// When the holder of `certificate` (DER, issued by the cluster CA) should renew it: two thirds
 /// into its lifetime, which runs from its issue (an hour after its notBefore, which is backdated
 /// for clocks that run behind) to its notAfter. In seconds since the Unix epoch.

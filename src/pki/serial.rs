@@ -1,4 +1,4 @@
-//! Serial numbers of certificates and of CRL entries, as revocation records them: pure parsing,
+//! Serial numbers of certificates, as revocation records them: pure parsing,
 //! used by the issuer and by whoever checks a certificate against a CRL.
 
 use crate::pki::PkiError;
@@ -8,17 +8,6 @@ pub fn serial_of(der: &[u8]) -> Result<Vec<u8>, PkiError> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
     Ok(certificate.raw_serial().to_vec())
-}
-
-/// The serial numbers a CRL (DER) lists, as [`serial_of`] spells them.
-pub fn revoked_serials(crl: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
-    use x509_parser::prelude::FromDer;
-    let (_, list) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
-        .map_err(|e| PkiError::BadCertificate(format!("CRL: {e}")))?;
-    Ok(list
-        .iter_revoked_certificates()
-        .map(|r| r.raw_serial().to_vec())
-        .collect())
 }
 
 #[cfg(test)]

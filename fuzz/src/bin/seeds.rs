@@ -66,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 curator: i == 0,
             })
             .collect(),
-        crl: ca.crl(1, &[])?,
+        crl: ca.crl(1, &[], polis::pki::DEFAULT_CRL_VALIDITY)?,
     };
     seeds.push(("cluster_directory", directory.encode_to_vec()));
     let bootstrap = Cluster::ClusterBootstrap(ClusterBootstrap {
@@ -118,8 +118,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         seeds.push(("certificate", ca.issue(&template, &public)?.der));
     }
-    seeds.push(("crl", ca.crl(1, &[])?));
-    seeds.push(("crl", ca.crl(2, &[vec![1, 2, 3], vec![4, 5, 6]])?));
+    seeds.push(("crl", ca.crl(1, &[], polis::pki::DEFAULT_CRL_VALIDITY)?));
+    seeds.push((
+        "crl",
+        ca.crl(
+            2,
+            &[vec![1, 2, 3], vec![4, 5, 6]],
+            polis::pki::DEFAULT_CRL_VALIDITY,
+        )?,
+    ));
 
     seeds.push((
         "initial_cluster",

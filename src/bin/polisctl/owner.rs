@@ -296,7 +296,7 @@ pub fn print_nodes(nodes: &[polis::proto::api::Node], json: bool) {
         println!("{}", serde_json::Value::Array(list));
         return;
     }
-    let now = polis::curator::records::unix_now();
+    let now = polis::pki::unix_now();
     let rows: Vec<[String; 6]> = nodes
         .iter()
         .map(|n| {

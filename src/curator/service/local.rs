@@ -1,4 +1,5 @@
-//! The `CuratorLocal` service: the cluster CA's certificate, for anyone who asks.
+//! The `CuratorLocal` service: the cluster CA's certificate and its current CRL, for anyone who
+//! asks.
 
 use tonic::{Request, Response};
 
@@ -14,6 +15,7 @@ impl CuratorLocal for Services {
     ) -> Answer<GetCaCertificateResponse> {
         Ok(Response::new(GetCaCertificateResponse {
             ca_certificate: self.ca_certificate().await?,
+            crl: self.crl().await?,
         }))
     }
 }

@@ -5,7 +5,7 @@ use crate::consensus::{peer_ca, peers, AddLearner, PEER_CRL_KEY, PEER_PORT};
 use crate::curator::decommission::{remove_consensus_member, revoke_peer_certificate};
 use crate::curator::records;
 use crate::curator::CuratorError;
-use crate::pki::Template;
+use crate::pki::{Template, DEFAULT_CRL_VALIDITY};
 use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::private::Node;
 
@@ -21,7 +21,9 @@ impl Services {
     ) -> Result<ConsensusMember, CuratorError> {
         let mut peer_kv = self.peer_kv.clone();
         let ca = peer_ca(&mut peer_kv).await?;
-        let crl = peer_kv.ensure(PEER_CRL_KEY, &ca.crl(1, &[])?).await?;
+        let crl = peer_kv
+            .ensure(PEER_CRL_KEY, &ca.crl(1, &[], DEFAULT_CRL_VALIDITY)?)
+            .await?;
         let host = external_address(node);
         let ip = host.parse().map_err(|_| CuratorError::Invalid {
             field: "external_address",

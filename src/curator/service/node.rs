@@ -147,8 +147,7 @@ impl Curator for Services {
             .await?;
         // A node that was off past two thirds of its certificate's life (or past its end)
         // rejoins with a new one: it could not renew it by itself.
-        let due =
-            pki::renew_at(&node.node_certificate).map_or(true, |at| at <= records::unix_now());
+        let due = pki::renew_at(&node.node_certificate).map_or(true, |at| at <= pki::unix_now());
         let node = match due {
             true => {
                 let public = verifying_key(&node.public_key, "the record's public key")?;
@@ -300,7 +299,7 @@ impl Services {
     /// longer than [`LAST_SEEN_PATIENCE`], is logged, not fatal: the Watch it comes from serves
     /// on.
     async fn mark_seen(&self, id: &str) {
-        let now = records::unix_now();
+        let now = pki::unix_now();
         let mut records = self.records.clone();
         let noted = records.update(id, |current| {
             Ok(current.map(|node| {
