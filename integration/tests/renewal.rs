@@ -1,7 +1,9 @@
-//! Node certificates that expire and renew themselves (issue 13 §1). A three-node cluster is
+//! Certificates that expire and renew themselves (issue 13 §1). A three-node cluster is
 //! bootstrapped with node certificates valid for 12 s: every node renews its own at two thirds
 //! of that (RenewCertificate, authorized by the current one) and watches again with the new one,
-//! with no actor restarted and every owner call answered meanwhile. Both CRLs (the cluster CA's
+//! and every Curator renews its Curator certificate as often and revokes the one it replaced,
+//! with no actor restarted and every owner call, each over a new connection, answered
+//! meanwhile. Both CRLs (the cluster CA's
 //! and the etcd peer CA's) are current for as long and reissued half-way, so at every look they
 //! are current and their numbers grow. A node stopped until its certificate and its CRL have
 //! expired rejoins: it takes the current CRL from a Curator (checking the CA's signature), and
@@ -13,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use polis::launch::LocalCluster;
 use polis::owner::Owner;
-use polis::pki::{read_pem, verify_crl, CrlInfo};
+use polis::pki::{read_pem, revoked_serials, verify_crl, CrlInfo};
 use polis_integration::{polis_node_binary, test_logger, until_following};
 
 /// The node-certificate lifetime the cluster is bootstrapped with.
@@ -21,11 +23,16 @@ const LIFETIME: Duration = Duration::from_secs(12);
 /// Renewals each node must go through (each certificate after its first).
 const RENEWALS: usize = 2;
 
+/// The notAfter of node `i`'s certificate of `kind` (`node`, `curator`), as its metrics say.
+fn expiry(cluster: &LocalCluster, i: usize, kind: &str) -> Option<i64> {
+    let text = cluster.debug(i, "GET", "/metrics", "").ok()?;
+    let series = format!("polis_certificate_expiry_timestamp_seconds{{kind=\"{kind}\"}}");
+    polis::metrics::sample(&text, &series).map(|v| v as i64)
+}
+
 /// Node `i`'s node certificate's notAfter, as its metrics say.
 fn node_expiry(cluster: &LocalCluster, i: usize) -> Option<i64> {
-    let text = cluster.debug(i, "GET", "/metrics", "").ok()?;
-    let series = "polis_certificate_expiry_timestamp_seconds{kind=\"node\"}";
-    polis::metrics::sample(&text, series).map(|v| v as i64)
+    expiry(cluster, i, "node")
 }
 
 /// Every actor restart node `i` has counted, summed over actors and reasons.
@@ -37,11 +44,13 @@ fn restarts(cluster: &LocalCluster, i: usize) -> f64 {
         .sum()
 }
 
-/// The cluster CRL as the owner is told it, which must be the CA's and current.
-async fn cluster_crl(owner: &mut Owner) -> CrlInfo {
+/// The cluster CRL as the owner is told it, which must be the CA's and current, with the
+/// serials it lists.
+async fn cluster_crl(owner: &mut Owner) -> (CrlInfo, Vec<Vec<u8>>) {
     let info = owner.cluster_info().await.expect("an owner call");
     let crl = &info.cluster_directory.unwrap_or_default().crl;
-    verify_crl(&info.ca_certificate, crl, now()).expect("the cluster CRL is current")
+    let current = verify_crl(&info.ca_certificate, crl, now()).expect("the cluster CRL is current");
+    (current, revoked_serials(crl).unwrap())
 }
 
 /// The etcd peer CRL node `i` hands its etcd, which must be the peer CA's and current.
@@ -72,25 +81,48 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     for i in 0..3 {
         until_following(&cluster, i).await;
     }
+    // Every member serves the Curator (a new member's starts after it joins etcd).
+    let serving_by = now() + 30;
+    for i in 0..3 {
+        while let Err(e) = cluster.owner(i).await {
+            assert!(now() < serving_by, "node {i} serves no Curator: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let restarted: Vec<f64> = (0..3).map(|i| restarts(&cluster, i)).collect();
 
-    // Each node's certificates as its metric shows them, until each has renewed RENEWALS
-    // times and each CRL has been reissued as often; every record's certificate and both CRLs
-    // are valid at every look, and the owner is answered.
+    // Each node's certificates as its metrics show them, until each has renewed its node and
+    // Curator certificates RENEWALS times and each CRL has been reissued as often; every
+    // record's certificate and both CRLs are valid at every look, and the owner is answered
+    // by each Curator in turn over a new connection (which checks its Curator certificate).
     let mut seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
+    let mut curator_seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
     let (mut crls, mut peer_crls) = (BTreeSet::new(), BTreeSet::new());
     let deadline = now() + 120;
-    while seen.iter().any(|s| s.len() <= RENEWALS) || crls.len().min(peer_crls.len()) <= RENEWALS {
+    let mut look = 0;
+    while seen
+        .iter()
+        .chain(&curator_seen)
+        .any(|s| s.len() <= RENEWALS)
+        || crls.len().min(peer_crls.len()) <= RENEWALS
+    {
         assert!(
             now() < deadline,
-            "certificates seen in 120 s: {seen:?}, CRLs {crls:?}, peer CRLs {peer_crls:?}"
+            "certificates seen in 120 s: {seen:?}, Curator certificates {curator_seen:?}, \
+             CRLs {crls:?}, peer CRLs {peer_crls:?}"
         );
-        for (i, seen) in seen.iter_mut().enumerate() {
-            seen.extend(node_expiry(&cluster, i));
+        for i in 0..3 {
+            seen[i].extend(node_expiry(&cluster, i));
+            curator_seen[i].extend(expiry(&cluster, i, "curator"));
         }
-        crls.insert(cluster_crl(&mut owner).await.number);
+        crls.insert(cluster_crl(&mut owner).await.0.number);
         peer_crls.insert(peer_crl(&cluster, 0).number);
-        let nodes = owner.nodes().await.expect("an owner call during renewals");
+        look += 1;
+        let mut fresh = cluster
+            .owner(look % 3)
+            .await
+            .expect("a new owner connection to a Curator");
+        let nodes = fresh.nodes().await.expect("an owner call during renewals");
         for node in &nodes {
             assert!(
                 node.certificate_expires > now(),
@@ -101,7 +133,17 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (i, expiries) in seen.iter().enumerate() {
+    // Every Curator certificate replaced is revoked (the revocation follows the swap).
+    let replaced: usize = curator_seen.iter().map(|s| s.len() - 1).sum();
+    let revoked_by = now() + 10;
+    while cluster_crl(&mut owner).await.1.len() < replaced {
+        assert!(
+            now() < revoked_by,
+            "{replaced} Curator certificates replaced, fewer revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, expiries) in seen.iter().chain(&curator_seen).enumerate() {
         // A renewal comes two thirds into the lifetime, so each certificate outlives the last
         // by about a third of it, never by more than a lifetime.
         let gaps: Vec<i64> = expiries
@@ -112,7 +154,8 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         assert!(
             gaps.iter()
                 .all(|&gap| gap > 0 && gap <= LIFETIME.as_secs() as i64),
-            "node {i}: certificates expiring at {expiries:?}"
+            "series {i} (node certificates of nodes 0-2, then their Curator certificates): \
+             expiring at {expiries:?}"
         );
     }
     for (i, before) in restarted.iter().enumerate() {
@@ -127,7 +170,7 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     // started again.
     let lapsed = node_expiry(&cluster, 2).unwrap();
     cluster.stop(2, Signal::SIGTERM);
-    let held_crl = cluster_crl(&mut owner).await;
+    let (held_crl, _) = cluster_crl(&mut owner).await;
     while now() <= lapsed.max(held_crl.next_update) + 1 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -1,10 +1,12 @@
 //! The Curator actor: serves the Curator's services on the node's address once etcd and the
 //! issuer are ready, presenting its Curator certificate (see [`super::server_certificate`]).
 //! The server lives as long as the incarnation; if it ends, the actor fails and its supervisor
-//! starts a new one. The cluster CRL is followed:
-//! each change swaps the TLS config that the next handshake uses.
+//! starts a new one. The cluster CRL is followed, and the Curator certificate renewed two
+//! thirds into its life: each change swaps the TLS config that the next handshake uses.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +19,15 @@ use crate::curator::owner_only::OwnerOnly;
 use crate::curator::records::{Records, NAMESPACE};
 use crate::curator::{server_certificate, Services};
 use crate::grpc::incoming;
-use crate::issuer::{Issuer, CRL_KEY};
+use crate::issuer::{Issuer, Revoke, CRL_KEY};
+use crate::metrics::health::Health;
 use crate::metrics::NodeMetrics;
-use crate::pki::NodeCredentials;
+use crate::pki::{instant_at, not_after, renew_at, NodeCredentials};
 use crate::proto::api::aaa_server::AaaServer;
 use crate::proto::api::management_server::ManagementServer;
 use crate::proto::curator::curator_local_server::CuratorLocalServer;
 use crate::proto::curator::curator_server::CuratorServer;
+use crate::retry::Retry;
 use crate::storage::NodeRoot;
 use crate::tls::{server_config, ClientAuth, Identity, TlsError, Trust};
 
@@ -99,14 +103,21 @@ impl Actor for Curator {
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::issuer::NAMESPACE.into())).await??;
             let mut records = Records::new(kv);
-            let served = server_certificate::ensure(&mut records, &issuer, &credentials).await?;
-            health.certificate_held("curator", &served);
+            let served = server_certificate::current(&mut records, &issuer, &credentials).await?;
+            // No earlier incarnation serves any more: what it served can go.
+            retire(&issuer, served.retired, &log).await;
+            health.certificate_held("curator", &served.certificate);
             let identity = ServerIdentity {
                 credentials,
-                certificate: served,
+                certificate: served.certificate,
             };
             let crl = pki_kv.get(CRL_KEY).await?;
-            let (configs, updates) = watch::channel(tls_config(&identity, crl)?);
+            let (configs, updates) = watch::channel(tls_config(&identity, crl.clone())?);
+            let tls = Rc::new(RefCell::new(ServedTls {
+                identity,
+                crl,
+                configs,
+            }));
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
@@ -114,7 +125,7 @@ impl Actor for Curator {
                 records.clone(),
                 peer_kv,
                 pki_kv.clone(),
-                issuer,
+                issuer.clone(),
                 consensus,
                 log.clone(),
             );
@@ -128,12 +139,14 @@ impl Actor for Curator {
                 ))
                 .add_service(AaaServer::new(services))
                 .serve_with_incoming(incoming(listener, updates, log));
-            Ok::<_, Failure>((server, configs, pki_kv, identity, records))
+            Ok::<_, Failure>((server, tls, pki_kv, records, issuer))
         };
+        let health = self.config.metrics.health.clone();
         ctx.spawn(serve, move |served, curator: &mut Self, ctx| {
-            let (server, configs, mut pki_kv, identity, records) = served?;
+            let (server, tls, mut pki_kv, records, issuer) = served?;
+            let counted = records.clone();
             ctx.run_interval(COUNT_NODES_EVERY, move |curator: &mut Self, ctx| {
-                curator.count_nodes(records.clone(), ctx);
+                curator.count_nodes(counted.clone(), ctx);
                 Ok(())
             });
             let server = tokio::spawn(server);
@@ -147,10 +160,13 @@ impl Actor for Curator {
             });
             // A revocation reaches the next handshake: a new CRL means a new TLS config.
             let log = ctx.log().clone();
+            let followed = tls.clone();
             let follow_crl = async move {
                 pki_kv
                     .follow(CRL_KEY, |crl| {
-                        configs.send_replace(tls_config(&identity, Some(crl.to_vec()))?);
+                        let mut tls = followed.borrow_mut();
+                        tls.crl = Some(crl.to_vec());
+                        tls.send()?;
                         slog::debug!(log, "TLS config follows the cluster CRL";
                             "crl_bytes" => crl.len());
                         Ok::<(), Failure>(())
@@ -162,6 +178,8 @@ impl Actor for Curator {
                     "the cluster CRL watch ended: {ended}"
                 )))
             });
+            let renewal = renew(tls, records, issuer, health, ctx.log().clone());
+            ctx.spawn(renewal, |ended, _, _| Err(ended));
             Ok(())
         });
         Ok(Started::Pending)
@@ -192,6 +210,81 @@ impl Curator {
 struct ServerIdentity {
     credentials: NodeCredentials,
     certificate: Vec<u8>,
+}
+
+/// What the server's TLS config is made of, shared by the CRL watch and the renewal: a change
+/// to either sends a new config, which the next handshake uses.
+struct ServedTls {
+    identity: ServerIdentity,
+    crl: Option<Vec<u8>>,
+    configs: watch::Sender<Arc<ServerConfig>>,
+}
+
+impl ServedTls {
+    fn send(&self) -> Result<(), TlsError> {
+        self.configs
+            .send_replace(tls_config(&self.identity, self.crl.clone())?);
+        Ok(())
+    }
+}
+
+/// Renew the Curator certificate two thirds into its life, for as long as the server runs:
+/// the new one is served from the next handshake, then the one it replaced is revoked. A
+/// failure is logged as a warning and retried with backoff; only a TLS config that cannot be
+/// built ends it (and the incarnation).
+async fn renew(
+    tls: Rc<RefCell<ServedTls>>,
+    mut records: Records,
+    issuer: ActorRef<Issuer>,
+    health: Health,
+    log: slog::Logger,
+) -> Failure {
+    let mut retry = Retry::new();
+    loop {
+        let (due, credentials) = {
+            let tls = tls.borrow();
+            let served = &tls.identity;
+            (
+                renew_at(&served.certificate).unwrap_or(0),
+                served.credentials.clone(),
+            )
+        };
+        tokio::time::sleep_until(instant_at(due)).await;
+        let served = match server_certificate::current(&mut records, &issuer, &credentials).await {
+            Ok(served) => served,
+            Err(e) => {
+                slog::warn!(log, "the Curator certificate could not be renewed"; "error" => %e);
+                retry.wait(&log, "renew the Curator certificate", &e).await;
+                continue;
+            }
+        };
+        retry.reset();
+        {
+            let mut tls = tls.borrow_mut();
+            tls.identity.certificate = served.certificate.clone();
+            if let Err(e) = tls.send() {
+                return Failure::msg(format!("the renewed Curator certificate: {e}"));
+            }
+        }
+        health.certificate_held("curator", &served.certificate);
+        slog::info!(log, "Curator certificate renewed";
+            "expires" => not_after(&served.certificate).unwrap_or_default());
+        retire(&issuer, served.retired, &log).await;
+    }
+}
+
+/// Revoke Curator certificates no longer served. One that cannot be revoked is logged: it
+/// lapses at its expiry, a node-certificate lifetime at most.
+async fn retire(issuer: &ActorRef<Issuer>, retired: Vec<Vec<u8>>, log: &slog::Logger) {
+    for certificate in retired {
+        let error = match issuer.ask(Revoke(certificate)).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        slog::warn!(log, "a replaced Curator certificate could not be revoked; it lapses at its expiry";
+            "error" => error);
+    }
 }
 
 /// The server config: the Curator certificate, admitting clients of the cluster CA not revoked

@@ -153,8 +153,8 @@ impl Message for Revoke {
 pub struct Issuer {
     consensus: ActorRef<Consensus>,
     ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
-    /// How long the node certificates it issues are valid, once read; also how long its CRLs
-    /// are current.
+    /// How long the node and Curator certificates it issues are valid, once read; also how
+    /// long its CRLs are current.
     node_lifetime: Duration,
     /// The next look at whether a CRL is due, while none is under way.
     crl_check: Option<Timer>,
@@ -214,7 +214,7 @@ impl Handler<Issue> for Issuer {
         Ok(Reply::later(async move {
             let issue = async {
                 let issued = match template {
-                    Template::Node { .. } => {
+                    Template::Node { .. } | Template::Curator { .. } => {
                         ca.issue_valid_for(&template, &public, node_lifetime)?
                     }
                     _ => ca.issue(&template, &public)?,

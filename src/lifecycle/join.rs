@@ -164,8 +164,9 @@ impl Run {
                     .await
                     .map_err(|s| refused("Watch", s))?
                     .into_inner();
-                let renewal =
-                    tokio::time::sleep_until(until(pki::renew_at(&credentials.certificate)?));
+                let renewal = tokio::time::sleep_until(pki::instant_at(pki::renew_at(
+                    &credentials.certificate,
+                )?));
                 tokio::pin!(renewal);
                 loop {
                     let next = tokio::select! {
@@ -430,10 +431,4 @@ impl Run {
 struct Joined {
     cuk: UnlockKey,
     certificate: Vec<u8>,
-}
-
-/// The instant of a Unix time `at` (seconds), or now if it has passed.
-fn until(at: i64) -> tokio::time::Instant {
-    let wait = at.saturating_sub(crate::pki::unix_now()).max(0);
-    tokio::time::Instant::now() + std::time::Duration::from_secs(wait.unsigned_abs())
 }

@@ -72,6 +72,13 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The instant of a Unix time `at` (seconds), or now if it has passed: for sleeping until a
+/// certificate is due.
+pub fn instant_at(at: i64) -> tokio::time::Instant {
+    let wait = at.saturating_sub(unix_now()).max(0);
+    tokio::time::Instant::now() + std::time::Duration::from_secs(wait.unsigned_abs())
+}
+
 /// When the holder of `certificate` (DER, issued by the cluster CA) should renew it: two thirds
 /// into its lifetime, which runs from its issue (an hour after its notBefore, which is backdated
 /// for clocks that run behind) to its notAfter. In seconds since the Unix epoch.
