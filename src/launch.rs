@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 use crate::curator::CURATOR_PORT;
 use crate::debug_client::{read_token, request, request_port, DebugClientError, DEBUG_ADDRESS};
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
+use crate::issuer::Lifetimes;
 use crate::netns::{enter, within, ClusterNetwork, NetError};
 use crate::owner::{self, escrow, first_use, Credentials, CuratorAddress, Owner, OwnerError};
 use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
@@ -186,8 +187,8 @@ pub struct LocalCluster {
     owner_key: SigningKey,
     log: slog::Logger,
     poll_every: Duration,
-    /// The node-certificate lifetime bootstrap asks for (zero: the cluster's default).
-    node_certificate_lifetime: Duration,
+    /// The certificate lifetimes bootstrap asks for (none: the cluster's defaults).
+    certificate_lifetimes: Option<Lifetimes>,
 }
 
 impl LocalCluster {
@@ -268,7 +269,7 @@ impl LocalCluster {
             owner_key,
             log,
             poll_every: STEP_POLL,
-            node_certificate_lifetime: Duration::ZERO,
+            certificate_lifetimes: None,
         })
     }
 
@@ -539,7 +540,12 @@ impl LocalCluster {
             0,
             Cluster::ClusterBootstrap(ClusterBootstrap {
                 owner_public_key: owner_public,
-                node_certificate_seconds: self.node_certificate_lifetime.as_secs(),
+                node_certificate_seconds: self
+                    .certificate_lifetimes
+                    .map_or(0, |l| l.node.as_secs()),
+                owner_certificate_seconds: self
+                    .certificate_lifetimes
+                    .map_or(0, |l| l.owner.as_secs()),
             }),
         )?;
         self.start(0, &[])?;
@@ -594,13 +600,21 @@ impl LocalCluster {
         Ok(owner)
     }
 
-    /// The owner's client on node `i`'s Curator.
+    /// The owner's client on node `i`'s Curator, with the owner certificate renewed first if
+    /// it is due.
     pub async fn owner(&self, i: usize) -> Result<Owner, LaunchError> {
-        let certificate = fsutil::read(&self.dir.join(owner::CERTIFICATE_FILE))?;
+        let mut credentials = owner::Credentials::load(&self.dir)?;
         let curator = self
             .curator(i)
             .ok_or_else(|| self.timed_out(i, "have credentials"))?;
-        Ok(Owner::connect(&curator, &self.ca()?, &self.owner_key, certificate).await?)
+        credentials.renew_if_due(&curator, &self.dir).await?;
+        Ok(Owner::connect(
+            &curator,
+            &credentials.ca,
+            &credentials.key,
+            credentials.certificate,
+        )
+        .await?)
     }
 
     /// Register node `i` through `owner`: parameters with a ticket, start, approve once it is
@@ -698,10 +712,10 @@ impl LocalCluster {
         .await
     }
 
-    /// Have [`LocalCluster::bootstrap`] ask for node certificates valid for `lifetime` (tests
-    /// watch them renew in seconds).
-    pub fn node_certificate_lifetime(&mut self, lifetime: Duration) {
-        self.node_certificate_lifetime = lifetime;
+    /// Have [`LocalCluster::bootstrap`] ask for certificates valid for `lifetimes` (tests watch
+    /// them renew in seconds).
+    pub fn certificate_lifetimes(&mut self, lifetimes: Lifetimes) {
+        self.certificate_lifetimes = Some(lifetimes);
     }
 
     /// Probe every [`LocalCluster::poll_every`] from now on (a benchmark times steps closely).

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::grpc::{channel, GrpcError};
-use crate::pki::certificate_node_id;
+use crate::pki::{certificate_node_id, node_id, renewal_due};
 use crate::proto::api::aaa_client::AaaClient;
 use crate::proto::api::management_client::ManagementClient;
 use crate::proto::api::{
@@ -163,6 +163,32 @@ impl Credentials {
         })
     }
 
+    /// Renew the owner certificate through Escrow at `curator` (by the owner key, which needs no
+    /// certificate, so an expired one renews too) if it is due, two thirds into its life, and
+    /// keep the new one in `dir`: what `polisctl` does before every owner call.
+    pub async fn renew_if_due(
+        &mut self,
+        curator: &CuratorAddress,
+        dir: &Path,
+    ) -> Result<(), OwnerError> {
+        if !renewal_due(&self.certificate) {
+            return Ok(());
+        }
+        let renewed = escrow(curator, &self.ca, &self.key).await?;
+        // The connection pinned the CA; the certificate must be for this key.
+        if certificate_node_id(&renewed).ok() != Some(node_id(&self.key.verifying_key())) {
+            return Err(OwnerError::Call {
+                call: "Escrow",
+                status: tonic::Status::internal(
+                    "the renewed owner certificate is not for the owner key",
+                ),
+            });
+        }
+        self.certificate = renewed;
+        fsutil::write_atomic(&dir.join(CERTIFICATE_FILE), &self.certificate, PUBLIC_MODE)?;
+        Ok(())
+    }
+
     /// Keep these credentials in `dir` (the key readable by its owner only).
     pub fn save(&self, dir: &Path) -> Result<(), OwnerError> {
         save_key(dir, &self.key)?;
@@ -233,9 +259,15 @@ impl Owner {
 
     /// Connect as the owner to the Curator at `address`, knowing only where it is: its node ID
     /// is learnt from the certificate it shows, and the connection then made pins the CA of
-    /// `credentials` and checks that certificate (chain, Curator mark, that name).
-    pub async fn at(address: SocketAddr, credentials: &Credentials) -> Result<Self, OwnerError> {
+    /// `credentials` and checks that certificate (chain, Curator mark, that name). The owner
+    /// certificate is renewed first if it is due, and kept in `dir`.
+    pub async fn at(
+        address: SocketAddr,
+        credentials: &mut Credentials,
+        dir: &Path,
+    ) -> Result<Self, OwnerError> {
         let (_, curator) = first_use(address, &credentials.key).await?;
+        credentials.renew_if_due(&curator, dir).await?;
         Owner::connect(
             &curator,
             &credentials.ca,

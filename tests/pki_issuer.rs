@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::verify;
 use polis::consensus::Kv;
-use polis::issuer::{GetCaCertificate, Issue, Issuer, Revoke, SetNodeLifetime, NAMESPACE};
+use polis::issuer::{GetCaCertificate, Issue, Issuer, Lifetimes, Revoke, SetLifetimes, NAMESPACE};
 use polis::pki::{generate_key, read_crl, revoked_serials, Template};
 use polis::poll::Poll;
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
@@ -89,10 +89,11 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     // A cluster that names a shorter lifetime gets its CRL reissued for it at once: numbered
     // one past, listing the same certificates.
     let before = read_crl(&both).unwrap();
-    a.ask(SetNodeLifetime(Duration::from_secs(20)))
-        .await
-        .unwrap()
-        .unwrap();
+    let lifetimes = Lifetimes {
+        node: Duration::from_secs(20),
+        owner: Duration::from_secs(40),
+    };
+    a.ask(SetLifetimes(lifetimes)).await.unwrap().unwrap();
     let reissued = Poll::new(Duration::from_millis(20), Duration::from_secs(30))
         .until(async || {
             let crl = kv.clone().get("crl").await.unwrap().unwrap();

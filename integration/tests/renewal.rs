@@ -3,7 +3,8 @@
 //! of that (RenewCertificate, authorized by the current one) and watches again with the new one,
 //! and every Curator renews its Curator certificate as often and revokes the one it replaced,
 //! with no actor restarted and every owner call, each over a new connection, answered
-//! meanwhile. Both CRLs (the cluster CA's
+//! meanwhile; the owner certificate (also 12 s) is renewed on use, and a connection holding
+//! the replaced one is refused. Both CRLs (the cluster CA's
 //! and the etcd peer CA's) are current for as long and reissued half-way, so at every look they
 //! are current and their numbers grow. A node stopped until its certificate and its CRL have
 //! expired rejoins: it takes the current CRL from a Curator (checking the CA's signature), and
@@ -13,8 +14,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
+use polis::issuer::Lifetimes;
 use polis::launch::LocalCluster;
-use polis::owner::Owner;
 use polis::pki::{read_pem, revoked_serials, verify_crl, CrlInfo};
 use polis_integration::{polis_node_binary, test_logger, until_following};
 
@@ -44,9 +45,10 @@ fn restarts(cluster: &LocalCluster, i: usize) -> f64 {
         .sum()
 }
 
-/// The cluster CRL as the owner is told it, which must be the CA's and current, with the
-/// serials it lists.
-async fn cluster_crl(owner: &mut Owner) -> (CrlInfo, Vec<Vec<u8>>) {
+/// The cluster CRL as the owner is told it (over a new connection to node 0's Curator), which
+/// must be the CA's and current, with the serials it lists.
+async fn cluster_crl(cluster: &LocalCluster) -> (CrlInfo, Vec<Vec<u8>>) {
+    let mut owner = cluster.owner(0).await.expect("an owner connection");
     let info = owner.cluster_info().await.expect("an owner call");
     let crl = &info.cluster_directory.unwrap_or_default().crl;
     let current = verify_crl(&info.ca_certificate, crl, now()).expect("the cluster CRL is current");
@@ -61,6 +63,12 @@ fn peer_crl(cluster: &LocalCluster, i: usize) -> CrlInfo {
     verify_crl(&ca, &crl, now()).expect("node's etcd peer CRL is current")
 }
 
+/// The notAfter of the owner certificate the launcher keeps.
+fn owner_expiry(cluster: &LocalCluster) -> Option<i64> {
+    let certificate = std::fs::read(cluster.dir().join(polis::owner::CERTIFICATE_FILE)).ok()?;
+    polis::pki::not_after(&certificate).ok()
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -73,10 +81,13 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     let dir = tempfile::tempdir().unwrap();
     let mut cluster =
         LocalCluster::create(dir.path(), 3, &polis_node_binary(), test_logger()).unwrap();
-    cluster.node_certificate_lifetime(LIFETIME);
-    let mut owner = cluster.bootstrap().await.unwrap();
+    cluster.certificate_lifetimes(Lifetimes {
+        node: LIFETIME,
+        owner: LIFETIME,
+    });
+    let mut first_owner = cluster.bootstrap().await.unwrap();
     for i in 1..3 {
-        cluster.register(i, &owner).await.unwrap();
+        cluster.register(i, &first_owner).await.unwrap();
     }
     for i in 0..3 {
         until_following(&cluster, i).await;
@@ -97,6 +108,7 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     // by each Curator in turn over a new connection (which checks its Curator certificate).
     let mut seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
     let mut curator_seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
+    let mut owner_seen = BTreeSet::new();
     let (mut crls, mut peer_crls) = (BTreeSet::new(), BTreeSet::new());
     let deadline = now() + 120;
     let mut look = 0;
@@ -104,18 +116,19 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         .iter()
         .chain(&curator_seen)
         .any(|s| s.len() <= RENEWALS)
-        || crls.len().min(peer_crls.len()) <= RENEWALS
+        || crls.len().min(peer_crls.len()).min(owner_seen.len()) <= RENEWALS
     {
         assert!(
             now() < deadline,
             "certificates seen in 120 s: {seen:?}, Curator certificates {curator_seen:?}, \
-             CRLs {crls:?}, peer CRLs {peer_crls:?}"
+             CRLs {crls:?}, peer CRLs {peer_crls:?}, owner certificates {owner_seen:?}"
         );
         for i in 0..3 {
             seen[i].extend(node_expiry(&cluster, i));
             curator_seen[i].extend(expiry(&cluster, i, "curator"));
         }
-        crls.insert(cluster_crl(&mut owner).await.0.number);
+        crls.insert(cluster_crl(&cluster).await.0.number);
+        owner_seen.extend(owner_expiry(&cluster));
         peer_crls.insert(peer_crl(&cluster, 0).number);
         look += 1;
         let mut fresh = cluster
@@ -133,10 +146,19 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The connection opened with the first owner certificate presents one no longer the owner's.
+    let refused = first_owner.nodes().await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("owner")),
+        "a connection with a replaced owner certificate: {refused:?}"
+    );
+
     // Every Curator certificate replaced is revoked (the revocation follows the swap).
     let replaced: usize = curator_seen.iter().map(|s| s.len() - 1).sum();
     let revoked_by = now() + 10;
-    while cluster_crl(&mut owner).await.1.len() < replaced {
+    while cluster_crl(&cluster).await.1.len() < replaced {
         assert!(
             now() < revoked_by,
             "{replaced} Curator certificates replaced, fewer revoked"
@@ -170,7 +192,7 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     // started again.
     let lapsed = node_expiry(&cluster, 2).unwrap();
     cluster.stop(2, Signal::SIGTERM);
-    let (held_crl, _) = cluster_crl(&mut owner).await;
+    let (held_crl, _) = cluster_crl(&cluster).await;
     while now() <= lapsed.max(held_crl.next_update) + 1 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -11,7 +11,7 @@ use polis_actors::ActorRef;
 use crate::curator::records::{self, is_consensus_member, Records};
 use crate::curator::CuratorError;
 use crate::issuer::{Issue, Issuer};
-use crate::pki::{node_id, renew_at, unix_now, NodeCredentials, Template};
+use crate::pki::{node_id, renewal_due, NodeCredentials, Template};
 use crate::proto::common::NodeState;
 use crate::proto::private::Node;
 
@@ -38,8 +38,7 @@ pub(super) async fn current(
     let id = node_id(&public);
     let node = records.get(&id).await?;
     let recorded = eligible(node.as_ref(), &id)?.curator_certificate.clone();
-    let due = renew_at(&recorded).map_or(true, |at| at <= unix_now());
-    if !recorded.is_empty() && !due {
+    if !recorded.is_empty() && !renewal_due(&recorded) {
         return Ok(Served {
             certificate: recorded,
             retired: Vec::new(),

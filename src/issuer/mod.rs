@@ -33,14 +33,35 @@ const CA_CERTIFICATE: &str = "ca/certificate";
 const CA_KEY: &str = "ca/key";
 /// The cluster CRL (DER) under [`NAMESPACE`], which servers check clients against.
 pub const CRL_KEY: &str = "crl";
-/// The cluster's node-certificate lifetime under [`NAMESPACE`] (seconds, decimal), set once at
-/// bootstrap ([`SetNodeLifetime`]).
+/// The cluster's certificate lifetimes under [`NAMESPACE`] (seconds, decimal), set once at
+/// bootstrap ([`SetLifetimes`]): node (also Curator certificates and CRLs) and owner.
 const NODE_LIFETIME: &str = "lifetimes/node";
+const OWNER_LIFETIME: &str = "lifetimes/owner";
 /// How long a node certificate is valid when the cluster names no lifetime.
 pub const DEFAULT_NODE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-/// The shortest node-certificate lifetime a cluster may name. Its nodes renew at two thirds of
-/// it, so anything shorter is a renewal storm; lifetimes of seconds are for tests.
-pub const MIN_NODE_LIFETIME: Duration = Duration::from_secs(10);
+/// How long the owner certificate is valid when the cluster names no lifetime.
+pub const DEFAULT_OWNER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The shortest certificate lifetime a cluster may name. Holders renew at two thirds of it, so
+/// anything shorter is a renewal storm; lifetimes of seconds are for tests.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(10);
+
+/// How long the certificates the cluster issues are valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Node and Curator certificates; also how long CRLs are current.
+    pub node: Duration,
+    /// The owner certificate.
+    pub owner: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            node: DEFAULT_NODE_LIFETIME,
+            owner: DEFAULT_OWNER_LIFETIME,
+        }
+    }
+}
 
 /// Why the issuer could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +81,15 @@ pub enum IssuerError {
     /// The CA is not loaded yet (the issuer is not healthy yet).
     #[error("the cluster CA is not loaded yet")]
     NotReady,
-    /// The node-certificate lifetime stored in etcd does not read as seconds.
-    #[error("the node-certificate lifetime in etcd ({NAMESPACE}{NODE_LIFETIME}) is {0:?}, not a number of seconds")]
-    BadLifetime(String),
+    /// A certificate lifetime stored in etcd does not read as seconds of at least
+    /// [`MIN_LIFETIME`].
+    #[error("the certificate lifetime in etcd ({NAMESPACE}{key}) is {value:?}, not a number of seconds of at least {}", MIN_LIFETIME.as_secs())]
+    BadLifetime {
+        /// Its key under [`NAMESPACE`].
+        key: &'static str,
+        /// What is stored.
+        value: String,
+    },
 }
 
 /// Load the cluster CA from etcd, or store `candidate` as it if there is none; returns the CA
@@ -84,34 +111,55 @@ async fn ensure_ca(
     )?)
 }
 
-/// The cluster's node-certificate lifetime: `candidate` stored if none is (`None`: only read),
-/// the default if none is stored.
-async fn node_lifetime(
+/// The cluster's certificate lifetimes: `candidate` stored where none is (`None`: only read),
+/// the defaults where none is stored.
+async fn lifetimes(
     kv: &mut NamespacedKv,
+    candidate: Option<Lifetimes>,
+) -> Result<Lifetimes, IssuerError> {
+    let defaults = Lifetimes::default();
+    let node = lifetime(kv, NODE_LIFETIME, candidate.map(|c| c.node), defaults.node).await?;
+    let owner = lifetime(
+        kv,
+        OWNER_LIFETIME,
+        candidate.map(|c| c.owner),
+        defaults.owner,
+    )
+    .await?;
+    Ok(Lifetimes { node, owner })
+}
+
+async fn lifetime(
+    kv: &mut NamespacedKv,
+    key: &'static str,
     candidate: Option<Duration>,
+    default: Duration,
 ) -> Result<Duration, IssuerError> {
     let stored = match candidate {
         Some(lifetime) => Some(
-            kv.ensure(NODE_LIFETIME, lifetime.as_secs().to_string().as_bytes())
+            kv.ensure(key, lifetime.as_secs().to_string().as_bytes())
                 .await?,
         ),
-        None => kv.get(NODE_LIFETIME).await?,
+        None => kv.get(key).await?,
     };
     let Some(stored) = stored else {
-        return Ok(DEFAULT_NODE_LIFETIME);
+        return Ok(default);
     };
     let text = String::from_utf8_lossy(&stored);
     text.parse()
         .ok()
-        .and_then(bounded_node_lifetime)
-        .ok_or_else(|| IssuerError::BadLifetime(text.into_owned()))
+        .and_then(bounded_lifetime)
+        .ok_or_else(|| IssuerError::BadLifetime {
+            key,
+            value: text.into_owned(),
+        })
 }
 
-/// `seconds` as a node-certificate lifetime, if it is no shorter than [`MIN_NODE_LIFETIME`]:
-/// the one rule for what bootstrap may ask and what the issuer reads back.
-pub fn bounded_node_lifetime(seconds: u64) -> Option<Duration> {
+/// `seconds` as a certificate lifetime, if it is no shorter than [`MIN_LIFETIME`]: the one
+/// rule for what bootstrap may ask and what the issuer reads back.
+pub fn bounded_lifetime(seconds: u64) -> Option<Duration> {
     let lifetime = Duration::from_secs(seconds);
-    (lifetime >= MIN_NODE_LIFETIME).then_some(lifetime)
+    (lifetime >= MIN_LIFETIME).then_some(lifetime)
 }
 
 async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerError> {
@@ -128,11 +176,11 @@ impl Message for Issue {
     type Reply = Result<Issued, IssuerError>;
 }
 
-/// Set the cluster's node-certificate lifetime, unless it is set already (bootstrap, repeatable
-/// after a crash); answers the lifetime in force.
-pub struct SetNodeLifetime(pub Duration);
-impl Message for SetNodeLifetime {
-    type Reply = Result<Duration, IssuerError>;
+/// Set the cluster's certificate lifetimes, unless they are set already (bootstrap, repeatable
+/// after a crash); answers the lifetimes in force.
+pub struct SetLifetimes(pub Lifetimes);
+impl Message for SetLifetimes {
+    type Reply = Result<Lifetimes, IssuerError>;
 }
 
 /// The cluster CA certificate (DER).
@@ -153,9 +201,9 @@ impl Message for Revoke {
 pub struct Issuer {
     consensus: ActorRef<Consensus>,
     ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
-    /// How long the node and Curator certificates it issues are valid, once read; also how
-    /// long its CRLs are current.
-    node_lifetime: Duration,
+    /// How long the certificates it issues are valid, once read; CRLs are current for the node
+    /// lifetime.
+    lifetimes: Lifetimes,
     /// The next look at whether a CRL is due, while none is under way.
     crl_check: Option<Timer>,
 }
@@ -166,7 +214,7 @@ impl Issuer {
         Issuer {
             consensus,
             ready: None,
-            node_lifetime: DEFAULT_NODE_LIFETIME,
+            lifetimes: Lifetimes::default(),
             crl_check: None,
         }
     }
@@ -183,15 +231,16 @@ impl Actor for Issuer {
                 .await
                 .map_err(IssuerError::from)??;
             let ca = ensure_ca(&mut kv, &CertificateAuthority::new(CA_NAME)?).await?;
-            let lifetime = node_lifetime(&mut kv, None).await?;
-            Ok::<_, IssuerError>((kv, ca, lifetime))
+            let lifetimes = lifetimes(&mut kv, None).await?;
+            Ok::<_, IssuerError>((kv, ca, lifetimes))
         };
         ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
-            let (kv, ca, lifetime) = loaded?;
+            let (kv, ca, lifetimes) = loaded?;
             slog::info!(ctx.log(), "cluster CA loaded";
-                "node_certificate_lifetime_s" => lifetime.as_secs());
+                "node_certificate_lifetime_s" => lifetimes.node.as_secs(),
+                "owner_certificate_lifetime_s" => lifetimes.owner.as_secs());
             issuer.ready = Some((kv, Rc::new(ca)));
-            issuer.node_lifetime = lifetime;
+            issuer.lifetimes = lifetimes;
             ctx.healthy();
             issuer.check_crls(ctx);
             Ok(())
@@ -210,12 +259,15 @@ impl Handler<Issue> for Issuer {
             return Ok(Reply::now(Err(IssuerError::NotReady)));
         };
         slog::info!(ctx.log(), "issuing"; "template" => ?template);
-        let node_lifetime = self.node_lifetime;
+        let lifetimes = self.lifetimes;
         Ok(Reply::later(async move {
             let issue = async {
                 let issued = match template {
                     Template::Node { .. } | Template::Curator { .. } => {
-                        ca.issue_valid_for(&template, &public, node_lifetime)?
+                        ca.issue_valid_for(&template, &public, lifetimes.node)?
+                    }
+                    Template::Client { .. } => {
+                        ca.issue_valid_for(&template, &public, lifetimes.owner)?
                     }
                     _ => ca.issue(&template, &public)?,
                 };
@@ -227,20 +279,20 @@ impl Handler<Issue> for Issuer {
     }
 }
 
-impl Handler<SetNodeLifetime> for Issuer {
+impl Handler<SetLifetimes> for Issuer {
     fn handle(
         &mut self,
-        SetNodeLifetime(lifetime): SetNodeLifetime,
+        SetLifetimes(asked): SetLifetimes,
         _: &mut Ctx<'_, Self>,
-    ) -> Result<Reply<Self, <SetNodeLifetime as Message>::Reply>, Failure> {
+    ) -> Result<Reply<Self, <SetLifetimes as Message>::Reply>, Failure> {
         let Some((mut kv, _)) = self.state() else {
             return Ok(Reply::now(Err(IssuerError::NotReady)));
         };
         Ok(Reply::later_then(
-            async move { Ok(node_lifetime(&mut kv, Some(lifetime)).await) },
-            |set: Result<Duration, IssuerError>, issuer: &mut Self, ctx| {
-                if let Ok(lifetime) = &set {
-                    issuer.node_lifetime = *lifetime;
+            async move { Ok(lifetimes(&mut kv, Some(asked)).await) },
+            |set: Result<Lifetimes, IssuerError>, issuer: &mut Self, ctx| {
+                if let Ok(lifetimes) = &set {
+                    issuer.lifetimes = *lifetimes;
                     // CRLs made for the default validity are due now under a shorter one.
                     if let Some(timer) = issuer.crl_check.take() {
                         ctx.cancel(timer);
@@ -304,7 +356,7 @@ impl Issuer {
         let Some((mut kv, ca)) = self.state() else {
             return;
         };
-        let (consensus, validity) = (self.consensus.clone(), self.node_lifetime);
+        let (consensus, validity) = (self.consensus.clone(), self.lifetimes.node);
         let check = async move {
             let mut reissued = Vec::new();
             if reissue_if_due(&mut kv, &ca, CRL_KEY, validity)
@@ -330,13 +382,13 @@ impl Issuer {
             match checked {
                 Ok(reissued) if !reissued.is_empty() => {
                     slog::info!(ctx.log(), "CRLs reissued"; "lists" => ?reissued,
-                        "valid_s" => issuer.node_lifetime.as_secs());
+                        "valid_s" => issuer.lifetimes.node.as_secs());
                 }
                 Ok(_) => {}
                 Err(e) => slog::warn!(ctx.log(), "a CRL could not be reissued; trying again";
                     "error" => %e),
             }
-            let period = crl_check_period(issuer.node_lifetime);
+            let period = crl_check_period(issuer.lifetimes.node);
             issuer.crl_check = Some(ctx.run_later(period, |issuer: &mut Self, ctx| {
                 issuer.crl_check = None;
                 issuer.check_crls(ctx);

@@ -11,8 +11,7 @@ use tonic::Code;
 use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
-    bounded_node_lifetime, GetCaCertificate, Issue, SetNodeLifetime, DEFAULT_NODE_LIFETIME,
-    MIN_NODE_LIFETIME,
+    bounded_lifetime, GetCaCertificate, Issue, Lifetimes, SetLifetimes, MIN_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -120,14 +119,14 @@ impl Run {
         self.start_child(member.consensus).await?;
         self.start_child(member.pki).await?;
 
-        let lifetime = node_certificate_lifetime(&params)?;
+        let lifetimes = certificate_lifetimes(&params)?;
         let credentials = self
             .retry("the node certificate", || async {
                 if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
                     return Ok(credentials);
                 }
                 // Before the first certificate, which it bounds.
-                issuer.ask(SetNodeLifetime(lifetime)).await??;
+                issuer.ask(SetLifetimes(lifetimes)).await??;
                 let template = Template::Node {
                     node_id: id.clone(),
                 };
@@ -345,39 +344,63 @@ impl Run {
     }
 }
 
-/// The node-certificate lifetime that bootstrap parameters name (0: the default); one shorter
-/// than [`MIN_NODE_LIFETIME`] is refused.
-fn node_certificate_lifetime(params: &ClusterBootstrap) -> Result<Duration, LifecycleError> {
-    match params.node_certificate_seconds {
-        0 => Ok(DEFAULT_NODE_LIFETIME),
-        seconds => bounded_node_lifetime(seconds).ok_or_else(|| {
+/// The certificate lifetimes that bootstrap parameters name (0: the default); one shorter than
+/// [`MIN_LIFETIME`] is refused.
+fn certificate_lifetimes(params: &ClusterBootstrap) -> Result<Lifetimes, LifecycleError> {
+    let defaults = Lifetimes::default();
+    let lifetime = |field: &str, seconds: u64, default: Duration| match seconds {
+        0 => Ok(default),
+        seconds => bounded_lifetime(seconds).ok_or_else(|| {
             LifecycleError::InvalidParameters(format!(
-                "node_certificate_seconds is {seconds}, below the minimum of {} s",
-                MIN_NODE_LIFETIME.as_secs()
+                "{field} is {seconds}, below the minimum of {} s",
+                MIN_LIFETIME.as_secs()
             ))
         }),
-    }
+    };
+    Ok(Lifetimes {
+        node: lifetime(
+            "node_certificate_seconds",
+            params.node_certificate_seconds,
+            defaults.node,
+        )?,
+        owner: lifetime(
+            "owner_certificate_seconds",
+            params.owner_certificate_seconds,
+            defaults.owner,
+        )?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn asking(seconds: u64) -> ClusterBootstrap {
+    fn asking(node: u64, owner: u64) -> ClusterBootstrap {
         ClusterBootstrap {
-            node_certificate_seconds: seconds,
+            node_certificate_seconds: node,
+            owner_certificate_seconds: owner,
             ..Default::default()
         }
     }
 
     #[test]
-    fn a_node_certificate_lifetime_is_the_default_or_at_least_the_minimum() {
-        let lifetime = |s| node_certificate_lifetime(&asking(s));
-        assert_eq!(lifetime(0).unwrap(), DEFAULT_NODE_LIFETIME);
-        assert_eq!(lifetime(10).unwrap(), Duration::from_secs(10));
-        assert!(matches!(
-            lifetime(9),
-            Err(LifecycleError::InvalidParameters(reason)) if reason.contains("minimum of 10 s")
-        ));
+    fn certificate_lifetimes_are_the_defaults_or_at_least_the_minimum() {
+        let lifetimes = |node, owner| certificate_lifetimes(&asking(node, owner));
+        assert_eq!(lifetimes(0, 0).unwrap(), Lifetimes::default());
+        let short = Lifetimes {
+            node: Duration::from_secs(10),
+            owner: Duration::from_secs(11),
+        };
+        assert_eq!(lifetimes(10, 11).unwrap(), short);
+        for (node, owner, field) in [
+            (9, 0, "node_certificate_seconds is 9"),
+            (0, 9, "owner_certificate_seconds is 9"),
+        ] {
+            assert!(matches!(
+                lifetimes(node, owner),
+                Err(LifecycleError::InvalidParameters(reason))
+                    if reason.contains(field) && reason.contains("minimum of 10 s")
+            ));
+        }
     }
 }

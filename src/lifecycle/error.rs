@@ -108,7 +108,7 @@ impl LifecycleError {
             ),
             LifecycleError::Records(e) => e.code() == Code::Unavailable,
             LifecycleError::Issuer(e) => {
-                !matches!(e, IssuerError::Pki(_) | IssuerError::BadLifetime(_))
+                !matches!(e, IssuerError::Pki(_) | IssuerError::BadLifetime { .. })
             }
             LifecycleError::AwaitingApproval
             | LifecycleError::Reach(ReachError::Unreachable(_))

@@ -90,6 +90,12 @@ pub fn renew_at(certificate: &[u8]) -> Result<i64, PkiError> {
     Ok(issued + (not_after - issued) * 2 / 3)
 }
 
+/// Whether the holder of `certificate` (DER) should renew it now ([`renew_at`] has come, or it
+/// does not parse).
+pub fn renewal_due(certificate: &[u8]) -> bool {
+    renew_at(certificate).map_or(true, |at| at <= unix_now())
+}
+
 /// Whether `certificate` (DER) carries the Curator mark ([`crate::pki::CURATOR_URI`]). Only
 /// meaningful for a certificate already verified to chain to the cluster CA.
 pub fn is_curator_certificate(certificate: &[u8]) -> Result<bool, PkiError> {

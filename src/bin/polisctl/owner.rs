@@ -16,6 +16,8 @@ use crate::cluster::{launched, runtime, ClusterError, NODES_FILE};
 pub enum Target {
     /// A cluster whose Curators answer at these endpoints, with these credentials.
     Remote {
+        /// Where the credentials are kept (a renewed owner certificate is written there).
+        dir: PathBuf,
         /// Curator endpoints, tried in order.
         endpoints: Vec<SocketAddr>,
         /// The owner's credentials.
@@ -37,6 +39,7 @@ impl Target {
     ) -> Result<Self, ClusterError> {
         let remote = |endpoints: &[String], credentials: &Path| {
             Ok::<_, ClusterError>(Target::Remote {
+                dir: credentials.to_owned(),
                 endpoints: endpoints
                     .iter()
                     .map(|e| clusters::endpoint(e))
@@ -76,13 +79,15 @@ fn with_owner<T: Send>(
 ) -> Result<T, ClusterError> {
     match target {
         Target::Remote {
+            dir,
             endpoints,
             credentials,
         } => {
             let mut last = ClusterError::Usage("no Curator endpoint given".into());
+            let mut credentials = (**credentials).clone();
             for &address in endpoints {
                 let answer = runtime(Path::new("."))?.block_on(async {
-                    let mut owner = Owner::at(address, credentials).await?;
+                    let mut owner = Owner::at(address, &mut credentials, dir).await?;
                     call(&mut owner).await
                 });
                 match answer {
@@ -102,7 +107,7 @@ fn with_local_owner<T: Send>(
     dir: &Path,
     call: impl AsyncFn(&mut Owner) -> Result<T, OwnerError> + Sync,
 ) -> Result<T, ClusterError> {
-    let credentials = Credentials::load(dir)?;
+    let mut credentials = Credentials::load(dir)?;
     let mut last = ClusterError::Usage(format!("no node listed in {}", dir.display()));
     for node in launched(dir)? {
         let (Some(id), Some(address), Some(namespace)) = (
@@ -118,6 +123,7 @@ fn with_local_owner<T: Send>(
         };
         let answer = within(namespace, || {
             runtime(dir)?.block_on(async {
+                credentials.renew_if_due(&curator, dir).await?;
                 let mut owner = Owner::connect(
                     &curator,
                     &credentials.ca,

@@ -1,13 +1,16 @@
-//! The owner's `AAA` service: Escrow, which gives the initial owner its certificate once.
+//! The owner's `AAA` service: Escrow, which gives the initial owner its certificate, the same
+//! one until it is due for renewal (two thirds into its life), then a new one that replaces it
+//! (the old one no longer passes the owner check, which compares the stored certificate).
 
 use tonic::{Request, Response};
 
 use super::auth::{caller_key, matches_stored};
 use super::{Answer, Services};
+use crate::consensus::ConsensusError;
 use crate::curator::records::{self, OWNER_CERTIFICATE};
 use crate::curator::CuratorError;
 use crate::issuer::Issue;
-use crate::pki::Template;
+use crate::pki::{renewal_due, Template};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::{EscrowRequest, EscrowResponse};
 
@@ -24,12 +27,12 @@ impl Aaa for Services {
         if !matches_stored(owner, key.as_bytes()) {
             return Err(CuratorError::NotInitialOwner.into());
         }
-        if let Some(certificate) = records
+        let (stored, revision) = records
             .kv()
-            .get(OWNER_CERTIFICATE)
+            .get_versioned(OWNER_CERTIFICATE)
             .await
-            .map_err(CuratorError::from)?
-        {
+            .map_err(CuratorError::from)?;
+        if let Some(certificate) = stored.filter(|c| !renewal_due(c)) {
             return Ok(Response::new(EscrowResponse {
                 owner_certificate: certificate,
             }));
@@ -44,12 +47,26 @@ impl Aaa for Services {
             .map_err(CuratorError::from)?
             .map_err(CuratorError::from)?;
         // Of two concurrent escrows, both answer the certificate that was stored first.
-        let certificate = records
-            .kv()
-            .ensure(OWNER_CERTIFICATE, &issued.der)
+        let kv = records.kv();
+        let puts = [(OWNER_CERTIFICATE, issued.der.as_slice())];
+        let written = kv
+            .swap(OWNER_CERTIFICATE, revision, &[], &puts, &[])
             .await
             .map_err(CuratorError::from)?;
-        slog::info!(self.log, "the owner took ownership");
+        let certificate = match written {
+            true => issued.der,
+            false => kv
+                .get(OWNER_CERTIFICATE)
+                .await
+                .map_err(CuratorError::from)?
+                .ok_or_else(|| {
+                    CuratorError::from(ConsensusError::Vanished(OWNER_CERTIFICATE.into()))
+                })?,
+        };
+        match revision {
+            0 => slog::info!(self.log, "the owner took ownership"),
+            _ => slog::info!(self.log, "the owner certificate renewed"),
+        }
         Ok(Response::new(EscrowResponse {
             owner_certificate: certificate,
         }))

@@ -22,16 +22,20 @@ impl Services {
         presented: Option<&[u8]>,
     ) -> Result<(), CuratorError> {
         let presented = presented.ok_or(CuratorError::Unauthenticated)?;
-        let stored = match self.owner_certificate.get() {
-            Some(stored) => Some(stored.clone()),
-            None => {
-                let read = self.records.clone().kv().get(OWNER_CERTIFICATE).await?;
-                if let Some(stored) = &read {
-                    let _ = self.owner_certificate.set(stored.clone());
-                }
-                read
-            }
-        };
+        let cached = self
+            .owner_certificate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if matches_stored(cached, presented) {
+            return Ok(());
+        }
+        // Perhaps renewed since it was read (by this Curator or another).
+        let stored = self.records.clone().kv().get(OWNER_CERTIFICATE).await?;
+        *self
+            .owner_certificate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stored.clone();
         match matches_stored(stored, presented) {
             true => Ok(()),
             false => Err(CuratorError::NotOwner),

@@ -41,9 +41,9 @@ pub struct Services {
     /// The cluster CA's certificate, once the issuer has answered it: it never changes, and the
     /// unauthenticated GetCACertificate must not queue in the issuer's mailbox.
     ca: Arc<tokio::sync::OnceCell<Vec<u8>>>,
-    /// The owner certificate, once read: Escrow writes it once and answers the same one ever
-    /// after, so every Management call need not read it from etcd again.
-    owner_certificate: Arc<std::sync::OnceLock<Vec<u8>>>,
+    /// The owner certificate as last read, so that every Management call need not read it
+    /// from etcd: read again only when a caller presents another (Escrow renewed it).
+    owner_certificate: Arc<std::sync::RwLock<Option<Vec<u8>>>>,
     log: slog::Logger,
 }
 

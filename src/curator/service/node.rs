@@ -147,7 +147,7 @@ impl Curator for Services {
             .await?;
         // A node that was off past two thirds of its certificate's life (or past its end)
         // rejoins with a new one: it could not renew it by itself.
-        let due = pki::renew_at(&node.node_certificate).map_or(true, |at| at <= pki::unix_now());
+        let due = pki::renewal_due(&node.node_certificate);
         let node = match due {
             true => {
                 let public = verifying_key(&node.public_key, "the record's public key")?;
