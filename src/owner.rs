@@ -90,7 +90,8 @@ fn call(call: &'static str) -> impl FnOnce(tonic::Status) -> OwnerError {
     move |status| OwnerError::Call { call, status }
 }
 
-/// Take ownership: prove the owner key, get the owner certificate (the same one every time).
+/// Take ownership: prove the owner key, get the owner certificate (the same one until it is
+/// due for renewal, then a new one that replaces it).
 pub async fn escrow(
     curator: &CuratorAddress,
     ca: &[u8],
@@ -221,7 +222,7 @@ pub fn read_key(path: &Path) -> Result<SigningKey, OwnerError> {
 /// Take ownership of the cluster whose Curator answers at `address` with `key` (the owner key
 /// named at bootstrap): meet its CA (trust on first use), which `accept_ca` must accept (e.g.
 /// by its fingerprint), then Escrow. Answers the credentials; the same every time for the same
-/// key, as Escrow answers the same certificate.
+/// key while the certificate is not due for renewal, as Escrow answers the same one.
 pub async fn take_ownership(
     address: SocketAddr,
     key: SigningKey,

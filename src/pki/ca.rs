@@ -21,7 +21,7 @@ pub const CURATOR_URI: &str = "urn:polis:role:curator";
 
 /// How long certificates are valid unless their issuer bounds them ([`CertificateAuthority::
 /// issue_valid_for`]): the CA's own, ephemeral ones, and those whose holders cannot renew them
-/// yet (etcd peer, owner; issue 13).
+/// yet (etcd peer certificates; issue 13).
 const VALIDITY: Duration = Duration::days(365 * 20);
 /// Tolerance for clocks that run behind the issuer's.
 pub(super) const BACKDATE: Duration = Duration::hours(1);
