@@ -4,7 +4,7 @@
 //! mark, and presenting the identity the call needs (ephemeral from the node key or join key, or
 //! the node certificate). A directory whose CRL went stale (the node was off past its
 //! nextUpdate) is not used as it is, nor is its CRL ignored: the current CRL is asked of the
-//! Curators first and checked against the CA, which signed it.
+//! Curators first, checked against the CA, which signed it, and the newest taken.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -38,8 +38,8 @@ pub enum ReachError {
 }
 
 /// A channel to the first Curator of `directory` that completes a handshake, trusting only the
-/// cluster CA `ca` with the directory's CRL (or, if that is stale, the current one a Curator
-/// hands over), and presenting what `identity` builds (a fresh one per attempt, as rustls
+/// cluster CA `ca` with the directory's CRL (or, if that is stale, the newest current one the
+/// Curators hand over), and presenting what `identity` builds (a fresh one per attempt, as rustls
 /// consumes it). Nodes the directory does not mark as Curators are never dialled.
 pub async fn connect(
     directory: &ClusterDirectory,
@@ -54,19 +54,19 @@ pub async fn connect(
         ca: ca.to_vec(),
         crls: (!crl.is_empty()).then_some(crl).into_iter().collect(),
     };
-    first_answer(
-        directory,
-        &trust,
-        &identity,
-        |channel| async move { Ok(channel) },
-        ReachError::Unreachable,
-    )
-    .await
+    let connected = |channel| async move { Ok(channel) };
+    let (mut channels, failures) =
+        ask_curators(directory, &trust, &identity, connected, Until::First).await?;
+    channels
+        .pop()
+        .ok_or_else(|| unanswered(failures, ReachError::Unreachable))
 }
 
-/// The cluster CA's current CRL, from the first Curator of `directory` that hands over one the
-/// CA signed, current and no older than the directory's. Asked without the stale CRL, which
-/// would refuse every server; the CRL checks itself, so who serves it does not matter.
+/// The cluster CA's current CRL: the newest that the Curators of `directory` hand over, of
+/// those the CA signed, current and no older than the directory's. Asked of every Curator that
+/// answers, without the stale CRL (which would refuse every server): the CRL checks itself, and
+/// the newest wins, so a Curator revoked since (which could still hand over a current list from
+/// before its revocation) is outvoted by any other that answers.
 async fn current_crl(
     directory: &ClusterDirectory,
     ca: &[u8],
@@ -88,24 +88,37 @@ async fn current_crl(
                 current.number
             ));
         }
-        Ok(answer.crl)
+        Ok((current.number, answer.crl))
     };
-    first_answer(directory, &pinned, identity, ask, ReachError::NoCurrentCrl).await
+    let (crls, failures) = ask_curators(directory, &pinned, identity, ask, Until::All).await?;
+    crls.into_iter()
+        .max_by_key(|(number, _)| *number)
+        .map(|(_, crl)| crl)
+        .ok_or_else(|| unanswered(failures, ReachError::NoCurrentCrl))
 }
 
-/// What `ask` answers of the first Curator of `directory` to complete a handshake (trusting
-/// `trust`) and answer; if every one failed, `failed` of their failures.
-async fn first_answer<T, F>(
+/// How many Curators [`ask_curators`] asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until one answers.
+    First,
+    /// Every one.
+    All,
+}
+
+/// What `ask` answers of the Curators of `directory` that complete a handshake (trusting
+/// `trust`), in turn, as `until` says; with the failures of the others.
+async fn ask_curators<T, F>(
     directory: &ClusterDirectory,
     trust: &Trust,
     identity: &impl Fn() -> Result<Identity, TlsError>,
     ask: impl Fn(Channel) -> F,
-    failed: fn(String) -> ReachError,
-) -> Result<T, ReachError>
+    until: Until,
+) -> Result<(Vec<T>, Vec<String>), ReachError>
 where
     F: Future<Output = Result<T, String>>,
 {
-    let mut failures = Vec::new();
+    let (mut answers, mut failures) = (Vec::new(), Vec::new());
     for node in directory.nodes.iter().filter(|n| n.curator) {
         for address in &node.addresses {
             let Ok(ip) = address.host.parse::<IpAddr>() else {
@@ -118,13 +131,22 @@ where
                 Err(e) => Err(e.to_string()),
             };
             match answer {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => answers.push(answer),
                 Err(e) => failures.push(e),
+            }
+            if until == Until::First && !answers.is_empty() {
+                return Ok((answers, failures));
             }
         }
     }
+    Ok((answers, failures))
+}
+
+/// The error for no answer: the directory named no Curator to ask, or `failed` of every
+/// failure.
+fn unanswered(failures: Vec<String>, failed: fn(String) -> ReachError) -> ReachError {
     match failures.is_empty() {
-        true => Err(ReachError::EmptyDirectory),
-        false => Err(failed(failures.join("; "))),
+        true => ReachError::EmptyDirectory,
+        false => failed(failures.join("; ")),
     }
 }
