@@ -9,16 +9,12 @@ use std::time::Duration;
 
 use crate::consensus::{ConsensusError, NamespacedKv};
 use crate::pki::{
-    hex, not_after, read_crl, serial_of, unix_now, CertificateAuthority, PkiError,
-    DEFAULT_CRL_VALIDITY,
+    hex, not_after, read_crl, serial_of, unix_now, CertificateAuthority, CrlInfo, PkiError,
+    BACKDATE, DEFAULT_CRL_VALIDITY,
 };
 
 /// Where revoked certificates are listed, under the CA's namespace.
 const REVOKED: &str = "revoked/";
-
-/// How long after its notAfter a revoked certificate is still listed: the tolerance its issuer
-/// gave clocks that run behind.
-const EXPIRY_GRACE_S: i64 = 3600;
 
 /// Why a certificate could not be revoked or a CRL reissued.
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +41,10 @@ pub async fn revoke(
     let entry = format!("{REVOKED}{}", hex(&serial));
     loop {
         let list = List::read(kv, crl_key).await?;
-        if let (Some(crl), true) = (&list.crl, list.lists(&serial)) {
+        if let (Some((crl, _)), true) = (&list.crl, list.lists(&serial)) {
             return Ok(crl.clone());
         }
-        let validity = list.validity()?.unwrap_or(DEFAULT_CRL_VALIDITY);
+        let validity = list.validity().unwrap_or(DEFAULT_CRL_VALIDITY);
         let mut serials = list.current_serials(unix_now());
         if !list.lists(&serial) {
             serials.push(serial.clone());
@@ -82,8 +78,8 @@ pub async fn reissue_if_due(
     let validity_s = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX);
     loop {
         let list = List::read(kv, crl_key).await?;
-        if let Some(crl) = &list.crl {
-            if !read_crl(crl)?.due(validity_s, unix_now()) {
+        if let Some((_, info)) = &list.crl {
+            if !info.due(validity_s, unix_now()) {
                 return Ok(None);
             }
         }
@@ -99,7 +95,8 @@ pub async fn reissue_if_due(
 
 /// A revocation list as etcd holds it: the CRL and the revoked certificates.
 struct List {
-    crl: Option<Vec<u8>>,
+    /// The CRL (DER) and what it says of itself.
+    crl: Option<(Vec<u8>, CrlInfo)>,
     /// The CRL's revision, which guards a replacement.
     revision: i64,
     entries: Vec<Entry>,
@@ -117,6 +114,9 @@ struct Entry {
 impl List {
     async fn read(kv: &mut NamespacedKv, crl_key: &str) -> Result<List, RevocationError> {
         let (crl, revision) = kv.get_versioned(crl_key).await?;
+        let crl = crl
+            .map(|der| read_crl(&der).map(|info| (der, info)))
+            .transpose()?;
         let entries = kv
             .list(REVOKED)
             .await?
@@ -148,18 +148,16 @@ impl List {
     }
 
     /// How long the current CRL was issued to be current for.
-    fn validity(&self) -> Result<Option<Duration>, PkiError> {
+    fn validity(&self) -> Option<Duration> {
         self.crl
-            .as_deref()
-            .map(read_crl)
-            .transpose()
-            .map(|info| info.map(|i| Duration::from_secs((i.next_update - i.issued).max(0) as u64)))
+            .as_ref()
+            .map(|(_, i)| Duration::from_secs((i.next_update - i.issued).max(0) as u64))
     }
 
     fn expired(entry: &Entry, now: i64) -> bool {
         entry
             .not_after
-            .is_some_and(|at| at.saturating_add(EXPIRY_GRACE_S) < now)
+            .is_some_and(|at| at.saturating_add(BACKDATE.whole_seconds()) < now)
     }
 
     /// The serials of the entries whose certificates have not expired at `now`.
@@ -183,10 +181,7 @@ impl List {
         validity: Duration,
         puts: &[(&str, &[u8])],
     ) -> Result<Option<Vec<u8>>, RevocationError> {
-        let number = match &self.crl {
-            Some(crl) => read_crl(crl)?.number + 1,
-            None => 1,
-        };
+        let number = self.crl.as_ref().map_or(1, |(_, info)| info.number + 1);
         let crl = ca.crl(number, serials, validity)?;
         let now = unix_now();
         let expired: Vec<&str> = self
@@ -223,8 +218,9 @@ mod tests {
             revision: 0,
             entries: vec![entry(1, Some(1000)), entry(2, Some(5000)), entry(3, None)],
         };
-        assert_eq!(list.current_serials(1000 + EXPIRY_GRACE_S), [[1], [2], [3]]);
-        assert_eq!(list.current_serials(1001 + EXPIRY_GRACE_S), [[2], [3]]);
+        let grace = BACKDATE.whole_seconds();
+        assert_eq!(list.current_serials(1000 + grace), [[1], [2], [3]]);
+        assert_eq!(list.current_serials(1001 + grace), [[2], [3]]);
         assert_eq!(list.current_serials(i64::MAX), [[3]]);
     }
 }

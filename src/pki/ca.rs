@@ -23,8 +23,9 @@ pub const CURATOR_URI: &str = "urn:polis:role:curator";
 /// issue_valid_for`]): the CA's own, ephemeral ones, and those whose holders cannot renew them
 /// yet (etcd peer certificates; issue 13).
 const VALIDITY: Duration = Duration::days(365 * 20);
-/// Tolerance for clocks that run behind the issuer's.
-pub(super) const BACKDATE: Duration = Duration::hours(1);
+/// Tolerance for clocks that run behind the issuer's: certificates and CRLs are valid from this
+/// long before their issue, and revoked certificates stay listed this long past their expiry.
+pub const BACKDATE: Duration = Duration::hours(1);
 
 /// Why a certificate could not be made or a key not read.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,9 @@ mod crl;
 mod identity;
 mod serial;
 
-pub use ca::{self_signed_client, CertificateAuthority, Issued, PkiError, Template, CURATOR_URI};
+pub use ca::{
+    self_signed_client, CertificateAuthority, Issued, PkiError, Template, BACKDATE, CURATOR_URI,
+};
 pub use credentials::{read_pem, to_pem, CredentialsError, NodeCredentials};
 pub use crl::{read_crl, revoked_serials, verify_crl, CrlInfo, DEFAULT_CRL_VALIDITY};
 pub use identity::{
