@@ -97,6 +97,14 @@ pub enum LaunchError {
     /// A VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A node's TPM refused what the harness asked of it.
+    #[error("node {node}'s TPM: {source}")]
+    Tpm {
+        /// The node.
+        node: usize,
+        /// What the TPM said.
+        source: crate::tpm::TpmError,
+    },
 }
 
 /// How a local cluster's nodes run.
@@ -350,6 +358,18 @@ impl LocalCluster {
                 Err(e) => Err(Some(e)),
             })
             .map_err(|e| e.map_or_else(|| self.timed_out(i, "start its swtpm"), Into::into))
+    }
+
+    /// Extend PCR 7 of node `i`'s TPM with `event`, as firmware does when the Secure Boot state
+    /// changes (a dbx or firmware update): the value lasts until its swtpm restarts. For nodes
+    /// run as processes, whose swtpm the harness starts.
+    pub fn extend_pcr7(&mut self, i: usize, event: &[u8]) -> Result<(), LaunchError> {
+        self.ensure_swtpm(i)?;
+        let tcti = format!("swtpm:host=127.0.0.1,port={SWTPM_PORT}");
+        let extended = within(&self.nodes[i].namespace, || {
+            crate::tpm::Sealer::connect(&tcti)?.extend_pcr7(event)
+        })?;
+        extended.map_err(|source| LaunchError::Tpm { node: i, source })
     }
 
     /// Whether node `i`'s `polis-node` (or VM) still runs; reaps it if it ended.

@@ -56,8 +56,10 @@ pub fn tree_spec(config: &NodeConfig) -> (SupervisorSpec, NodeState) {
     let (network, _) = ChildSpec::worker("network", move || {
         Ok(Network::new(source.clone(), status.clone()))
     });
-    let tpm_config = config.tpm.clone();
-    let (tpm, tpm_ref) = ChildSpec::worker("tpm", move || Ok(Tpm::new(tpm_config.clone())));
+    let (tpm_config, tpm_esp) = (config.tpm.clone(), Esp::new(config.lifecycle.root.clone()));
+    let (tpm, tpm_ref) = ChildSpec::worker("tpm", move || {
+        Ok(Tpm::new(tpm_config.clone(), tpm_esp.clone()))
+    });
     let storage_config = config.storage.clone();
     let storage_tpm = tpm_ref.clone();
     let (storage, storage_ref) = ChildSpec::worker("storage", move || {

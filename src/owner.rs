@@ -15,9 +15,10 @@ use crate::pki::{certificate_node_id, node_id, renewal_due};
 use crate::proto::api::aaa_client::AaaClient;
 use crate::proto::api::management_client::ManagementClient;
 use crate::proto::api::{
-    ApproveNodeRequest, DecommissionNodeRequest, EscrowRequest, GetClusterInfoRequest,
-    GetClusterInfoResponse, GetNodesRequest, GetRegisterTicketRequest, Node,
-    RotateRegisterTicketRequest, UpdateNodeRolesRequest,
+    ApproveNodeRequest, DecidePcrRequestRequest, DecommissionNodeRequest, EscrowRequest,
+    GetClusterInfoRequest, GetClusterInfoResponse, GetNodesRequest, GetPcrRequestsRequest,
+    GetRegisterTicketRequest, Node, PcrRequest, RotateRegisterTicketRequest,
+    UpdateNodeRolesRequest,
 };
 use crate::proto::curator::curator_local_client::CuratorLocalClient;
 use crate::proto::curator::GetCaCertificateRequest;
@@ -340,6 +341,35 @@ impl Owner {
             })
             .await
             .map_err(call("UpdateNodeRoles"))?;
+        Ok(())
+    }
+
+    /// The PCR 7 values nodes ask the owner to approve (undecided or refused).
+    pub async fn pcr_requests(&mut self) -> Result<Vec<PcrRequest>, OwnerError> {
+        let response = self
+            .client
+            .get_pcr_requests(GetPcrRequestsRequest {})
+            .await
+            .map_err(call("GetPcrRequests"))?;
+        Ok(response.into_inner().requests)
+    }
+
+    /// Approve (or refuse) node `id`'s request for PCR 7 value `pcr7`, the value the owner was
+    /// shown: a node that asks for another value meanwhile is not approved by this.
+    pub async fn decide_pcr(
+        &mut self,
+        id: &str,
+        pcr7: &[u8],
+        approve: bool,
+    ) -> Result<(), OwnerError> {
+        self.client
+            .decide_pcr_request(DecidePcrRequestRequest {
+                id: id.to_owned(),
+                requested_pcr7: pcr7.to_vec(),
+                approve,
+            })
+            .await
+            .map_err(call("DecidePcrRequest"))?;
         Ok(())
     }
 

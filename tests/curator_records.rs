@@ -278,6 +278,8 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
             address: "198.18.0.2".into(),
             peer_ca_certificate: vec![5],
             peer_certificate: vec![6],
+            recovery_key: vec![7],
+            pcr7: vec![8; 32],
         })
     };
     assert!(records.bootstrap(b"owner", first(3)).await.unwrap());

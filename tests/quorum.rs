@@ -81,8 +81,10 @@ async fn a_member_recovers_its_cuk_from_its_peers_shares_and_only_it_does() {
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(&dir.path().join("swtpm"), &common::quiet()).unwrap();
     let tcti = swtpm.tcti();
-    let (tpm_spec, tpm) =
-        ChildSpec::worker("tpm", move || Ok(Tpm::new(TpmConfig::Tcti(tcti.clone()))));
+    let esp = Esp::new(NodeRoot::new(dir.path()));
+    let (tpm_spec, tpm) = ChildSpec::worker("tpm", move || {
+        Ok(Tpm::new(TpmConfig::Tcti(tcti.clone()), esp.clone()))
+    });
     let tpm_tree = Tree::start(
         SupervisorSpec::new(Strategy::OneForOne).child(tpm_spec),
         common::quiet(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use polis::poll::Poll;
 use polis::storage::{
-    DataBackend, DataError, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Storage,
+    DataBackend, DataError, Esp, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Storage,
     StorageConfig, StorageError, UnlockKey,
 };
 use polis::tpm::{Swtpm, Tpm, TpmConfig};
@@ -16,8 +16,10 @@ use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
 
 /// A node's `core` subtree as DESIGN §2 orders it: storage, then tpm.
 async fn core(root: &Path, tcti: String) -> (Tree, ActorRef<Storage>) {
-    let (tpm_spec, tpm) =
-        ChildSpec::worker("tpm", move || Ok(Tpm::new(TpmConfig::Tcti(tcti.clone()))));
+    let esp = Esp::new(NodeRoot::new(root));
+    let (tpm_spec, tpm) = ChildSpec::worker("tpm", move || {
+        Ok(Tpm::new(TpmConfig::Tcti(tcti.clone()), esp.clone()))
+    });
     let config = StorageConfig {
         root: NodeRoot::new(root),
         backend: DataBackend::Directory,

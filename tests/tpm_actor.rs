@@ -6,18 +6,23 @@ mod common;
 /// What these tests seal.
 const KIND: SealedKind = SealedKind::Configuration;
 
+use std::path::Path;
 use std::time::Duration;
 
 use polis::poll::{holds, Poll};
 use polis::proto::private::sealed_envelope::Protection;
+use polis::storage::{Esp, NodeRoot};
 use polis::tpm::{Random, Seal, SealedKind, Swtpm, Tpm, TpmConfig, TpmError, Unseal};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree, TreeError};
 
 /// How long a killed actor may take to serve again.
 const BACK: Poll = Poll::new(Duration::from_millis(5), Duration::from_secs(30));
 
-async fn start(config: TpmConfig) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
-    let (spec, tpm) = ChildSpec::worker("tpm", move || Ok(Tpm::new(config.clone())));
+/// A TPM actor for `config`, whose node root (the ESP it looks for a PCR authority on) is
+/// `root`.
+async fn start(config: TpmConfig, root: &Path) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
+    let esp = Esp::new(NodeRoot::new(root));
+    let (spec, tpm) = ChildSpec::worker("tpm", move || Ok(Tpm::new(config.clone(), esp.clone())));
     let root = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10, Duration::from_secs(10))
         .child(spec);
@@ -28,7 +33,9 @@ async fn start(config: TpmConfig) -> Result<(Tree, ActorRef<Tpm>), TreeError> {
 async fn seals_unseals_and_serializes_concurrent_requests() {
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
-    let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
+    let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti()), dir.path())
+        .await
+        .unwrap();
     let sealed = tpm
         .ask(Seal(KIND, b"join key".to_vec().into()))
         .await
@@ -53,7 +60,9 @@ async fn seals_unseals_and_serializes_concurrent_requests() {
 async fn requests_succeed_again_after_each_kind_of_kill() {
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
-    let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
+    let (tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti()), dir.path())
+        .await
+        .unwrap();
     let sealed = tpm
         .ask(Seal(KIND, b"survives".to_vec().into()))
         .await
@@ -76,7 +85,8 @@ async fn requests_succeed_again_after_each_kind_of_kill() {
 
 #[actix_rt::test]
 async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
-    let (tree, insecure) = start(TpmConfig::InsecureNone).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, insecure) = start(TpmConfig::InsecureNone, dir.path()).await.unwrap();
     tree.kill("/tpm", Kill::Crash).unwrap();
     BACK.until(async || {
         let generation = tree.registry().actor("/tpm").unwrap().generation;
@@ -109,7 +119,9 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
 
     let dir = tempfile::tempdir().unwrap();
     let swtpm = Swtpm::start(dir.path(), &common::quiet()).unwrap();
-    let (tpm_tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti())).await.unwrap();
+    let (tpm_tree, tpm) = start(TpmConfig::Tcti(swtpm.tcti()), dir.path())
+        .await
+        .unwrap();
     let refused = tpm.ask(Unseal(KIND, plaintext)).await.unwrap();
     assert!(
         matches!(refused, Err(TpmError::SealedCorrupted(ref r)) if r.contains("plaintext")),
@@ -129,7 +141,8 @@ async fn insecure_mode_warns_at_every_start_and_never_mixes_protections() {
 async fn a_missing_tpm_fails_the_start_with_the_place_it_looked() {
     let port = common::free_port();
     let tcti = format!("swtpm:host=127.0.0.1,port={port}");
-    match start(TpmConfig::Tcti(tcti.clone())).await {
+    let dir = tempfile::tempdir().unwrap();
+    match start(TpmConfig::Tcti(tcti.clone()), dir.path()).await {
         Err(TreeError::StartFailed(reason)) => {
             assert!(reason.to_string().contains(&tcti), "{reason}")
         }

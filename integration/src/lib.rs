@@ -81,3 +81,40 @@ pub async fn until_following(cluster: &polis::launch::LocalCluster, i: usize) {
         .await
         .unwrap();
 }
+
+/// A channel to node `i`'s Curator as an unknown client: pinned to `ca`, presenting an
+/// ephemeral certificate of `key` (as a registering node, or one whose keys are locked away).
+pub async fn dial_curator(
+    cluster: &polis::launch::LocalCluster,
+    i: usize,
+    ca: &[u8],
+    key: &ed25519_dalek::SigningKey,
+) -> Result<tonic::transport::Channel, String> {
+    use polis::tls::{curator_client_config, Identity, Trust};
+    let trust = Trust::pinned(ca.to_vec());
+    let identity = Identity::ephemeral(key).map_err(|e| e.to_string())?;
+    let config = curator_client_config(Some(identity), &trust).map_err(|e| e.to_string())?;
+    let addr = std::net::SocketAddr::new(cluster.nodes[i].address, polis::curator::CURATOR_PORT);
+    let name = cluster.nodes[i].id().ok_or("the node has no ID yet")?;
+    polis::grpc::channel(addr, &name, config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `polisctl ARGS` with `config` as its XDG configuration directory and no local cluster, its
+/// output echoed to the test's.
+pub fn polisctl(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new(polisctl_binary())
+        .env("XDG_CONFIG_HOME", config)
+        .args(["--dir", "/nonexistent/polis-cluster"])
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "polisctl {args:?}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}

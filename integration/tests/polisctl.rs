@@ -5,30 +5,11 @@
 //! through --endpoint and --credentials alone.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Output};
 
 use polis::launch::LocalCluster;
 use polis::owner::{CA_FILE, KEY_FILE};
 use polis::pki::fingerprint;
-use polis_integration::{polis_node_binary, polisctl_binary, test_logger, until_following};
-
-/// `polisctl ARGS` with `config` as its XDG configuration directory and no local cluster.
-fn polisctl(config: &Path, args: &[&str]) -> Output {
-    let output = Command::new(polisctl_binary())
-        .env("XDG_CONFIG_HOME", config)
-        .args(["--dir", "/nonexistent/polis-cluster"])
-        .args(args)
-        .output()
-        .unwrap();
-    eprintln!(
-        "polisctl {args:?}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use polis_integration::{polis_node_binary, polisctl, test_logger, until_following};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_launched_elsewhere_is_managed_from_its_endpoint_and_credentials() {

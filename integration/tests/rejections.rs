@@ -24,17 +24,12 @@ use polis::proto::curator::{
     CommitNodeRequest, GetCaCertificateRequest, JoinNodeRequest, RegisterNodeRequest, WatchRequest,
 };
 use polis::tls::{curator_client_config, Identity, Trust};
-use polis_integration::{polis_node_binary, test_logger, RETIREMENT_PATIENCE};
+use polis_integration::{dial_curator, polis_node_binary, test_logger, RETIREMENT_PATIENCE};
 use tonic::transport::Channel;
 use tonic::Code;
 
 async fn dial(cluster: &LocalCluster, ca: &[u8], key: &SigningKey) -> Result<Channel, String> {
-    let trust = Trust::pinned(ca.to_vec());
-    let config = curator_client_config(Some(Identity::ephemeral(key).unwrap()), &trust).unwrap();
-    let addr = SocketAddr::new(cluster.nodes[0].address, CURATOR_PORT);
-    channel(addr, &cluster.nodes[0].id().unwrap(), config)
-        .await
-        .map_err(|e| e.to_string())
+    dial_curator(cluster, 0, ca, key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,6 +46,7 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         register_ticket: ticket,
         join_key: join_key.verifying_key().to_bytes().to_vec(),
         external_address: "198.18.0.99".into(),
+        ..Default::default()
     };
 
     // A reported address that is not an IP address is refused (it would become a peer URL).
@@ -58,6 +54,17 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     odd.external_address = "198.18.0.99:1@elsewhere".into();
     let odd = client.register_node(odd).await.unwrap_err();
     assert_eq!(odd.code(), Code::InvalidArgument, "{odd}");
+    // A recovery key that is no P-256 point, or one without a PCR 7 value, is refused: the
+    // record would promise a recovery that could never be checked.
+    for (recovery_key, pcr7) in [
+        (vec![4; 10], vec![0; 32]),
+        ([vec![4], vec![1; 64]].concat(), vec![]),
+    ] {
+        let mut bad = register(ticket.clone());
+        (bad.recovery_key, bad.pcr7) = (recovery_key, pcr7);
+        let bad = client.register_node(bad).await.unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{bad}");
+    }
     assert!(odd.message().contains("not an IP address"), "{odd}");
 
     let wrong = client
@@ -118,6 +125,7 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         register_ticket: ticket,
         join_key: generate_key().unwrap().verifying_key().to_bytes().to_vec(),
         external_address: "198.18.0.98".into(),
+        ..Default::default()
     };
     let stale = as_latecomer.register_node(late(old)).await.unwrap_err();
     assert_eq!(stale.code(), Code::PermissionDenied, "{stale}");

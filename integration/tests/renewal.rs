@@ -11,12 +11,12 @@
 //! JoinNode, by its join key, hands it a new certificate.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use polis::issuer::Lifetimes;
 use polis::launch::LocalCluster;
-use polis::pki::{read_pem, revoked_serials, verify_crl, CrlInfo};
+use polis::pki::{read_pem, revoked_serials, unix_now as now, verify_crl, CrlInfo};
 use polis_integration::{polis_node_binary, test_logger, until_following};
 
 /// The node-certificate lifetime the cluster is bootstrapped with.
@@ -67,13 +67,6 @@ fn peer_crl(cluster: &LocalCluster, i: usize) -> CrlInfo {
 fn owner_expiry(cluster: &LocalCluster) -> Option<i64> {
     let certificate = std::fs::read(cluster.dir().join(polis::owner::CERTIFICATE_FILE)).ok()?;
     polis::pki::not_after(&certificate).ok()
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

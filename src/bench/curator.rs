@@ -125,6 +125,7 @@ impl Caller {
                 register_ticket: self.ticket.clone(),
                 join_key: join.verifying_key().to_bytes().to_vec(),
                 external_address: SYNTHETIC_ADDRESS.to_owned(),
+                ..Default::default()
             })
             .await
             .map_err(refused("RegisterNode"))?;

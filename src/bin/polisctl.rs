@@ -147,6 +147,19 @@ enum Command {
         /// The node's public key, hex.
         pubkey: String,
     },
+    /// List the PCR 7 values nodes ask to have approved (owner call): each node whose Secure Boot
+    /// state changed since it enrolled, with the value approved last and the one it asks for.
+    PcrRequests,
+    /// Approve the PCR 7 value node ID asks for, as `pcr-requests` shows it (owner call): the
+    /// cluster signs it, and the node unseals and rejoins. With --refuse, refuse it: the node
+    /// stops.
+    ApprovePcr {
+        /// The node ID.
+        id: String,
+        /// Refuse the value instead.
+        #[arg(long)]
+        refuse: bool,
+    },
     /// Decommission a node by ID (owner call): it can never join again.
     Decommission {
         /// The node ID.
@@ -333,6 +346,10 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::Approve { pubkey } => owner::approve(&target()?, pubkey)?,
         Command::Decommission { id } => owner::decommission(&target()?, id)?,
+        Command::PcrRequests => {
+            owner::pcr_requests(&target()?, matches!(cli.output, Output::Json))?
+        }
+        Command::ApprovePcr { id, refuse } => owner::approve_pcr(&target()?, id, !refuse)?,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "polisctl", &mut std::io::stdout());

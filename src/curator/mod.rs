@@ -83,6 +83,17 @@ pub enum CuratorError {
         /// What is wrong.
         reason: String,
     },
+    /// A recovery request not signed by the node's recorded recovery key.
+    #[error("the PCR approval request for node {0} is not signed by its recovery key")]
+    BadRecoverySignature(String),
+    /// The node has no PCR request for the value the owner decided on.
+    #[error("node {id} asks for no PCR 7 value {pcr7} (see polisctl pcr-requests)")]
+    NoPcrRequest {
+        /// The node.
+        id: String,
+        /// The value decided on (hex).
+        pcr7: String,
+    },
     /// What is asked is not supported.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -123,8 +134,12 @@ impl CuratorError {
         use CuratorError::*;
         match self {
             Unauthenticated => Code::Unauthenticated,
-            WrongTicket | NotOwner | NotInitialOwner | Decommissioned(_) => Code::PermissionDenied,
-            UnknownNode(_) => Code::NotFound,
+            WrongTicket
+            | NotOwner
+            | NotInitialOwner
+            | Decommissioned(_)
+            | BadRecoverySignature(_) => Code::PermissionDenied,
+            UnknownNode(_) | NoPcrRequest { .. } => Code::NotFound,
             JoinKeyMismatch(_) | JoinKeyInUse(_) | CukMismatch(_) => Code::AlreadyExists,
             NotApproved(_)
             | WrongState { .. }

@@ -12,7 +12,8 @@ use crate::proto::common::node_roles::{consensus_member, ConsensusMember, Kubern
 use crate::proto::common::{
     cluster_directory, Address, ClusterDirectory, NodeRoles, NodeState, NodeStatus,
 };
-use crate::proto::private::{Node, Retirement};
+use crate::proto::private::pcr_request::State as PcrState;
+use crate::proto::private::{Node, PcrRequest, Retirement};
 
 /// The etcd namespace of the Curator.
 pub const NAMESPACE: &str = "/curator/";
@@ -212,21 +213,37 @@ pub fn directory(nodes: &[Node], crl: Vec<u8>) -> ClusterDirectory {
 
 // ---- the node state machine: NEW → STANDBY → UP, and DECOMMISSIONED ----
 
+/// What a registering node says of itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Registration<'a> {
+    /// Its node public key.
+    pub public_key: &'a [u8],
+    /// Its join public key.
+    pub join_key: &'a [u8],
+    /// Where it can be reached.
+    pub address: &'a str,
+    /// Its TPM recovery key (empty without a TPM).
+    pub recovery_key: &'a [u8],
+    /// Its PCR 7 value, which CommitNode approves (empty without a TPM).
+    pub pcr7: &'a [u8],
+}
+
 /// RegisterNode: a new record in NEW; repeating it with the same join key changes nothing.
 pub fn register(
     current: Option<&Node>,
     id: &str,
-    public_key: &[u8],
-    join_key: &[u8],
-    address: &str,
+    new: Registration<'_>,
 ) -> Result<Option<Node>, CuratorError> {
+    let join_key = new.join_key;
     match current {
         None => Ok(Some(Node {
-            public_key: public_key.to_vec(),
+            public_key: new.public_key.to_vec(),
             fsm_state: NodeState::New as i32,
             join_key: join_key.to_vec(),
             id: id.to_owned(),
-            status: Some(status(address)),
+            status: Some(status(new.address)),
+            recovery_key: new.recovery_key.to_vec(),
+            pcr7: new.pcr7.to_vec(),
             ..Node::default()
         })),
         Some(node) if node.fsm_state == NodeState::Decommissioned as i32 => {
@@ -309,6 +326,77 @@ pub fn decommission(nodes: &[Node], id: &str) -> Result<Option<Node>, CuratorErr
     }))
 }
 
+/// RequestPcrApproval, signature checked: node `id` asks for `request.pcr7`. Only an UP node
+/// asks (a decommissioned one is refused). The value approved last needs no request; a new value
+/// replaces an older request, undecided or refused; the same value again changes nothing (a
+/// refused one stays refused).
+pub fn request_pcr(
+    current: Option<&Node>,
+    id: &str,
+    request: PcrRequest,
+) -> Result<Option<Node>, CuratorError> {
+    let node = existing(current, id)?;
+    match NodeState::try_from(node.fsm_state) {
+        Ok(NodeState::Up) => {}
+        Ok(NodeState::Decommissioned) => return Err(CuratorError::Decommissioned(id.to_owned())),
+        _ => {
+            return Err(CuratorError::WrongState {
+                id: id.to_owned(),
+                state: state_name(node.fsm_state),
+                wanted: "UP",
+            })
+        }
+    }
+    let asked_before = node
+        .pcr_request
+        .as_ref()
+        .is_some_and(|r| r.pcr7 == request.pcr7);
+    if node.pcr7 == request.pcr7 || asked_before {
+        return Ok(None);
+    }
+    Ok(Some(Node {
+        pcr_request: Some(PcrRequest {
+            state: PcrState::Pending as i32,
+            ..request
+        }),
+        ..node.clone()
+    }))
+}
+
+/// DecidePcrRequest: the owner approves (it becomes the node's approved value) or refuses
+/// node `id`'s request for `pcr7`, which must be the value it asks for now.
+pub fn decide_pcr(
+    current: Option<&Node>,
+    id: &str,
+    pcr7: &[u8],
+    approve: bool,
+) -> Result<Option<Node>, CuratorError> {
+    let node = existing(current, id)?;
+    if node.fsm_state == NodeState::Decommissioned as i32 {
+        return Err(CuratorError::Decommissioned(id.to_owned()));
+    }
+    let Some(request) = node.pcr_request.as_ref().filter(|r| r.pcr7 == pcr7) else {
+        return Err(CuratorError::NoPcrRequest {
+            id: id.to_owned(),
+            pcr7: hex(pcr7),
+        });
+    };
+    Ok(Some(match approve {
+        true => Node {
+            pcr7: pcr7.to_vec(),
+            pcr_request: None,
+            ..node.clone()
+        },
+        false => Node {
+            pcr_request: Some(PcrRequest {
+                state: PcrState::Refused as i32,
+                ..request.clone()
+            }),
+            ..node.clone()
+        },
+    }))
+}
+
 /// Whether node `node` is decommissioned and not yet fully retired.
 pub fn awaits_retirement(node: &Node) -> bool {
     node.fsm_state == NodeState::Decommissioned as i32
@@ -362,6 +450,10 @@ pub struct FirstNode {
     pub address: String,
     /// The etcd peer CA's certificate.
     pub peer_ca_certificate: Vec<u8>,
+    /// Its TPM recovery key (empty without a TPM).
+    pub recovery_key: Vec<u8>,
+    /// The PCR 7 value it enrolled with (empty without a TPM).
+    pub pcr7: Vec<u8>,
     /// Its etcd peer certificate.
     pub peer_certificate: Vec<u8>,
 }
@@ -393,6 +485,9 @@ pub fn first_node(first: FirstNode) -> Node {
         curator_certificate: Vec::new(),
         retirement: None,
         escrow: None,
+        recovery_key: first.recovery_key,
+        pcr7: first.pcr7,
+        pcr_request: None,
     }
 }
 
@@ -421,17 +516,108 @@ mod tests {
     use super::*;
     use crate::proto::common::NodeRoles;
 
+    /// Node "n" registering with join key `[join_key; 32]`.
+    fn registration(join_key: &[u8; 32]) -> Registration<'_> {
+        Registration {
+            public_key: &[1; 32],
+            join_key,
+            address: "198.18.0.2",
+            recovery_key: b"recovery",
+            pcr7: &[7; 32],
+        }
+    }
+
     fn registered() -> Node {
-        register(None, "n", &[1; 32], &[2; 32], "198.18.0.2")
+        register(None, "n", registration(&[2; 32]))
             .unwrap()
             .unwrap()
+    }
+
+    fn up() -> Node {
+        Node {
+            fsm_state: NodeState::Up as i32,
+            ..registered()
+        }
+    }
+
+    fn asking(pcr7: u8) -> PcrRequest {
+        PcrRequest {
+            pcr7: vec![pcr7; 32],
+            requested_at: 1,
+            ..PcrRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_pcr_request_waits_for_the_owner_who_approves_or_refuses_the_value_shown() {
+        let node = up();
+        assert_eq!(node.recovery_key, b"recovery");
+        assert!(
+            request_pcr(Some(&node), "n", asking(7)).unwrap().is_none(),
+            "the approved value needs no request"
+        );
+        let pending = request_pcr(Some(&node), "n", asking(8)).unwrap().unwrap();
+        let request = pending.pcr_request.clone().unwrap();
+        assert_eq!(request.state, PcrState::Pending as i32);
+        assert!(request_pcr(Some(&pending), "n", asking(8))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            decide_pcr(Some(&pending), "n", &[9; 32], true),
+            Err(CuratorError::NoPcrRequest { .. })
+        ));
+        let approved = decide_pcr(Some(&pending), "n", &[8; 32], true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(approved.pcr7, vec![8; 32]);
+        assert!(approved.pcr_request.is_none());
+
+        let refused = decide_pcr(Some(&pending), "n", &[8; 32], false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(refused.pcr7, vec![7; 32]);
+        assert_eq!(
+            refused.pcr_request.as_ref().unwrap().state,
+            PcrState::Refused as i32
+        );
+        assert!(
+            request_pcr(Some(&refused), "n", asking(8))
+                .unwrap()
+                .is_none(),
+            "a refused value stays refused"
+        );
+        let again = request_pcr(Some(&refused), "n", asking(9))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            again.pcr_request.unwrap().state,
+            PcrState::Pending as i32,
+            "another value is a new request"
+        );
+    }
+
+    #[test]
+    fn only_an_up_node_may_ask_for_a_pcr_value() {
+        let gone = decommission(&[up()], "n").unwrap().unwrap();
+        assert!(matches!(
+            request_pcr(Some(&gone), "n", asking(8)),
+            Err(CuratorError::Decommissioned(_))
+        ));
+        assert!(matches!(
+            request_pcr(Some(&registered()), "n", asking(8)),
+            Err(CuratorError::WrongState { .. })
+        ));
+        assert!(matches!(
+            request_pcr(None, "n", asking(8)),
+            Err(CuratorError::UnknownNode(_))
+        ));
     }
 
     #[test]
     fn a_node_goes_new_standby_up_and_repeated_calls_change_nothing() {
         let node = registered();
         assert_eq!(node.fsm_state, NodeState::New as i32);
-        assert!(register(Some(&node), "n", &[1; 32], &[2; 32], "x")
+        assert!(register(Some(&node), "n", registration(&[2; 32]))
             .unwrap()
             .is_none());
         assert!(matches!(
@@ -466,14 +652,14 @@ mod tests {
     fn a_decommissioned_node_cannot_register_again_and_another_join_key_is_refused() {
         let node = registered();
         assert!(matches!(
-            register(Some(&node), "n", &[1; 32], &[9; 32], "x"),
+            register(Some(&node), "n", registration(&[9; 32])),
             Err(CuratorError::JoinKeyMismatch(_))
         ));
         let gone = decommission(std::slice::from_ref(&node), "n")
             .unwrap()
             .unwrap();
         assert!(matches!(
-            register(Some(&gone), "n", &[1; 32], &[2; 32], "x"),
+            register(Some(&gone), "n", registration(&[2; 32])),
             Err(CuratorError::Decommissioned(_))
         ));
         assert!(matches!(

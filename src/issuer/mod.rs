@@ -5,6 +5,9 @@
 //! valid for the cluster's node-certificate lifetime and reissued half-way into it
 //! ([`reissue_if_due`]); every issuer of the cluster looks, and the first to write wins.
 //!
+//! It also keeps the cluster's PCR policy key ([`crate::tpm::policy`]) beside the CA, created
+//! the same way, and signs with it the PCR 7 values nodes may unseal at ([`ApprovePcr`]).
+//!
 //! Bootstrap needs no exception: the lifecycle starts the first node's etcd and this issuer before
 //! it asks for the node's certificate.
 
@@ -21,6 +24,7 @@ use crate::consensus::{
     PEER_CRL_KEY,
 };
 use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
+use crate::tpm::policy::{PolicyError, PolicyKey};
 
 mod revocation;
 
@@ -31,6 +35,8 @@ pub const NAMESPACE: &str = "/cluster-pki/";
 const CA_NAME: &str = "Polis cluster CA";
 const CA_CERTIFICATE: &str = "ca/certificate";
 const CA_KEY: &str = "ca/key";
+/// The cluster's PCR policy-signing key (PKCS#8, P-256) under [`NAMESPACE`].
+const PCR_POLICY_KEY: &str = "pcr-policy/key";
 /// The cluster CRL (DER) under [`NAMESPACE`], which servers check clients against.
 pub const CRL_KEY: &str = "crl";
 /// The cluster's certificate lifetimes under [`NAMESPACE`] (seconds, decimal), set once at
@@ -78,6 +84,9 @@ pub enum IssuerError {
     /// A revocation failed.
     #[error(transparent)]
     Revocation(#[from] RevocationError),
+    /// The PCR policy key is unusable, or a PCR value malformed.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// The CA is not loaded yet (the issuer is not healthy yet).
     #[error("the cluster CA is not loaded yet")]
     NotReady,
@@ -109,6 +118,13 @@ async fn ensure_ca(
         &key,
         certificate,
     )?)
+}
+
+/// Load the cluster's PCR policy key from etcd, or store a new one if there is none (a cluster
+/// made before Polis sealed under a PCR policy gets one at its issuers' next start).
+async fn ensure_policy_key(kv: &mut NamespacedKv) -> Result<PolicyKey, IssuerError> {
+    let stored = kv.ensure(PCR_POLICY_KEY, &PolicyKey::generate()?).await?;
+    Ok(PolicyKey::from_pkcs8(&stored)?)
 }
 
 /// The cluster's certificate lifetimes: `candidate` stored where none is (`None`: only read),
@@ -189,6 +205,27 @@ impl Message for GetCaCertificate {
     type Reply = Result<Vec<u8>, IssuerError>;
 }
 
+/// Approve PCR 7 value `pcr7` for node `node_id`: its TPM may unseal where PCR 7 holds it.
+/// Only enrolment (the value a node enrolled with) and the owner's decision ask for this.
+pub struct ApprovePcr {
+    /// The node.
+    pub node_id: String,
+    /// The PCR 7 value (SHA-256 bank).
+    pub pcr7: Vec<u8>,
+}
+impl Message for ApprovePcr {
+    type Reply = Result<PcrApproval, IssuerError>;
+}
+
+/// The policy key's approval of a PCR 7 value for a node.
+#[derive(Clone, Debug)]
+pub struct PcrApproval {
+    /// The cluster's PCR policy key (uncompressed P-256 point).
+    pub policy_key: Vec<u8>,
+    /// Its signature (`r ‖ s`).
+    pub signature: Vec<u8>,
+}
+
 /// Revoke this certificate (DER); answers the new CRL (DER).
 pub struct Revoke(pub Vec<u8>);
 impl Message for Revoke {
@@ -201,6 +238,8 @@ impl Message for Revoke {
 pub struct Issuer {
     consensus: ActorRef<Consensus>,
     ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
+    /// The PCR policy key, loaded with the CA.
+    policy_key: Option<PolicyKey>,
     /// How long the certificates it issues are valid, once read; CRLs are current for the node
     /// lifetime.
     lifetimes: Lifetimes,
@@ -214,6 +253,7 @@ impl Issuer {
         Issuer {
             consensus,
             ready: None,
+            policy_key: None,
             lifetimes: Lifetimes::default(),
             crl_check: None,
         }
@@ -231,11 +271,13 @@ impl Actor for Issuer {
                 .await
                 .map_err(IssuerError::from)??;
             let ca = ensure_ca(&mut kv, &CertificateAuthority::new(CA_NAME)?).await?;
+            let policy_key = ensure_policy_key(&mut kv).await?;
             let lifetimes = lifetimes(&mut kv, None).await?;
-            Ok::<_, IssuerError>((kv, ca, lifetimes))
+            Ok::<_, IssuerError>((kv, ca, policy_key, lifetimes))
         };
         ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
-            let (kv, ca, lifetimes) = loaded?;
+            let (kv, ca, policy_key, lifetimes) = loaded?;
+            issuer.policy_key = Some(policy_key);
             slog::info!(ctx.log(), "cluster CA loaded";
                 "node_certificate_lifetime_s" => lifetimes.node.as_secs(),
                 "owner_certificate_lifetime_s" => lifetimes.owner.as_secs());
@@ -315,6 +357,27 @@ impl Handler<GetCaCertificate> for Issuer {
             self.state()
                 .map(|(_, ca)| ca.certificate().to_vec())
                 .ok_or(IssuerError::NotReady),
+        ))
+    }
+}
+
+impl Handler<ApprovePcr> for Issuer {
+    fn handle(
+        &mut self,
+        ApprovePcr { node_id, pcr7 }: ApprovePcr,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <ApprovePcr as Message>::Reply>, Failure> {
+        let Some(key) = &self.policy_key else {
+            return Ok(Reply::now(Err(IssuerError::NotReady)));
+        };
+        slog::info!(ctx.log(), "approving a PCR 7 value"; "node" => &node_id, "pcr7" => hex(&pcr7));
+        Ok(Reply::now(
+            key.approve(&node_id, &pcr7)
+                .map(|signature| PcrApproval {
+                    policy_key: key.public(),
+                    signature,
+                })
+                .map_err(IssuerError::from),
         ))
     }
 }

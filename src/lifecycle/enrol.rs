@@ -11,7 +11,8 @@ use tonic::Code;
 use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
-    bounded_lifetime, GetCaCertificate, Issue, Lifetimes, SetLifetimes, MIN_LIFETIME,
+    bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, SetLifetimes,
+    MIN_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -52,8 +53,11 @@ impl Run {
                 Ok(self.deps.storage.ask(NewKeys).await??)
             })
             .await?;
+        let recovery = self.new_recovery_key().await?.unwrap_or_default();
         let journal = EnrolmentJournal {
             flow: flow as i32,
+            recovery_key_public: recovery.public,
+            recovery_key_private: recovery.private,
             step: KEYS,
             node_unlock_key: nuk.as_bytes().to_vec(),
             cluster_unlock_key: cuk.as_bytes().to_vec(),
@@ -120,6 +124,8 @@ impl Run {
         self.start_child(member.pki).await?;
 
         let lifetimes = certificate_lifetimes(&params)?;
+        let pcr7 = self.pcr7().await?;
+        let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
         let credentials = self
             .retry("the node certificate", || async {
                 if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
@@ -166,6 +172,8 @@ impl Run {
                     address: address.to_string(),
                     peer_ca_certificate: peer_ca,
                     peer_certificate,
+                    recovery_key: recovery_key.clone(),
+                    pcr7: pcr7_recorded.clone(),
                 });
                 match records.bootstrap(&params.owner_public_key, first).await? {
                     true => Ok(()),
@@ -180,6 +188,18 @@ impl Run {
             journal.step = COMMITTED;
             self.save_journal(&journal).await?;
             self.checkpoint(JournalFlow::Bootstrap, "committed");
+        }
+        if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
+            let approval = self
+                .retry("approving PCR 7", || async {
+                    let approve = ApprovePcr {
+                        node_id: id.clone(),
+                        pcr7: pcr7.clone(),
+                    };
+                    Ok(issuer.ask(approve).await??)
+                })
+                .await?;
+            self.keep_authority(&id, &credentials.ca, recovery, pcr7, approval, "committed")?;
         }
         self.start_child(member.curator).await?;
         self.start_child(member.decommission).await?;
@@ -202,6 +222,9 @@ impl Run {
         let address = ip.to_string();
         let directory = params.cluster_directory.clone().unwrap_or_default();
         let ephemeral = || Identity::ephemeral(&keys.node);
+        let id = node_id(&keys.node.verifying_key());
+        let pcr7 = self.pcr7().await?;
+        let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
         if journal.step < REGISTERED {
             self.retry("RegisterNode", || async {
                 let channel = connect(&directory, &params.ca_certificate, ephemeral).await?;
@@ -209,6 +232,8 @@ impl Run {
                     register_ticket: params.register_ticket.clone(),
                     join_key: keys.join.verifying_key().to_bytes().to_vec(),
                     external_address: address.clone(),
+                    recovery_key: recovery_key.clone(),
+                    pcr7: pcr7_recorded.clone(),
                 };
                 CuratorClient::new(channel)
                     .register_node(request)
@@ -254,6 +279,20 @@ impl Run {
                 reason: format!("CommitNode answered a certificate that is not this node's: {e}"),
                 recovery: "the Curator that answered is not to be trusted; check the cluster",
             })?;
+            if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
+                let approval = PcrApproval {
+                    policy_key: response.pcr_policy_key,
+                    signature: response.pcr7_approval,
+                };
+                self.keep_authority(
+                    &id,
+                    &response.ca_certificate,
+                    recovery,
+                    pcr7,
+                    approval,
+                    "registered",
+                )?;
+            }
             let credentials = NodeCredentials {
                 ca: response.ca_certificate,
                 certificate: response.node_certificate,
@@ -271,7 +310,6 @@ impl Run {
         let sealed = self
             .finish(JournalFlow::Register, &keys, &credentials, false)
             .await?;
-        let id = node_id(&keys.node.verifying_key());
         let cluster = self.cluster_config(&id, ip);
         self.start_hostsfile(&cluster).await?;
         self.follow(credentials, ip, sealed, keys.cuk, false).await
@@ -341,6 +379,18 @@ impl Run {
     async fn save_journal(&self, journal: &EnrolmentJournal) -> Result<(), LifecycleError> {
         let envelope = self.seal(SealedKind::EnrolmentJournal, journal).await?;
         Ok(self.esp.write_journal(&envelope)?)
+    }
+}
+
+/// What the cluster records of the node's TPM: its recovery key (an uncompressed P-256 point)
+/// and its PCR 7 value now, or neither (no TPM, or a journal from before recovery keys).
+fn recovery_record(
+    keys: &EnrolmentKeys,
+    pcr7: &Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Vec<u8>), LifecycleError> {
+    match (&keys.recovery, pcr7) {
+        (Some(recovery), Some(pcr7)) => Ok((recovery.point()?, pcr7.clone())),
+        _ => Ok(Default::default()),
     }
 }
 

@@ -58,6 +58,22 @@ pub enum LifecycleError {
     /// The owner has not approved this node yet (retried until they do).
     #[error("waiting for the owner to approve this node")]
     AwaitingApproval,
+    /// PCR 7 holds a value the owner has not decided on yet (retried until they do).
+    #[error("waiting for the owner to approve PCR 7 value {pcr7} for node {node} (polisctl pcr-requests; polisctl approve-pcr {node})")]
+    AwaitingPcrApproval {
+        /// This node.
+        node: String,
+        /// PCR 7 now (hex).
+        pcr7: String,
+    },
+    /// The owner refused the value PCR 7 holds now.
+    #[error("the owner refused PCR 7 value {pcr7} for node {node}: this node will not unseal in this Secure Boot state; restore the firmware's previous state, or decommission the node")]
+    PcrRefused {
+        /// This node.
+        node: String,
+        /// PCR 7 now (hex).
+        pcr7: String,
+    },
     /// No Curator could be reached (retried).
     #[error(transparent)]
     Reach(#[from] ReachError),
@@ -107,10 +123,12 @@ impl LifecycleError {
                     | Code::ResourceExhausted
             ),
             LifecycleError::Records(e) => e.code() == Code::Unavailable,
-            LifecycleError::Issuer(e) => {
-                !matches!(e, IssuerError::Pki(_) | IssuerError::BadLifetime { .. })
-            }
+            LifecycleError::Issuer(e) => !matches!(
+                e,
+                IssuerError::Pki(_) | IssuerError::BadLifetime { .. } | IssuerError::Policy(_)
+            ),
             LifecycleError::AwaitingApproval
+            | LifecycleError::AwaitingPcrApproval { .. }
             | LifecycleError::Reach(ReachError::Unreachable(_))
             | LifecycleError::ActorAway(_)
             | LifecycleError::Child(ChildError::StartFailed { .. })

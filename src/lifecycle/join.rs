@@ -37,7 +37,7 @@ impl Run {
     /// or the sealed CUK), mount, and run its roles.
     pub(super) async fn join(&self, envelope: SealedEnvelope) -> Result<(), LifecycleError> {
         let path = self.esp.sealed_path();
-        let bytes = self.unseal(SealedKind::Configuration, envelope).await?;
+        let bytes = self.unseal_configuration(envelope).await?;
         let Membership {
             sealed,
             join_key,

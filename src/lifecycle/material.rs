@@ -14,6 +14,7 @@ use crate::proto::api::NodeParameters;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration};
 use crate::storage::UnlockKey;
+use crate::tpm::RecoveryKey;
 
 /// A member's sealed configuration and the keys it holds.
 pub struct Membership {
@@ -57,6 +58,9 @@ pub struct EnrolmentKeys {
     pub node: SigningKey,
     /// The key JoinNode will be signed with.
     pub join: SigningKey,
+    /// The TPM recovery key created for this enrolment (none without a TPM, or in a journal
+    /// written before recovery keys existed).
+    pub recovery: Option<RecoveryKey>,
 }
 
 /// What the enrolment does, from the journal's flow and parameters (which must agree).
@@ -91,6 +95,10 @@ impl Enrolment {
             cuk: UnlockKey::from_slice(&journal.cluster_unlock_key)?,
             node: signing_key(&journal.node_key).ok_or_else(|| corrupted(path, "bad node key"))?,
             join: signing_key(&journal.join_key).ok_or_else(|| corrupted(path, "bad join key"))?,
+            recovery: (!journal.recovery_key_public.is_empty()).then(|| RecoveryKey {
+                public: journal.recovery_key_public.clone(),
+                private: journal.recovery_key_private.clone(),
+            }),
         };
         let params = NodeParameters::decode(journal.parameters.as_slice())
             .map_err(|e| corrupted(path, &format!("bad parameters: {e}")))?;

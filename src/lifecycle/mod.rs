@@ -9,6 +9,7 @@ mod enrol;
 mod error;
 mod join;
 pub mod material;
+mod pcr;
 
 pub use actor::{Lifecycle, LifecycleConfig, LifecycleDeps};
 pub use client::{connect, ReachError};

@@ -11,7 +11,7 @@ use crate::proto::api::node_parameters::Cluster;
 use crate::proto::api::NodeParameters;
 use crate::proto::common::ClusterDirectory;
 use crate::proto::private::sealed_envelope::Protection;
-use crate::proto::private::SealedEnvelope;
+use crate::proto::private::{PcrAuthority, SealedEnvelope};
 use crate::storage::NodeRoot;
 use crate::tpm::ENVELOPE_VERSION;
 
@@ -55,6 +55,17 @@ pub enum EspError {
     /// The cluster directory does not decode.
     #[error("cluster directory at {path} is corrupted: {source}")]
     DirectoryCorrupted {
+        /// The file.
+        path: PathBuf,
+        /// The decode error.
+        source: prost::DecodeError,
+    },
+    /// No PCR authority: the node seals to PCR 7 itself.
+    #[error("no PCR authority at {0}")]
+    NoAuthority(PathBuf),
+    /// The PCR authority does not decode.
+    #[error("PCR authority at {path} is corrupted: {source}")]
+    AuthorityCorrupted {
         /// The file.
         path: PathBuf,
         /// The decode error.
@@ -176,6 +187,34 @@ impl Esp {
         write_envelope(&self.root.sealed_configuration(), envelope)
     }
 
+    /// The cluster's PCR policy for this node, if it has one (enrolled with a TPM by a Polis
+    /// that seals under it).
+    pub fn pcr_authority(&self) -> Result<Option<PcrAuthority>, EspError> {
+        let path = self.root.pcr_authority();
+        let read = read_message(&path, EspError::NoAuthority, |path, source| {
+            EspError::AuthorityCorrupted { path, source }
+        });
+        match read {
+            Ok(authority) => Ok(Some(authority)),
+            Err(EspError::NoAuthority(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where the PCR authority is kept.
+    pub fn pcr_authority_path(&self) -> PathBuf {
+        self.root.pcr_authority()
+    }
+
+    /// Replace the PCR authority (atomic; nothing in it is secret).
+    pub fn write_pcr_authority(&self, authority: &PcrAuthority) -> Result<(), EspError> {
+        Ok(fsutil::write_atomic(
+            &self.root.pcr_authority(),
+            &authority.encode_to_vec(),
+            PUBLIC_MODE,
+        )?)
+    }
+
     /// The cluster directory.
     pub fn directory(&self) -> Result<ClusterDirectory, EspError> {
         read_message(
@@ -267,7 +306,9 @@ pub fn decode_envelope(path: &Path, bytes: &[u8]) -> Result<SealedEnvelope, EspE
         )));
     }
     match Protection::try_from(envelope.protection) {
-        Ok(Protection::Tpm2Pcr7 | Protection::InsecurePlaintext) => Ok(envelope),
+        Ok(
+            Protection::Tpm2Pcr7 | Protection::Tpm2Pcr7Authorized | Protection::InsecurePlaintext,
+        ) => Ok(envelope),
         _ => Err(corrupted(format!(
             "unknown protection {}",
             envelope.protection

@@ -45,6 +45,12 @@ impl NodeRoot {
         self.esp().join("held_shares.pb")
     }
 
+    /// The PcrAuthority, in cleartext: the cluster's PCR policy for this node, its approvals and
+    /// the node's recovery key.
+    pub fn pcr_authority(&self) -> PathBuf {
+        self.esp().join("pcr_authority.pb")
+    }
+
     /// The ClusterDirectory, in cleartext.
     pub fn cluster_directory(&self) -> PathBuf {
         self.esp().join("cluster_directory.pb")

@@ -10,8 +10,9 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::proto::private::sealed_envelope::Protection;
-use crate::proto::private::SealedEnvelope;
-use crate::tpm::{SealedKind, Sealer, TpmError};
+use crate::proto::private::{PcrAuthority, SealedEnvelope};
+use crate::storage::Esp;
+use crate::tpm::{RecoveryKey, SealedKind, Sealer, TpmError};
 
 /// How long one TPM command may take before the TPM counts as stuck.
 const TPM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,7 +23,9 @@ pub const ENVELOPE_VERSION: u32 = 1;
 
 // ---- messages ----
 
-/// Seal a secret into a versioned envelope for the ESP. The secret is wiped once sealed.
+/// Seal a secret into a versioned envelope for the ESP: under the cluster's PCR policy once the
+/// ESP holds the node's PCR authority (the enrolment journal never), else to PCR 7 itself. The
+/// secret is wiped once sealed.
 pub struct Seal(pub SealedKind, pub Zeroizing<Vec<u8>>);
 impl Message for Seal {
     type Reply = Result<SealedEnvelope, TpmError>;
@@ -32,6 +35,24 @@ impl Message for Seal {
 pub struct Unseal(pub SealedKind, pub SealedEnvelope);
 impl Message for Unseal {
     type Reply = Result<Zeroizing<Vec<u8>>, TpmError>;
+}
+
+/// The value PCR 7 holds now (SHA-256 bank).
+pub struct ReadPcr7;
+impl Message for ReadPcr7 {
+    type Reply = Result<Vec<u8>, TpmError>;
+}
+
+/// Create the node's recovery key (enrolment).
+pub struct CreateRecoveryKey;
+impl Message for CreateRecoveryKey {
+    type Reply = Result<RecoveryKey, TpmError>;
+}
+
+/// Sign a message with the node's recovery key (`r ‖ s`).
+pub struct SignWithRecoveryKey(pub RecoveryKey, pub Vec<u8>);
+impl Message for SignWithRecoveryKey {
+    type Reply = Result<Vec<u8>, TpmError>;
 }
 
 /// Random bytes from the TPM's generator.
@@ -54,16 +75,21 @@ pub enum TpmConfig {
 /// The TPM actor.
 pub struct Tpm {
     config: TpmConfig,
+    /// Where the node's PCR authority is: read at every seal and unseal, so a restarted actor
+    /// needs no state handed back.
+    esp: Esp,
     worker: Option<mpsc::Sender<Job>>,
 }
 
 type Job = Box<dyn FnOnce(&mut Sealer) + Send>;
 
 impl Tpm {
-    /// An actor for `config`; it connects when it starts.
-    pub fn new(config: TpmConfig) -> Self {
+    /// An actor for `config`, sealing under the PCR authority on `esp` once there is one; it
+    /// connects when it starts.
+    pub fn new(config: TpmConfig, esp: Esp) -> Self {
         Tpm {
             config,
+            esp,
             worker: None,
         }
     }
@@ -127,9 +153,20 @@ impl Handler<Seal> for Tpm {
                 secret.to_vec(),
             ))));
         }
+        let esp = self.esp.clone();
         Ok(self.run(move |s| {
-            s.seal(kind, &secret)
-                .map(|blob| envelope(Protection::Tpm2Pcr7, blob))
+            let authority = match kind {
+                SealedKind::EnrolmentJournal => None,
+                _ => authority(&esp)?,
+            };
+            match authority {
+                Some(authority) => s
+                    .seal_authorized(kind, &secret, &authority)
+                    .map(|blob| envelope(Protection::Tpm2Pcr7Authorized, blob)),
+                None => s
+                    .seal(kind, &secret)
+                    .map(|blob| envelope(Protection::Tpm2Pcr7, blob)),
+            }
         }))
     }
 }
@@ -149,6 +186,18 @@ impl Handler<Unseal> for Tpm {
         match (&self.config, protection) {
             (TpmConfig::Tcti(_), Some(Protection::Tpm2Pcr7)) => {
                 Ok(self.run(move |s| s.unseal(kind, &env.payload)))
+            }
+            (TpmConfig::Tcti(_), Some(Protection::Tpm2Pcr7Authorized)) => {
+                let esp = self.esp.clone();
+                Ok(self.run(move |s| {
+                    let authority = authority(&esp)?.ok_or_else(|| {
+                        TpmError::BadAuthority(format!(
+                            "the data is sealed under the cluster's PCR policy, but there is no PCR authority at {}",
+                            esp.pcr_authority_path().display()
+                        ))
+                    })?;
+                    s.unseal_authorized(kind, &env.payload, &authority)
+                }))
             }
             (TpmConfig::InsecureNone, Some(Protection::InsecurePlaintext)) => {
                 Ok(Reply::now(Ok(Zeroizing::new(env.payload))))
@@ -178,9 +227,50 @@ impl Handler<Random> for Tpm {
     }
 }
 
+impl Handler<ReadPcr7> for Tpm {
+    fn handle(
+        &mut self,
+        _: ReadPcr7,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <ReadPcr7 as Message>::Reply>, Failure> {
+        Ok(self.run_tpm(|s| s.pcr7()))
+    }
+}
+
+impl Handler<CreateRecoveryKey> for Tpm {
+    fn handle(
+        &mut self,
+        _: CreateRecoveryKey,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <CreateRecoveryKey as Message>::Reply>, Failure> {
+        Ok(self.run_tpm(|s| s.create_recovery_key()))
+    }
+}
+
+impl Handler<SignWithRecoveryKey> for Tpm {
+    fn handle(
+        &mut self,
+        SignWithRecoveryKey(key, message): SignWithRecoveryKey,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <SignWithRecoveryKey as Message>::Reply>, Failure> {
+        Ok(self.run_tpm(move |s| s.sign_with_recovery_key(&key, &message)))
+    }
+}
+
 // ---- helpers ----
 
 impl Tpm {
+    /// [`Tpm::run`] `op`, which only a real TPM can do: [`TpmError::NoTpm`] without one.
+    fn run_tpm<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Sealer) -> Result<T, TpmError> + Send + 'static,
+    ) -> Reply<Self, Result<T, TpmError>> {
+        match self.config {
+            TpmConfig::InsecureNone => Reply::now(Err(TpmError::NoTpm)),
+            TpmConfig::Tcti(_) => self.run(op),
+        }
+    }
+
     /// Run `op` on the TPM thread; the mailbox waits for it. A stuck or vanished TPM thread
     /// fails the actor.
     fn run<T: Send + 'static>(
@@ -207,6 +297,11 @@ impl Tpm {
             }
         })
     }
+}
+
+/// The PCR authority on `esp`, if there is one.
+fn authority(esp: &Esp) -> Result<Option<PcrAuthority>, TpmError> {
+    esp.pcr_authority().map_err(|e| TpmError::Esp(Box::new(e)))
 }
 
 fn envelope(protection: Protection, payload: Vec<u8>) -> SealedEnvelope {

@@ -96,6 +96,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             join_key: key(2),
             parameters: params,
             cluster_unlock_key: key(3),
+            recovery_key_public: key(4),
+            recovery_key_private: key(5),
         };
         seeds.push(("enrolment_journal", journal.encode_to_vec()));
     }

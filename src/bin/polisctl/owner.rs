@@ -267,6 +267,86 @@ pub fn decommission(target: &Target, id: &str) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// Print the PCR 7 values nodes ask the owner to approve.
+pub fn pcr_requests(target: &Target, json: bool) -> Result<(), ClusterError> {
+    let requests = with_owner(target, async |owner| owner.pcr_requests().await)?;
+    if json {
+        let list: Vec<serde_json::Value> = requests
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "approved_pcr7": hex(&r.approved_pcr7),
+                    "requested_pcr7": hex(&r.requested_pcr7),
+                    "event_log_sha256": (!r.event_log_digest.is_empty()).then(|| hex(&r.event_log_digest)),
+                    "requested_at": r.requested_at,
+                    "refused": r.refused,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    if requests.is_empty() {
+        eprintln!("no node asks for a PCR 7 approval");
+        return Ok(());
+    }
+    let now = polis::pki::unix_now();
+    let rows: Vec<[String; 6]> = requests
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                if r.refused { "refused" } else { "pending" }.to_owned(),
+                hex(&r.approved_pcr7),
+                hex(&r.requested_pcr7),
+                age(now - r.requested_at),
+                match r.event_log_digest.is_empty() {
+                    true => "-".to_owned(),
+                    false => hex(&r.event_log_digest),
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "NODE",
+        "STATE",
+        "APPROVED PCR 7",
+        "REQUESTED PCR 7",
+        "ASKED",
+        "EVENT LOG SHA-256",
+    ]
+    .map(str::to_owned);
+    print!("{}", crate::table::table(&header, &rows));
+    Ok(())
+}
+
+/// Approve (or refuse) the PCR 7 value node `id` asks for now, saying which.
+pub fn approve_pcr(target: &Target, id: &str, approve: bool) -> Result<(), ClusterError> {
+    let decided = with_owner(target, async |owner| {
+        let requests = owner.pcr_requests().await?;
+        let Some(request) = requests.into_iter().find(|r| r.id == id) else {
+            return Ok(None);
+        };
+        owner
+            .decide_pcr(id, &request.requested_pcr7, approve)
+            .await?;
+        Ok(Some(request))
+    })?;
+    let request = decided.ok_or_else(|| {
+        ClusterError::Usage(format!(
+            "node {id} asks for no PCR 7 approval (see polisctl pcr-requests)"
+        ))
+    })?;
+    eprintln!(
+        "{} PCR 7 value {} for {id} (approved before: {})",
+        if approve { "approved" } else { "refused" },
+        hex(&request.requested_pcr7),
+        hex(&request.approved_pcr7)
+    );
+    Ok(())
+}
+
 /// How long `polisctl decommission` waits for the retirement before saying what blocks it.
 const DECOMMISSION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 

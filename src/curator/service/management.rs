@@ -47,6 +47,23 @@ impl Management for Services {
         Ok(Response::new(RotateRegisterTicketResponse { ticket }))
     }
 
+    async fn get_pcr_requests(
+        &self,
+        _: Request<GetPcrRequestsRequest>,
+    ) -> Answer<GetPcrRequestsResponse> {
+        Ok(Response::new(GetPcrRequestsResponse {
+            requests: self.pcr_requests().await?,
+        }))
+    }
+
+    async fn decide_pcr_request(
+        &self,
+        request: Request<DecidePcrRequestRequest>,
+    ) -> Answer<DecidePcrRequestResponse> {
+        self.decide_pcr_request(request.into_inner()).await?;
+        Ok(Response::new(DecidePcrRequestResponse {}))
+    }
+
     async fn get_cluster_info(
         &self,
         _: Request<GetClusterInfoRequest>,

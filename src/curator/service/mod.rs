@@ -11,6 +11,7 @@ mod local;
 mod management;
 mod membership;
 mod node;
+mod pcr;
 mod watch_slots;
 
 use std::sync::Arc;

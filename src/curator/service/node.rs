@@ -37,6 +37,7 @@ impl Curator for Services {
         let msg = request.get_ref();
         check_len(&msg.join_key, "join_key")?;
         check_address(&msg.external_address, "external_address")?;
+        check_recovery(msg)?;
         let mut records = self.records.clone();
         let ticket = records
             .kv()
@@ -49,13 +50,14 @@ impl Curator for Services {
         let id = node_id(&public);
         records
             .update(&id, |current| {
-                records::register(
-                    current,
-                    &id,
-                    public.as_bytes(),
-                    &msg.join_key,
-                    &msg.external_address,
-                )
+                let registration = records::Registration {
+                    public_key: public.as_bytes(),
+                    join_key: &msg.join_key,
+                    address: &msg.external_address,
+                    recovery_key: &msg.recovery_key,
+                    pcr7: &msg.pcr7,
+                };
+                records::register(current, &id, registration)
             })
             .await?;
         slog::info!(self.log, "node registered"; "node" => &id);
@@ -96,10 +98,19 @@ impl Curator for Services {
                 committed => break committed?,
             }
         };
+        let approval = match node.pcr7.is_empty() {
+            true => None,
+            false => Some(self.approve_pcr(&id, &node.pcr7).await?),
+        };
         slog::info!(self.log, "node committed"; "node" => &id);
+        let (pcr_policy_key, pcr7_approval) = approval
+            .map(|a| (a.policy_key, a.signature))
+            .unwrap_or_default();
         Ok(Response::new(CommitNodeResponse {
             ca_certificate: self.ca_certificate().await?,
             node_certificate: node.node_certificate,
+            pcr_policy_key,
+            pcr7_approval,
         }))
     }
 
@@ -174,6 +185,17 @@ impl Curator for Services {
         Ok(Response::new(RenewCertificateResponse {
             node_certificate: node.node_certificate,
         }))
+    }
+
+    async fn request_pcr_approval(
+        &self,
+        request: Request<RequestPcrApprovalRequest>,
+    ) -> Answer<RequestPcrApprovalResponse> {
+        // Authorized by the recovery signature alone: the node's keys are on its locked data
+        // partition, so its TLS identity is ephemeral.
+        Ok(Response::new(
+            self.request_pcr_approval(request.into_inner()).await?,
+        ))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
@@ -326,5 +348,22 @@ fn watch_event(nodes: &[Node], directory: ClusterDirectory, id: &str) -> WatchEv
         state: own.map_or(NodeState::Invalid as i32, |n| n.fsm_state),
         held_shares: escrow::held_shares(nodes, id),
         keep_cluster_unlock_key: escrow::keeps_cluster_unlock_key(nodes, id),
+    }
+}
+
+/// A registering node brings both its recovery key (an uncompressed P-256 point) and its PCR 7
+/// value, or neither (it runs without a TPM).
+fn check_recovery(msg: &RegisterNodeRequest) -> Result<(), CuratorError> {
+    let invalid = |field, reason: String| Err(CuratorError::Invalid { field, reason });
+    match (msg.recovery_key.len(), msg.pcr7.len()) {
+        (0, 0) => Ok(()),
+        (65, 32) if msg.recovery_key[0] == 4 => Ok(()),
+        (65, n) if msg.recovery_key[0] == 4 => {
+            invalid("pcr7", format!("must be 32 bytes, got {n}"))
+        }
+        (n, _) => invalid(
+            "recovery_key",
+            format!("must be an uncompressed P-256 point (65 bytes from 0x04), got {n} bytes"),
+        ),
     }
 }

@@ -9,6 +9,16 @@
 //! before unsealing, the primary the TPM presents must be the one the data was sealed under (its
 //! name, recorded at sealing), so that something between the node and its TPM cannot offer a
 //! key of its own to learn the session salt.
+//!
+//! Data is sealed either to the current PCR 7 itself (`TPM2_PolicyPCR`: the enrolment journal,
+//! and everything sealed before the cluster had a PCR policy) or, once the node holds its
+//! [`PcrAuthority`], under `TPM2_PolicyAuthorize` by the cluster's policy key
+//! ([`crate::tpm::policy`]): it then unseals where PCR 7 holds any value the cluster approved for
+//! this node, and a changed PCR 7 can be approved by the owner instead of losing the node.
+
+mod recovery;
+
+pub use recovery::RecoveryKey;
 
 use std::str::FromStr;
 
@@ -22,14 +32,19 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder,
+    Digest, DigestValues, EccParameter, EccPoint, EccScheme, EccSignature, HashScheme,
+    KeyedHashScheme, Name, Nonce as PolicyNonce, PcrSelectionList, PcrSelectionListBuilder,
     PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
-    SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+    SensitiveData, Signature, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
+
+use crate::pki::hex;
+use crate::proto::private::PcrAuthority;
+use crate::tpm::policy;
 
 /// What went wrong talking to the TPM or with sealed data.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +73,22 @@ pub enum TpmError {
         "the TPM refused to unseal (the Secure Boot state in PCR 7 changed since sealing): {0}"
     )]
     PolicyRejected(String),
+    /// PCR 7 holds a value the cluster has not approved for this node (sealed under its PCR
+    /// policy): the owner may approve it (`RequestPcrApproval`).
+    #[error("PCR 7 holds {pcr7}, a value the cluster has not approved for this node (the Secure Boot state changed since enrolment)")]
+    Unapproved {
+        /// PCR 7 now (hex).
+        pcr7: String,
+    },
+    /// Something of the PCR policy on the ESP is malformed.
+    #[error("the PCR authority is malformed: {0}")]
+    BadAuthority(String),
+    /// The node runs without a TPM (the insecure flag): it has no PCR 7 and no recovery key.
+    #[error("this node runs without a TPM (insecure): it has no PCR 7 and no recovery key")]
+    NoTpm,
+    /// The PCR authority on the ESP cannot be read.
+    #[error(transparent)]
+    Esp(Box<crate::storage::EspError>),
     /// Another TPM command failed.
     #[error("TPM {op} failed: {reason}")]
     Command {
@@ -186,7 +217,23 @@ impl Sealer {
 
     /// Seal `secret`, an object of `kind`, to this TPM and the current PCR 7.
     pub fn seal(&mut self, kind: SealedKind, secret: &[u8]) -> Result<Vec<u8>, TpmError> {
-        self.seal_under(Primary::Current, kind, secret)
+        self.seal_under(Primary::Current, kind, secret, Policy::Pcr7)
+    }
+
+    /// Seal `secret`, an object of `kind`, to this TPM under the cluster's PCR policy for this
+    /// node (`authority`): it unseals wherever PCR 7 holds a value the cluster approved.
+    pub fn seal_authorized(
+        &mut self,
+        kind: SealedKind,
+        secret: &[u8],
+        authority: &PcrAuthority,
+    ) -> Result<Vec<u8>, TpmError> {
+        self.seal_under(
+            Primary::Current,
+            kind,
+            secret,
+            Policy::Authorized(authority),
+        )
     }
 
     fn seal_under(
@@ -194,6 +241,7 @@ impl Sealer {
         which: Primary,
         kind: SealedKind,
         secret: &[u8],
+        policy: Policy<'_>,
     ) -> Result<Vec<u8>, TpmError> {
         let mut key = [0u8; 32];
         SystemRandom::new()
@@ -213,7 +261,7 @@ impl Sealer {
             .map_err(|_| TpmError::Rng)?;
 
         let (primary, name) = self.primary(which)?;
-        let sealed = self.seal_key(primary, &key);
+        let sealed = self.seal_key(primary, &key, policy);
         key.fill(0);
         self.release(primary);
         let (public, private) = sealed?;
@@ -236,9 +284,29 @@ impl Sealer {
         kind: SealedKind,
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        self.unseal_with(kind, blob, Policy::Pcr7)
+    }
+
+    /// Unseal a blob from [`Sealer::seal_authorized`] with the approval in `authority` of the
+    /// value PCR 7 holds now; [`TpmError::Unapproved`] if there is none.
+    pub fn unseal_authorized(
+        &mut self,
+        kind: SealedKind,
+        blob: &[u8],
+        authority: &PcrAuthority,
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        self.unseal_with(kind, blob, Policy::Authorized(authority))
+    }
+
+    fn unseal_with(
+        &mut self,
+        kind: SealedKind,
+        blob: &[u8],
+        policy: Policy<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let parts = SealedObject::decode(blob)?;
         let primary = self.primary_named(parts.primary_name)?;
-        let key = self.unseal_key(primary, parts.public, parts.private);
+        let key = self.unseal_key(primary, parts.public, parts.private, policy);
         self.release(primary);
         let key = Zeroizing::new(key?);
         let mut plaintext = Zeroizing::new(parts.ciphertext.to_vec());
@@ -255,6 +323,19 @@ impl Sealer {
                 ))
             })?;
         Ok(Zeroizing::new(opened.to_vec()))
+    }
+
+    /// The value PCR 7 holds now (SHA-256 bank).
+    pub fn pcr7(&mut self) -> Result<Vec<u8>, TpmError> {
+        let (_, _, values) = self.ctx.pcr_read(pcr7()).map_err(command("PCR_Read"))?;
+        values
+            .value()
+            .first()
+            .map(|digest| digest.value().to_vec())
+            .ok_or_else(|| TpmError::Command {
+                op: "PCR_Read",
+                reason: "the TPM answered no PCR 7 value in its SHA-256 bank".into(),
+            })
     }
 
     /// Extend PCR 7 with `data`'s SHA-256, as firmware does when the Secure Boot state changes.
@@ -284,8 +365,8 @@ impl Sealer {
             current.get_or_insert(found);
         }
         Err(TpmError::PrimaryMismatch {
-            found: crate::pki::hex(&current.unwrap_or_default()),
-            sealed: crate::pki::hex(name),
+            found: hex(&current.unwrap_or_default()),
+            sealed: hex(name),
         })
     }
 
@@ -322,11 +403,22 @@ impl Sealer {
         &mut self,
         primary: KeyHandle,
         key: &[u8; 32],
+        policy: Policy<'_>,
     ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
-        let policy = self.pcr7_policy(primary)?;
-        let digest = self.ctx.policy_get_digest(policy);
-        self.flush_session(policy);
-        let digest = digest.map_err(command("PolicyGetDigest"))?;
+        let digest = match policy {
+            Policy::Pcr7 => {
+                let session = self.pcr7_policy(primary)?;
+                let digest = self.ctx.policy_get_digest(session);
+                self.flush_session(session);
+                digest.map_err(command("PolicyGetDigest"))?
+            }
+            Policy::Authorized(authority) => {
+                let (key, name) = self.load_policy_key(&authority.policy_key)?;
+                self.flush(key.into());
+                let digest = policy::authorized_policy(name.value(), &authority.node_id);
+                Digest::try_from(digest.to_vec()).map_err(command("PolicyAuthorize"))?
+            }
+        };
         let template = sealed_object_template(digest).map_err(command("Create"))?;
         let data = SensitiveData::try_from(key.to_vec()).map_err(command("Create"))?;
         let session = self.salted_session(primary, SessionType::Hmac)?;
@@ -344,6 +436,7 @@ impl Sealer {
         primary: KeyHandle,
         public: Public,
         private: Private,
+        policy: Policy<'_>,
     ) -> Result<[u8; 32], TpmError> {
         let session = self.salted_session(primary, SessionType::Hmac)?;
         let loaded = self
@@ -355,8 +448,11 @@ impl Sealer {
                 "the TPM refused to load it ({e}): it was sealed by another TPM, or altered"
             ))
         })?;
-        let policy = self.pcr7_policy(primary);
-        let unsealed = policy.and_then(|policy| {
+        let session = match policy {
+            Policy::Pcr7 => self.pcr7_policy(primary),
+            Policy::Authorized(authority) => self.authorized_policy(primary, authority),
+        };
+        let unsealed = session.and_then(|policy| {
             let out = self
                 .ctx
                 .execute_with_session(Some(AuthSession::from(policy)), |ctx| {
@@ -383,6 +479,77 @@ impl Sealer {
             return Err(command("PolicyPCR")(e));
         }
         Ok(policy)
+    }
+
+    /// A policy session, salted by `primary`, that has asserted the current PCR 7 and shown the
+    /// cluster's approval of it for this node (`TPM2_PolicyAuthorize`).
+    fn authorized_policy(
+        &mut self,
+        primary: KeyHandle,
+        authority: &PcrAuthority,
+    ) -> Result<PolicySession, TpmError> {
+        let pcr7 = self.pcr7()?;
+        let approval = authority
+            .approvals
+            .iter()
+            .find(|a| a.pcr7 == pcr7)
+            .ok_or_else(|| TpmError::Unapproved { pcr7: hex(&pcr7) })?;
+        let signature = ecdsa_signature(&approval.signature)?;
+        let session = self.pcr7_policy(primary)?;
+        let authorized = self.authorize(session, authority, signature);
+        if authorized.is_err() {
+            self.flush_session(session);
+        }
+        authorized.map(|()| session)
+    }
+
+    /// Show the TPM, in `session` (which asserted PCR 7), the policy key's `signature` over the
+    /// session's digest for this node.
+    fn authorize(
+        &mut self,
+        session: PolicySession,
+        authority: &PcrAuthority,
+        signature: Signature,
+    ) -> Result<(), TpmError> {
+        let approved = self
+            .ctx
+            .policy_get_digest(session)
+            .map_err(command("PolicyGetDigest"))?;
+        let policy_ref = policy::policy_ref(&authority.node_id);
+        let mut message = approved.value().to_vec();
+        message.extend_from_slice(&policy_ref);
+        let signed = Digest::try_from(policy::sha256(&message).to_vec())
+            .map_err(command("VerifySignature"))?;
+        let (key, name) = self.load_policy_key(&authority.policy_key)?;
+        let verified = self.ctx.verify_signature(key, signed, signature);
+        self.flush(key.into());
+        let ticket = verified.map_err(|e| {
+            TpmError::PolicyRejected(format!(
+                "the approval of this PCR 7 value is not the cluster policy key's signature: {e}"
+            ))
+        })?;
+        let policy_ref =
+            PolicyNonce::try_from(policy_ref.to_vec()).map_err(command("PolicyAuthorize"))?;
+        self.ctx
+            .policy_authorize(session, approved, policy_ref, &name, ticket)
+            .map_err(|e| TpmError::PolicyRejected(e.to_string()))
+    }
+
+    /// Load the cluster's policy key (its public part) and learn its TPM name. In the owner
+    /// hierarchy, since the TPM issues no usable ticket for a key of the null one.
+    fn load_policy_key(&mut self, point: &[u8]) -> Result<(KeyHandle, Name), TpmError> {
+        let public = policy_key_template(point)?;
+        let key = self
+            .ctx
+            .load_external_public(public, Hierarchy::Owner)
+            .map_err(command("LoadExternal"))?;
+        match self.ctx.tr_get_name(key.into()) {
+            Ok(name) => Ok((key, name)),
+            Err(e) => {
+                self.flush(key.into());
+                Err(command("TR_GetName")(e))
+            }
+        }
     }
 
     /// A session salted by `primary`, encrypting command and response parameters.
@@ -432,6 +599,64 @@ impl Sealer {
     fn flush_session(&mut self, session: impl Into<SessionHandle>) {
         self.flush(ObjectHandle::from(session.into()));
     }
+}
+
+/// What sealed data is bound to.
+#[derive(Clone, Copy)]
+enum Policy<'a> {
+    /// The PCR 7 value at sealing, itself.
+    Pcr7,
+    /// Any PCR 7 value the cluster's policy key approved for this node.
+    Authorized(&'a PcrAuthority),
+}
+
+/// The cluster's policy key, an uncompressed P-256 point, as the TPM loads it: a signing key
+/// verifying ECDSA with SHA-256 (its name, which sealed data is bound to, depends on all of this).
+fn policy_key_template(point: &[u8]) -> Result<Public, TpmError> {
+    let bad = || TpmError::BadAuthority("the policy key is not an uncompressed P-256 point".into());
+    if point.len() != 65 || point[0] != 4 {
+        return Err(bad());
+    }
+    let coordinate = |c: &[u8]| EccParameter::try_from(c.to_vec()).map_err(|_| bad());
+    let unique = EccPoint::new(coordinate(&point[1..33])?, coordinate(&point[33..])?);
+    let attributes = ObjectAttributesBuilder::new()
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()
+        .map_err(command("LoadExternal"))?;
+    let parameters = PublicEccParametersBuilder::new_unrestricted_signing_key(
+        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+        EccCurve::NistP256,
+    )
+    .build()
+    .map_err(command("LoadExternal"))?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(parameters)
+        .with_ecc_unique_identifier(unique)
+        .build()
+        .map_err(command("LoadExternal"))
+}
+
+/// An ECDSA-with-SHA-256 signature from its `r ‖ s` form.
+fn ecdsa_signature(raw: &[u8]) -> Result<Signature, TpmError> {
+    let bad = || {
+        TpmError::BadAuthority(format!(
+            "an approval signature is {} bytes, not r ‖ s ({})",
+            raw.len(),
+            policy::SIGNATURE_LEN
+        ))
+    };
+    if raw.len() != policy::SIGNATURE_LEN {
+        return Err(bad());
+    }
+    let (r, s) = raw.split_at(policy::SIGNATURE_LEN / 2);
+    let part = |p: &[u8]| EccParameter::try_from(p.to_vec()).map_err(|_| bad());
+    EccSignature::create(HashingAlgorithm::Sha256, part(r)?, part(s)?)
+        .map(Signature::EcDsa)
+        .map_err(command("VerifySignature"))
 }
 
 fn pcr7() -> PcrSelectionList {
@@ -564,7 +789,7 @@ mod tests {
         let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
         let kind = SealedKind::Configuration;
         let old = sealer
-            .seal_under(Primary::WithoutNoDa, kind, b"before noDA")
+            .seal_under(Primary::WithoutNoDa, kind, b"before noDA", Policy::Pcr7)
             .unwrap();
         let new = sealer.seal(kind, b"after").unwrap();
         let name = |blob: &[u8]| SealedObject::decode(blob).unwrap().primary_name.to_vec();
