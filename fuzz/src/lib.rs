@@ -1,6 +1,6 @@
 //! Fuzz targets for every decoder of bytes Polis does not control: what lies on the ESP (sealed
 //! envelopes and blobs, the configuration and journal they seal, node parameters, the cluster
-//! directory), what firmware configuration hands in, the data partition's header, certificates
+//! directory, the PCR authority), what firmware configuration hands in, the data partition's header, certificates
 //! and CRLs from peers, and etcd's `--initial-cluster`.
 //!
 //! Each target takes arbitrary bytes, must never panic, and checks a property where one exists
@@ -28,7 +28,8 @@ use polis::proto::api::node_parameters::Cluster;
 use polis::proto::common::ClusterDirectory;
 use polis::storage::{self, Esp, NodeRoot, UnlockKey, VolumeKey};
 use polis::tls::{self, ClientAuth, Identity, Trust};
-use polis::tpm::SealedObject;
+use polis::tpm::policy::verify_approval;
+use polis::tpm::{RecoveryKey, SealedObject};
 
 /// A fuzz target: arbitrary bytes in, whether they were accepted out; panics on a broken
 /// property.
@@ -46,6 +47,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("certificate", certificate),
     ("crl", crl),
     ("initial_cluster", initial_cluster),
+    ("pcr_authority", pcr_authority),
 ];
 
 /// The key the `volume_header` target checks headers against (its seed was formatted with it).
@@ -69,6 +71,40 @@ pub fn sealed_envelope(data: &[u8]) -> bool {
         .expect("a decoded envelope encodes to a valid one");
     assert_eq!(again, envelope);
     true
+}
+
+/// The PCR authority on the ESP (cleartext, read at every seal and unseal) and what a node takes
+/// from it before its TPM sees any of it: the recovery key's public point, and each approval
+/// checked against the policy key. Accepted if the recovery key is a P-256 point.
+pub fn pcr_authority(data: &[u8]) -> bool {
+    let scratch = scratch();
+    put(&scratch.root.pcr_authority(), true, data);
+    let Ok(Some(authority)) = Esp::new(scratch.root.clone()).pcr_authority() else {
+        return false;
+    };
+    for approval in &authority.approvals {
+        verify_approval(
+            &authority.policy_key,
+            &authority.node_id,
+            &approval.pcr7,
+            &approval.signature,
+        );
+    }
+    let recovery = RecoveryKey {
+        public: authority.recovery_key_public,
+        private: authority.recovery_key_private,
+    };
+    match recovery.point() {
+        Ok(point) => {
+            assert_eq!(
+                (point.len(), point[0]),
+                (65, 4),
+                "not an uncompressed point"
+            );
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// An unsealed SealedConfiguration and the keys a rejoin takes from it.

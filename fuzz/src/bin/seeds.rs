@@ -11,9 +11,11 @@ use polis::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegis
 use polis::proto::api::NodeParameters;
 use polis::proto::common::{cluster_directory, Address, ClusterDirectory};
 use polis::proto::private::enrolment_journal::Flow;
+use polis::proto::private::pcr_authority::Approval;
 use polis::proto::private::sealed_envelope::Protection;
-use polis::proto::private::{EnrolmentJournal, SealedConfiguration, SealedEnvelope};
+use polis::proto::private::{EnrolmentJournal, PcrAuthority, SealedConfiguration, SealedEnvelope};
 use polis::storage::{DataBackend, NodeRoot};
+use polis::tpm::policy::PolicyKey;
 use polis::tpm::ENVELOPE_VERSION;
 use polis::tpm::{SealedKind, Sealer, Swtpm};
 
@@ -26,8 +28,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let swtpm = Swtpm::start(&scratch.path().join("tpm"), &log)?;
-    let blob = Sealer::connect(&swtpm.tcti())?.seal(SealedKind::Configuration, b"seed")?;
+    let mut sealer = Sealer::connect(&swtpm.tcti())?;
+    let blob = sealer.seal(SealedKind::Configuration, b"seed")?;
     seeds.push(("sealed_blob", blob.clone()));
+    let recovery = sealer.create_recovery_key()?;
+    let policy_key = PolicyKey::from_pkcs8(&PolicyKey::generate()?)?;
+    let pcr7 = sealer.pcr7()?;
+    let node = "metropolis-00000000000000000000000000000000";
+    let authority = PcrAuthority {
+        node_id: node.into(),
+        ca_certificate: b"ca".to_vec(),
+        policy_key: policy_key.public(),
+        recovery_key_public: recovery.public,
+        recovery_key_private: recovery.private,
+        approvals: vec![Approval {
+            signature: policy_key.approve(node, &pcr7)?,
+            pcr7,
+        }],
+    };
+    seeds.push(("pcr_authority", authority.encode_to_vec()));
     for (protection, payload) in [
         (Protection::Tpm2Pcr7, blob),
         (Protection::InsecurePlaintext, b"plain".to_vec()),
