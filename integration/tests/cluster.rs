@@ -172,9 +172,16 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     // crashed on both other members at once: the next incarnation finishes the work.
     let mut owner = curator_on(&cluster, 0).await;
     owner.decommission(&ids[2]).await.unwrap();
+    // A member's Curator serves before its lifecycle adds `/cluster/decommission` after it, so
+    // each is crashed once it runs.
     for i in [0, 1] {
         let body = r#"{"path": "/cluster/decommission", "how": "crash"}"#;
-        cluster.debug(i, "POST", "/debug/kill", body).unwrap();
+        cluster
+            .until(i, "run its decommission reconciler", || async {
+                cluster.debug(i, "POST", "/debug/kill", body).ok()
+            })
+            .await
+            .unwrap();
     }
     owner
         .wait_retired(&ids[2], RETIREMENT_PATIENCE, |waiting_on| {
