@@ -3,6 +3,8 @@
 //! [`PcrAuthority`] before anything is sealed under it; at a boot where PCR 7 holds a value not
 //! approved, a request for the owner's approval signed by the recovery key, and the wait for it.
 
+use zeroize::Zeroizing;
+
 use crate::issuer::PcrApproval;
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -19,7 +21,6 @@ use crate::tpm::policy::{self, verify_approval};
 use crate::tpm::{
     CreateRecoveryKey, ReadPcr7, RecoveryKey, SealedKind, SignWithRecoveryKey, TpmError,
 };
-use zeroize::Zeroizing;
 
 /// Where the kernel offers the firmware's TPM event log, sent along so the owner can see what
 /// changed.

@@ -32,9 +32,12 @@ impl Services {
         let node = records::existing(records.get(&id).await?, &id)?;
         let message =
             policy::recovery_request(&id, &request.pcr7, &request.event_log, request.requested_at);
-        if node.recovery_key.is_empty()
-            || !policy::verify(&node.recovery_key, &message, &request.signature)
-        {
+        if node.recovery_key.is_empty() {
+            return Err(CuratorError::Unsupported(
+                "this node enrolled without a TPM recovery key: it cannot ask for a PCR 7 approval",
+            ));
+        }
+        if !policy::verify(&node.recovery_key, &message, &request.signature) {
             slog::warn!(self.log, "refused a PCR approval request not signed by the node's recovery key";
                 "node" => &id);
             return Err(CuratorError::BadRecoverySignature(id));

@@ -450,7 +450,7 @@ impl Sealer {
         })?;
         let session = match policy {
             Policy::Pcr7 => self.pcr7_policy(primary),
-            Policy::Authorized(authority) => self.authorized_policy(primary, authority),
+            Policy::Authorized(authority) => self.approved_session(primary, authority),
         };
         let unsealed = session.and_then(|policy| {
             let out = self
@@ -483,7 +483,7 @@ impl Sealer {
 
     /// A policy session, salted by `primary`, that has asserted the current PCR 7 and shown the
     /// cluster's approval of it for this node (`TPM2_PolicyAuthorize`).
-    fn authorized_policy(
+    fn approved_session(
         &mut self,
         primary: KeyHandle,
         authority: &PcrAuthority,
