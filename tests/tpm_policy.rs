@@ -4,21 +4,15 @@
 
 mod common;
 
+use common::sealer as tpm;
 use polis::pki::hex;
 use polis::proto::private::pcr_authority::Approval;
 use polis::proto::private::PcrAuthority;
 use polis::tpm::policy::{self, PolicyKey};
-use polis::tpm::{SealedKind, Sealer, Swtpm, TpmError};
+use polis::tpm::{SealedKind, TpmError};
 
 const KIND: SealedKind = SealedKind::Configuration;
 const NODE: &str = "metropolis-00112233445566778899aabbccddeeff";
-
-fn tpm() -> (tempfile::TempDir, Swtpm, Sealer) {
-    let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
-    let sealer = Sealer::connect(&swtpm.tcti()).unwrap();
-    (dir, swtpm, sealer)
-}
 
 fn policy_key() -> PolicyKey {
     PolicyKey::from_pkcs8(&PolicyKey::generate().unwrap()).unwrap()

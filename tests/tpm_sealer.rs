@@ -2,17 +2,11 @@
 
 mod common;
 
+use common::sealer as tpm;
 use polis::tpm::{SealedKind, Sealer, Swtpm, TpmError};
 
 /// The kind most tests seal.
 const KIND: SealedKind = SealedKind::Configuration;
-
-fn tpm() -> (tempfile::TempDir, Swtpm, Sealer) {
-    let dir = tempfile::tempdir().unwrap();
-    let swtpm = Swtpm::start(&dir.path().join("tpm"), &common::quiet()).unwrap();
-    let sealer = Sealer::connect(&swtpm.tcti()).unwrap();
-    (dir, swtpm, sealer)
-}
 
 /// Larger than a TPM sealed object can hold, like a sealed configuration with a CA certificate.
 fn secret() -> Vec<u8> {

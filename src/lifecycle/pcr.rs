@@ -55,7 +55,7 @@ impl Run {
     }
 
     /// Keep on the ESP, before anything is sealed under it, the cluster's PCR policy for node
-    /// `id` with the `approval` of `pcr7`, after checking that the approval is one.
+    /// `id` with the `approval` of `pcr7` (enrolment).
     pub(super) fn keep_authority(
         &self,
         id: &str,
@@ -65,31 +65,51 @@ impl Run {
         approval: PcrApproval,
         step: &'static str,
     ) -> Result<(), LifecycleError> {
-        if !verify_approval(&approval.policy_key, id, pcr7, &approval.signature) {
-            return Err(LifecycleError::Inconsistent {
-                step,
-                reason: format!(
-                    "the cluster's approval of PCR 7 value {} is not a valid signature",
-                    hex(pcr7)
-                ),
-                recovery: "check the cluster's PCR policy key; reinstall this node",
-            });
-        }
         let authority = PcrAuthority {
             node_id: id.to_owned(),
             ca_certificate: ca.to_vec(),
-            policy_key: approval.policy_key,
+            policy_key: approval.policy_key.clone(),
             recovery_key_public: recovery.public.clone(),
             recovery_key_private: recovery.private.clone(),
-            approvals: vec![Approval {
-                pcr7: pcr7.to_vec(),
-                signature: approval.signature,
-            }],
+            approvals: Vec::new(),
         };
-        self.esp.write_pcr_authority(&authority)?;
+        self.keep_approval(authority, pcr7, approval, step)?;
         slog::info!(self.log, "the cluster approved this node's PCR 7 value; sealing under the cluster's PCR policy";
             "pcr7" => hex(pcr7));
         Ok(())
+    }
+
+    /// Keep `authority` on the ESP with `approval` of `pcr7` as its only approval (a firmware
+    /// rolled back needs the owner again), once the approval is checked to be the authority's
+    /// policy key's signature for this node and value.
+    fn keep_approval(
+        &self,
+        mut authority: PcrAuthority,
+        pcr7: &[u8],
+        approval: PcrApproval,
+        step: &'static str,
+    ) -> Result<(), LifecycleError> {
+        let PcrApproval {
+            policy_key,
+            signature,
+        } = approval;
+        if policy_key != authority.policy_key
+            || !verify_approval(&policy_key, &authority.node_id, pcr7, &signature)
+        {
+            return Err(LifecycleError::Inconsistent {
+                step,
+                reason: format!(
+                    "the cluster's approval of PCR 7 value {} is not its PCR policy key's signature",
+                    hex(pcr7)
+                ),
+                recovery: "the Curator that answered is not to be trusted; check the cluster",
+            });
+        }
+        authority.approvals = vec![Approval {
+            pcr7: pcr7.to_vec(),
+            signature,
+        }];
+        Ok(self.esp.write_pcr_authority(&authority)?)
     }
 
     /// Unseal the sealed configuration; if it is sealed under the cluster's PCR policy and PCR 7
@@ -115,7 +135,7 @@ impl Run {
     /// refuses it (then stop).
     pub(super) async fn await_pcr_approval(&self) -> Result<(), LifecycleError> {
         let path = self.esp.pcr_authority_path();
-        let mut authority = self.esp.pcr_authority()?.ok_or_else(|| {
+        let authority = self.esp.pcr_authority()?.ok_or_else(|| {
             LifecycleError::Tpm(TpmError::BadAuthority(format!(
                 "no PCR authority at {}",
                 path.display()
@@ -176,23 +196,11 @@ impl Run {
                 }
             })
             .await?;
-        let signature = approved.pcr7_approval;
-        if approved.pcr_policy_key != authority.policy_key
-            || !verify_approval(&authority.policy_key, &id, &pcr7, &signature)
-        {
-            return Err(LifecycleError::Inconsistent {
-                step: "joining",
-                reason: "a Curator answered an approval that is not the cluster policy key's"
-                    .into(),
-                recovery: "the Curator that answered is not to be trusted; check the cluster",
-            });
-        }
-        // Only the value approved now: a firmware rolled back needs the owner again.
-        authority.approvals = vec![Approval {
-            pcr7: pcr7.clone(),
-            signature,
-        }];
-        self.esp.write_pcr_authority(&authority)?;
+        let approval = PcrApproval {
+            policy_key: approved.pcr_policy_key,
+            signature: approved.pcr7_approval,
+        };
+        self.keep_approval(authority, &pcr7, approval, "joining")?;
         slog::warn!(self.log, "the owner approved this node's new PCR 7 value"; "pcr7" => hex(&pcr7));
         Ok(())
     }

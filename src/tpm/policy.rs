@@ -27,6 +27,9 @@ const CC_POLICY_AUTHORIZE: u32 = 0x0000_016a;
 const ALG_SHA256: u16 = 0x000b;
 /// The length of a PCR value in the SHA-256 bank, and of a policy digest.
 pub const DIGEST_LEN: usize = 32;
+/// The length of an uncompressed P-256 point (`04 ‖ x ‖ y`), the form every public key here
+/// travels in.
+pub const POINT_LEN: usize = 65;
 /// The length of a P-256 signature as `r ‖ s`.
 pub const SIGNATURE_LEN: usize = 64;
 /// What a recovery request signs first, so the key signs nothing else that could pass for one.
@@ -114,6 +117,12 @@ pub fn verify(public: &[u8], message: &[u8], signature: &[u8]) -> bool {
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public)
         .verify(message, signature)
         .is_ok()
+}
+
+/// Whether `bytes` has the form of an uncompressed P-256 point (whether it is on the curve is
+/// found out where it is used).
+pub fn is_uncompressed_point(bytes: &[u8]) -> bool {
+    bytes.len() == POINT_LEN && bytes[0] == 4
 }
 
 /// SHA-256, as every digest here is.

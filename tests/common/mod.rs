@@ -27,6 +27,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh software TPM and a sealer connected to it; the directory holds its state.
+pub fn sealer() -> (tempfile::TempDir, polis::tpm::Swtpm, polis::tpm::Sealer) {
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = polis::tpm::Swtpm::start(&dir.path().join("tpm"), &quiet()).unwrap();
+    let sealer = polis::tpm::Sealer::connect(&swtpm.tcti()).unwrap();
+    (dir, swtpm, sealer)
+}
+
 /// A consensus child running a new single-member etcd below `root`, on loopback.
 pub fn consensus(root: &Path) -> (ChildSpec, ActorRef<Consensus>) {
     consensus_of(root, member())

@@ -18,6 +18,7 @@ use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::curator_server::Curator;
 use crate::proto::curator::*;
 use crate::proto::private::Node;
+use crate::tpm::policy::{self, DIGEST_LEN, POINT_LEN};
 
 /// How often a Curator notes in a node's record that the node's Watch is still open.
 const LAST_SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -355,15 +356,23 @@ fn watch_event(nodes: &[Node], directory: ClusterDirectory, id: &str) -> WatchEv
 /// value, or neither (it runs without a TPM).
 fn check_recovery(msg: &RegisterNodeRequest) -> Result<(), CuratorError> {
     let invalid = |field, reason: String| Err(CuratorError::Invalid { field, reason });
-    match (msg.recovery_key.len(), msg.pcr7.len()) {
-        (0, 0) => Ok(()),
-        (65, 32) if msg.recovery_key[0] == 4 => Ok(()),
-        (65, n) if msg.recovery_key[0] == 4 => {
-            invalid("pcr7", format!("must be 32 bytes, got {n}"))
-        }
-        (n, _) => invalid(
-            "recovery_key",
-            format!("must be an uncompressed P-256 point (65 bytes from 0x04), got {n} bytes"),
-        ),
+    if msg.recovery_key.is_empty() && msg.pcr7.is_empty() {
+        return Ok(());
     }
+    if !policy::is_uncompressed_point(&msg.recovery_key) {
+        return invalid(
+            "recovery_key",
+            format!(
+                "must be an uncompressed P-256 point ({POINT_LEN} bytes from 0x04), got {} bytes",
+                msg.recovery_key.len()
+            ),
+        );
+    }
+    if msg.pcr7.len() != DIGEST_LEN {
+        return invalid(
+            "pcr7",
+            format!("must be {DIGEST_LEN} bytes, got {}", msg.pcr7.len()),
+        );
+    }
+    Ok(())
 }

@@ -614,11 +614,12 @@ enum Policy<'a> {
 /// verifying ECDSA with SHA-256 (its name, which sealed data is bound to, depends on all of this).
 fn policy_key_template(point: &[u8]) -> Result<Public, TpmError> {
     let bad = || TpmError::BadAuthority("the policy key is not an uncompressed P-256 point".into());
-    if point.len() != 65 || point[0] != 4 {
+    if !policy::is_uncompressed_point(point) {
         return Err(bad());
     }
     let coordinate = |c: &[u8]| EccParameter::try_from(c.to_vec()).map_err(|_| bad());
-    let unique = EccPoint::new(coordinate(&point[1..33])?, coordinate(&point[33..])?);
+    let (x, y) = point[1..].split_at(policy::DIGEST_LEN);
+    let unique = EccPoint::new(coordinate(x)?, coordinate(y)?);
     let attributes = ObjectAttributesBuilder::new()
         .with_user_with_auth(true)
         .with_sign_encrypt(true)

@@ -30,9 +30,7 @@ pub struct RecoveryKey {
 impl RecoveryKey {
     /// Its public key as an uncompressed P-256 point, as the cluster records it.
     pub fn point(&self) -> Result<Vec<u8>, TpmError> {
-        let public = Public::unmarshall(&self.public)
-            .map_err(|e| TpmError::BadAuthority(format!("recovery key public area: {e}")))?;
-        let Public::Ecc { unique, .. } = public else {
+        let Public::Ecc { unique, .. } = self.public_area()? else {
             return Err(TpmError::BadAuthority(
                 "the recovery key is not an ECC key".into(),
             ));
@@ -41,6 +39,12 @@ impl RecoveryKey {
         point.extend_from_slice(&left_padded(unique.x().value())?);
         point.extend_from_slice(&left_padded(unique.y().value())?);
         Ok(point)
+    }
+
+    /// Its public area, unmarshalled.
+    fn public_area(&self) -> Result<Public, TpmError> {
+        Public::unmarshall(&self.public)
+            .map_err(|e| TpmError::BadAuthority(format!("recovery key public area: {e}")))
     }
 }
 
@@ -70,8 +74,7 @@ impl Sealer {
         key: &RecoveryKey,
         message: &[u8],
     ) -> Result<Vec<u8>, TpmError> {
-        let public = Public::unmarshall(&key.public)
-            .map_err(|e| TpmError::BadAuthority(format!("recovery key public area: {e}")))?;
+        let public = key.public_area()?;
         let private = Private::try_from(key.private.clone())
             .map_err(|e| TpmError::BadAuthority(format!("recovery key private area: {e}")))?;
         let data = MaxBuffer::try_from(message.to_vec()).map_err(command("Hash"))?;
