@@ -1,6 +1,6 @@
 //! The consensus actor against Debian's etcd: a new single-member cluster with peer TLS, keys that
-//! survive crashes and brutal kills of the actor, no etcd process ever left behind, and the peer
-//! CA committed once and kept.
+//! survive crashes and brutal kills of the actor, no etcd process ever left behind, the peer
+//! CA committed once and kept, and a peer certificate that renews itself.
 
 mod common;
 
@@ -20,7 +20,16 @@ async fn start(root: &Path) -> (Tree, ActorRef<Consensus>) {
 
 /// A tree running consensus below `root` as `member`.
 async fn start_as(root: &Path, member: Member) -> (Tree, ActorRef<Consensus>) {
-    let (spec, consensus) = common::consensus_of(root, member);
+    start_lived(root, member, polis::issuer::DEFAULT_NODE_LIFETIME).await
+}
+
+/// [`start_as`], the peer certificate of a new cluster valid for `peer_lifetime`.
+async fn start_lived(
+    root: &Path,
+    member: Member,
+    peer_lifetime: Duration,
+) -> (Tree, ActorRef<Consensus>) {
+    let (spec, consensus) = common::consensus_lived(root, member, peer_lifetime);
     let root_spec = SupervisorSpec::new(Strategy::OneForOne)
         .intensity(10, Duration::from_secs(60))
         .child(spec);
@@ -226,11 +235,11 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
 }
 
 /// A crash between etcd's first start and the commit of the new cluster's peer CA loses
-/// nothing: the CA's key waits on disk (owner-only) and the next start commits it, certificate
-/// and key together, then forgets the file.
+/// nothing: the CA's key is on disk (owner-only), where the member keeps its copy, and the next
+/// start commits it, certificate and key together.
 #[actix_rt::test]
 async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start() {
-    use polis::consensus::{bootstrap_peer_pki, etcd_command, peer_ca, PENDING_CA_KEY_FILE};
+    use polis::consensus::{bootstrap_peer_pki, etcd_command, peer_ca, LOCAL_CA_KEY_FILE};
     use polis::storage::NodeRoot;
     use std::os::unix::fs::PermissionsExt;
 
@@ -240,10 +249,10 @@ async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start()
     // What a first start leaves when the node dies before the commit: the peer PKI with the
     // pending CA key, and etcd's data directory.
     std::fs::create_dir_all(root.consensus()).unwrap();
-    let ca = bootstrap_peer_pki(&root, &member).unwrap();
-    let pending = root.etcd_peer_pki().join(PENDING_CA_KEY_FILE);
-    let mode = std::fs::metadata(&pending).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o400, "the pending CA key is a secret");
+    let ca = bootstrap_peer_pki(&root, &member, Duration::from_secs(3600)).unwrap();
+    let local = root.etcd_peer_pki().join(LOCAL_CA_KEY_FILE);
+    let mode = std::fs::metadata(&local).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400, "the CA key is a secret");
     let mut etcd = etcd_command(&root, &member, None)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -265,6 +274,88 @@ async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start()
     let committed = peer_ca(&mut peer_kv).await.unwrap();
     assert_eq!(committed.certificate(), ca.certificate());
     assert_eq!(committed.key_pkcs8().unwrap(), ca.key_pkcs8().unwrap());
-    assert!(!pending.exists(), "the pending CA key outlived its commit");
+    let kept = polis::consensus::peer_pki::local_peer_ca(&root)
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.key_pkcs8().unwrap(), ca.key_pkcs8().unwrap());
+    tree.shutdown().await;
+}
+
+/// A member renews its own peer certificate two thirds into its life while etcd runs, for the
+/// same key and as long again, and records in etcd each one it serves, keeping the one it
+/// replaced for the issuer to revoke. Stopped past its certificate's expiry, it comes back with
+/// a current one (that this happens before etcd starts matters only with peers: the
+/// `renewal` integration test stops a whole cluster so).
+#[actix_rt::test]
+async fn the_peer_certificate_renews_itself_while_running_and_before_a_restart() {
+    use polis::consensus::peer_pki::served;
+    use polis::pki::{certificate_key, hex, lifetime, not_after, serial_of, unix_now};
+    use polis::storage::NodeRoot;
+
+    const LIFETIME: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let root = NodeRoot::new(dir.path());
+    let member = common::member();
+    let (tree, consensus) = start_lived(dir.path(), member.clone(), LIFETIME).await;
+    let mut peer_kv = kv(&consensus, "/consensus/").await;
+    let first = served(&root).unwrap();
+    let current = format!("peer-certificates/{}/current", member.name);
+
+    // Three certificates served in turn, each recorded as served once it is.
+    let mut seen = vec![first.clone()];
+    Poll::new(Duration::from_millis(100), Duration::from_secs(30))
+        .until(async || {
+            let now = served(&root).map_err(|e| e.to_string())?;
+            if !seen.contains(&now) {
+                seen.push(now);
+            }
+            holds(seen.len() >= 3, "three certificates served")
+        })
+        .await
+        .unwrap();
+    for certificate in &seen {
+        assert_eq!(
+            certificate_key(certificate).unwrap(),
+            certificate_key(&first).unwrap()
+        );
+        assert_eq!(lifetime(certificate).unwrap(), LIFETIME);
+    }
+    let replaced: Vec<String> = seen[..2]
+        .iter()
+        .map(|c| {
+            format!(
+                "peer-certificates/{}/replaced/{}",
+                member.name,
+                hex(&serial_of(c).unwrap())
+            )
+        })
+        .collect();
+    Poll::new(Duration::from_millis(100), Duration::from_secs(10))
+        .until(async || {
+            let recorded = peer_kv.get(&current).await.map_err(|e| e.to_string())?;
+            holds(
+                recorded == served(&root).ok(),
+                "the served certificate recorded",
+            )?;
+            for key in &replaced {
+                let kept = peer_kv.get(key).await.map_err(|e| e.to_string())?;
+                holds(kept.is_some(), "a replaced certificate kept for revocation")?;
+            }
+            Ok::<(), String>(())
+        })
+        .await
+        .unwrap();
+    tree.shutdown().await;
+
+    // Off until the certificate has expired.
+    let lapsed = served(&root).unwrap();
+    while unix_now() <= not_after(&lapsed).unwrap() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (tree, consensus) = start_lived(dir.path(), member, LIFETIME).await;
+    let _ = kv(&consensus, "/consensus/").await;
+    let renewed = served(&root).unwrap();
+    assert_ne!(renewed, lapsed);
+    assert!(not_after(&renewed).unwrap() >= unix_now());
     tree.shutdown().await;
 }

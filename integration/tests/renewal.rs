@@ -9,6 +9,14 @@
 //! are current and their numbers grow. A node stopped until its certificate and its CRL have
 //! expired rejoins: it takes the current CRL from a Curator (checking the CA's signature), and
 //! JoinNode, by its join key, hands it a new certificate.
+//!
+//! Every member renews its etcd peer certificate (also 12 s) as often, from its own copy of the
+//! peer CA, and the issuers revoke the replaced ones. etcd reads the certificate file at each
+//! handshake: node 2 rejoining after its peers' first certificates have expired shows they
+//! serve their renewed ones. The whole cluster stopped until every certificate has expired
+//! comes back: each member renews its peer certificate before its etcd starts, so the members
+//! form a quorum again. Decommissioning a member then revokes the peer certificate it issued
+//! itself.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,7 +24,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use polis::issuer::Lifetimes;
 use polis::launch::LocalCluster;
-use polis::pki::{read_pem, revoked_serials, unix_now as now, verify_crl, CrlInfo};
+use polis::pki::{
+    not_after, read_pem, revoked_serials, serial_of, unix_now as now, verify_crl, CrlInfo,
+};
 use polis_integration::{polis_node_binary, test_logger, until_following};
 
 /// The node-certificate lifetime the cluster is bootstrapped with.
@@ -63,6 +73,11 @@ fn peer_crl(cluster: &LocalCluster, i: usize) -> CrlInfo {
     verify_crl(&ca, &crl, now()).expect("node's etcd peer CRL is current")
 }
 
+/// The etcd peer certificate node `i` serves (DER).
+fn peer_certificate(cluster: &LocalCluster, i: usize) -> Vec<u8> {
+    polis::consensus::peer_pki::served(cluster.root(i)).unwrap()
+}
+
 /// The notAfter of the owner certificate the launcher keeps.
 fn owner_expiry(cluster: &LocalCluster) -> Option<i64> {
     let certificate = std::fs::read(cluster.dir().join(polis::owner::CERTIFICATE_FILE)).ok()?;
@@ -101,6 +116,8 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     // by each Curator in turn over a new connection (which checks its Curator certificate).
     let mut seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
     let mut curator_seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
+    let mut peer_seen: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 3];
+    let mut peer_served: Vec<BTreeSet<Vec<u8>>> = vec![BTreeSet::new(); 3];
     let mut owner_seen = BTreeSet::new();
     let (mut crls, mut peer_crls) = (BTreeSet::new(), BTreeSet::new());
     let deadline = now() + 120;
@@ -108,17 +125,21 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
     while seen
         .iter()
         .chain(&curator_seen)
+        .chain(&peer_seen)
         .any(|s| s.len() <= RENEWALS)
         || crls.len().min(peer_crls.len()).min(owner_seen.len()) <= RENEWALS
     {
         assert!(
             now() < deadline,
             "certificates seen in 120 s: {seen:?}, Curator certificates {curator_seen:?}, \
-             CRLs {crls:?}, peer CRLs {peer_crls:?}, owner certificates {owner_seen:?}"
+             peer certificates {peer_seen:?}, CRLs {crls:?}, peer CRLs {peer_crls:?}, \
+             owner certificates {owner_seen:?}"
         );
         for i in 0..3 {
             seen[i].extend(node_expiry(&cluster, i));
             curator_seen[i].extend(expiry(&cluster, i, "curator"));
+            peer_seen[i].extend(expiry(&cluster, i, "peer"));
+            peer_served[i].insert(peer_certificate(&cluster, i));
         }
         crls.insert(cluster_crl(&cluster).await.0.number);
         owner_seen.extend(owner_expiry(&cluster));
@@ -158,7 +179,37 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for (i, expiries) in seen.iter().chain(&curator_seen).enumerate() {
+    let revoked_by = now() + 10;
+    // Every peer certificate replaced is revoked too, by an issuer, into the peer CRL each
+    // member's etcd checks.
+    let peer_replaced: Vec<Vec<u8>> = (0..3)
+        .flat_map(|i| {
+            let current = peer_certificate(&cluster, i);
+            peer_served[i]
+                .iter()
+                .filter(|c| **c != current)
+                .map(|c| serial_of(c).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(peer_replaced.len() >= 3 * RENEWALS, "{peer_replaced:?}");
+    while let Some(serial) = {
+        let crl = std::fs::read(cluster.root(0).etcd_peer_crl()).unwrap();
+        let listed = revoked_serials(&crl).unwrap();
+        peer_replaced.iter().find(|s| !listed.contains(s)).cloned()
+    } {
+        assert!(
+            now() < revoked_by,
+            "replaced peer certificate {serial:?} not revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, expiries) in seen
+        .iter()
+        .chain(&curator_seen)
+        .chain(&peer_seen)
+        .enumerate()
+    {
         // A renewal comes two thirds into the lifetime, so each certificate outlives the last
         // by about a third of it, never by more than a lifetime.
         let gaps: Vec<i64> = expiries
@@ -169,8 +220,8 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         assert!(
             gaps.iter()
                 .all(|&gap| gap > 0 && gap <= LIFETIME.as_secs() as i64),
-            "series {i} (node certificates of nodes 0-2, then their Curator certificates): \
-             expiring at {expiries:?}"
+            "series {i} (node certificates of nodes 0-2, then their Curator certificates, \
+             then their peer certificates): expiring at {expiries:?}"
         );
     }
     for (i, before) in restarted.iter().enumerate() {
@@ -196,4 +247,60 @@ async fn node_certificates_renew_themselves_and_a_node_off_past_expiry_rejoins()
         renewed > now() && renewed > lapsed,
         "node 2 follows with a certificate that expires at {renewed} (the old one: {lapsed})"
     );
+
+    // The whole cluster is stopped until every certificate and CRL it holds has expired, then
+    // started again.
+    let (held_crl, _) = cluster_crl(&cluster).await;
+    let mut lapsed = held_crl.next_update;
+    for i in 0..3 {
+        lapsed = lapsed
+            .max(not_after(&peer_certificate(&cluster, i)).unwrap())
+            .max(node_expiry(&cluster, i).unwrap())
+            .max(expiry(&cluster, i, "curator").unwrap());
+    }
+    for i in 0..3 {
+        cluster.stop(i, Signal::SIGTERM);
+    }
+    while now() <= lapsed + 1 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for i in 0..3 {
+        cluster.start(i, &[]).unwrap();
+    }
+    for i in 0..3 {
+        until_following(&cluster, i).await;
+        assert!(not_after(&peer_certificate(&cluster, i)).unwrap() > lapsed);
+    }
+    let mut owner = cluster
+        .owner(0)
+        .await
+        .expect("an owner connection after the restart");
+    let nodes = owner
+        .nodes()
+        .await
+        .expect("an owner call after the restart");
+    assert!(
+        nodes.iter().all(|n| n.certificate_expires > now()),
+        "{nodes:?}"
+    );
+
+    // Decommissioning node 2 revokes the peer certificate it serves, one it issued itself
+    // (not the one its record holds).
+    let served = serial_of(&peer_certificate(&cluster, 2)).unwrap();
+    let id = polis::pki::certificate_node_id(&peer_certificate(&cluster, 2)).unwrap();
+    owner
+        .decommission(&id)
+        .await
+        .expect("decommissioning node 2");
+    let revoked_by = now() + 30;
+    while !revoked_serials(&std::fs::read(cluster.root(0).etcd_peer_crl()).unwrap())
+        .unwrap()
+        .contains(&served)
+    {
+        assert!(
+            now() < revoked_by,
+            "node 2's served peer certificate not revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -39,7 +39,7 @@ pub async fn etcd_starts(
         advertise_host: "127.0.0.1".into(),
         peer_listen: std::net::SocketAddr::from(([127, 0, 0, 1], free_port(dir)?)),
     };
-    bootstrap_peer_pki(&root, &member)?;
+    bootstrap_peer_pki(&root, &member, crate::issuer::DEFAULT_NODE_LIFETIME)?;
     let cold = timed_start(&root, &member, log).await?;
     crate::consensus::remove_stale_socket(&root)?;
     let restart = timed_start(&root, &member, log).await?;

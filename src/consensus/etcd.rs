@@ -1,5 +1,5 @@
-//! Debian's etcd as this node's consensus member: its command line, its peer PKI on disk, and a
-//! client over the local unix socket.
+//! Debian's etcd as this node's consensus member: its command line and a client over the local
+//! unix socket.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -8,9 +8,10 @@ use etcd_client::Client;
 use hyper_util::rt::TokioIo;
 use tonic::transport::Endpoint;
 
+use super::peer_pki::PEER_CERTIFICATE_FILE;
 use super::peers::{initial_cluster, peer_url, Peer};
-use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
-use crate::pki::{read_pem, to_pem, CertificateAuthority, PkiError, Template};
+use crate::fsutil::FsError;
+use crate::pki::PkiError;
 use crate::storage::NodeRoot;
 
 /// The peer CA's name.
@@ -52,7 +53,7 @@ pub enum ConsensusError {
     /// A membership change did not complete in time; it may yet apply, so callers look again.
     #[error("etcd did not complete {0} in time")]
     TimedOut(&'static str),
-    /// etcd closed a watch.
+    /// etcd lists a member whose peer URL cannot be handed to a new member.
     #[error("etcd lists member {name:?} at {url:?}, which is not an https://host:port URL Polis can pass on")]
     BadPeer {
         /// The member's name.
@@ -60,6 +61,7 @@ pub enum ConsensusError {
         /// Its peer URL.
         url: String,
     },
+    /// etcd closed a watch.
     #[error("etcd closed the watch on {0}")]
     WatchClosed(String),
     /// A value every running cluster holds is absent.
@@ -68,6 +70,15 @@ pub enum ConsensusError {
     /// A key read back in the same transaction that found it was gone.
     #[error("etcd key {0} vanished during a transaction")]
     Vanished(String),
+    /// The member's peer certificate is due, and the member has no copy of the peer CA to
+    /// renew it with (a member keeps one once its etcd is ready).
+    #[error("the etcd peer certificate {certificate} is due for renewal, but there is no copy of the peer CA at {ca} to renew it with")]
+    NoLocalPeerCa {
+        /// The certificate file.
+        certificate: String,
+        /// Where the CA copy would be.
+        ca: String,
+    },
     /// The client connection could not be set up.
     #[error("cannot connect to etcd at {path}: {reason}")]
     Connect {
@@ -94,7 +105,10 @@ pub struct Member {
 #[derive(Clone, Debug)]
 pub enum Mode {
     /// The first member of a new cluster; it creates the peer CA.
-    Bootstrap,
+    Bootstrap {
+        /// How long its peer certificate is valid (the cluster's node-certificate lifetime).
+        peer_lifetime: std::time::Duration,
+    },
     /// A member that has started before: its data directory must exist.
     Restart,
     /// A member the cluster has added as a learner (see `AddLearner`), with the peer PKI the
@@ -129,100 +143,6 @@ impl Member {
     }
 }
 
-/// The new peer CA's key (PEM, owner-only) between its creation and its commit to etcd: written
-/// before etcd first starts, so that a crash before the commit does not lose the only copy
-/// (without it no member could ever be added); removed once etcd holds the CA.
-pub const PENDING_CA_KEY_FILE: &str = "ca-key.pem";
-
-/// Create the peer PKI of a new cluster on disk: a fresh peer CA (its key kept as pending, see
-/// [`PENDING_CA_KEY_FILE`]), this member's certificate and key, and an empty CRL. Returns the
-/// CA, which the caller commits to etcd once it runs.
-pub fn bootstrap_peer_pki(
-    root: &NodeRoot,
-    member: &Member,
-) -> Result<CertificateAuthority, ConsensusError> {
-    let ca = CertificateAuthority::new(PEER_CA_NAME)?;
-    fsutil::write_atomic(
-        &root.etcd_peer_pki().join(PENDING_CA_KEY_FILE),
-        to_pem("PRIVATE KEY", &ca.key_pkcs8()?).as_bytes(),
-        SECRET_MODE,
-    )?;
-    let key = crate::pki::generate_key()?;
-    let cert = ca.issue(&peer_template(member), &key.verifying_key())?;
-    let key_der = crate::pki::pkcs8(&key)?;
-    write_peer_pki(
-        root,
-        ca.certificate(),
-        &cert.der,
-        &key_der,
-        &ca.crl(1, &[], crate::pki::DEFAULT_CRL_VALIDITY)?,
-    )?;
-    Ok(ca)
-}
-
-/// The peer CA whose commit to etcd a crash interrupted, if its pending key is on disk.
-pub fn pending_peer_ca(root: &NodeRoot) -> Result<Option<CertificateAuthority>, ConsensusError> {
-    let dir = root.etcd_peer_pki();
-    let key_file = dir.join(PENDING_CA_KEY_FILE);
-    if !key_file.exists() {
-        return Ok(None);
-    }
-    let key = read_pem(&key_file, "PRIVATE KEY")?;
-    let certificate = read_pem(&dir.join("ca.pem"), "CERTIFICATE")?;
-    Ok(Some(CertificateAuthority::from_parts(
-        PEER_CA_NAME,
-        &key,
-        certificate,
-    )?))
-}
-
-/// Forget the pending peer CA key once etcd holds the CA.
-pub fn forget_pending_peer_ca(root: &NodeRoot) -> Result<(), FsError> {
-    let file = root.etcd_peer_pki().join(PENDING_CA_KEY_FILE);
-    match std::fs::remove_file(&file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FsError::new("remove", &file, e)),
-        _ => Ok(()),
-    }
-}
-
-/// What a peer certificate for `member` says: its name and the address it listens on.
-pub fn peer_template(member: &Member) -> Template {
-    Template::Peer {
-        name: member.name.clone(),
-        ip: member.peer_listen.ip(),
-    }
-}
-
-/// This member's peer certificate (PEM) in its peer PKI directory.
-pub const PEER_CERTIFICATE_FILE: &str = "cert.pem";
-
-/// Write the peer PKI files etcd reads: CA, certificate and key (owner-only) as PEM, CRL as DER.
-pub fn write_peer_pki(
-    root: &NodeRoot,
-    ca: &[u8],
-    cert: &[u8],
-    key: &[u8],
-    crl: &[u8],
-) -> Result<(), FsError> {
-    let dir = root.etcd_peer_pki();
-    fsutil::write_atomic(
-        &dir.join("ca.pem"),
-        to_pem("CERTIFICATE", ca).as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    fsutil::write_atomic(
-        &dir.join(PEER_CERTIFICATE_FILE),
-        to_pem("CERTIFICATE", cert).as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    fsutil::write_atomic(
-        &dir.join("key.pem"),
-        to_pem("PRIVATE KEY", key).as_bytes(),
-        SECRET_MODE,
-    )?;
-    fsutil::write_atomic(&root.etcd_peer_crl(), crl, PUBLIC_MODE)
-}
-
 /// The etcd command line for `member`: with `join` unset, the first member of a new cluster;
 /// with `join` set (every member), a learner joining an existing one. Restarting
 /// from a data directory, etcd ignores both.
@@ -251,7 +171,7 @@ pub fn command(root: &NodeRoot, member: &Member, join: Option<&[Peer]>) -> Comma
         .arg("--initial-cluster-state")
         .arg(if join.is_some() { "existing" } else { "new" })
         .arg("--peer-cert-file")
-        .arg(pki.join("cert.pem"))
+        .arg(pki.join(PEER_CERTIFICATE_FILE))
         .arg("--peer-key-file")
         .arg(pki.join("key.pem"))
         .arg("--peer-trusted-ca-file")

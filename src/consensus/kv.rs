@@ -42,6 +42,12 @@ impl NamespacedKv {
         Ok(())
     }
 
+    /// Delete `key` (nothing if it is absent).
+    pub async fn delete(&mut self, key: &str) -> Result<(), ConsensusError> {
+        self.client.delete(self.key(key), None).await?;
+        Ok(())
+    }
+
     /// Create `key` with `value` unless it exists, in one transaction; returns the value that is
     /// there now. Two concurrent calls agree on one value.
     pub async fn ensure(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, ConsensusError> {

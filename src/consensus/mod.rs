@@ -4,6 +4,7 @@
 
 mod etcd;
 mod kv;
+pub mod peer_pki;
 pub mod peers;
 
 use std::time::Duration;
@@ -13,17 +14,18 @@ use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
 
 pub use etcd::{
-    bootstrap_peer_pki, command as etcd_command, connect, peer_template, remove_stale_socket,
-    ConsensusError, Member, Mode, PEER_CA_NAME, PEER_CERTIFICATE_FILE, PEER_PORT,
-    PENDING_CA_KEY_FILE,
+    command as etcd_command, connect, remove_stale_socket, ConsensusError, Member, Mode,
+    PEER_CA_NAME, PEER_PORT,
 };
 pub use kv::{Leadership, NamespacedKv};
+pub use peer_pki::{bootstrap_peer_pki, peer_template, LOCAL_CA_KEY_FILE, PEER_CERTIFICATE_FILE};
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::metrics::health::{Health, MemberStatus};
-use crate::pki::{read_pem, CertificateAuthority};
+use crate::pki::{instant_at, renew_at, CertificateAuthority};
 use crate::poll::Poll;
 use crate::process::ChildProcess;
+use crate::retry::Retry;
 use crate::storage::NodeRoot;
 
 /// How long etcd gets to become ready.
@@ -136,7 +138,6 @@ impl Actor for Consensus {
         let dir = root.consensus();
         std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
         let restart = root.etcd_data().join("member").exists();
-        let mut new_ca = None;
         let mut join = None;
         if restart {
             if !root.etcd_peer_pki().join("key.pem").exists() {
@@ -147,12 +148,13 @@ impl Actor for Consensus {
                 )));
             }
             slog::info!(ctx.log(), "restarting etcd from its data directory");
-            new_ca = etcd::pending_peer_ca(&root)?;
-            if new_ca.is_some() {
-                slog::warn!(
-                    ctx.log(),
-                    "the new cluster's peer CA was never committed to etcd; committing it now"
-                );
+            // Before etcd: its peers refuse an expired certificate, and may be waiting for
+            // this member to renew its own to form a quorum at all.
+            match peer_pki::renew_if_due(&root, &self.config.member) {
+                Ok(Some(_)) => slog::info!(ctx.log(), "etcd peer certificate renewed"),
+                Ok(None) => {}
+                Err(e) => slog::warn!(ctx.log(), "the etcd peer certificate could not be renewed";
+                    "error" => %e),
             }
         } else {
             match &self.config.mode {
@@ -162,9 +164,9 @@ impl Actor for Consensus {
                         root.etcd_data().display()
                     )))
                 }
-                Mode::Bootstrap => {
+                Mode::Bootstrap { peer_lifetime } => {
                     slog::info!(ctx.log(), "starting a new single-member cluster"; "member" => &self.config.member.name);
-                    new_ca = Some(etcd::bootstrap_peer_pki(&root, &self.config.member)?);
+                    peer_pki::bootstrap_peer_pki(&root, &self.config.member, *peer_lifetime)?;
                 }
                 Mode::Join {
                     peers,
@@ -175,7 +177,7 @@ impl Actor for Consensus {
                 } => {
                     slog::info!(ctx.log(), "joining the cluster as a learner";
                         "initial_cluster" => peers::initial_cluster(peers));
-                    etcd::write_peer_pki(&root, ca, certificate, key, crl)?;
+                    peer_pki::write_peer_pki(&root, ca, certificate, key, crl)?;
                     join = Some(peers.clone());
                 }
             }
@@ -192,41 +194,34 @@ impl Actor for Consensus {
         );
         self.etcd = Some(process);
         let spawned = std::time::Instant::now();
-        ctx.spawn(
-            ready(root, new_ca),
-            move |result, consensus: &mut Self, ctx| {
-                let client = result?;
-                let elapsed = spawned.elapsed();
-                slog::info!(ctx.log(), "etcd ready"; "after_ms" => elapsed.as_millis());
-                consensus.config.health.consensus_ready(elapsed);
-                let peer = consensus
-                    .config
-                    .root
-                    .etcd_peer_pki()
-                    .join(PEER_CERTIFICATE_FILE);
-                if let Ok(der) = read_pem(&peer, "CERTIFICATE") {
-                    consensus.config.health.certificate_held("peer", &der);
-                }
-                let crl_file = consensus.config.root.etcd_peer_crl();
-                ctx.spawn(
-                    watch_crl(client.clone(), crl_file),
-                    |ended, consensus: &mut Self, _| match consensus.stopping {
-                        true => Ok(()),
-                        false => Err(Failure::msg(format!("the peer CRL watch ended: {ended}"))),
-                    },
-                );
-                consensus.client = Some(client);
-                for waiter in consensus.waiting.drain(..) {
-                    let _ = waiter.send(());
-                }
-                ctx.healthy();
-                ctx.run_interval(PROMOTE_EVERY, |consensus: &mut Self, ctx| {
-                    consensus.autopromote(ctx);
-                    Ok(())
-                });
+        ctx.spawn(ready(root), move |result, consensus: &mut Self, ctx| {
+            let client = result?;
+            let elapsed = spawned.elapsed();
+            slog::info!(ctx.log(), "etcd ready"; "after_ms" => elapsed.as_millis());
+            consensus.config.health.consensus_ready(elapsed);
+            ctx.spawn(
+                keep_peer_certificate(client.clone(), consensus.config.clone(), ctx.log().clone()),
+                |(), _, _| Ok(()),
+            );
+            let crl_file = consensus.config.root.etcd_peer_crl();
+            ctx.spawn(
+                watch_crl(client.clone(), crl_file),
+                |ended, consensus: &mut Self, _| match consensus.stopping {
+                    true => Ok(()),
+                    false => Err(Failure::msg(format!("the peer CRL watch ended: {ended}"))),
+                },
+            );
+            consensus.client = Some(client);
+            for waiter in consensus.waiting.drain(..) {
+                let _ = waiter.send(());
+            }
+            ctx.healthy();
+            ctx.run_interval(PROMOTE_EVERY, |consensus: &mut Self, ctx| {
+                consensus.autopromote(ctx);
                 Ok(())
-            },
-        );
+            });
+            Ok(())
+        });
         Ok(Started::Pending)
     }
 
@@ -495,9 +490,9 @@ pub async fn peer_ca(kv: &mut NamespacedKv) -> Result<CertificateAuthority, Cons
     )?)
 }
 
-/// Wait until etcd answers, then commit a new cluster's peer CA (certificate and key in one
-/// create-if-absent transaction) and forget its pending copy on disk.
-async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<Client, Failure> {
+/// Wait until etcd answers, then make etcd and this member's copy of the peer CA agree
+/// ([`peer_pki::keep_peer_ca`]).
+async fn ready(root: NodeRoot) -> Result<Client, Failure> {
     // Ready means serving linearizable reads, which a learner refuses until it is promoted.
     let client = Poll::new(READY_POLL, READY_TIMEOUT)
         .until(async || {
@@ -512,18 +507,37 @@ async fn ready(root: NodeRoot, new_ca: Option<CertificateAuthority>) -> Result<C
             let within = READY_TIMEOUT.as_secs();
             Failure::msg(format!("etcd not ready within {within} s: {e}"))
         })?;
-    if let Some(ca) = new_ca {
-        let mut kv = NamespacedKv::new(client.clone(), NAMESPACE.to_owned());
-        let stored = kv
-            .ensure_all(&[
-                (PEER_CA_CERTIFICATE, ca.certificate()),
-                (PEER_CA_KEY, &ca.key_pkcs8()?),
-            ])
-            .await?;
-        if stored.first().map(Vec::as_slice) != Some(ca.certificate()) {
-            return Err(ConsensusError::PeerCaConflict.into());
-        }
-        etcd::forget_pending_peer_ca(&root).map_err(ConsensusError::from)?;
-    }
+    let mut kv = NamespacedKv::new(client.clone(), NAMESPACE.to_owned());
+    peer_pki::keep_peer_ca(&root, &mut kv).await?;
     Ok(client)
+}
+
+/// Keep this member's peer certificate current for as long as etcd runs: renew it when due
+/// ([`peer_pki::renew_if_due`]), show its expiry in the node's metrics, and record the one
+/// served in etcd ([`peer_pki::record_served`]). A failure is logged as a warning and retried
+/// with backoff.
+async fn keep_peer_certificate(client: Client, config: ConsensusConfig, log: slog::Logger) {
+    let mut kv = NamespacedKv::new(client, NAMESPACE.to_owned());
+    let mut retry = Retry::new();
+    loop {
+        let kept = async {
+            if peer_pki::renew_if_due(&config.root, &config.member)?.is_some() {
+                slog::info!(log, "etcd peer certificate renewed");
+            }
+            let served = peer_pki::served(&config.root)?;
+            config.health.certificate_held("peer", &served);
+            peer_pki::record_served(&mut kv, &config.member.name, &served).await?;
+            Ok::<_, ConsensusError>(renew_at(&served)?)
+        };
+        match kept.await {
+            Ok(due) => {
+                retry.reset();
+                tokio::time::sleep_until(instant_at(due)).await;
+            }
+            Err(e) => {
+                slog::warn!(log, "the etcd peer certificate could not be renewed"; "error" => %e);
+                retry.wait(&log, "etcd peer certificate", &e).await;
+            }
+        }
+    }
 }

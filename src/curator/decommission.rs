@@ -7,7 +7,7 @@
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Started};
 
 use crate::consensus::{
-    peer_ca, Consensus, Kv, NamespacedKv, RemoveMember, NAMESPACE as CONSENSUS_NAMESPACE,
+    peer_ca, peer_pki, Consensus, Kv, NamespacedKv, RemoveMember, NAMESPACE as CONSENSUS_NAMESPACE,
     PEER_CRL_KEY,
 };
 use crate::crash_point;
@@ -137,8 +137,9 @@ impl Retire {
 }
 
 /// Take node `node`'s seat in etcd back, if it has one (by name, or by peer URL if its member
-/// never started), and revoke the peer certificate of its consensus role `member`, if any, into
-/// the peer CRL. Repeatable; answers whether a member was removed.
+/// never started), and revoke into the peer CRL the peer certificate of its consensus role
+/// `member`, if any, and every one the member recorded (renewals). Repeatable; answers whether
+/// a member was removed.
 pub(super) async fn remove_consensus_member(
     consensus: &ActorRef<Consensus>,
     peer_kv: &NamespacedKv,
@@ -157,6 +158,12 @@ pub(super) async fn remove_consensus_member(
     crash_point::pass(log, "decommission:member-removed");
     if let Some(member) = member.filter(|m| !m.peer_certificate.is_empty()) {
         revoke_peer_certificate(peer_kv, &member.peer_certificate).await?;
+    }
+    // Its etcd, removed, can record no more: these are all it was issued.
+    let mut recorded_kv = peer_kv.clone();
+    for (key, certificate) in peer_pki::issued_to(&mut recorded_kv, &node.id).await? {
+        revoke_peer_certificate(peer_kv, &certificate).await?;
+        recorded_kv.delete(&key).await?;
     }
     Ok(removed)
 }

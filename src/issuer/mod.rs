@@ -3,7 +3,10 @@
 //! issued certificate recorded, and revocation ([`revoke`]) through a CRL stored
 //! beside it. It keeps both CRLs current, the cluster CA's and the etcd peer CA's: each is
 //! valid for the cluster's node-certificate lifetime and reissued half-way into it
-//! ([`reissue_if_due`]); every issuer of the cluster looks, and the first to write wins.
+//! ([`reissue_if_due`]); every issuer of the cluster looks, and the first to write wins. At
+//! each look it also revokes the etcd peer certificates members replaced by renewing them
+//! ([`crate::consensus::peer_pki`]). It issues a new member's first peer certificate from the
+//! peer CA, for the node-certificate lifetime.
 //!
 //! It also keeps the cluster's PCR policy key ([`crate::tpm::policy`]) beside the CA, created
 //! the same way, and signs with it the PCR 7 values nodes may unseal at ([`ApprovePcr`]).
@@ -20,8 +23,8 @@ use polis_actors::{
 };
 
 use crate::consensus::{
-    peer_ca, Consensus, ConsensusError, Kv, NamespacedKv, NAMESPACE as CONSENSUS_NAMESPACE,
-    PEER_CRL_KEY,
+    peer_ca, peer_pki, Consensus, ConsensusError, Kv, NamespacedKv,
+    NAMESPACE as CONSENSUS_NAMESPACE, PEER_CRL_KEY,
 };
 use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
 use crate::tpm::policy::{PolicyError, PolicyKey};
@@ -301,7 +304,7 @@ impl Handler<Issue> for Issuer {
             return Ok(Reply::now(Err(IssuerError::NotReady)));
         };
         slog::info!(ctx.log(), "issuing"; "template" => ?template);
-        let lifetimes = self.lifetimes;
+        let (lifetimes, consensus) = (self.lifetimes, self.consensus.clone());
         Ok(Reply::later(async move {
             let issue = async {
                 let issued = match template {
@@ -311,7 +314,11 @@ impl Handler<Issue> for Issuer {
                     Template::Client { .. } => {
                         ca.issue_valid_for(&template, &public, lifetimes.owner)?
                     }
-                    _ => ca.issue(&template, &public)?,
+                    // The peer CA's; its member records what it serves (consensus::peer_pki).
+                    Template::Peer { .. } => {
+                        let ca = peer_ca(&mut peer_kv(&consensus).await?).await?;
+                        return Ok(ca.issue_valid_for(&template, &public, lifetimes.node)?);
+                    }
                 };
                 record(&mut kv, &issued).await?;
                 Ok(issued)
@@ -428,10 +435,7 @@ impl Issuer {
             {
                 reissued.push("cluster");
             }
-            let mut peer_kv = consensus
-                .ask(Kv(CONSENSUS_NAMESPACE.into()))
-                .await
-                .map_err(IssuerError::from)??;
+            let mut peer_kv = peer_kv(&consensus).await?;
             let peer_ca = peer_ca(&mut peer_kv).await?;
             if reissue_if_due(&mut peer_kv, &peer_ca, PEER_CRL_KEY, validity)
                 .await?
@@ -439,15 +443,21 @@ impl Issuer {
             {
                 reissued.push("etcd peer");
             }
-            Ok::<_, IssuerError>(reissued)
+            let retired = revoke_replaced_peer_certificates(&mut peer_kv, &peer_ca).await?;
+            Ok::<_, IssuerError>((reissued, retired))
         };
         ctx.spawn(check, |checked, issuer: &mut Self, ctx| {
             match checked {
-                Ok(reissued) if !reissued.is_empty() => {
-                    slog::info!(ctx.log(), "CRLs reissued"; "lists" => ?reissued,
-                        "valid_s" => issuer.lifetimes.node.as_secs());
+                Ok((reissued, retired)) => {
+                    if !reissued.is_empty() {
+                        slog::info!(ctx.log(), "CRLs reissued"; "lists" => ?reissued,
+                            "valid_s" => issuer.lifetimes.node.as_secs());
+                    }
+                    if retired > 0 {
+                        slog::info!(ctx.log(), "replaced etcd peer certificates revoked";
+                            "count" => retired);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => slog::warn!(ctx.log(), "a CRL could not be reissued; trying again";
                     "error" => %e),
             }
@@ -460,6 +470,29 @@ impl Issuer {
             Ok(())
         });
     }
+}
+
+/// A client for the consensus actor's namespace, where the peer CA and its CRL are.
+async fn peer_kv(consensus: &ActorRef<Consensus>) -> Result<NamespacedKv, IssuerError> {
+    Ok(consensus
+        .ask(Kv(CONSENSUS_NAMESPACE.into()))
+        .await
+        .map_err(IssuerError::from)??)
+}
+
+/// Revoke every etcd peer certificate a member recorded as replaced by a renewal, and forget
+/// it once it is listed; answers how many. Issuers doing this at once agree: a revocation is
+/// repeatable.
+async fn revoke_replaced_peer_certificates(
+    peer_kv: &mut NamespacedKv,
+    peer_ca: &CertificateAuthority,
+) -> Result<usize, IssuerError> {
+    let replaced = peer_pki::replaced(peer_kv).await?;
+    for (key, certificate) in &replaced {
+        revoke(peer_kv, peer_ca, PEER_CRL_KEY, certificate).await?;
+        peer_kv.delete(key).await?;
+    }
+    Ok(replaced.len())
 }
 
 /// How often an issuer looks whether a CRL current for `validity` is due: twelve times in it

@@ -118,12 +118,15 @@ impl Run {
             crl: Vec::new(),
         });
         self.start_hostsfile(&cluster).await?;
-        let member = cluster::member_children(&cluster, Mode::Bootstrap);
+        let lifetimes = certificate_lifetimes(&params)?;
+        let mode = Mode::Bootstrap {
+            peer_lifetime: lifetimes.node,
+        };
+        let member = cluster::member_children(&cluster, mode);
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
         self.start_child(member.consensus).await?;
         self.start_child(member.pki).await?;
 
-        let lifetimes = certificate_lifetimes(&params)?;
         let pcr7 = self.pcr7().await?;
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
         let credentials = self

@@ -130,6 +130,9 @@ impl LifecycleError {
             LifecycleError::AwaitingApproval
             | LifecycleError::AwaitingPcrApproval { .. }
             | LifecycleError::Reach(ReachError::Unreachable(_))
+            // The whole cluster coming back after being off past its CRL: no Curator serves
+            // until enough members have started.
+            | LifecycleError::Reach(ReachError::NoCurrentCrl(_))
             | LifecycleError::ActorAway(_)
             | LifecycleError::Child(ChildError::StartFailed { .. })
             | LifecycleError::Storage(StorageError::TpmUnavailable(_)) => true,

@@ -20,8 +20,8 @@ use time::{Duration, OffsetDateTime};
 pub const CURATOR_URI: &str = "urn:polis:role:curator";
 
 /// How long certificates are valid unless their issuer bounds them ([`CertificateAuthority::
-/// issue_valid_for`]): the CA's own, ephemeral ones, and those whose holders cannot renew them
-/// yet (etcd peer certificates; issue 13).
+/// issue_valid_for`]): the CA's own, and ephemeral ones. Every certificate the cluster issues to
+/// a holder is bounded.
 const VALIDITY: Duration = Duration::days(365 * 20);
 /// Tolerance for clocks that run behind the issuer's: certificates and CRLs are valid from this
 /// long before their issue, and revoked certificates stay listed this long past their expiry.
@@ -151,7 +151,8 @@ impl CertificateAuthority {
         Ok(pkcs8(&self.key)?.to_vec())
     }
 
-    /// Issue a certificate of kind `template` for `public`, valid for the long default.
+    /// Issue a certificate of kind `template` for `public`, valid for the long default: for
+    /// tests and tools whose certificates outlive them; the cluster bounds every one it issues.
     pub fn issue(&self, template: &Template, public: &VerifyingKey) -> Result<Issued, PkiError> {
         self.issue_valid_for(template, public, VALIDITY.unsigned_abs())
     }

@@ -48,8 +48,8 @@ pub fn certificate_node_id(der: &[u8]) -> Result<String, PkiError> {
     Ok(node_id(&certificate_key(der)?))
 }
 
-/// The Ed25519 key a certificate (DER) certifies.
-fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
+/// The Ed25519 key a certificate (DER) certifies: a renewal certifies the same one.
+pub fn certificate_key(der: &[u8]) -> Result<VerifyingKey, PkiError> {
     let key: [u8; 32] = parse(der)?
         .public_key()
         .subject_public_key
@@ -83,11 +83,26 @@ pub fn instant_at(at: i64) -> tokio::time::Instant {
 /// into its lifetime, which runs from its issue (an hour after its notBefore, which is backdated
 /// for clocks that run behind) to its notAfter. In seconds since the Unix epoch.
 pub fn renew_at(certificate: &[u8]) -> Result<i64, PkiError> {
+    let (issued, not_after) = issued_and_not_after(certificate)?;
+    Ok(issued + (not_after - issued) * 2 / 3)
+}
+
+/// How long `certificate` (DER, issued by a cluster CA) was issued to be valid: from its issue
+/// to its notAfter. A holder that renews by itself asks for as long again.
+pub fn lifetime(certificate: &[u8]) -> Result<std::time::Duration, PkiError> {
+    let (issued, not_after) = issued_and_not_after(certificate)?;
+    let seconds = u64::try_from(not_after - issued)
+        .map_err(|_| PkiError::BadCertificate("it expires before its issue".into()))?;
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+/// When `certificate` was issued (an hour after its notBefore, which is backdated for clocks
+/// that run behind) and its notAfter, in seconds since the Unix epoch.
+fn issued_and_not_after(certificate: &[u8]) -> Result<(i64, i64), PkiError> {
     let parsed = parse(certificate)?;
     let validity = parsed.validity();
     let issued = validity.not_before.timestamp() + super::ca::BACKDATE.whole_seconds();
-    let not_after = validity.not_after.timestamp();
-    Ok(issued + (not_after - issued) * 2 / 3)
+    Ok((issued, validity.not_after.timestamp()))
 }
 
 /// Whether the holder of `certificate` (DER) should renew it now ([`renew_at`] has come, or it

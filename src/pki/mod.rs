@@ -14,8 +14,8 @@ pub use ca::{
 pub use credentials::{read_pem, to_pem, CredentialsError, NodeCredentials};
 pub use crl::{read_crl, revoked_serials, verify_crl, CrlInfo, DEFAULT_CRL_VALIDITY};
 pub use identity::{
-    certificate_node_id, fingerprint, generate_key, hex, instant_at, is_curator_certificate,
-    node_id, not_after, pkcs8, renew_at, renewal_due, unix_now, verify_client_certificate,
-    verify_node_certificate,
+    certificate_key, certificate_node_id, fingerprint, generate_key, hex, instant_at,
+    is_curator_certificate, lifetime, node_id, not_after, pkcs8, renew_at, renewal_due, unix_now,
+    verify_client_certificate, verify_node_certificate,
 };
 pub use serial::serial_of;

@@ -52,10 +52,19 @@ pub fn member() -> Member {
 /// A consensus child running etcd as `member` below `root`, started as a new cluster (or
 /// restarted, if `root` holds etcd's data).
 pub fn consensus_of(root: &Path, member: Member) -> (ChildSpec, ActorRef<Consensus>) {
+    consensus_lived(root, member, polis::issuer::DEFAULT_NODE_LIFETIME)
+}
+
+/// [`consensus_of`], its peer certificate (in a new cluster) valid for `peer_lifetime`.
+pub fn consensus_lived(
+    root: &Path,
+    member: Member,
+    peer_lifetime: Duration,
+) -> (ChildSpec, ActorRef<Consensus>) {
     let config = ConsensusConfig {
         root: NodeRoot::new(root),
         member,
-        mode: Mode::Bootstrap,
+        mode: Mode::Bootstrap { peer_lifetime },
         health: Default::default(),
     };
     let (spec, consensus) =

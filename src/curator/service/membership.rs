@@ -5,6 +5,7 @@ use crate::consensus::{peer_ca, peers, AddLearner, PEER_CRL_KEY, PEER_PORT};
 use crate::curator::decommission::{remove_consensus_member, revoke_peer_certificate};
 use crate::curator::records;
 use crate::curator::CuratorError;
+use crate::issuer::Issue;
 use crate::pki::{Template, DEFAULT_CRL_VALIDITY};
 use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::private::Node;
@@ -34,7 +35,7 @@ impl Services {
             name: node.id.clone(),
             ip,
         };
-        let certificate = ca.issue(&template, &public)?;
+        let certificate = self.issuer.ask(Issue(template, public)).await??;
         let peers = self
             .consensus
             .ask(AddLearner {
