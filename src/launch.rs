@@ -243,6 +243,7 @@ impl LocalCluster {
                         parameters: None,
                         memory_mib: VM_MEMORY_MIB,
                         on_stop: "poweroff",
+                        pcr7_events: Vec::new(),
                     };
                     make_disk(&config.disk(), VM_DISK_MIB)?;
                     Some((config, None))
@@ -361,9 +362,15 @@ impl LocalCluster {
     }
 
     /// Extend PCR 7 of node `i`'s TPM with `event`, as firmware does when the Secure Boot state
-    /// changes (a dbx or firmware update): the value lasts until its swtpm restarts. For nodes
-    /// run as processes, whose swtpm the harness starts.
+    /// changes (a dbx or firmware update). A node run as a process: now, through its swtpm,
+    /// until that restarts. A VM: at every boot from its next one on, by the test hook
+    /// `polis.test_extend_pcr7` (the hex of `event`), as its PCRs reset at every boot and QEMU
+    /// holds the only channel to its TPM.
     pub fn extend_pcr7(&mut self, i: usize, event: &[u8]) -> Result<(), LaunchError> {
+        if let Some((config, _)) = self.nodes[i].vm.as_mut() {
+            config.pcr7_events.push(crate::pki::hex(event));
+            return Ok(());
+        }
         self.ensure_swtpm(i)?;
         let tcti = format!("swtpm:host=127.0.0.1,port={SWTPM_PORT}");
         let extended = within(&self.nodes[i].namespace, || {

@@ -17,7 +17,7 @@ use polis::proto::api::node_parameters::{Cluster, ClusterBootstrap, Network};
 use polis::proto::api::NodeParameters;
 use polis::proto::common::NodeState;
 use polis::vm::{luks_uuid, make_disk, Vm, VmConfig};
-use polis_integration::{test_logger, vm_image};
+use polis_integration::{test_logger, until_following, vm_image};
 use prost::Message;
 
 /// Generous: TCG on a shared 2-core machine. Waits end as soon as the line appears.
@@ -123,6 +123,7 @@ fn one_vm_bootstraps_on_luks2_powers_off_and_rejoins_after_reboot_and_power_cut(
         parameters: Some(bootstrap_parameters(&owner_key)),
         memory_mib: 1024,
         on_stop: "poweroff",
+        pcr7_events: Vec::new(),
     };
     make_disk(&config.disk(), 1024).unwrap();
     let timer = Instant::now();
@@ -212,8 +213,44 @@ async fn two_members_up(cluster: &LocalCluster, i: usize) {
         .unwrap()
 }
 
-/// Two VMs: node 1 registers into node 0's cluster over the bridge and becomes a consensus
-/// member; both power off in order and boot again, and the cluster comes back (a cold start:
+/// Node `i`'s console so far.
+fn console_of(cluster: &LocalCluster, i: usize) -> String {
+    std::fs::read_to_string(cluster.nodes[i].log_file()).unwrap_or_default()
+}
+
+/// Node 1 (a worker yet: node 0 alone holds quorum) powers off, gets a firmware update that
+/// changes its PCR 7 at every boot from now on (issue 13 §2), and boots: as process 1, through
+/// the kernel's TPM device, it says so on its console and waits, locked, until the owner
+/// approves the value it asks for (signed by its TPM's recovery key), then unseals and follows
+/// its record again.
+async fn pcr7_changes_and_the_owner_approves(cluster: &mut LocalCluster, id: &str) {
+    cluster.stop(1, Signal::SIGTERM);
+    cluster.extend_pcr7(1, b"a firmware update").unwrap();
+    cluster.start(1, &[]).unwrap();
+    let requested = cluster
+        .until(1, "ask for its new PCR 7 value's approval", || async {
+            let requests = cluster.owner(0).await.ok()?.pcr_requests().await.ok()?;
+            let request = requests.into_iter().find(|r| r.id == id && !r.refused)?;
+            Some(request.requested_pcr7)
+        })
+        .await
+        .unwrap();
+    // The console holds this boot only.
+    let console = console_of(cluster, 1);
+    assert!(
+        console.contains("test hook: extending PCR 7")
+            && console.contains("PCR 7 changed since this node enrolled")
+            && !console.contains("rejoining the cluster"),
+        "{console}"
+    );
+    let mut owner = cluster.owner(0).await.unwrap();
+    owner.decide_pcr(id, &requested, true).await.unwrap();
+    until_following(cluster, 1).await;
+}
+
+/// Two VMs: node 1 registers into node 0's cluster over the bridge, recovers from a PCR 7
+/// change with the owner's approval, and becomes a consensus member; both power off in order
+/// and boot again (node 1 with its changed PCR 7), and the cluster comes back (a cold start:
 /// no Curator answers until etcd has quorum again).
 #[test]
 fn two_vms_form_a_cluster_and_come_back_after_both_power_off() {
@@ -232,7 +269,12 @@ fn two_vms_form_a_cluster_and_come_back_after_both_power_off() {
         .unwrap();
     rt.block_on(async {
         let owner = cluster.bootstrap().await.unwrap();
-        let id = cluster.register(1, &owner).await.unwrap();
+        let node = cluster.start_registration(1, &owner).await.unwrap();
+        cluster.approve(1, &owner, &node).await.unwrap();
+        let id = node.id;
+        until_following(&cluster, 1).await;
+        pcr7_changes_and_the_owner_approves(&mut cluster, &id).await;
+        cluster.make_consensus_member(1, &owner, &id).await.unwrap();
         assert_eq!(cluster.nodes[1].id().as_deref(), Some(id.as_str()));
         two_members_up(&cluster, 0).await;
         // Fault injection through node 1's debug port (the relay presents the node's token),

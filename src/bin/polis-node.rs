@@ -169,6 +169,15 @@ fn machine_init() -> ! {
                 Err(e) => return failed(e.to_string()),
             };
             let config = machine_config(&root, &machine);
+            for event in &machine.cmdline.test_extend_pcr7 {
+                slog::crit!(log, "test hook: extending PCR 7, as a firmware update would";
+                    "event" => event);
+                let extended = polis::tpm::Sealer::connect(DEFAULT_TPM)
+                    .and_then(|mut tpm| tpm.extend_pcr7(event.as_bytes()));
+                if let Err(e) = extended {
+                    return failed(format!("test hook: PCR 7 not extended: {e}"));
+                }
+            }
             init::debug_port::serve(
                 polis::debug_client::DEBUG_ADDRESS,
                 root.debug_token(),

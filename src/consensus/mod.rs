@@ -1,6 +1,8 @@
 //! The consensus actor: runs this node's etcd member as a supervised child process and hands
 //! other actors namespaced clients. It is healthy once etcd answers on the local socket; if etcd
 //! exits, the actor fails and its supervisor restarts both. The child never outlives the actor.
+//! It keeps the member's peer certificate current ([`peer_pki`]), renewing it before etcd
+//! starts if it is due, and while etcd runs.
 
 mod etcd;
 mod kv;

@@ -16,6 +16,12 @@ pub struct Cmdline {
     /// `polis.on_stop=poweroff|reboot`; unset means: reboot after a failure, power off after a
     /// requested shutdown.
     pub on_stop: Option<OnStop>,
+    /// `polis.test_extend_pcr7=EVENT` (repeatable), a test hook: process 1 extends PCR 7 with
+    /// each EVENT before anything unseals, as firmware measuring a changed Secure Boot database
+    /// would. The VM tier's stand-in for a firmware update: QEMU holds the only channel to a
+    /// VM's TPM, and PCRs reset at every boot. It can only make PCR 7 hold a value nobody
+    /// approved, which whoever sets the command line can do anyway.
+    pub test_extend_pcr7: Vec<String>,
 }
 
 impl Cmdline {
@@ -25,6 +31,9 @@ impl Cmdline {
         let mut cmdline = Cmdline::default();
         let mut warnings = Vec::new();
         for word in line.split_whitespace() {
+            if let Some(event) = word.strip_prefix("polis.test_extend_pcr7=") {
+                cmdline.test_extend_pcr7.push(event.to_owned());
+            }
             if let Some(value) = word.strip_prefix("polis.on_stop=") {
                 cmdline.on_stop = match value {
                     "poweroff" => Some(OnStop::Poweroff),
@@ -70,6 +79,17 @@ mod tests {
         assert_eq!(
             (c.on_stop(true), c.on_stop(false)),
             (OnStop::Poweroff, OnStop::Reboot)
+        );
+    }
+
+    #[test]
+    fn pcr7_test_events_are_read_in_order_and_none_by_default() {
+        let (c, _) = Cmdline::parse("console=ttyS0 panic=-1");
+        assert!(c.test_extend_pcr7.is_empty());
+        let (c, w) = Cmdline::parse("polis.test_extend_pcr7=dbx-1 quiet polis.test_extend_pcr7=fw");
+        assert_eq!(
+            (c.test_extend_pcr7, w.len()),
+            (vec!["dbx-1".into(), "fw".into()], 0)
         );
     }
 }

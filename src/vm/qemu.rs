@@ -85,6 +85,9 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// `poweroff` or `reboot`: `polis.on_stop` on the kernel command line.
     pub on_stop: &'static str,
+    /// What the VM's "firmware" measures into PCR 7 at every boot besides its own events
+    /// (`polis.test_extend_pcr7`, a test hook; no whitespace): a firmware update, for tests.
+    pub pcr7_events: Vec<String>,
 }
 
 impl VmConfig {
@@ -168,7 +171,18 @@ impl Vm {
             "-initrd".into(),
             config.initramfs.display().to_string(),
             "-append".into(),
-            format!("console=ttyS0 panic=-1 polis.on_stop={}", config.on_stop),
+            std::iter::once(format!(
+                "console=ttyS0 panic=-1 polis.on_stop={}",
+                config.on_stop
+            ))
+            .chain(
+                config
+                    .pcr7_events
+                    .iter()
+                    .map(|e| format!("polis.test_extend_pcr7={e}")),
+            )
+            .collect::<Vec<_>>()
+            .join(" "),
             "-serial".into(),
             format!("file:{}", console.display()),
             "-qmp".into(),
