@@ -648,7 +648,6 @@ impl LocalCluster {
     /// NEW, wait until it is UP, then give it the consensus role (one learner at a time).
     pub async fn register(&mut self, i: usize, owner: &Owner) -> Result<String, LaunchError> {
         let node = self.start_registration(i, owner).await?;
-        self.nodes[i].known_id = Some(node.id.clone());
         self.approve(i, owner, &node).await?;
         self.make_consensus_member(i, owner, &node.id).await?;
         slog::info!(self.log, "node registered, approved and made a consensus member";
@@ -664,7 +663,9 @@ impl LocalCluster {
         owner: &Owner,
     ) -> Result<ApiNode, LaunchError> {
         self.begin_registration(i, owner).await?;
-        self.registered(i, owner).await
+        let node = self.registered(i, owner).await?;
+        self.nodes[i].known_id = Some(node.id.clone());
+        Ok(node)
     }
 
     /// Give node `i` parameters with a register ticket and start it.
