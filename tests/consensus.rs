@@ -239,7 +239,8 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
 /// start commits it, certificate and key together.
 #[actix_rt::test]
 async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start() {
-    use polis::consensus::{bootstrap_peer_pki, etcd_command, peer_ca, LOCAL_CA_KEY_FILE};
+    use polis::consensus::peer_pki::{bootstrap_peer_pki, LOCAL_CA_KEY_FILE};
+    use polis::consensus::{etcd_command, peer_ca};
     use polis::storage::NodeRoot;
     use std::os::unix::fs::PermissionsExt;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use polis::consensus::{
-    connect, peer_template, AddLearner, Consensus, ConsensusConfig, ConsensusError, Kv, Member,
-    Mode, NAMESPACE,
+    connect, peer_pki::peer_template, AddLearner, Consensus, ConsensusConfig, ConsensusError, Kv,
+    Member, Mode, NAMESPACE,
 };
 use polis::pki::{generate_key, DEFAULT_CRL_VALIDITY};
 use polis::poll::Poll;

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::BenchError;
-use crate::consensus::{bootstrap_peer_pki, connect, etcd_command, Member};
+use crate::consensus::peer_pki::bootstrap_peer_pki;
+use crate::consensus::{connect, etcd_command, Member};
 use crate::fsutil::FsError;
 use crate::poll::Poll;
 use crate::process::ChildProcess;

@@ -20,7 +20,6 @@ pub use etcd::{
     PEER_CA_NAME, PEER_PORT,
 };
 pub use kv::{Leadership, NamespacedKv};
-pub use peer_pki::{bootstrap_peer_pki, peer_template, LOCAL_CA_KEY_FILE, PEER_CERTIFICATE_FILE};
 
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::metrics::health::{Health, MemberStatus};

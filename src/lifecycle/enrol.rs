@@ -8,7 +8,7 @@ use std::time::Duration;
 use prost::Message;
 use tonic::Code;
 
-use crate::consensus::{Kv, Mode, PEER_CERTIFICATE_FILE};
+use crate::consensus::{peer_pki, Kv, Mode};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
     bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, SetLifetimes,
@@ -19,9 +19,7 @@ use crate::lifecycle::client::connect;
 use crate::lifecycle::cluster;
 use crate::lifecycle::material::{Enrolment, EnrolmentKeys, EnrolmentParams};
 use crate::lifecycle::LifecycleError;
-use crate::pki::{
-    generate_key, node_id, read_pem, verify_node_certificate, NodeCredentials, Template,
-};
+use crate::pki::{generate_key, node_id, verify_node_certificate, NodeCredentials, Template};
 use crate::proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use crate::proto::api::NodeParameters;
 use crate::proto::common::{cluster_directory, Address, ClusterDirectory};
@@ -162,10 +160,7 @@ impl Run {
                     .get(crate::consensus::PEER_CA_CERTIFICATE)
                     .await?
                     .unwrap_or_default();
-                let peer_certificate = read_pem(
-                    &self.config.root.etcd_peer_pki().join(PEER_CERTIFICATE_FILE),
-                    "CERTIFICATE",
-                )?;
+                let peer_certificate = peer_pki::served(&self.config.root)?;
                 let first = records::first_node(records::FirstNode {
                     id: id.clone(),
                     public_key: keys.node.verifying_key().to_bytes().to_vec(),
