@@ -51,11 +51,7 @@ pub fn bootstrap_peer_pki(
     lifetime: Duration,
 ) -> Result<CertificateAuthority, ConsensusError> {
     let ca = CertificateAuthority::new(PEER_CA_NAME)?;
-    fsutil::write_atomic(
-        &root.etcd_peer_pki().join(LOCAL_CA_KEY_FILE),
-        to_pem("PRIVATE KEY", &ca.key_pkcs8()?).as_bytes(),
-        SECRET_MODE,
-    )?;
+    keep_local_ca_key(root, &ca)?;
     let key = crate::pki::generate_key()?;
     let cert = ca.issue_valid_for(&peer_template(member), &key.verifying_key(), lifetime)?;
     let key_der = crate::pki::pkcs8(&key)?;
@@ -133,14 +129,7 @@ pub async fn keep_peer_ca(root: &NodeRoot, kv: &mut NamespacedKv) -> Result<(), 
                 return Err(ConsensusError::PeerCaConflict);
             }
         }
-        None => {
-            let ca = super::peer_ca(kv).await?;
-            fsutil::write_atomic(
-                &root.etcd_peer_pki().join(LOCAL_CA_KEY_FILE),
-                to_pem("PRIVATE KEY", &ca.key_pkcs8()?).as_bytes(),
-                SECRET_MODE,
-            )?;
-        }
+        None => keep_local_ca_key(root, &super::peer_ca(kv).await?)?,
     }
     Ok(())
 }
@@ -208,6 +197,17 @@ pub async fn issued_to(
     name: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, ConsensusError> {
     kv.list(&format!("{ISSUED}{name}/")).await
+}
+
+/// Keep `ca`'s key as this member's copy (owner-only; its certificate is `ca.pem`, which etcd
+/// reads).
+fn keep_local_ca_key(root: &NodeRoot, ca: &CertificateAuthority) -> Result<(), ConsensusError> {
+    fsutil::write_atomic(
+        &root.etcd_peer_pki().join(LOCAL_CA_KEY_FILE),
+        to_pem("PRIVATE KEY", &ca.key_pkcs8()?).as_bytes(),
+        SECRET_MODE,
+    )?;
+    Ok(())
 }
 
 fn write_certificate(root: &NodeRoot, der: &[u8]) -> Result<(), FsError> {

@@ -15,7 +15,7 @@ use crate::curator::reconciler::{reconcile, Pass};
 use crate::curator::records::{self, awaits_retirement, consensus_role, Records};
 use crate::curator::service::peer_url;
 use crate::curator::CuratorError;
-use crate::issuer::{revoke, Issuer, Revoke};
+use crate::issuer::{revoke, revoke_recorded, Issuer, Revoke};
 use crate::proto::common::node_roles::ConsensusMember;
 use crate::proto::private::{Node, Retirement};
 
@@ -160,10 +160,11 @@ pub(super) async fn remove_consensus_member(
         revoke_peer_certificate(peer_kv, &member.peer_certificate).await?;
     }
     // Its etcd, removed, can record no more: these are all it was issued.
-    let mut recorded_kv = peer_kv.clone();
-    for (key, certificate) in peer_pki::issued_to(&mut recorded_kv, &node.id).await? {
-        revoke_peer_certificate(peer_kv, &certificate).await?;
-        recorded_kv.delete(&key).await?;
+    let mut peer_kv = peer_kv.clone();
+    let issued = peer_pki::issued_to(&mut peer_kv, &node.id).await?;
+    if !issued.is_empty() {
+        let ca = peer_ca(&mut peer_kv).await?;
+        revoke_recorded(&mut peer_kv, &ca, PEER_CRL_KEY, &issued).await?;
     }
     Ok(removed)
 }

@@ -31,7 +31,7 @@ use crate::tpm::policy::{PolicyError, PolicyKey};
 
 mod revocation;
 
-pub use revocation::{reissue_if_due, revoke, RevocationError};
+pub use revocation::{reissue_if_due, revoke, revoke_recorded, RevocationError};
 
 /// The etcd namespace of the cluster PKI.
 pub const NAMESPACE: &str = "/cluster-pki/";
@@ -488,10 +488,7 @@ async fn revoke_replaced_peer_certificates(
     peer_ca: &CertificateAuthority,
 ) -> Result<usize, IssuerError> {
     let replaced = peer_pki::replaced(peer_kv).await?;
-    for (key, certificate) in &replaced {
-        revoke(peer_kv, peer_ca, PEER_CRL_KEY, certificate).await?;
-        peer_kv.delete(key).await?;
-    }
+    revoke_recorded(peer_kv, peer_ca, PEER_CRL_KEY, &replaced).await?;
     Ok(replaced.len())
 }
 

@@ -65,6 +65,22 @@ pub async fn revoke(
     }
 }
 
+/// Revoke each certificate of `recorded` (`(key, DER)`, as listed from `kv`) into the CRL at
+/// `crl_key`, then delete its key: a record of certificates still to revoke is emptied as they
+/// are. Repeatable, as [`revoke`] is.
+pub async fn revoke_recorded(
+    kv: &mut NamespacedKv,
+    ca: &CertificateAuthority,
+    crl_key: &str,
+    recorded: &[(String, Vec<u8>)],
+) -> Result<(), RevocationError> {
+    for (key, certificate) in recorded {
+        revoke(kv, ca, crl_key, certificate).await?;
+        kv.delete(key).await?;
+    }
+    Ok(())
+}
+
 /// Reissue the CRL at `crl_key` if it is due ([`crate::pki::CrlInfo::due`] for `validity`), or
 /// issue the first one if there is none: numbered one past it, current for `validity`, listing
 /// the revoked certificates that have not expired. Answers the new CRL, if one was written;

@@ -171,18 +171,7 @@ impl Vm {
             "-initrd".into(),
             config.initramfs.display().to_string(),
             "-append".into(),
-            std::iter::once(format!(
-                "console=ttyS0 panic=-1 polis.on_stop={}",
-                config.on_stop
-            ))
-            .chain(
-                config
-                    .pcr7_events
-                    .iter()
-                    .map(|e| format!("polis.test_extend_pcr7={e}")),
-            )
-            .collect::<Vec<_>>()
-            .join(" "),
+            kernel_command_line(&config),
             "-serial".into(),
             format!("file:{}", console.display()),
             "-qmp".into(),
@@ -412,4 +401,15 @@ fn qmp(path: &Path, command: serde_json::Value) -> Result<(), VmError> {
         }
     }
     Ok(())
+}
+
+/// The kernel command line of a VM booted with `config`: the serial console, a kernel panic
+/// ends the VM at once, what process 1 does once the node stops, and any PCR 7 test events.
+fn kernel_command_line(config: &VmConfig) -> String {
+    let mut line = format!("console=ttyS0 panic=-1 polis.on_stop={}", config.on_stop);
+    for event in &config.pcr7_events {
+        line.push_str(" polis.test_extend_pcr7=");
+        line.push_str(event);
+    }
+    line
 }
