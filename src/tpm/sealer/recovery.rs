@@ -5,7 +5,6 @@
 //! sign nothing on another TPM.
 
 use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -53,12 +52,11 @@ impl Sealer {
     pub fn create_recovery_key(&mut self) -> Result<RecoveryKey, TpmError> {
         let template = recovery_key_template().map_err(command("Create"))?;
         let (primary, _) = self.primary(Primary::Current)?;
-        let session = self.salted_session(primary, SessionType::Hmac)?;
-        let created = self.ctx.execute_with_session(Some(session), |ctx| {
-            ctx.create(primary, template, None, None, None, None)
+        let created = self.in_salted_session(primary, None, |ctx| {
+            ctx.create(primary, template.clone(), None, None, None, None)
         });
-        self.flush_session(session);
         self.release(primary);
+        let created = created?;
         let created = created.map_err(command("Create"))?;
         Ok(RecoveryKey {
             public: created.out_public.marshall().map_err(command("Create"))?,
@@ -79,12 +77,11 @@ impl Sealer {
             .map_err(|e| TpmError::BadAuthority(format!("recovery key private area: {e}")))?;
         let data = MaxBuffer::try_from(message.to_vec()).map_err(command("Hash"))?;
         let (primary, _) = self.primary(Primary::Current)?;
-        let session = self.salted_session(primary, SessionType::Hmac)?;
-        let loaded = self
-            .ctx
-            .execute_with_session(Some(session), |ctx| ctx.load(primary, private, public));
-        self.flush_session(session);
+        let loaded = self.in_salted_session(primary, None, |ctx| {
+            ctx.load(primary, private.clone(), public.clone())
+        });
         self.release(primary);
+        let loaded = loaded?;
         let loaded = loaded.map_err(|e| {
             TpmError::BadAuthority(format!(
                 "the TPM refused to load the recovery key ({e}): it was created by another TPM, or altered"
