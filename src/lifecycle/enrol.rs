@@ -81,24 +81,38 @@ impl Run {
             params,
         } = enrolment;
         let flow = journal.flow();
-        if journal.step < FORMATTED {
+        let formatting = journal.step < FORMATTED;
+        if formatting {
             self.mount_new(&keys).await?;
             journal.step = FORMATTED;
-            self.save_journal(&journal).await?;
-            self.checkpoint(flow, "formatted");
         } else {
             self.mount(&keys.nuk, &keys.cuk).await?;
         }
+        // The step only spares a resumed enrolment the formatting: one that finds the
+        // partition formatted opens it (`mount_new`), so nothing needs to wait for this.
+        let recorded = async {
+            if formatting {
+                self.save_journal(&journal).await?;
+                self.checkpoint(flow, "formatted");
+            }
+            Ok(())
+        };
         match params {
-            EnrolmentParams::Bootstrap(params) => self.bootstrap(journal, keys, params).await,
-            EnrolmentParams::Register(params) => self.register(journal, keys, params).await,
+            EnrolmentParams::Bootstrap(params) => self.bootstrap(recorded, keys, params).await,
+            EnrolmentParams::Register(params) => {
+                recorded.await?;
+                self.register(journal, keys, params).await
+            }
         }
     }
 
-    /// The first node of a new cluster: etcd, the CA, its record, its credentials.
+    /// The first node of a new cluster: etcd, the CA, its record, its credentials. Its etcd
+    /// starts while `formatted` records the formatting in the journal. Every later step is
+    /// idempotent, so a resumed bootstrap runs them all again and the journal needs no more
+    /// steps until the sealed configuration replaces it.
     async fn bootstrap(
         &self,
-        mut journal: EnrolmentJournal,
+        formatted: impl std::future::Future<Output = Result<(), LifecycleError>>,
         keys: EnrolmentKeys,
         params: ClusterBootstrap,
     ) -> Result<(), LifecycleError> {
@@ -122,7 +136,9 @@ impl Run {
         };
         let member = cluster::member_children(&cluster, mode);
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
-        self.start_child(member.consensus).await?;
+        let (formatted, started) = futures::join!(formatted, self.start_child(member.consensus));
+        formatted?;
+        started?;
         self.start_child(member.pki).await?;
 
         let pcr7 = self.pcr7().await?;
@@ -150,43 +166,38 @@ impl Run {
             })
             .await?;
 
-        if journal.step < COMMITTED {
-            self.retry("the node record", || async {
-                let mut records =
-                    Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
-                let peer_ca = consensus
-                    .ask(Kv(crate::consensus::NAMESPACE.into()))
-                    .await??
-                    .get(crate::consensus::PEER_CA_CERTIFICATE)
-                    .await?
-                    .unwrap_or_default();
-                let peer_certificate = peer_pki::served(&self.config.root)?;
-                let first = records::first_node(records::FirstNode {
-                    id: id.clone(),
-                    public_key: keys.node.verifying_key().to_bytes().to_vec(),
-                    join_key: keys.join.verifying_key().to_bytes().to_vec(),
-                    cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
-                    node_certificate: credentials.certificate.clone(),
-                    address: address.to_string(),
-                    peer_ca_certificate: peer_ca,
-                    peer_certificate,
-                    recovery_key: recovery_key.clone(),
-                    pcr7: pcr7_recorded.clone(),
-                });
-                match records.bootstrap(&params.owner_public_key, first).await? {
-                    true => Ok(()),
-                    false => Err(LifecycleError::Inconsistent {
-                        step: "formatted",
-                        reason: "etcd names another owner than the node parameters".into(),
-                        recovery: "reinstall the node with the parameters of this cluster",
-                    }),
-                }
-            })
-            .await?;
-            journal.step = COMMITTED;
-            self.save_journal(&journal).await?;
-            self.checkpoint(JournalFlow::Bootstrap, "committed");
-        }
+        self.retry("the node record", || async {
+            let mut records = Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
+            let peer_ca = consensus
+                .ask(Kv(crate::consensus::NAMESPACE.into()))
+                .await??
+                .get(crate::consensus::PEER_CA_CERTIFICATE)
+                .await?
+                .unwrap_or_default();
+            let peer_certificate = peer_pki::served(&self.config.root)?;
+            let first = records::first_node(records::FirstNode {
+                id: id.clone(),
+                public_key: keys.node.verifying_key().to_bytes().to_vec(),
+                join_key: keys.join.verifying_key().to_bytes().to_vec(),
+                cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
+                node_certificate: credentials.certificate.clone(),
+                address: address.to_string(),
+                peer_ca_certificate: peer_ca,
+                peer_certificate,
+                recovery_key: recovery_key.clone(),
+                pcr7: pcr7_recorded.clone(),
+            });
+            match records.bootstrap(&params.owner_public_key, first).await? {
+                true => Ok(()),
+                false => Err(LifecycleError::Inconsistent {
+                    step: "formatted",
+                    reason: "etcd names another owner than the node parameters".into(),
+                    recovery: "reinstall the node with the parameters of this cluster",
+                }),
+            }
+        })
+        .await?;
+        self.checkpoint(JournalFlow::Bootstrap, "committed");
         if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
             let approval = self
                 .retry("approving PCR 7", || async {
