@@ -28,7 +28,7 @@ use crate::proto::curator::{
 use crate::proto::private::{HeldShares, SealedConfiguration, SealedEnvelope, Share};
 use crate::quorum::{self, client::gather};
 use crate::retry::Retry;
-use crate::storage::UnlockKey;
+use crate::storage::{boot_directory, UnlockKey};
 use crate::tls::Identity;
 use crate::tpm::SealedKind;
 
@@ -182,12 +182,15 @@ impl Run {
                         return Err(LifecycleError::Decommissioned);
                     }
                     if let Some(directory) = event.directory.clone() {
-                        if directory != self.deps.directory.get() && !directory.nodes.is_empty() {
-                            // Off the event loop, which serves this node's Curator too.
-                            let (esp, written) = (self.esp.clone(), directory.clone());
-                            let path = self.esp.directory_path();
-                            fsutil::off_thread(&path, move || esp.write_directory(&written))
-                                .await?;
+                        let known = self.deps.directory.get();
+                        if directory != known && !directory.nodes.is_empty() {
+                            if boot_directory(&directory) != boot_directory(&known) {
+                                // Off the event loop, which serves this node's Curator too.
+                                let (esp, written) = (self.esp.clone(), directory.clone());
+                                let path = self.esp.directory_path();
+                                fsutil::off_thread(&path, move || esp.write_directory(&written))
+                                    .await?;
+                            }
                             self.deps.directory.set(directory);
                         }
                     }

@@ -215,7 +215,7 @@ impl Esp {
         )?)
     }
 
-    /// The cluster directory.
+    /// The cluster directory as a boot needs it: the Curators and the CRL ([`boot_directory`]).
     pub fn directory(&self) -> Result<ClusterDirectory, EspError> {
         read_message(
             &self.root.cluster_directory(),
@@ -229,13 +229,29 @@ impl Esp {
         self.root.cluster_directory()
     }
 
-    /// Replace the cluster directory.
+    /// Replace the cluster directory with `directory`'s [`boot_directory`].
     pub fn write_directory(&self, directory: &ClusterDirectory) -> Result<(), EspError> {
         Ok(fsutil::write_atomic(
             &self.directory_path(),
-            &directory.encode_to_vec(),
+            &boot_directory(directory).encode_to_vec(),
             PUBLIC_MODE,
         )?)
+    }
+}
+
+/// What of `directory` the ESP keeps across reboots: the Curators (the only nodes a node dials)
+/// and the CRL. Not the other nodes: the ESP copy then changes only when the Curators or the CRL
+/// do, not at every registration, whose fsyncs on a busy Curator competed with etcd's (issue 12).
+/// The hosts file gets the whole directory from the first Watch event after a boot.
+pub fn boot_directory(directory: &ClusterDirectory) -> ClusterDirectory {
+    ClusterDirectory {
+        nodes: directory
+            .nodes
+            .iter()
+            .filter(|node| node.curator)
+            .cloned()
+            .collect(),
+        crl: directory.crl.clone(),
     }
 }
 
@@ -364,8 +380,20 @@ mod tests {
             }],
             crl: vec![1, 2, 3],
         };
-        esp.write_directory(&directory).unwrap();
-        assert_eq!(esp.directory().unwrap(), directory);
+        let mut with_worker = directory.clone();
+        with_worker.nodes.push(cluster_directory::Node {
+            addresses: vec![Address {
+                host: "198.18.0.3".into(),
+            }],
+            id: "metropolis-01".into(),
+            curator: false,
+        });
+        esp.write_directory(&with_worker).unwrap();
+        assert_eq!(
+            esp.directory().unwrap(),
+            directory,
+            "the ESP keeps the Curators and the CRL, not the workers"
+        );
 
         let envelope = SealedEnvelope {
             version: ENVELOPE_VERSION,

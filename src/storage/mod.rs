@@ -10,5 +10,5 @@ pub use data::{
     check_volume_header, close_data_partition, DataBackend, DataError, UnlockKey, VolumeKey,
     KEY_LEN,
 };
-pub use esp::{decode_envelope, Esp, EspError};
+pub use esp::{boot_directory, decode_envelope, Esp, EspError};
 pub use layout::NodeRoot;
