@@ -562,6 +562,13 @@ impl LocalCluster {
     /// Bootstrap node 0 and take ownership; answers the owner's client (its certificate is kept
     /// in `owner.crt`).
     pub async fn bootstrap(&mut self) -> Result<Owner, LaunchError> {
+        self.take_ownership().await?;
+        self.owner(0).await
+    }
+
+    /// Bootstrap node 0 and take ownership; answers once the owner holds its certificate (kept
+    /// in `owner.crt`), before any connection as the owner: what `polisctl bench` times (P1).
+    pub async fn take_ownership(&mut self) -> Result<(), LaunchError> {
         let owner_public = self.owner_key.verifying_key().to_bytes().to_vec();
         self.write_parameters(
             0,
@@ -594,7 +601,7 @@ impl LocalCluster {
         };
         credentials.save(&self.dir)?;
         slog::info!(self.log, "node 0 bootstrapped the cluster; ownership taken");
-        self.owner(0).await
+        Ok(())
     }
 
     /// Bootstrap node 0 and take ownership, then register, approve and promote nodes 1 to
