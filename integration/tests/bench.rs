@@ -2,7 +2,8 @@
 //! gating nothing on time. Each measure must come back with a sample (and its floor's, where it
 //! has one: 20 registrations through the Curator among them), Polis's overhead must be a part
 //! of its total, and the five-node launch (three
-//! consensus members, two workers approved at once) must bring every node up.
+//! consensus members, two workers approved at once) must bring every node up. The TPM's
+//! operations come back against their floor.
 
 use polis::bench::{run, BenchConfig};
 use polis_integration::polis_node_binary;
@@ -43,6 +44,9 @@ async fn one_round_of_every_measure_comes_back_complete() {
         ("P6 idle RSS, node", true, 1),
         ("P6 idle RSS, swtpm", false, 1),
         ("launch 5 nodes, 3 consensus", false, 1),
+        ("TPM first seal", true, 1),
+        ("TPM seal", true, 1),
+        ("TPM unseal", true, 1),
     ] {
         let m = get(name);
         assert_eq!(m.polis.len(), samples, "{m:?}");
@@ -63,5 +67,5 @@ async fn one_round_of_every_measure_comes_back_complete() {
     let inside = get("P5 inside the Curator: CommitNode").polis[0];
     assert!(inside < get("P5 registration latency").polis[0], "{inside}");
     assert!(median("P5 step: CommitNode") > 0.0);
-    assert_eq!(report.json()["measures"].as_array().unwrap().len(), 16);
+    assert_eq!(report.json()["measures"].as_array().unwrap().len(), 19);
 }

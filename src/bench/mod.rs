@@ -11,6 +11,8 @@
 //!   synthetic nodes over TLS), against the etcd reads and transactions they need issued
 //!   straight to the same member, batch by batch; and a registration's p99 latency.
 //! - P6 resident memory of an idle `polis-node` (its etcd and swtpm beside it, for scale).
+//! - The TPM's share of P1 and P2: swtpm's first seal, seal and unseal against a command without
+//!   a session.
 //! - Launch time against N: a local cluster of N nodes (min(N, 3) consensus members) up.
 //!
 //! P3 (supervised against raw actix) and P4 (actor restart latency) are in-process and live in
@@ -19,6 +21,7 @@
 mod curator;
 mod floor;
 mod report;
+mod tpm;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -76,6 +79,15 @@ pub enum BenchError {
     /// A key could not be made.
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    /// The software TPM did not start.
+    #[error(transparent)]
+    Swtpm(#[from] crate::tpm::SwtpmError),
+    /// A TPM operation failed.
+    #[error(transparent)]
+    Tpm(#[from] crate::tpm::TpmError),
+    /// The PCR policy key could not be made or sign.
+    #[error(transparent)]
+    Policy(#[from] crate::tpm::policy::PolicyError),
     /// A node's metrics or /proc lack what the suite reads.
     #[error("node {node}: {what}")]
     Missing {
@@ -124,13 +136,18 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         curator::PER_BATCH
     ));
     let throughput = curator_throughput(config, &log, &progress).await?;
+    progress(&format!(
+        "TPM: {} rounds of swtpm operations",
+        config.rounds
+    ));
+    let tpm = tpm::operations(&config.dir.join("tpm"), config.rounds, &log)?;
     let mut launches = Vec::new();
     for &n in &config.launch_sizes {
         let took = launch(config, n, &log).await?;
         progress(&format!("launch of {n} nodes: {:.1} s", took.as_secs_f64()));
         launches.push((n, took));
     }
-    Ok(samples.report(throughput, launches))
+    Ok(samples.report(throughput, tpm, launches))
 }
 
 /// P5 on a one-node cluster of its own.
@@ -321,7 +338,12 @@ impl Samples {
         self.node.push(node);
     }
 
-    fn report(&self, throughput: curator::Throughput, launches: Vec<(usize, Duration)>) -> Report {
+    fn report(
+        &self,
+        throughput: curator::Throughput,
+        tpm: tpm::TpmTimes,
+        launches: Vec<(usize, Duration)>,
+    ) -> Report {
         let secs = |f: &dyn Fn(&NodeStarts) -> Duration| -> Vec<f64> {
             self.node.iter().map(|n| f(n).as_secs_f64()).collect()
         };
@@ -395,6 +417,14 @@ impl Samples {
                 "-",
             ),
             Measure::alone("P6 idle RSS, swtpm (MiB)", mib(&|r| r.swtpm), "-"),
+            Measure::paired(
+                "TPM first seal, primary derived (ms)",
+                tpm.first_seal,
+                tpm.floor.clone(),
+                "-",
+            ),
+            Measure::paired("TPM seal (ms)", tpm.seal, tpm.floor.clone(), "-"),
+            Measure::paired("TPM unseal, PCR policy (ms)", tpm.unseal, tpm.floor, "-"),
         ]);
         for (n, took) in launches {
             let goal = if n == 12 { "< 15 (3 + 9)" } else { "-" };
