@@ -599,10 +599,12 @@ impl Sealer {
             attempts -= 1;
             match (&result, kept) {
                 (Ok(_), true) => self.salted = Some(session),
-                _ => {
+                (Err(_), true) => {
                     self.salted = None;
                     self.flush_session(session);
                 }
+                // Another primary's session; the kept one stays.
+                (_, false) => self.flush_session(session),
             }
             if result.is_ok() || attempts == 0 {
                 return Ok(result);
@@ -867,6 +869,16 @@ mod tests {
             sealer.salted,
             Some(kept),
             "the same session serves the unseal"
+        );
+        // Data of the first primary template is sealed and unsealed in sessions of its own.
+        let old = sealer
+            .seal_under(Primary::WithoutNoDa, kind, b"old", Policy::Pcr7)
+            .unwrap();
+        assert_eq!(sealer.unseal(kind, &old).unwrap().as_slice(), b"old");
+        assert_eq!(
+            sealer.salted,
+            Some(kept),
+            "another primary's leaves it kept"
         );
 
         sealer.flush_session(kept);
