@@ -115,10 +115,12 @@ impl<A: Actor> ActorRef<A> {
     {
         let (tx, rx) = oneshot::channel();
         let sent = self.deliver(msg, Some(tx));
-        let name = self.name();
         async move {
             sent?;
-            rx.await.unwrap_or(Err(SendError::Stopped(name)))
+            // Only a `Pending` drops the sender, and it answers first (naming the actor). So this
+            // fallback is never reached; it spares every call a copy of the name (issue 12).
+            rx.await
+                .unwrap_or_else(|_| Err(SendError::Stopped(ActorPath::from("<unanswered>"))))
         }
     }
 
@@ -143,25 +145,54 @@ impl<A: Actor> ActorRef<A> {
         };
         let timed = live.entry.metrics.enqueued();
         live.addr.do_send(Envelope {
-            msg: Some(msg),
-            reply,
+            contents: Some((
+                msg,
+                Pending {
+                    reply,
+                    entry: live.entry.clone(),
+                },
+            )),
             sent_at: timed.then(Instant::now),
-            entry: live.entry.clone(),
         });
         Ok(())
     }
 }
 
-pub(crate) type ReplyTo<M> = oneshot::Sender<Result<<M as Message>::Reply, SendError>>;
+type ReplyTo<M> = oneshot::Sender<Result<<M as Message>::Reply, SendError>>;
+
+/// A message's promise of an answer, from its sending to its answer. Dropped unanswered (its
+/// incarnation ended with the message waiting or its handling unfinished) it tells the caller
+/// [`SendError::Stopped`].
+pub(crate) struct Pending<M: Message> {
+    /// `None` for a message sent with `tell`, or once answered.
+    reply: Option<ReplyTo<M>>,
+    entry: Arc<ActorEntry>,
+}
+
+impl<M: Message> Pending<M> {
+    /// Answer the caller, if one waits; it may have given up waiting, which is its business.
+    pub(crate) fn answer(mut self, result: Result<M::Reply, SendError>) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl<M: Message> Drop for Pending<M> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(Err(SendError::Stopped(self.entry.path.clone())));
+        }
+    }
+}
 
 /// A message in a mailbox, stamped for the time-in-mailbox metric. Dropping an unopened envelope
-/// (its incarnation ended) takes it off the queue-depth gauge and tells the caller `Stopped`.
+/// (its incarnation ended) counts it as dropped, and its [`Pending`] tells the caller `Stopped`.
 pub(crate) struct Envelope<M: Message> {
-    msg: Option<M>,
-    reply: Option<ReplyTo<M>>,
+    /// Taken out when the envelope is opened.
+    contents: Option<(M, Pending<M>)>,
     /// When it was sent, if it is one of the messages timed.
     sent_at: Option<Instant>,
-    entry: Arc<ActorEntry>,
 }
 
 impl<M: Message> actix::Message for Envelope<M> {
@@ -170,20 +201,21 @@ impl<M: Message> actix::Message for Envelope<M> {
 
 impl<M: Message> Envelope<M> {
     /// Take the message out for handling, which begins now; answers when, if it is timed.
-    pub(crate) fn open(mut self) -> Option<(M, Option<ReplyTo<M>>, Option<Instant>)> {
-        let msg = self.msg.take()?;
+    pub(crate) fn open(mut self) -> Option<(M, Pending<M>, Option<Instant>)> {
+        let (msg, pending) = self.contents.take()?;
         let began = self.sent_at.map(|sent| (sent, Instant::now()));
-        self.entry
+        pending
+            .entry
             .metrics
             .dequeued(began.map(|(sent, now)| now.saturating_duration_since(sent)));
-        Some((msg, self.reply.take(), began.map(|(_, now)| now)))
+        Some((msg, pending, began.map(|(_, now)| now)))
     }
 }
 
 impl<M: Message> Drop for Envelope<M> {
     fn drop(&mut self) {
-        if self.msg.is_some() {
-            self.entry.metrics.dropped();
+        if let Some((_, pending)) = &self.contents {
+            pending.entry.metrics.dropped();
         }
     }
 }

@@ -5,12 +5,11 @@
 use actix::fut::{wrap_future, ActorFutureExt};
 use actix::{AsyncContext, Running};
 use slog::Logger;
-use tokio::sync::oneshot;
 // A TSC clock: per-message timestamps at a fraction of the cost of the system clock.
 use quanta::Instant;
 
 use crate::actor::ReplyKind;
-use crate::address::Envelope;
+use crate::address::{Envelope, Pending};
 use crate::spawn::Incarnation;
 use crate::{logging, registry::ActorEntry};
 use crate::{
@@ -124,20 +123,17 @@ impl<A: Actor> Cell<A> {
     }
 
     /// Answer a caller and count the message as handled.
-    fn finish<R: Send>(
+    fn finish<M: Message>(
         &self,
-        reply: Option<oneshot::Sender<Result<R, SendError>>>,
+        reply: Pending<M>,
         began: Option<Instant>,
-        result: Result<R, SendError>,
+        result: Result<M::Reply, SendError>,
     ) {
         self.core
             .entry
             .metrics
             .handled(began.map(|began| began.elapsed()));
-        if let Some(tx) = reply {
-            // The caller may have given up waiting; that is its business.
-            let _ = tx.send(result);
-        }
+        reply.answer(result);
     }
 
     fn failed_reply<R>(&self) -> Result<R, SendError> {
@@ -209,12 +205,12 @@ where
 }
 
 impl<A: Actor> Cell<A> {
-    fn complete<R: Send>(
+    fn complete<M: Message>(
         &mut self,
         actx: &mut actix::Context<Self>,
-        reply: Option<oneshot::Sender<Result<R, SendError>>>,
+        reply: Pending<M>,
         began: Option<Instant>,
-        result: Result<R, Failure>,
+        result: Result<M::Reply, Failure>,
     ) {
         match result {
             Ok(answer) => self.finish(reply, began, Ok(answer)),

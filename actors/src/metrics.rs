@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry as PromRegistry;
 
@@ -132,29 +135,50 @@ const LATENCY_BOUNDS_NS: [u64; 13] = {
 /// per message were a tenth of a ping-pong's time (issue 12). Counts stay exact.
 pub(crate) const TIMED_EVERY: u64 = 8;
 
-/// A lock-free latency histogram: every timed message observes two, so an observation is a few
-/// relaxed atomic adds rather than a lock.
+/// A count that only the actor's own incarnations write, and any thread reads.
+///
+/// Every incarnation of an actor runs on its supervisor's thread (`actix_rt::spawn` is
+/// thread-local), so there is one writer and an add needs no locked read-modify-write: a load and
+/// a store. A locked add costs about a hundredth of a message's round trip here (issue 12).
+#[derive(Debug, Default)]
+struct OwnCount(AtomicU64);
+
+impl OwnCount {
+    /// Add `n`; only from the actor's thread. The store releases what the actor did before it.
+    fn add(&self, n: u64) {
+        let now = self.0.load(Ordering::Relaxed);
+        self.0.store(now.wrapping_add(n), Ordering::Release);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A lock-free latency histogram, observed only by the actor it describes (so its counts are
+/// [`OwnCount`]s): every timed message observes two.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LatencyHistogram(Arc<LatencyCounts>);
 
 #[derive(Debug, Default)]
 struct LatencyCounts {
     /// Per bucket, not cumulative; the last one is +Inf.
-    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
+    buckets: [OwnCount; LATENCY_BOUNDS_NS.len() + 1],
+    count: OwnCount,
+    sum_ns: OwnCount,
 }
 
 impl LatencyHistogram {
+    /// Count one observation; only from the actor's own thread.
     pub(crate) fn observe(&self, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let i = LATENCY_BOUNDS_NS
             .iter()
             .position(|bound| ns <= *bound)
             .unwrap_or(LATENCY_BOUNDS_NS.len());
-        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.0.buckets[i].add(1);
+        self.0.count.add(1);
+        self.0.sum_ns.add(ns);
     }
 }
 
@@ -171,10 +195,10 @@ impl EncodeMetric for LatencyHistogram {
             .chain([f64::MAX]);
         let buckets: Vec<(f64, u64)> = bounds
             .zip(&counts.buckets)
-            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .map(|(bound, n)| (bound, n.get()))
             .collect();
-        let sum = counts.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let count = counts.count.load(Ordering::Relaxed);
+        let sum = counts.sum_ns.get() as f64 / 1e9;
+        let count = counts.count.get();
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -189,10 +213,7 @@ type HistogramFamily = Family<PathLabel, LatencyHistogram>;
 pub(crate) struct Families {
     /// Behind a lock so that the node can add its own families beside the actors'.
     registry: Mutex<PromRegistry>,
-    depth: Family<PathLabel, Gauge>,
-    depth_max: Family<PathLabel, Gauge>,
-    enqueued: Family<PathLabel, Counter>,
-    handled: Family<PathLabel, Counter>,
+    mailboxes: Arc<Mailboxes>,
     mailbox_wait: HistogramFamily,
     handling: HistogramFamily,
     starts: Family<PathLabel, Counter>,
@@ -207,10 +228,7 @@ impl Families {
         let mut root = PromRegistry::default();
         let registry = root.sub_registry_with_prefix("polis_actor");
         let f = Families {
-            depth: Family::default(),
-            depth_max: Family::default(),
-            enqueued: Family::default(),
-            handled: Family::default(),
+            mailboxes: Arc::default(),
             mailbox_wait: Family::default(),
             handling: Family::default(),
             starts: Family::default(),
@@ -220,18 +238,7 @@ impl Families {
             last_failure: Family::default(),
             registry: Mutex::new(PromRegistry::default()),
         };
-        registry.register(
-            "mailbox_depth",
-            "Messages waiting in the mailbox",
-            f.depth.clone(),
-        );
-        registry.register(
-            "mailbox_depth_max",
-            "Most messages ever waiting at once",
-            f.depth_max.clone(),
-        );
-        registry.register("messages_enqueued", "Messages accepted", f.enqueued.clone());
-        registry.register("messages_handled", "Messages handled", f.handled.clone());
+        registry.register_collector(Box::new(f.mailboxes.clone()));
         registry.register(
             "mailbox_wait_seconds",
             "Time from send to the start of handling (one message in 8 is timed)",
@@ -284,10 +291,7 @@ impl Families {
             })
         });
         let metrics = ActorMetrics {
-            depth: self.depth.get_or_create_owned(&label),
-            depth_max: self.depth_max.get_or_create_owned(&label),
-            enqueued: self.enqueued.get_or_create_owned(&label),
-            handled: self.handled.get_or_create_owned(&label),
+            mailbox: self.mailboxes.for_path(&label),
             mailbox_wait: self.mailbox_wait.get_or_create_owned(&label),
             handling: self.handling.get_or_create_owned(&label),
             starts: self.starts.get_or_create_owned(&label),
@@ -296,8 +300,6 @@ impl Families {
             restarts,
             states,
             state: AtomicU8::new(ActorState::Stopped as u8),
-            taken: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
             last_failure: Mutex::new(None),
         };
         metrics.set_state(ActorState::Stopped);
@@ -315,10 +317,7 @@ impl Families {
 
 /// One actor's metrics. Shared between the actor's incarnations, its address and its supervisor.
 pub(crate) struct ActorMetrics {
-    depth: Gauge,
-    depth_max: Gauge,
-    enqueued: Counter,
-    handled: Counter,
+    mailbox: Arc<MailboxCounts>,
     mailbox_wait: LatencyHistogram,
     handling: LatencyHistogram,
     starts: Counter,
@@ -327,8 +326,6 @@ pub(crate) struct ActorMetrics {
     restarts: [Counter; ExitReason::KINDS.len()],
     states: [Gauge; 6],
     state: AtomicU8,
-    taken: AtomicU64,
-    dropped: AtomicU64,
     last_failure: Mutex<Option<FailureReport>>,
 }
 
@@ -336,16 +333,15 @@ impl ActorMetrics {
     /// A message entered the mailbox; answers whether it is one of those timed (see
     /// [`TIMED_EVERY`]).
     pub(crate) fn enqueued(&self) -> bool {
-        let before = self.enqueued.inc();
-        let depth = self.depth.inc() + 1;
-        self.depth_max.inner().fetch_max(depth, Ordering::Relaxed);
+        let before = self.mailbox.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.mailbox.raise_depth_max(before + 1);
         before.is_multiple_of(TIMED_EVERY)
     }
 
-    /// A message left the mailbox to be handled; a timed one after waiting `waited`.
+    /// A message left the mailbox to be handled (on the actor's thread); a timed one after
+    /// waiting `waited`.
     pub(crate) fn dequeued(&self, waited: Option<Duration>) {
-        self.depth.dec();
-        self.taken.fetch_add(1, Ordering::Relaxed);
+        self.mailbox.taken.add(1);
         if let Some(waited) = waited {
             self.mailbox_wait.observe(waited);
         }
@@ -353,13 +349,12 @@ impl ActorMetrics {
 
     /// A message left the mailbox unhandled (its incarnation ended).
     pub(crate) fn dropped(&self) {
-        self.depth.dec();
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.mailbox.dropped.fetch_add(1, Ordering::Release);
     }
 
-    /// A message's handling finished; a timed one's after `took`.
+    /// A message's handling finished (on the actor's thread); a timed one's after `took`.
     pub(crate) fn handled(&self, took: Option<Duration>) {
-        self.handled.inc();
+        self.mailbox.handled.add(1);
         if let Some(took) = took {
             self.handling.observe(took);
         }
@@ -417,14 +412,101 @@ impl ActorMetrics {
             generation: self.generation.get() as u64,
             starts: self.starts.get(),
             restarts,
-            queue_depth: self.depth.get(),
-            queue_depth_max: self.depth_max.get(),
-            enqueued: self.enqueued.get(),
-            handled: self.handled.get(),
-            taken: self.taken.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
+            queue_depth: self.mailbox.depth() as i64,
+            queue_depth_max: self.mailbox.depth_max.load(Ordering::Relaxed) as i64,
+            enqueued: self.mailbox.enqueued.load(Ordering::Relaxed),
+            handled: self.mailbox.handled.get(),
+            taken: self.mailbox.taken.get(),
+            dropped: self.mailbox.dropped.load(Ordering::Relaxed),
             last_failure: lock(&self.last_failure).clone(),
         }
+    }
+}
+
+/// One actor's mailbox counts. A message costs one locked atomic add, as it enters the mailbox
+/// (senders are on any thread); the actor counts the rest on its own thread. The depth is derived
+/// from the counts when read, not kept as a gauge of its own (that was three more locked adds a
+/// message, issue 12).
+#[derive(Debug, Default)]
+struct MailboxCounts {
+    enqueued: AtomicU64,
+    taken: OwnCount,
+    /// Counted wherever an unopened envelope is dropped: a sender's thread, if the mailbox closed
+    /// under it.
+    dropped: AtomicU64,
+    handled: OwnCount,
+    depth_max: AtomicU64,
+}
+
+impl MailboxCounts {
+    /// Messages waiting now. The counts of those gone are read first (acquiring what the
+    /// enqueueing of each published), so a reader racing the actor never sees more gone than came.
+    fn depth(&self) -> u64 {
+        let gone = self.taken.get() + self.dropped.load(Ordering::Acquire);
+        self.enqueued.load(Ordering::Relaxed).saturating_sub(gone)
+    }
+
+    /// Raise the maximum depth for a mailbox that has now received `enqueued` messages. Exact when
+    /// the actor and its senders share a thread; across threads it may count a message taken in
+    /// the same instant as still waiting.
+    fn raise_depth_max(&self, enqueued: u64) {
+        let gone = self.taken.get() + self.dropped.load(Ordering::Relaxed);
+        let depth = enqueued.saturating_sub(gone);
+        // A plain load first: the maximum rarely moves, and `fetch_max` always writes.
+        if depth > self.depth_max.load(Ordering::Relaxed) {
+            self.depth_max.fetch_max(depth, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every actor's [`MailboxCounts`], encoded when scraped: the depth gauge exists only there.
+#[derive(Debug, Default)]
+struct Mailboxes(Mutex<BTreeMap<String, Arc<MailboxCounts>>>);
+
+impl Mailboxes {
+    /// The counts of `path`; the same ones for every incarnation.
+    fn for_path(&self, path: &PathLabel) -> Arc<MailboxCounts> {
+        lock(&self.0).entry(path.path.clone()).or_default().clone()
+    }
+}
+
+impl Collector for Mailboxes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        type Read = fn(&MailboxCounts) -> u64;
+        let gauges: [(&str, &str, Read); 2] = [
+            (
+                "mailbox_depth",
+                "Messages waiting in the mailbox",
+                MailboxCounts::depth,
+            ),
+            (
+                "mailbox_depth_max",
+                "Most messages ever waiting at once",
+                |c| c.depth_max.load(Ordering::Relaxed),
+            ),
+        ];
+        let counters: [(&str, &str, Read); 2] = [
+            ("messages_enqueued", "Messages accepted", |c| {
+                c.enqueued.load(Ordering::Relaxed)
+            }),
+            ("messages_handled", "Messages handled", |c| c.handled.get()),
+        ];
+        let actors = lock(&self.0);
+        for (name, help, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (path, counts) in actors.iter() {
+                let label = PathLabel { path: path.clone() };
+                ConstGauge::new(read(counts) as i64).encode(family.encode_family(&label)?)?;
+            }
+        }
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (path, counts) in actors.iter() {
+                let label = PathLabel { path: path.clone() };
+                ConstCounter::new(read(counts)).encode(family.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

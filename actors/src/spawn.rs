@@ -3,7 +3,7 @@
 //! it) or an abort (brutal kill). Its supervisor then gets one exit event with the reason.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use actix::AsyncContext;
 use slog::Logger;
@@ -11,7 +11,7 @@ use slog::Logger;
 use crate::cell::{Cell, Control, Core};
 use crate::metrics::ActorState;
 use crate::registry::{self, ActorEntry, Kill};
-use crate::{lock, logging, Actor, ActorPath, ActorRef, ExitReason, Failure, Message, Registry};
+use crate::{logging, Actor, ActorPath, ActorRef, ExitReason, Failure, Message, Registry};
 
 /// What a child's incarnation tells its supervisor.
 pub struct ChildEvent {
@@ -46,7 +46,8 @@ pub(crate) struct Incarnation {
     pub(crate) generation: u64,
     name: String,
     events: EventSink,
-    exit: Mutex<Option<ExitReason>>,
+    /// Why it ends; set once. Lock-free, since every message checks it.
+    exit: OnceLock<ExitReason>,
     stop_requested: AtomicBool,
     killed: AtomicBool,
     healthy: AtomicBool,
@@ -55,11 +56,11 @@ pub(crate) struct Incarnation {
 impl Incarnation {
     /// Record why this incarnation ends; the first reason recorded wins.
     pub(crate) fn exit(&self, reason: ExitReason) {
-        lock(&self.exit).get_or_insert(reason);
+        let _ = self.exit.set(reason);
     }
 
     pub(crate) fn is_ending(&self) -> bool {
-        lock(&self.exit).is_some() || self.was_killed()
+        self.exit.get().is_some() || self.was_killed()
     }
 
     pub(crate) fn was_killed(&self) -> bool {
@@ -136,7 +137,7 @@ pub(crate) fn start_worker<A: Actor>(
         generation,
         name: args.name,
         events: args.events,
-        exit: Mutex::new(None),
+        exit: OnceLock::new(),
         stop_requested: AtomicBool::new(false),
         killed: AtomicBool::new(false),
         healthy: AtomicBool::new(false),
@@ -172,7 +173,7 @@ pub(crate) fn start_worker<A: Actor>(
     let unbind = actor_ref.clone();
     actix_rt::spawn(async move {
         let reason = match task.await {
-            Ok(()) => lock(&watched.exit).clone().unwrap_or(ExitReason::Normal),
+            Ok(()) => watched.exit.get().cloned().unwrap_or(ExitReason::Normal),
             Err(e) if e.is_panic() => ExitReason::panic(e.into_panic()),
             Err(_) => ExitReason::Killed,
         };
