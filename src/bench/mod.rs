@@ -30,7 +30,7 @@ use nix::sys::signal::Signal;
 
 pub use report::{Measure, Report};
 
-use crate::fsutil::FsError;
+use crate::fsutil::{off_thread, FsError};
 use crate::launch::{LaunchError, LocalCluster};
 use crate::metrics::sample;
 
@@ -140,7 +140,9 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<Report
         "TPM: {} rounds of swtpm operations",
         config.rounds
     ));
-    let tpm = tpm::operations(&config.dir.join("tpm"), config.rounds, &log)?;
+    // The TPM's commands block: they run off the event loop, as the node's sealer runs them.
+    let (dir, rounds, tpm_log) = (config.dir.clone(), config.rounds, log.clone());
+    let tpm = off_thread(&config.dir, move || tpm::operations(&dir, rounds, &tpm_log)).await?;
     let mut launches = Vec::new();
     for &n in &config.launch_sizes {
         let took = launch(config, n, &log).await?;

@@ -156,16 +156,20 @@ pub(super) async fn remove_consensus_member(
     // The seat is gone, whether this call took it or an earlier one whose answer was lost (a
     // removal proposed without quorum can commit after its caller's deadline).
     crash_point::pass(log, "decommission:member-removed");
-    if let Some(member) = member.filter(|m| !m.peer_certificate.is_empty()) {
-        revoke_peer_certificate(peer_kv, &member.peer_certificate).await?;
-    }
+    let seated = member
+        .map(|m| m.peer_certificate.as_slice())
+        .filter(|certificate| !certificate.is_empty());
     // Its etcd, removed, can record no more: these are all it was issued.
     let mut peer_kv = peer_kv.clone();
     let issued = peer_pki::issued_to(&mut peer_kv, &node.id).await?;
-    if !issued.is_empty() {
-        let ca = peer_ca(&mut peer_kv).await?;
-        revoke_recorded(&mut peer_kv, &ca, PEER_CRL_KEY, &issued).await?;
+    if seated.is_none() && issued.is_empty() {
+        return Ok(removed);
     }
+    let ca = peer_ca(&mut peer_kv).await?;
+    if let Some(certificate) = seated {
+        revoke(&mut peer_kv, &ca, PEER_CRL_KEY, certificate).await?;
+    }
+    revoke_recorded(&mut peer_kv, &ca, PEER_CRL_KEY, &issued).await?;
     Ok(removed)
 }
 
