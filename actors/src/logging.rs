@@ -103,6 +103,7 @@ static BRIDGED: AtomicBool = AtomicBool::new(false);
 
 /// Marks `logger` as the running actor's until the guard drops, so that bridged records from
 /// libraries called synchronously by the actor land in its log.
+#[inline]
 pub(crate) fn enter(logger: &Logger) -> EnterGuard {
     let entered = BRIDGED.load(Ordering::Relaxed);
     if entered {
@@ -116,6 +117,7 @@ pub(crate) struct EnterGuard {
 }
 
 impl Drop for EnterGuard {
+    #[inline]
     fn drop(&mut self) {
         if self.entered {
             CURRENT.with(|c| {

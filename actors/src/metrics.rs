@@ -145,11 +145,13 @@ struct OwnCount(AtomicU64);
 
 impl OwnCount {
     /// Add `n`; only from the actor's thread. The store releases what the actor did before it.
+    #[inline]
     fn add(&self, n: u64) {
         let now = self.0.load(Ordering::Relaxed);
         self.0.store(now.wrapping_add(n), Ordering::Release);
     }
 
+    #[inline]
     fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -332,6 +334,7 @@ pub(crate) struct ActorMetrics {
 impl ActorMetrics {
     /// A message entered the mailbox; answers whether it is one of those timed (see
     /// [`TIMED_EVERY`]).
+    #[inline]
     pub(crate) fn enqueued(&self) -> bool {
         let before = self.mailbox.enqueued.fetch_add(1, Ordering::Relaxed);
         self.mailbox.raise_depth_max(before + 1);
@@ -340,6 +343,7 @@ impl ActorMetrics {
 
     /// A message left the mailbox to be handled (on the actor's thread); a timed one after
     /// waiting `waited`.
+    #[inline]
     pub(crate) fn dequeued(&self, waited: Option<Duration>) {
         self.mailbox.taken.add(1);
         if let Some(waited) = waited {
@@ -353,6 +357,7 @@ impl ActorMetrics {
     }
 
     /// A message's handling finished (on the actor's thread); a timed one's after `took`.
+    #[inline]
     pub(crate) fn handled(&self, took: Option<Duration>) {
         self.mailbox.handled.add(1);
         if let Some(took) = took {
@@ -449,6 +454,7 @@ impl MailboxCounts {
     /// Raise the maximum depth for a mailbox that has now received `enqueued` messages. Exact when
     /// the actor and its senders share a thread; across threads it may count a message taken in
     /// the same instant as still waiting.
+    #[inline]
     fn raise_depth_max(&self, enqueued: u64) {
         let gone = self.taken.get() + self.dropped.load(Ordering::Relaxed);
         let depth = enqueued.saturating_sub(gone);

@@ -59,10 +59,12 @@ impl Incarnation {
         let _ = self.exit.set(reason);
     }
 
+    #[inline]
     pub(crate) fn is_ending(&self) -> bool {
         self.exit.get().is_some() || self.was_killed()
     }
 
+    #[inline]
     pub(crate) fn was_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
     }
