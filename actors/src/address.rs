@@ -8,7 +8,9 @@
 //! is replayed: a caller that needs its request done retries it.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 
 use actix::Addr;
 use tokio::sync::oneshot;
@@ -105,22 +107,15 @@ impl<A: Actor> ActorRef<A> {
     }
 
     /// Send `msg` and wait for the answer.
-    pub fn ask<M>(
-        &self,
-        msg: M,
-    ) -> impl Future<Output = Result<M::Reply, SendError>> + Send + 'static
+    pub fn ask<M>(&self, msg: M) -> Ask<M::Reply>
     where
         M: Message,
         A: Handler<M>,
     {
         let (tx, rx) = oneshot::channel();
-        let sent = self.deliver(msg, Some(tx));
-        async move {
-            sent?;
-            // Only a `Pending` drops the sender, and it answers first (naming the actor). So this
-            // fallback is never reached; it spares every call a copy of the name (issue 12).
-            rx.await
-                .unwrap_or_else(|_| Err(SendError::Stopped(ActorPath::from("<unanswered>"))))
+        match self.deliver(msg, Some(tx)) {
+            Ok(()) => Ask(Ok(rx)),
+            Err(refused) => Ask(Err(refused)),
         }
     }
 
@@ -155,6 +150,26 @@ impl<A: Actor> ActorRef<A> {
             sent_at: timed.then(Instant::now),
         });
         Ok(())
+    }
+}
+
+/// The answer to [`ActorRef::ask`], once it comes: a future of its own rather than an `async`
+/// block, since every message awaits one (issue 12).
+#[must_use = "an answer does nothing unless awaited"]
+pub struct Ask<R>(Result<oneshot::Receiver<Result<R, SendError>>, SendError>);
+
+impl<R> Future for Ask<R> {
+    type Output = Result<R, SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Ok(rx) => Pin::new(rx).poll(cx).map(|answer| {
+                // Only a `Pending` drops the sender, and it answers first (naming the actor). So
+                // this fallback is never reached; it spares every call a copy of the name.
+                answer.unwrap_or_else(|_| Err(SendError::Stopped(ActorPath::from("<unanswered>"))))
+            }),
+            Err(refused) => Poll::Ready(Err(refused.clone())),
+        }
     }
 }
 

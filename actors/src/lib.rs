@@ -31,7 +31,7 @@ mod tree;
 mod watchable;
 
 pub use actor::{Actor, Handler, Message, Reply, Started};
-pub use address::{ActorRef, SendError};
+pub use address::{ActorRef, Ask, SendError};
 pub use context::{Ctx, Timer};
 pub use exit::{ExitReason, Failure};
 pub use exposition::Exposition;
