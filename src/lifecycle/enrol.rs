@@ -29,7 +29,7 @@ use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration};
 use crate::storage::{DataError, MountNew, NewKeys, StorageError};
 use crate::tls::Identity;
-use crate::tpm::SealedKind;
+use crate::tpm::{RecoveryKey, SealedKind};
 
 /// Journal steps: the last one completed.
 const KEYS: u32 = 1;
@@ -51,11 +51,11 @@ impl Run {
                 Ok(self.deps.storage.ask(NewKeys).await??)
             })
             .await?;
-        let recovery = self.new_recovery_key().await?.unwrap_or_default();
+        // The recovery key comes later, with the FORMATTED step: nothing needs it before.
         let journal = EnrolmentJournal {
             flow: flow as i32,
-            recovery_key_public: recovery.public,
-            recovery_key_private: recovery.private,
+            recovery_key_public: Vec::new(),
+            recovery_key_private: Vec::new(),
             step: KEYS,
             node_unlock_key: nuk.as_bytes().to_vec(),
             cluster_unlock_key: cuk.as_bytes().to_vec(),
@@ -77,7 +77,7 @@ impl Run {
     pub(super) async fn enrol(&self, enrolment: Enrolment) -> Result<(), LifecycleError> {
         let Enrolment {
             mut journal,
-            keys,
+            mut keys,
             params,
         } = enrolment;
         let flow = journal.flow();
@@ -89,31 +89,42 @@ impl Run {
             self.mount(&keys.nuk, &keys.cuk).await?;
         }
         // The step only spares a resumed enrolment the formatting: one that finds the
-        // partition formatted opens it (`mount_new`), so nothing needs to wait for this.
-        let recorded = async {
-            if formatting {
-                self.save_journal(&journal).await?;
-                self.checkpoint(flow, "formatted");
+        // partition formatted opens it (`mount_new`), so nothing needs to wait for this. It
+        // records the recovery key too, made here (a TPM key, a few milliseconds) rather than
+        // before the formatting: the cluster learns it only after this step.
+        let (recording, recovery) = (&mut journal, keys.recovery.clone());
+        let recorded = async move {
+            if !formatting {
+                return Ok(recovery);
             }
-            Ok(())
+            let recovery = match recovery {
+                Some(recovery) => Some(recovery),
+                None => self.new_recovery_key().await?,
+            };
+            let made = recovery.clone().unwrap_or_default();
+            recording.recovery_key_public = made.public;
+            recording.recovery_key_private = made.private;
+            self.save_journal(recording).await?;
+            self.checkpoint(flow, "formatted");
+            Ok(recovery)
         };
         match params {
             EnrolmentParams::Bootstrap(params) => self.bootstrap(recorded, keys, params).await,
             EnrolmentParams::Register(params) => {
-                recorded.await?;
+                keys.recovery = recorded.await?;
                 self.register(journal, keys, params).await
             }
         }
     }
 
     /// The first node of a new cluster: etcd, the CA, its record, its credentials. Its etcd
-    /// starts while `formatted` records the formatting in the journal. Every later step is
-    /// idempotent, so a resumed bootstrap runs them all again and the journal needs no more
-    /// steps until the sealed configuration replaces it.
+    /// starts while `formatted` records the formatting (and the recovery key, which it answers)
+    /// in the journal. Every later step is idempotent, so a resumed bootstrap runs them all
+    /// again and the journal needs no more steps until the sealed configuration replaces it.
     async fn bootstrap(
         &self,
-        formatted: impl std::future::Future<Output = Result<(), LifecycleError>>,
-        keys: EnrolmentKeys,
+        formatted: impl std::future::Future<Output = Result<Option<RecoveryKey>, LifecycleError>>,
+        mut keys: EnrolmentKeys,
         params: ClusterBootstrap,
     ) -> Result<(), LifecycleError> {
         let id = node_id(&keys.node.verifying_key());
@@ -137,7 +148,7 @@ impl Run {
         let member = cluster::member_children(&cluster, mode);
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
         let (formatted, started) = futures::join!(formatted, self.start_child(member.consensus));
-        formatted?;
+        keys.recovery = formatted?;
         started?;
         self.start_child(member.pki).await?;
 
