@@ -18,6 +18,7 @@ use prost::Message;
 use zeroize::Zeroizing;
 
 use crate::consensus::Mode;
+use crate::fsutil;
 use crate::lifecycle::cluster::{self, ClusterConfig};
 use crate::lifecycle::material::Enrolment;
 use crate::lifecycle::{decide, Flow, LifecycleError, FW_CFG_WINS};
@@ -29,7 +30,7 @@ use crate::proto::common::ClusterDirectory;
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{SealedConfiguration, SealedEnvelope};
 use crate::retry::Retry;
-use crate::storage::{Esp, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
+use crate::storage::{Esp, EspError, MountExisting, NodeRoot, Storage, StorageError, UnlockKey};
 use crate::tpm::{Seal, SealedKind, Tpm, Unseal};
 
 // ---- state ----
@@ -185,10 +186,20 @@ impl Run {
         }
     }
 
+    /// Write to the ESP with `write`, off the event loop: the node's Curator serves on that
+    /// thread too, and an fsync there stalls every call in flight (issue 12).
+    pub(super) async fn on_esp<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Esp) -> Result<T, EspError> + Send + 'static,
+    ) -> Result<T, LifecycleError> {
+        let esp = self.esp.clone();
+        Ok(fsutil::off_thread(&self.config.root.esp(), move || write(&esp)).await?)
+    }
+
     /// Remove the register ticket from the ESP's parameters (an enrolled node never needs it).
     /// A failure is logged, not fatal: the node works without it, and the next boot tries again.
-    pub(super) fn scrub_register_ticket(&self) {
-        match self.esp.scrub_register_ticket() {
+    pub(super) async fn scrub_register_ticket(&self) {
+        match self.on_esp(|esp| esp.scrub_register_ticket()).await {
             Ok(true) => slog::info!(self.log, "register ticket removed from the ESP";
                 "path" => %self.esp.parameters_path().display()),
             Ok(false) => {}
@@ -280,7 +291,7 @@ impl Run {
         sealed: &SealedConfiguration,
     ) -> Result<(), LifecycleError> {
         let envelope = self.seal(SealedKind::Configuration, sealed).await?;
-        Ok(self.esp.write_sealed(&envelope)?)
+        self.on_esp(move |esp| esp.write_sealed(&envelope)).await
     }
 
     /// Seal `message`, an object of `kind`, with the TPM, asking again while the TPM actor

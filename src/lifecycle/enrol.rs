@@ -219,7 +219,8 @@ impl Run {
                     Ok(issuer.ask(approve).await??)
                 })
                 .await?;
-            self.keep_authority(&id, &credentials.ca, recovery, pcr7, approval, "committed")?;
+            self.keep_authority(&id, &credentials.ca, recovery, pcr7, approval, "committed")
+                .await?;
         }
         self.start_child(member.curator).await?;
         self.start_child(member.decommission).await?;
@@ -311,7 +312,8 @@ impl Run {
                     pcr7,
                     approval,
                     "registered",
-                )?;
+                )
+                .await?;
             }
             let credentials = NodeCredentials {
                 ca: response.ca_certificate,
@@ -371,7 +373,8 @@ impl Run {
         member: bool,
     ) -> Result<SealedConfiguration, LifecycleError> {
         let directory = self.deps.directory.get();
-        self.esp.write_directory(&directory)?;
+        self.on_esp(move |esp| esp.write_directory(&directory))
+            .await?;
         let sealed = SealedConfiguration {
             node_unlock_key: keys.nuk.as_bytes().to_vec(),
             join_key: keys.join.to_bytes().to_vec(),
@@ -388,17 +391,17 @@ impl Run {
             },
         };
         self.seal_configuration(&sealed).await?;
-        self.esp.remove_journal()?;
+        self.on_esp(|esp| esp.remove_journal()).await?;
         slog::info!(self.log, "enrolment complete; the sealed configuration replaced the journal";
             "node" => node_id(&keys.node.verifying_key()));
-        self.scrub_register_ticket();
+        self.scrub_register_ticket().await;
         self.checkpoint(flow, "sealed");
         Ok(sealed)
     }
 
     async fn save_journal(&self, journal: &EnrolmentJournal) -> Result<(), LifecycleError> {
         let envelope = self.seal(SealedKind::EnrolmentJournal, journal).await?;
-        Ok(self.esp.write_journal(&envelope)?)
+        self.on_esp(move |esp| esp.write_journal(&envelope)).await
     }
 }
 

@@ -13,7 +13,6 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::consensus::Mode;
-use crate::fsutil;
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
@@ -46,7 +45,7 @@ impl Run {
         } = Membership::decode(&bytes, &path)?;
         let escrowed = !sealed.cluster_unlock_key_digest.is_empty();
         // An enrolment that crashed right after sealing may have left it.
-        self.scrub_register_ticket();
+        self.scrub_register_ticket().await;
         let directory = self.esp.directory()?;
         let address = self.address().await;
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),
@@ -185,10 +184,8 @@ impl Run {
                         let known = self.deps.directory.get();
                         if directory != known && !directory.nodes.is_empty() {
                             if boot_directory(&directory) != boot_directory(&known) {
-                                // Off the event loop, which serves this node's Curator too.
-                                let (esp, written) = (self.esp.clone(), directory.clone());
-                                let path = self.esp.directory_path();
-                                fsutil::off_thread(&path, move || esp.write_directory(&written))
+                                let written = directory.clone();
+                                self.on_esp(move |esp| esp.write_directory(&written))
                                     .await?;
                             }
                             self.deps.directory.set(directory);
@@ -367,13 +364,14 @@ impl Run {
         shares.sort_by(|a, b| a.owner.cmp(&b.owner));
         if last != Some(shares.as_slice()) {
             if shares.is_empty() {
-                self.esp.remove_held_shares()?;
+                self.on_esp(|esp| esp.remove_held_shares()).await?;
             } else {
                 let held = HeldShares {
                     shares: shares.clone(),
                 };
                 let envelope = self.seal(SealedKind::HeldShares, &held).await?;
-                self.esp.write_held_shares(&envelope)?;
+                self.on_esp(move |esp| esp.write_held_shares(&envelope))
+                    .await?;
             }
             slog::info!(self.log, "held shares of the other members' cluster unlock keys sealed";
                 "shares" => shares.len());

@@ -56,7 +56,7 @@ impl Run {
 
     /// Keep on the ESP, before anything is sealed under it, the cluster's PCR policy for node
     /// `id` with the `approval` of `pcr7` (enrolment).
-    pub(super) fn keep_authority(
+    pub(super) async fn keep_authority(
         &self,
         id: &str,
         ca: &[u8],
@@ -73,7 +73,7 @@ impl Run {
             recovery_key_private: recovery.private.clone(),
             approvals: Vec::new(),
         };
-        self.keep_approval(authority, pcr7, approval, step)?;
+        self.keep_approval(authority, pcr7, approval, step).await?;
         slog::info!(self.log, "the cluster approved this node's PCR 7 value; sealing under the cluster's PCR policy";
             "pcr7" => hex(pcr7));
         Ok(())
@@ -82,7 +82,7 @@ impl Run {
     /// Keep `authority` on the ESP with `approval` of `pcr7` as its only approval (a firmware
     /// rolled back needs the owner again), once the approval is checked to be the authority's
     /// policy key's signature for this node and value.
-    fn keep_approval(
+    async fn keep_approval(
         &self,
         mut authority: PcrAuthority,
         pcr7: &[u8],
@@ -109,7 +109,8 @@ impl Run {
             pcr7: pcr7.to_vec(),
             signature,
         }];
-        Ok(self.esp.write_pcr_authority(&authority)?)
+        self.on_esp(move |esp| esp.write_pcr_authority(&authority))
+            .await
     }
 
     /// Unseal the sealed configuration; if it is sealed under the cluster's PCR policy and PCR 7
@@ -200,7 +201,8 @@ impl Run {
             policy_key: approved.pcr_policy_key,
             signature: approved.pcr7_approval,
         };
-        self.keep_approval(authority, &pcr7, approval, "joining")?;
+        self.keep_approval(authority, &pcr7, approval, "joining")
+            .await?;
         slog::warn!(self.log, "the owner approved this node's new PCR 7 value"; "pcr7" => hex(&pcr7));
         Ok(())
     }
