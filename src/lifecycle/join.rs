@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::consensus::Mode;
+use crate::fsutil;
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
@@ -73,7 +74,9 @@ impl Run {
         self.crash_point("join:unlocked");
         self.mount(&nuk, &cuk).await?;
         self.crash_point("join:mounted");
-        let credentials = self.adopt_certificate(self.credentials("joined")?, certificate)?;
+        let credentials = self
+            .adopt_certificate(self.credentials("joined")?, certificate)
+            .await?;
         let id = node_id(&credentials.key.verifying_key());
         self.deps.directory.set(directory);
         let cluster = self.cluster_config(&id, address);
@@ -219,12 +222,14 @@ impl Run {
             };
             let watched = watched.await;
             match watched {
-                Ok(Some(renewed)) => credentials = self.adopt_certificate(credentials, renewed)?,
+                Ok(Some(renewed)) => {
+                    credentials = self.adopt_certificate(credentials, renewed).await?
+                }
                 Ok(None) => slog::info!(self.log, "the Curator ended the watch; reconnecting"),
                 Err(e) if e.is_transient() => {
                     let certificate = self.rejoin_after_failure(&sealed, address).await?;
                     if let Some(certificate) = certificate {
-                        credentials = self.adopt_certificate(credentials, certificate)?;
+                        credentials = self.adopt_certificate(credentials, certificate).await?;
                     }
                     retry.wait(&self.log, "watch", &e).await
                 }
@@ -250,7 +255,7 @@ impl Run {
     /// (the pinned CA, this node's key and ID), then written beside the key. Answers the
     /// credentials to use from now on. One that fails the check is logged and not kept: the
     /// node goes on with its own, and a Curator's bad answer never stops it.
-    fn adopt_certificate(
+    async fn adopt_certificate(
         &self,
         mut credentials: NodeCredentials,
         certificate: Vec<u8>,
@@ -265,7 +270,9 @@ impl Run {
             return Ok(credentials);
         }
         credentials.certificate = certificate;
-        credentials.save(&self.config.root)?;
+        // Off the event loop, which serves this node's Curator too.
+        let (written, root) = (credentials.clone(), self.config.root.clone());
+        fsutil::off_thread(&root.node_credentials(), move || written.save(&root)).await?;
         slog::info!(self.log, "node certificate renewed";
             "expires" => pki::not_after(&credentials.certificate)?);
         Ok(credentials)
