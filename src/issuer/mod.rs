@@ -137,14 +137,16 @@ async fn lifetimes(
     candidate: Option<Lifetimes>,
 ) -> Result<Lifetimes, IssuerError> {
     let defaults = Lifetimes::default();
-    let node = lifetime(kv, NODE_LIFETIME, candidate.map(|c| c.node), defaults.node).await?;
-    let owner = lifetime(
-        kv,
-        OWNER_LIFETIME,
-        candidate.map(|c| c.owner),
-        defaults.owner,
-    )
-    .await?;
+    let mut owner_kv = kv.clone();
+    let (node, owner) = futures::try_join!(
+        lifetime(kv, NODE_LIFETIME, candidate.map(|c| c.node), defaults.node),
+        lifetime(
+            &mut owner_kv,
+            OWNER_LIFETIME,
+            candidate.map(|c| c.owner),
+            defaults.owner,
+        ),
+    )?;
     Ok(Lifetimes { node, owner })
 }
 
@@ -273,9 +275,14 @@ impl Actor for Issuer {
                 .ask(Kv(NAMESPACE.into()))
                 .await
                 .map_err(IssuerError::from)??;
-            let ca = ensure_ca(&mut kv, &CertificateAuthority::new(CA_NAME)?).await?;
-            let policy_key = ensure_policy_key(&mut kv).await?;
-            let lifetimes = lifetimes(&mut kv, None).await?;
+            // At once: etcd commits concurrent requests together, one disk sync for all.
+            let candidate = CertificateAuthority::new(CA_NAME)?;
+            let (mut ca_kv, mut key_kv) = (kv.clone(), kv.clone());
+            let (ca, policy_key, lifetimes) = futures::try_join!(
+                ensure_ca(&mut ca_kv, &candidate),
+                ensure_policy_key(&mut key_kv),
+                lifetimes(&mut kv, None),
+            )?;
             Ok::<_, IssuerError>((kv, ca, policy_key, lifetimes))
         };
         ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
