@@ -523,3 +523,55 @@ pub(crate) fn unix_ms_now() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample named `series` (with its labels) in `text`.
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn mailbox_series_are_derived_per_path_when_scraped() {
+        let families = Families::new();
+        let a = families.for_actor(&ActorPath::from("/a"));
+        let b = families.for_actor(&ActorPath::from("/b"));
+        for _ in 0..3 {
+            a.enqueued();
+        }
+        a.dequeued(None);
+        a.dropped();
+        a.handled(None);
+        b.enqueued();
+        // A later incarnation's metrics count into the same series.
+        families.for_actor(&ActorPath::from("/a")).enqueued();
+
+        let text = families.encode(Exposition::Prometheus);
+        let at = |name: &str, path: &str| {
+            sample(&text, &format!("polis_actor_{name}{{path=\"{path}\"}}"))
+        };
+        // /a: four in, one taken, one dropped; three waited at once.
+        assert_eq!(at("mailbox_depth", "/a").as_deref(), Some("2"));
+        assert_eq!(at("mailbox_depth_max", "/a").as_deref(), Some("3"));
+        assert_eq!(at("messages_enqueued_total", "/a").as_deref(), Some("4"));
+        assert_eq!(at("messages_handled_total", "/a").as_deref(), Some("1"));
+        assert_eq!(at("mailbox_depth", "/b").as_deref(), Some("1"));
+        assert_eq!(at("mailbox_depth_max", "/b").as_deref(), Some("1"));
+        // One family per metric, every path a series of it.
+        assert_eq!(
+            text.matches("# TYPE polis_actor_mailbox_depth gauge")
+                .count(),
+            1
+        );
+        assert_eq!(
+            text.matches("# TYPE polis_actor_messages_enqueued_total counter")
+                .count(),
+            1
+        );
+    }
+}
