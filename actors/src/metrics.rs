@@ -102,7 +102,7 @@ pub struct ActorSnapshot {
     pub last_failure: Option<FailureReport>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub(crate) struct PathLabel {
     path: String,
 }
@@ -467,49 +467,53 @@ impl MailboxCounts {
 
 /// Every actor's [`MailboxCounts`], encoded when scraped: the depth gauge exists only there.
 #[derive(Debug, Default)]
-struct Mailboxes(Mutex<BTreeMap<String, Arc<MailboxCounts>>>);
+struct Mailboxes(Mutex<BTreeMap<PathLabel, Arc<MailboxCounts>>>);
 
 impl Mailboxes {
     /// The counts of `path`; the same ones for every incarnation.
     fn for_path(&self, path: &PathLabel) -> Arc<MailboxCounts> {
-        lock(&self.0).entry(path.path.clone()).or_default().clone()
+        lock(&self.0).entry(path.clone()).or_default().clone()
     }
 }
 
 impl Collector for Mailboxes {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         type Read = fn(&MailboxCounts) -> u64;
-        let gauges: [(&str, &str, Read); 2] = [
+        let series: [(&str, &str, MetricType, Read); 4] = [
             (
                 "mailbox_depth",
                 "Messages waiting in the mailbox",
+                MetricType::Gauge,
                 MailboxCounts::depth,
             ),
             (
                 "mailbox_depth_max",
                 "Most messages ever waiting at once",
+                MetricType::Gauge,
                 |c| c.depth_max.load(Ordering::Relaxed),
             ),
-        ];
-        let counters: [(&str, &str, Read); 2] = [
-            ("messages_enqueued", "Messages accepted", |c| {
-                c.enqueued.load(Ordering::Relaxed)
-            }),
-            ("messages_handled", "Messages handled", |c| c.handled.get()),
+            (
+                "messages_enqueued",
+                "Messages accepted",
+                MetricType::Counter,
+                |c| c.enqueued.load(Ordering::Relaxed),
+            ),
+            (
+                "messages_handled",
+                "Messages handled",
+                MetricType::Counter,
+                |c| c.handled.get(),
+            ),
         ];
         let actors = lock(&self.0);
-        for (name, help, read) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (path, counts) in actors.iter() {
-                let label = PathLabel { path: path.clone() };
-                ConstGauge::new(read(counts) as i64).encode(family.encode_family(&label)?)?;
-            }
-        }
-        for (name, help, read) in counters {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (path, counts) in actors.iter() {
-                let label = PathLabel { path: path.clone() };
-                ConstCounter::new(read(counts)).encode(family.encode_family(&label)?)?;
+        for (name, help, kind, read) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (label, counts) in actors.iter() {
+                let sample = family.encode_family(label)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(read(counts)).encode(sample)?,
+                    _ => ConstGauge::new(read(counts) as i64).encode(sample)?,
+                }
             }
         }
         Ok(())
@@ -528,14 +532,6 @@ pub(crate) fn unix_ms_now() -> u64 {
 mod tests {
     use super::*;
 
-    /// The value of the sample named `series` (with its labels) in `text`.
-    fn sample(text: &str, series: &str) -> Option<String> {
-        text.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .map(str::to_owned)
-    }
-
     #[test]
     fn mailbox_series_are_derived_per_path_when_scraped() {
         let families = Families::new();
@@ -553,15 +549,16 @@ mod tests {
 
         let text = families.encode(Exposition::Prometheus);
         let at = |name: &str, path: &str| {
-            sample(&text, &format!("polis_actor_{name}{{path=\"{path}\"}}"))
+            let series = format!("polis_actor_{name}{{path=\"{path}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(series.as_str()))
         };
         // /a: four in, one taken, one dropped; three waited at once.
-        assert_eq!(at("mailbox_depth", "/a").as_deref(), Some("2"));
-        assert_eq!(at("mailbox_depth_max", "/a").as_deref(), Some("3"));
-        assert_eq!(at("messages_enqueued_total", "/a").as_deref(), Some("4"));
-        assert_eq!(at("messages_handled_total", "/a").as_deref(), Some("1"));
-        assert_eq!(at("mailbox_depth", "/b").as_deref(), Some("1"));
-        assert_eq!(at("mailbox_depth_max", "/b").as_deref(), Some("1"));
+        assert_eq!(at("mailbox_depth", "/a"), Some("2"));
+        assert_eq!(at("mailbox_depth_max", "/a"), Some("3"));
+        assert_eq!(at("messages_enqueued_total", "/a"), Some("4"));
+        assert_eq!(at("messages_handled_total", "/a"), Some("1"));
+        assert_eq!(at("mailbox_depth", "/b"), Some("1"));
+        assert_eq!(at("mailbox_depth_max", "/b"), Some("1"));
         // One family per metric, every path a series of it.
         assert_eq!(
             text.matches("# TYPE polis_actor_mailbox_depth gauge")
