@@ -92,15 +92,14 @@ impl Run {
         // partition formatted opens it (`mount_new`), so nothing needs to wait for this. It
         // records the recovery key too, made here (a TPM key, a few milliseconds) rather than
         // before the formatting: the cluster learns it only after this step.
-        let (recording, recovery) = (&mut journal, keys.recovery.clone());
+        let (recording, mut recovery) = (&mut journal, keys.recovery.clone());
         let recorded = async move {
             if !formatting {
                 return Ok(recovery);
             }
-            let recovery = match recovery {
-                Some(recovery) => Some(recovery),
-                None => self.new_recovery_key().await?,
-            };
+            if recovery.is_none() {
+                recovery = self.new_recovery_key().await?;
+            }
             let made = recovery.clone().unwrap_or_default();
             recording.recovery_key_public = made.public;
             recording.recovery_key_private = made.private;
