@@ -2,7 +2,8 @@
 //! cluster launcher. Its state directory plays the part of the TPM chip, so a node restarted with
 //! the same directory finds its seeds, and therefore its sealed data, again.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -61,7 +62,9 @@ impl Swtpm {
                 .arg(format!("dir={}", state_dir.display()))
                 .args(["--flags", "not-need-init,startup-clear"]);
             let process = ChildProcess::spawn(cmd, "swtpm", log)?;
-            let probe = || TcpStream::connect((Ipv4Addr::LOCALHOST, ctrl)).is_ok();
+            // A connection would prove only that someone listens: a swtpm started in parallel
+            // can hold a port of this pair, and this one then exits, its ports someone else's.
+            let probe = || listens_on(process.pid(), &[port, ctrl]);
             match wait_ready(&process, probe) {
                 Ok(()) => return Ok(Swtpm { process, port }),
                 Err(reason) => last = reason,
@@ -127,6 +130,43 @@ fn free_port_pair() -> Option<u16> {
     })
 }
 
+/// Whether process `pid` itself listens on every one of `ports` on 127.0.0.1: its socket inodes
+/// (`/proc/PID/fd`) against the listening sockets of its network namespace (`/proc/PID/net/tcp`).
+fn listens_on(pid: u32, ports: &[u16]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    // Columns: slot, local address (hex, host order), remote, state (0A: listening), ..., inode.
+    let listening: Vec<(&str, &str)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (columns.get(3) == Some(&"0A")).then_some((*columns.get(1)?, *columns.get(9)?))
+        })
+        .collect();
+    ports.iter().all(|port| {
+        let local = format!("0100007F:{port:04X}");
+        listening
+            .iter()
+            .any(|(address, inode)| *address == local && sockets.contains(*inode))
+    })
+}
+
 /// Wait until `ready` says so, or the process exits, or 10 s pass.
 fn wait_ready(process: &ChildProcess, ready: impl Fn() -> bool) -> Result<(), String> {
     let mut exited = None;
@@ -139,5 +179,27 @@ fn wait_ready(process: &ChildProcess, ready: impl Fn() -> bool) -> Result<(), St
     match exited {
         Some(status) => Err(format!("it exited with {status}")),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_counts_as_listened_on_only_by_its_owner() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), &[port]));
+        let mut other = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let foreign = listens_on(other.id(), &[port]);
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!foreign, "another process's port was taken for the child's");
+        drop(listener);
+        assert!(!listens_on(std::process::id(), &[port]));
     }
 }
