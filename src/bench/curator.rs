@@ -3,7 +3,9 @@
 //! over TLS with an ephemeral identity, the owner approves it, and it calls CommitNode for its
 //! certificate; the floor makes the same reads and transactions on keys of its own: the ticket
 //! read, then the record created with its join-key index, approved and committed, each a read
-//! and a compare-and-swap, and the issued certificate recorded.
+//! and a compare-and-swap, and the issued certificate recorded. The floor issues its requests
+//! back to back, a registration's come between TLS and gRPC steps: a paced put and get against
+//! the same straight after shows how much slower etcd answers requests that come spaced.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,9 @@ pub const PER_BATCH: usize = 20;
 const SYNTHETIC_ADDRESS: &str = "198.18.0.254";
 /// The floor's record: about a node record's size (keys, address, certificate).
 const RECORD_BYTES: usize = 600;
+/// How long etcd is left idle before a paced sample ([`Throughput::paced`]): about the time a
+/// registration's TLS and gRPC steps leave between its etcd requests.
+const IDLE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Per batch, registrations per second through the Curator and the floor's iterations per
 /// second; and every registration's latency.
@@ -39,6 +44,11 @@ pub struct Throughput {
     pub steps: [Vec<f64>; 4],
     /// Per call of [`CALLS`], the Curator's mean time handling it, seconds.
     pub inside: Vec<f64>,
+    /// A put and a get issued after etcd was idle for [`IDLE_PAUSE`], as a registration's
+    /// requests come, seconds; one per floor iteration.
+    pub paced: Vec<f64>,
+    /// The same straight after, as the floor issues its requests, seconds; paired with `paced`.
+    pub back_to_back: Vec<f64>,
 }
 
 /// The Curator calls a registration makes, as its gRPC metrics label them (service, method).
@@ -95,6 +105,11 @@ pub async fn registrations(
             floor_rate = floor_batch(&mut kv, &mut iteration).await?;
         }
         out.floor.push(floor_rate);
+        for _ in 0..PER_BATCH {
+            tokio::time::sleep(IDLE_PAUSE).await;
+            out.paced.push(put_and_get(&mut kv).await?);
+            out.back_to_back.push(put_and_get(&mut kv).await?);
+        }
         progress(&format!(
             "P5 batch {}/{batches}: {rate:.1} registrations/s, etcd floor {floor_rate:.1}/s",
             batch + 1
@@ -170,6 +185,14 @@ async fn floor_batch(kv: &mut NamespacedKv, iteration: &mut u64) -> Result<f64, 
         }
     }
     Ok(PER_BATCH as f64 / began.elapsed().as_secs_f64())
+}
+
+/// How long a put and a get of one key take, seconds.
+async fn put_and_get(kv: &mut NamespacedKv) -> Result<f64, BenchError> {
+    let began = Instant::now();
+    kv.put("paced", b"x").await?;
+    kv.get("paced").await?;
+    Ok(began.elapsed().as_secs_f64())
 }
 
 /// A stopwatch read lap by lap.

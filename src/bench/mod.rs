@@ -359,6 +359,7 @@ impl Samples {
                 .map(|n| total(n).saturating_sub(own(n)).as_secs_f64())
                 .collect::<Vec<f64>>()
         };
+        let in_ms = |seconds: f64| seconds * 1000.0;
         let mib = |f: &dyn Fn(&Rss) -> f64| -> Vec<f64> {
             self.node.iter().map(|n| f(&n.rss) / 1048576.0).collect()
         };
@@ -392,22 +393,31 @@ impl Samples {
                 "ratio ≥ 0.5",
             ),
             Measure::alone(
-                "P5 registration latency, p99 (s)",
-                report::p99(&throughput.latencies).into_iter().collect(),
+                "P5 registration latency, p99 (ms)",
+                report::p99(&throughput.latencies)
+                    .into_iter()
+                    .map(in_ms)
+                    .collect(),
+                "-",
+            ),
+            Measure::paired(
+                "P5 etcd put+get, 1 ms idle vs busy (ms)",
+                throughput.paced.into_iter().map(in_ms).collect(),
+                throughput.back_to_back.into_iter().map(in_ms).collect(),
                 "-",
             ),
         ];
         for (step, samples) in curator::STEPS.iter().zip(throughput.steps) {
             measures.push(Measure::alone(
-                &format!("P5 step: {step} (s)"),
-                samples,
+                &format!("P5 step: {step} (ms)"),
+                samples.into_iter().map(in_ms).collect(),
                 "-",
             ));
         }
         for ((_, method), mean) in curator::CALLS.iter().zip(throughput.inside) {
             measures.push(Measure::alone(
-                &format!("P5 inside the Curator: {method}, mean (s)"),
-                vec![mean],
+                &format!("P5 inside the Curator: {method}, mean (ms)"),
+                vec![in_ms(mean)],
                 "-",
             ));
         }

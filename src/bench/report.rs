@@ -57,7 +57,7 @@ impl Report {
     /// A table for people.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<44} {:>9} {:>9} {:>20}  {}\n",
+            "{:<48} {:>9} {:>9} {:>20}  {}\n",
             "measure", "Polis", "floor", "ratio min/med/max", "goal"
         );
         for m in &self.measures {
@@ -69,7 +69,7 @@ impl Report {
             };
             let polis = median(&m.polis).map_or("-".to_owned(), |p| format!("{p:.3}"));
             out.push_str(&format!(
-                "{:<44} {polis:>9} {floor:>9} {ratio:>20}  {}\n",
+                "{:<48} {polis:>9} {floor:>9} {ratio:>20}  {}\n",
                 m.name, m.goal
             ));
         }
