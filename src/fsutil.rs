@@ -72,7 +72,7 @@ where
     async move {
         work.await.unwrap_or_else(|e| {
             Err(FsError::new(
-                "write (the writing thread failed)",
+                "finish the work (its thread failed) on",
                 &path,
                 std::io::Error::other(e.to_string()),
             )

@@ -285,13 +285,14 @@ async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) ->
 }
 
 /// A fresh token for the debug endpoint's kills, written to `ephemeral/debug-token` (0400) for
-/// root's `polisctl` (the tree has mounted `ephemeral/` by now).
+/// root's `polisctl` (the tree has mounted `ephemeral/` by now). Not synced: it is valid for this
+/// boot only, and the write runs on the event loop the enrolment has just started on.
 fn debug_token(root: &NodeRoot) -> Result<String, String> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| "the operating system's random generator failed".to_owned())?;
     let token = polis::pki::hex(&bytes);
-    polis::fsutil::write_atomic(
+    polis::fsutil::write_ephemeral(
         &root.debug_token(),
         token.as_bytes(),
         polis::fsutil::SECRET_MODE,
