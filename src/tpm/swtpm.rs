@@ -150,7 +150,9 @@ fn listens_on(pid: u32, ports: &[u16]) -> bool {
     let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
         return false;
     };
-    // Columns: slot, local address (hex, host order), remote, state (0A: listening), ..., inode.
+    // Columns: slot, local address, remote, state (0A: listening), ..., inode. An address is
+    // the hex of its network-order bytes read as a native integer, then `:` and the port's hex.
+    let loopback = u32::from_ne_bytes(Ipv4Addr::LOCALHOST.octets());
     let listening: Vec<(&str, &str)> = table
         .lines()
         .skip(1)
@@ -160,7 +162,7 @@ fn listens_on(pid: u32, ports: &[u16]) -> bool {
         })
         .collect();
     ports.iter().all(|port| {
-        let local = format!("0100007F:{port:04X}");
+        let local = format!("{loopback:08X}:{port:04X}");
         listening
             .iter()
             .any(|(address, inode)| *address == local && sockets.contains(*inode))
