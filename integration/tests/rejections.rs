@@ -73,6 +73,10 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         .unwrap_err();
     assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong}");
     assert!(wrong.message().contains("ticket"), "{wrong}");
+    // The ticket is checked while the record is read: a wrong one writes nothing.
+    let id = polis::pki::node_id(&node_key.verifying_key());
+    let nodes = owner.nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n.id != id), "{nodes:?}");
 
     client
         .register_node(register(ticket.clone()))
@@ -129,6 +133,9 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
     };
     let stale = as_latecomer.register_node(late(old)).await.unwrap_err();
     assert_eq!(stale.code(), Code::PermissionDenied, "{stale}");
+    let late_id = polis::pki::node_id(&latecomer.verifying_key());
+    let nodes = owner.nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n.id != late_id), "{nodes:?}");
     as_latecomer.register_node(late(new)).await.unwrap();
 
     // Join: an unknown join key, then the decommissioned node's.
@@ -188,7 +195,6 @@ async fn the_curator_and_the_node_refuse_what_they_must() {
         .await
         .expect("a given-up Watch stream's slot was not freed");
     drop(watches);
-    let id = polis::pki::node_id(&node_key.verifying_key());
     owner.decommission(&id).await.unwrap();
     owner
         .wait_retired(&id, RETIREMENT_PATIENCE, |_| {})

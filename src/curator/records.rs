@@ -150,11 +150,29 @@ impl Records {
     where
         F: FnMut(Option<&Node>) -> Result<Option<Node>, CuratorError>,
     {
+        self.update_alongside(id, async { Ok(()) }, |current, ()| change(current))
+            .await
+    }
+
+    /// [`Records::update`], with `alongside` (a check, or work whose answer `change` needs) run
+    /// while the record is first read, so that a handler spends one etcd round trip less than
+    /// doing it before. Nothing is written unless `alongside` succeeds.
+    pub async fn update_alongside<T, F>(
+        &mut self,
+        id: &str,
+        alongside: impl std::future::Future<Output = Result<T, CuratorError>>,
+        mut change: F,
+    ) -> Result<Node, CuratorError>
+    where
+        F: FnMut(Option<&Node>, &T) -> Result<Option<Node>, CuratorError>,
+    {
         let key = format!("{NODES}{id}");
+        let first_read = async { Ok::<_, CuratorError>(self.kv.get_versioned(&key).await?) };
+        let (done, mut read) = futures::try_join!(alongside, first_read)?;
         loop {
-            let (bytes, revision) = self.kv.get_versioned(&key).await?;
+            let (bytes, revision) = read;
             let current = bytes.map(|b| decode(&key, &b)).transpose()?;
-            let Some(new) = change(current.as_ref())? else {
+            let Some(new) = change(current.as_ref(), &done)? else {
                 return existing(current, id);
             };
             let record = new.encode_to_vec();
@@ -176,6 +194,7 @@ impl Records {
                     }
                 }
             }
+            read = self.kv.get_versioned(&key).await?;
         }
     }
 }

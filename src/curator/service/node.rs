@@ -39,18 +39,19 @@ impl Curator for Services {
         check_len(&msg.join_key, "join_key")?;
         check_address(&msg.external_address, "external_address")?;
         check_recovery(msg)?;
-        let mut records = self.records.clone();
-        let ticket = records
-            .kv()
-            .get(REGISTER_TICKET)
-            .await
-            .map_err(CuratorError::from)?;
-        if !matches_stored(ticket, &msg.register_ticket) {
-            return Err(CuratorError::WrongTicket.into());
-        }
         let id = node_id(&public);
-        records
-            .update(&id, |current| {
+        // The ticket is read while the record is: nothing is written unless it matches.
+        let mut global = self.records.clone();
+        let ticket_matches = async move {
+            let ticket = global.kv().get(REGISTER_TICKET).await?;
+            match matches_stored(ticket, &msg.register_ticket) {
+                true => Ok(()),
+                false => Err(CuratorError::WrongTicket),
+            }
+        };
+        self.records
+            .clone()
+            .update_alongside(&id, ticket_matches, |current, ()| {
                 let registration = records::Registration {
                     public_key: public.as_bytes(),
                     join_key: &msg.join_key,
@@ -74,23 +75,20 @@ impl Curator for Services {
         let node = loop {
             let current = records.get(&id).await?;
             // A certificate is issued only for a node that may commit now; the record decides.
-            let certificate = match current.as_ref().map(|n| n.fsm_state) {
-                Some(s) if s == NodeState::Standby as i32 => {
-                    let template = Template::Node {
-                        node_id: id.clone(),
-                    };
-                    self.issuer
-                        .ask(Issue(template, public))
-                        .await
-                        .map_err(CuratorError::from)?
-                        .map_err(CuratorError::from)?
-                        .der
+            // It is issued while the record is read again for the transaction.
+            let standby = current.as_ref().map(|n| n.fsm_state) == Some(NodeState::Standby as i32);
+            let certificate = async {
+                if !standby {
+                    return Ok(Vec::new());
                 }
-                _ => Vec::new(),
+                let template = Template::Node {
+                    node_id: id.clone(),
+                };
+                Ok(self.issuer.ask(Issue(template, public)).await??.der)
             };
             match records
-                .update(&id, |current| {
-                    records::commit(current, &id, cuk, &certificate)
+                .update_alongside(&id, certificate, |current, certificate| {
+                    records::commit(current, &id, cuk, certificate)
                 })
                 .await
             {
