@@ -681,7 +681,6 @@ impl Sealer {
             })
     }
 
-    /// Done with `primary`: flushed, unless it is the kept [`Primary::Current`].
     /// The key at [`KEPT_PRIMARY`] and its name, if there is one made from the
     /// [`Primary::Current`] template: so it cannot be a key imported from outside, whose owner
     /// would know the secret that protects what is sealed under it (an imported key is never
@@ -760,6 +759,7 @@ impl Sealer {
         }
     }
 
+    /// Done with `primary`: flushed, unless it is the kept [`Primary::Current`].
     fn release(&mut self, primary: KeyHandle) {
         if self.current.as_ref().map(|kept| kept.handle) != Some(primary) {
             self.flush(primary.into());
