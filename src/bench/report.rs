@@ -56,10 +56,11 @@ pub struct Report {
 impl Report {
     /// A table for people.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<48} {:>9} {:>9} {:>20}  {}\n",
-            "measure", "Polis", "floor", "ratio min/med/max", "goal"
-        );
+        // One layout for the header and the rows.
+        let row = |name: &str, polis: &str, floor: &str, ratio: &str, goal: &str| {
+            format!("{name:<48} {polis:>9} {floor:>9} {ratio:>20}  {goal}\n")
+        };
+        let mut out = row("measure", "Polis", "floor", "ratio min/med/max", "goal");
         for m in &self.measures {
             let floor = median(&m.floor).map_or("-".to_owned(), |f| format!("{f:.3}"));
             let ratios = m.ratios();
@@ -68,10 +69,7 @@ impl Report {
                 _ => "-".to_owned(),
             };
             let polis = median(&m.polis).map_or("-".to_owned(), |p| format!("{p:.3}"));
-            out.push_str(&format!(
-                "{:<48} {polis:>9} {floor:>9} {ratio:>20}  {}\n",
-                m.name, m.goal
-            ));
+            out.push_str(&row(&m.name, &polis, &floor, &ratio, &m.goal));
         }
         out
     }
