@@ -9,7 +9,9 @@
 //! bus in the clear (the connection keeps one such session: starting it is an ECDH in the TPM);
 //! before unsealing, the primary the TPM presents must be the one the data was sealed under (its
 //! name, recorded at sealing), so that something between the node and its TPM cannot offer a
-//! key of its own to learn the session salt.
+//! key of its own to learn the session salt. The primary is kept in the TPM at a persistent
+//! handle ([`KEPT_PRIMARY`]), so a restart derives none; a key found there serves only under that
+//! recorded name and only if it was made from the current template.
 //!
 //! Data is sealed either to the current PCR 7 itself (`TPM2_PolicyPCR`: the enrolment journal,
 //! and everything sealed before the cluster had a PCR policy) or, once the node holds its
