@@ -136,6 +136,21 @@ fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> R
         .map_err(|e| FsError::new("fsync directory", dir, e))
 }
 
+/// Remove the file at `path`, if it is there, durably: its directory is fsynced, so a crash
+/// cannot bring it back.
+pub fn remove_durably(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(FsError::new("remove", path, e))
+        }
+        _ => {}
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FsError::new("fsync directory", dir, e))
+}
+
 /// Overwrite the file at `path` in place (same inode), not durably. Only for a file that is
 /// bind-mounted elsewhere and rebuilt on every start, such as a network namespace's
 /// `/etc/hosts`, where a rename would leave the mount on the old inode; everything else uses

@@ -360,3 +360,32 @@ async fn the_peer_certificate_renews_itself_while_running_and_before_a_restart()
     assert!(not_after(&renewed).unwrap() >= unix_now());
     tree.shutdown().await;
 }
+
+/// A first start of etcd cut short (the node killed before etcd first answered) leaves a data
+/// directory etcd may not restart from, here a WAL file with nothing in it; the next start
+/// begins it again. Once etcd has answered, a restart keeps its data.
+#[actix_rt::test]
+async fn a_first_start_cut_short_begins_again_and_a_finished_one_is_kept() {
+    use polis::storage::NodeRoot;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = NodeRoot::new(dir.path());
+    let wal = root.etcd_data().join("member/wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    std::fs::write(wal.join("0000000000000000-0000000000000000.wal"), b"").unwrap();
+    std::fs::write(root.etcd_first_start(), b"").unwrap();
+
+    let (tree, consensus) = start(dir.path()).await;
+    let mut kv = kv(&consensus, "/test/").await;
+    assert!(
+        !root.etcd_first_start().exists(),
+        "etcd answered: the mark is gone"
+    );
+    kv.put("kept", b"yes").await.unwrap();
+    tree.shutdown().await;
+
+    let (tree, consensus) = start(dir.path()).await;
+    let mut kv = self::kv(&consensus, "/test/").await;
+    assert_eq!(kv.get("kept").await.unwrap().as_deref(), Some(&b"yes"[..]));
+    tree.shutdown().await;
+}

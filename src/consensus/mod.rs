@@ -138,6 +138,21 @@ impl Actor for Consensus {
         let root = self.config.root.clone();
         let dir = root.consensus();
         std::fs::create_dir_all(&dir).map_err(|e| FsError::new("create", &dir, e))?;
+        // etcd's first start on a new data directory is marked until etcd first answers: a kill
+        // in between (the resume test found one) can leave a member directory with no log to
+        // restart from, and etcd then waits for an election forever. Nothing of Polis's is in it
+        // yet (Polis writes only once etcd answers), so the next start begins it again.
+        let first_start = root.etcd_first_start();
+        if first_start.exists() && !matches!(self.config.mode, Mode::Restart) {
+            let data = root.etcd_data();
+            slog::warn!(ctx.log(), "etcd's first start was cut short; starting its data directory over";
+                "path" => %data.display());
+            if let Err(e) = std::fs::remove_dir_all(&data) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(FsError::new("remove", &data, e).into());
+                }
+            }
+        }
         let restart = root.etcd_data().join("member").exists();
         let mut join = None;
         if restart {
@@ -182,6 +197,7 @@ impl Actor for Consensus {
                     join = Some(peers.clone());
                 }
             }
+            fsutil::write_atomic(&first_start, b"", PUBLIC_MODE)?;
         }
         etcd::remove_stale_socket(&root)?;
         let command = etcd::command(&root, &self.config.member, join.as_deref());
@@ -197,6 +213,7 @@ impl Actor for Consensus {
         let spawned = std::time::Instant::now();
         ctx.spawn(ready(root), move |result, consensus: &mut Self, ctx| {
             let client = result?;
+            fsutil::remove_durably(&consensus.config.root.etcd_first_start())?;
             let elapsed = spawned.elapsed();
             slog::info!(ctx.log(), "etcd ready"; "after_ms" => elapsed.as_millis());
             consensus.config.health.consensus_ready(elapsed);

@@ -66,6 +66,12 @@ impl NodeRoot {
         self.data().join("etcd/data")
     }
 
+    /// Present from etcd's first start on a new data directory until etcd first answers: a kill
+    /// in between can leave a member directory it cannot restart from (see `consensus`).
+    pub fn etcd_first_start(&self) -> PathBuf {
+        self.data().join("etcd/first_start")
+    }
+
     /// etcd's peer PKI: `ca.pem`, `cert.pem`, `key.pem`.
     pub fn etcd_peer_pki(&self) -> PathBuf {
         self.data().join("etcd/peer_pki")
