@@ -131,21 +131,21 @@ fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> R
     if durability == Durability::Volatile {
         return Ok(());
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| FsError::new("fsync directory", dir, e))
+    sync_directory(dir)
 }
 
 /// Remove the file at `path`, if it is there, durably: its directory is fsynced, so a crash
-/// cannot bring it back.
+/// cannot bring it back. A file that is not there costs no fsync.
 pub fn remove_durably(path: &Path) -> Result<(), FsError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(FsError::new("remove", path, e))
-        }
-        _ => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FsError::new("remove", path, e)),
+        Ok(()) => sync_directory(path.parent().unwrap_or(Path::new("."))),
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+}
+
+/// Make the entries of `dir` (a rename, a removal) durable.
+fn sync_directory(dir: &Path) -> Result<(), FsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| FsError::new("fsync directory", dir, e))
@@ -188,6 +188,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec!["x.pb"]);
+    }
+
+    /// A file is removed; one that is not there is no error, and a directory in its way is.
+    #[test]
+    fn removal_takes_the_file_and_tolerates_its_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mark");
+        write_atomic(&path, b"", PUBLIC_MODE).unwrap();
+        remove_durably(&path).unwrap();
+        assert!(!path.exists());
+        remove_durably(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        let refused = remove_durably(&path).unwrap_err();
+        assert_eq!(refused.path, path);
     }
 
     #[test]
