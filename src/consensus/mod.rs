@@ -153,7 +153,7 @@ impl Actor for Consensus {
                 }
             }
         }
-        let restart = root.etcd_data().join("member").exists();
+        let restart = root.etcd_member_to_restart();
         let mut join = None;
         if restart {
             if !root.etcd_peer_pki().join("key.pem").exists() {
@@ -176,7 +176,7 @@ impl Actor for Consensus {
             match &self.config.mode {
                 Mode::Restart => {
                     return Err(Failure::msg(format!(
-                        "this member has run before, but its etcd data at {} is missing",
+                        "this member has run before, but its etcd data at {} is missing or never finished its first start",
                         root.etcd_data().display()
                     )))
                 }

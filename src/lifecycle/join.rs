@@ -82,9 +82,7 @@ impl Run {
         let cluster = self.cluster_config(&id, address);
         self.start_hostsfile(&cluster).await?;
         self.crash_point("join:hostsfile");
-        // A first start of etcd that was cut short left no member to restart (`consensus`).
-        let root = &self.config.root;
-        let member = root.etcd_data().join("member").exists() && !root.etcd_first_start().exists();
+        let member = self.config.root.etcd_member_to_restart();
         if member {
             // A member sealed before quorum unlock existed keeps its CUK until its shares are
             // placed (then `follow` drops it).

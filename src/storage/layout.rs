@@ -72,6 +72,11 @@ impl NodeRoot {
         self.data().join("etcd/first_start")
     }
 
+    /// Whether etcd's data holds a member to restart: one whose first start finished.
+    pub fn etcd_member_to_restart(&self) -> bool {
+        self.etcd_data().join("member").exists() && !self.etcd_first_start().exists()
+    }
+
     /// etcd's peer PKI: `ca.pem`, `cert.pem`, `key.pem`.
     pub fn etcd_peer_pki(&self) -> PathBuf {
         self.data().join("etcd/peer_pki")
