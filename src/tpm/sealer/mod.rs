@@ -690,11 +690,10 @@ impl Sealer {
     /// sealed under.
     fn persistent_primary(&mut self) -> Option<KeptPrimary> {
         let mut handle = self.at_kept_handle()?;
-        let found = self.ctx.read_public(handle.into()).ok();
-        match found.filter(|(public, _, _)| made_from_current_template(public)) {
-            Some((_, name, _)) => Some(KeptPrimary {
+        match self.name_if_current_template(handle) {
+            Some(name) => Some(KeptPrimary {
                 handle: handle.into(),
-                name: name.value().to_vec(),
+                name,
                 persistent: true,
             }),
             None => {
@@ -702,6 +701,12 @@ impl Sealer {
                 None
             }
         }
+    }
+
+    /// The name of the key at `handle`, if it was made from the [`Primary::Current`] template.
+    fn name_if_current_template(&mut self, handle: ObjectHandle) -> Option<Vec<u8>> {
+        let (public, name, _) = self.ctx.read_public(handle.into()).ok()?;
+        made_from_current_template(&public).then(|| name.value().to_vec())
     }
 
     /// Keep a copy of the derived [`Primary::Current`] `primary` at [`KEPT_PRIMARY`] for the
@@ -716,16 +721,13 @@ impl Sealer {
                 ctx.evict_control(Provision::Owner, object, Persistent::Persistent(at))
             })
         };
-        if let Some(found) = self.persistent_primary() {
-            let kept = found.name == name;
-            self.let_go(found);
-            if kept {
-                return;
-            }
-        }
         // Whatever else is there makes way. Evicting a persistent object removes it from the
         // TPM, and ESYS forgets its handle.
-        if let Some(occupant) = self.at_kept_handle() {
+        if let Some(mut occupant) = self.at_kept_handle() {
+            if self.name_if_current_template(occupant).as_deref() == Some(name) {
+                let _ = self.ctx.tr_close(&mut occupant);
+                return;
+            }
             let _ = evict(&mut self.ctx, occupant);
         }
         if let Ok(mut copy) = evict(&mut self.ctx, primary.into()) {
