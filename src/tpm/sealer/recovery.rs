@@ -14,7 +14,7 @@ use tss_esapi::structures::{
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 
-use super::{command, Primary, Sealer, TpmError};
+use super::{command, with_empty_password, Primary, Sealer, TpmError};
 use crate::tpm::policy::SIGNATURE_LEN;
 
 /// A recovery key as the TPM created it: its public and (wrapped) private areas.
@@ -77,11 +77,8 @@ impl Sealer {
             .map_err(|e| TpmError::BadAuthority(format!("recovery key private area: {e}")))?;
         let data = MaxBuffer::try_from(message.to_vec()).map_err(command("Hash"))?;
         let (primary, _) = self.primary(Primary::Current)?;
-        let loaded = self.in_salted_session(primary, None, |ctx| {
-            ctx.load(primary, private.clone(), public.clone())
-        });
+        let loaded = with_empty_password(&mut self.ctx, |ctx| ctx.load(primary, private, public));
         self.release(primary);
-        let loaded = loaded?;
         let loaded = loaded.map_err(|e| {
             TpmError::BadAuthority(format!(
                 "the TPM refused to load the recovery key ({e}): it was created by another TPM, or altered"
@@ -92,11 +89,10 @@ impl Sealer {
             .hash(data, HashingAlgorithm::Sha256, Hierarchy::Owner)
             .map_err(command("Hash"))
             .and_then(|(digest, ticket)| {
-                self.ctx
-                    .execute_with_nullauth_session(|ctx| {
-                        ctx.sign(loaded, digest, SignatureScheme::Null, ticket)
-                    })
-                    .map_err(command("Sign"))
+                with_empty_password(&mut self.ctx, |ctx| {
+                    ctx.sign(loaded, digest, SignatureScheme::Null, ticket)
+                })
+                .map_err(command("Sign"))
             });
         self.flush(loaded.into());
         match signed? {
