@@ -48,7 +48,8 @@ async fn one_round_of_every_measure_comes_back_complete() {
         ("launch 5 nodes, 3 consensus", 1, 0),
         ("TPM first seal", 1, 1),
         ("TPM seal", 1, 1),
-        ("TPM unseal", 1, 1),
+        ("TPM unseal, PCR policy", 1, 1),
+        ("TPM unseal on a new connection", 1, 1),
     ] {
         let m = get(name);
         assert_eq!(m.polis.len(), samples, "{m:?}");
@@ -69,5 +70,5 @@ async fn one_round_of_every_measure_comes_back_complete() {
     let inside = get("P5 inside the Curator: CommitNode").polis[0];
     assert!(inside < get("P5 registration latency").polis[0], "{inside}");
     assert!(median("P5 step: CommitNode") > 0.0);
-    assert_eq!(report.json()["measures"].as_array().unwrap().len(), 20);
+    assert_eq!(report.json()["measures"].as_array().unwrap().len(), 21);
 }
