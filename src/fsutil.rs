@@ -105,12 +105,7 @@ fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> R
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     // A temporary file left by a crash may be read-only; it is garbage, never data.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(FsError::new("remove stale", &tmp, e))
-        }
-        _ => {}
-    }
+    remove_if_present(&tmp, "remove stale")?;
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -137,10 +132,19 @@ fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> R
 /// Remove the file at `path`, if it is there, durably: its directory is fsynced, so a crash
 /// cannot bring it back. A file that is not there costs no fsync.
 pub fn remove_durably(path: &Path) -> Result<(), FsError> {
+    match remove_if_present(path, "remove")? {
+        true => sync_directory(path.parent().unwrap_or(Path::new("."))),
+        false => Ok(()),
+    }
+}
+
+/// Remove the file at `path`, if it is there (`op` names the removal in the error); whether it
+/// was.
+pub fn remove_if_present(path: &Path, op: &'static str) -> Result<bool, FsError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(FsError::new("remove", path, e)),
-        Ok(()) => sync_directory(path.parent().unwrap_or(Path::new("."))),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(FsError::new(op, path, e)),
     }
 }
 
@@ -190,7 +194,8 @@ mod tests {
         assert_eq!(leftovers, vec!["x.pb"]);
     }
 
-    /// A file is removed; one that is not there is no error, and a directory in its way is.
+    /// A file is removed (and said to be); one that is not there is no error, and a directory in
+    /// its way is.
     #[test]
     fn removal_takes_the_file_and_tolerates_its_absence() {
         let dir = tempfile::tempdir().unwrap();
@@ -199,6 +204,9 @@ mod tests {
         remove_durably(&path).unwrap();
         assert!(!path.exists());
         remove_durably(&path).unwrap();
+        assert!(!remove_if_present(&path, "remove").unwrap());
+        write_atomic(&path, b"", PUBLIC_MODE).unwrap();
+        assert!(remove_if_present(&path, "remove").unwrap());
         fs::create_dir(&path).unwrap();
         let refused = remove_durably(&path).unwrap_err();
         assert_eq!(refused.path, path);

@@ -10,7 +10,7 @@ use tonic::transport::Endpoint;
 
 use super::peer_pki::PEER_CERTIFICATE_FILE;
 use super::peers::{initial_cluster, peer_url, Peer};
-use crate::fsutil::FsError;
+use crate::fsutil::{self, FsError};
 use crate::pki::PkiError;
 use crate::storage::NodeRoot;
 
@@ -190,13 +190,7 @@ fn socket_path(root: &NodeRoot) -> std::path::PathBuf {
 
 /// Remove the socket a killed etcd left behind, which would stop the next one from listening.
 pub fn remove_stale_socket(root: &NodeRoot) -> Result<(), FsError> {
-    let path = socket_path(root);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(FsError::new("remove stale socket", &path, e))
-        }
-        _ => Ok(()),
-    }
+    fsutil::remove_if_present(&socket_path(root), "remove stale socket").map(drop)
 }
 
 /// A client over the local socket.

@@ -266,12 +266,7 @@ fn write_envelope(path: &Path, envelope: &SealedEnvelope) -> Result<(), EspError
 
 /// Remove the file at `path`, if it is there.
 fn remove(path: &Path) -> Result<(), EspError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(FsError::new("remove", path, e).into())
-        }
-        _ => Ok(()),
-    }
+    Ok(fsutil::remove_if_present(path, "remove").map(drop)?)
 }
 
 /// The bytes of the ESP file at `path`: `absent` (naming it) if there is none, `unreadable` if it
