@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use quanta::Instant;
 
 use crate::cell::Cell;
+use crate::metrics::ActorMetrics;
 use crate::registry::ActorEntry;
 use crate::{Actor, ActorPath, Handler, Message};
 
@@ -80,11 +81,13 @@ impl<A: Actor> ActorRef<A> {
         });
     }
 
-    /// Forget incarnation `generation`, unless a newer one is already bound.
+    /// Forget incarnation `generation`, which has ended, unless a newer one is already bound; the
+    /// messages it never took are counted as dropped. Exact: its mailbox takes no more, and no
+    /// sender is between counting a message and posting it (each does both under the read lock).
     pub(crate) fn unbind(&self, generation: u64) {
         let mut live = self.slot.live.write().unwrap_or_else(|e| e.into_inner());
-        if live.as_ref().is_some_and(|l| l.generation == generation) {
-            *live = None;
+        if let Some(ended) = live.take_if(|l| l.generation == generation) {
+            ended.entry.metrics.settle_dropped();
         }
     }
 
@@ -140,13 +143,11 @@ impl<A: Actor> ActorRef<A> {
         };
         let timed = live.entry.metrics.enqueued();
         live.addr.do_send(Envelope {
-            contents: Some((
-                msg,
-                Pending {
-                    reply,
-                    entry: live.entry.clone(),
-                },
-            )),
+            msg,
+            pending: Pending {
+                reply,
+                path: live.entry.path.clone(),
+            },
             sent_at: timed.then(Instant::now),
         });
         Ok(())
@@ -181,7 +182,8 @@ type ReplyTo<M> = oneshot::Sender<Result<<M as Message>::Reply, SendError>>;
 pub(crate) struct Pending<M: Message> {
     /// `None` for a message sent with `tell`, or once answered.
     reply: Option<ReplyTo<M>>,
-    entry: Arc<ActorEntry>,
+    /// The actor's, for the caller's error; a copy costs no reference count (paths are interned).
+    path: ActorPath,
 }
 
 impl<M: Message> Pending<M> {
@@ -196,16 +198,17 @@ impl<M: Message> Pending<M> {
 impl<M: Message> Drop for Pending<M> {
     fn drop(&mut self) {
         if let Some(tx) = self.reply.take() {
-            let _ = tx.send(Err(SendError::Stopped(self.entry.path.clone())));
+            let _ = tx.send(Err(SendError::Stopped(self.path.clone())));
         }
     }
 }
 
-/// A message in a mailbox, stamped for the time-in-mailbox metric. Dropping an unopened envelope
-/// (its incarnation ended) counts it as dropped, and its [`Pending`] tells the caller `Stopped`.
+/// A message in a mailbox, stamped for the time-in-mailbox metric. Dropped unopened (its
+/// incarnation ended), its [`Pending`] tells the caller `Stopped`; the incarnation's end counts it
+/// as dropped ([`ActorRef::unbind`]), so that a message carries no reference to the metrics.
 pub(crate) struct Envelope<M: Message> {
-    /// Taken out when the envelope is opened.
-    contents: Option<(M, Pending<M>)>,
+    msg: M,
+    pending: Pending<M>,
     /// When it was sent, if it is one of the messages timed.
     sent_at: Option<Instant>,
 }
@@ -215,22 +218,11 @@ impl<M: Message> actix::Message for Envelope<M> {
 }
 
 impl<M: Message> Envelope<M> {
-    /// Take the message out for handling, which begins now; answers when, if it is timed.
-    pub(crate) fn open(mut self) -> Option<(M, Pending<M>, Option<Instant>)> {
-        let (msg, pending) = self.contents.take()?;
+    /// Take the message out for handling, which begins now, counting it in its actor's
+    /// `metrics`; answers when, if it is timed.
+    pub(crate) fn open(self, metrics: &ActorMetrics) -> (M, Pending<M>, Option<Instant>) {
         let began = self.sent_at.map(|sent| (sent, Instant::now()));
-        pending
-            .entry
-            .metrics
-            .dequeued(began.map(|(sent, now)| now.saturating_duration_since(sent)));
-        Some((msg, pending, began.map(|(_, now)| now)))
-    }
-}
-
-impl<M: Message> Drop for Envelope<M> {
-    fn drop(&mut self) {
-        if let Some((_, pending)) = &self.contents {
-            pending.entry.metrics.dropped();
-        }
+        metrics.dequeued(began.map(|(sent, now)| now.saturating_duration_since(sent)));
+        (self.msg, self.pending, began.map(|(_, now)| now))
     }
 }

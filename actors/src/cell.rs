@@ -179,9 +179,7 @@ where
         if self.halted() {
             return; // dropping the envelope tells the caller Stopped
         }
-        let Some((msg, reply, began)) = envelope.open() else {
-            return;
-        };
+        let (msg, reply, began) = envelope.open(&self.core.entry.metrics);
         match self.with_ctx(actx, |actor, ctx| actor.handle(msg, ctx)) {
             Err(failure) => {
                 self.finish(reply, began, self.failed_reply());

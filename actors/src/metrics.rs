@@ -351,9 +351,12 @@ impl ActorMetrics {
         }
     }
 
-    /// A message left the mailbox unhandled (its incarnation ended).
-    pub(crate) fn dropped(&self) {
-        self.mailbox.dropped.fetch_add(1, Ordering::Release);
+    /// An incarnation has ended: every message not taken was dropped unhandled. Called with no
+    /// message in flight to the actor (see [`crate::ActorRef`]'s unbind).
+    pub(crate) fn settle_dropped(&self) {
+        let enqueued = self.mailbox.enqueued.load(Ordering::Relaxed);
+        let dropped = enqueued.saturating_sub(self.mailbox.taken.get());
+        self.mailbox.dropped.store(dropped, Ordering::Release);
     }
 
     /// A message's handling finished (on the actor's thread); a timed one's after `took`.
@@ -436,8 +439,7 @@ impl ActorMetrics {
 struct MailboxCounts {
     enqueued: AtomicU64,
     taken: OwnCount,
-    /// Counted wherever an unopened envelope is dropped: a sender's thread, if the mailbox closed
-    /// under it.
+    /// Settled when an incarnation ends: all it never took.
     dropped: AtomicU64,
     handled: OwnCount,
     depth_max: AtomicU64,
@@ -541,8 +543,9 @@ mod tests {
             a.enqueued();
         }
         a.dequeued(None);
-        a.dropped();
         a.handled(None);
+        // The incarnation ends: the two it never took were dropped.
+        a.settle_dropped();
         b.enqueued();
         // A later incarnation's metrics count into the same series.
         families.for_actor(&ActorPath::from("/a")).enqueued();
@@ -552,8 +555,8 @@ mod tests {
             let series = format!("polis_actor_{name}{{path=\"{path}\"}} ");
             text.lines().find_map(|l| l.strip_prefix(series.as_str()))
         };
-        // /a: four in, one taken, one dropped; three waited at once.
-        assert_eq!(at("mailbox_depth", "/a"), Some("2"));
+        // /a: four in, one taken, two dropped; three waited at once.
+        assert_eq!(at("mailbox_depth", "/a"), Some("1"));
         assert_eq!(at("mailbox_depth_max", "/a"), Some("3"));
         assert_eq!(at("messages_enqueued_total", "/a"), Some("4"));
         assert_eq!(at("messages_handled_total", "/a"), Some("1"));

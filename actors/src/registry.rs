@@ -135,9 +135,7 @@ impl Registry {
     }
 
     fn find(&self, path: &str) -> Option<Arc<ActorEntry>> {
-        lock(&self.inner.entries)
-            .get(&ActorPath::from(path))
-            .cloned()
+        lock(&self.inner.entries).get(path).cloned()
     }
 
     /// Fault injection: end the running incarnation at `path` as `how` says. Its supervisor
@@ -207,10 +205,6 @@ fn tree_position(entries: &BTreeMap<ActorPath, Arc<ActorEntry>>, path: &ActorPat
         .skip(1)
         .map(|(i, _)| &text[..i])
         .chain((!path.is_root()).then_some(text))
-        .map(|prefix| {
-            entries
-                .get(&ActorPath::from(prefix))
-                .map_or(0, |e| e.started)
-        })
+        .map(|prefix| entries.get(prefix).map_or(0, |e| e.started))
         .collect()
 }
