@@ -442,9 +442,7 @@ impl LocalCluster {
             .map_err(|e| FsError::new("open", &log_path, e))?;
         let pid_file = node.dir().join(format!("{name}.pid"));
         let _ = std::fs::remove_file(&pid_file);
-        let mut command = self
-            .net
-            .command(i, &format!("node{i}"), &pid_file, program, args);
+        let mut command = self.net.command(i, &pid_file, program, args);
         command.stdin(Stdio::null()).stdout(log).stderr(err);
         let child = command.spawn().map_err(|e| LaunchError::Spawn {
             what: format!("{what} of node {i}"),

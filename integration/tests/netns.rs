@@ -80,13 +80,16 @@ fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
     let dir = std::env::temp_dir().join(format!("polis-netns-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
+    // A process that names itself, as `polis-node --set-hostname` does, names only its node.
     let out = net
         .command(
             0,
-            "node-0",
             &dir.join("once.pid"),
-            "/bin/cat".as_ref(),
-            &["/proc/sys/kernel/hostname".into()],
+            "/bin/sh".as_ref(),
+            &[
+                "-c".into(),
+                "hostname node-0 && cat /proc/sys/kernel/hostname".into(),
+            ],
         )
         .output()
         .unwrap();
@@ -105,13 +108,7 @@ fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
     let pid_file = dir.join("sleep.pid");
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let child = ChildProcess::spawn(
-        net.command(
-            0,
-            "node-0",
-            &pid_file,
-            "/bin/sleep".as_ref(),
-            &["300".into()],
-        ),
+        net.command(0, &pid_file, "/bin/sleep".as_ref(), &["300".into()]),
         "sleep",
         &log,
     )
