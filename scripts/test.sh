@@ -14,6 +14,8 @@ if [ "$free_kib" -lt $((5 * 1024 * 1024)) ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The docs build without a warning: no link to a private item, no stray HTML in a doc comment.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked --no-run
 # The fuzz targets' instrumented build waits on no test: at the lowest priority, it takes only
 # the CPU the tests leave idle (they mostly wait on etcd, swtpm and QEMU).

@@ -756,7 +756,7 @@ impl LocalCluster {
         self.poll_every = every;
     }
 
-    /// Retry `probe` every [`STEP_POLL`] (or as set) until it answers, or time out naming node
+    /// Retry `probe` every `STEP_POLL` (or as set) until it answers, or time out naming node
     /// `i`'s log.
     pub async fn until<T, F, Fut>(
         &self,

@@ -54,7 +54,7 @@ struct Args {
     /// The interface whose address is the node's external address.
     #[arg(long, default_value = "eth0")]
     interface: String,
-    /// Mount a tmpfs at <root>/ephemeral (a real node does).
+    /// Mount a tmpfs at ROOT/ephemeral (a real node does).
     #[arg(long)]
     ephemeral_tmpfs: bool,
     /// Loopback address of the debug endpoint (/metrics, /debug/tree, /debug/logs, /debug/kill).

@@ -36,7 +36,7 @@ pub enum Fault {
     KillEtcd(usize),
     /// `kill -9` of a node's swtpm, which then comes back, as a TPM after a glitch.
     KillSwtpm(usize),
-    /// SIGSTOP of a node's `polis-node` and etcd for [`PAUSE`], then SIGCONT: a paused peer.
+    /// SIGSTOP of a node's `polis-node` and etcd for `PAUSE`, then SIGCONT: a paused peer.
     Pause(usize),
     /// Every node's processes and TPM killed at once, then every machine booted again.
     PowerCut,

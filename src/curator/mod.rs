@@ -1,7 +1,7 @@
 //! The Curator: the cluster's control-plane API, served by every consensus member over Polis TLS.
 //! Nodes register, commit and join through it; the owner escrows and manages through it. Its
-//! state is the node records in etcd ([`records`]); [`service`] holds the RPC handlers and
-//! [`actor`] the supervised server.
+//! state is the node records in etcd ([`records`]); `service` holds the RPC handlers and
+//! `actor` the supervised server.
 
 mod actor;
 mod decommission;
