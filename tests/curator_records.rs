@@ -110,8 +110,9 @@ async fn services(
 ) -> (Tree, Services, ActorRef<Consensus>, ActorRef<Issuer>) {
     let (consensus_spec, consensus) = common::consensus(dir);
     let issuer_consensus = consensus.clone();
-    let (issuer_spec, issuer) =
-        ChildSpec::worker("pki", move || Ok(Issuer::new(issuer_consensus.clone())));
+    let (issuer_spec, issuer) = ChildSpec::worker("pki", move || {
+        Ok(Issuer::new(issuer_consensus.clone(), None))
+    });
     let spec = SupervisorSpec::new(Strategy::RestForOne)
         .intensity(10, Duration::from_secs(60))
         .child(consensus_spec)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::verify;
 use polis::consensus::Kv;
-use polis::issuer::{GetCaCertificate, Issue, Issuer, Lifetimes, Revoke, SetLifetimes, NAMESPACE};
+use polis::issuer::{GetCaCertificate, Issue, Issuer, Lifetimes, Revoke, NAMESPACE};
 use polis::pki::{generate_key, read_crl, revoked_serials, Template};
 use polis::poll::Poll;
 use polis_actors::{ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
@@ -19,8 +19,8 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     let dir = tempfile::tempdir().unwrap();
     let (consensus_spec, consensus) = common::consensus(dir.path());
     let (a_cons, b_cons) = (consensus.clone(), consensus.clone());
-    let (a_spec, a) = ChildSpec::worker("issuer-a", move || Ok(Issuer::new(a_cons.clone())));
-    let (b_spec, b) = ChildSpec::worker("issuer-b", move || Ok(Issuer::new(b_cons.clone())));
+    let (a_spec, a) = ChildSpec::worker("issuer-a", move || Ok(Issuer::new(a_cons.clone(), None)));
+    let (b_spec, b) = ChildSpec::worker("issuer-b", move || Ok(Issuer::new(b_cons.clone(), None)));
     // A spec starts children one after another; to make the two issuers race for the CA,
     // both are added at run time at once, after etcd is up.
     let spec = SupervisorSpec::new(Strategy::OneForOne)
@@ -86,14 +86,36 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
         );
     }
 
-    // A cluster that names a shorter lifetime gets its CRL reissued for it at once: numbered
-    // one past, listing the same certificates.
+    // An issuer started with the lifetimes a bootstrap asks for stores them (none were: the
+    // others only read), and the CRL made for the default validity is reissued for the shorter
+    // one at once: numbered one past, listing the same certificates.
     let before = read_crl(&both).unwrap();
     let lifetimes = Lifetimes {
         node: Duration::from_secs(20),
         owner: Duration::from_secs(40),
     };
-    a.ask(SetLifetimes(lifetimes)).await.unwrap().unwrap();
+    let start_asking = |name: &'static str, asked: Lifetimes| {
+        let (cons, root) = (consensus.clone(), tree.root().clone());
+        async move {
+            let (spec, _) =
+                ChildSpec::worker(name, move || Ok(Issuer::new(cons.clone(), Some(asked))));
+            root.ask(polis_actors::StartChild(spec))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    };
+    start_asking("issuer-c", lifetimes).await;
+    assert_eq!(
+        kv.get("lifetimes/node").await.unwrap().as_deref(),
+        Some(&b"20"[..])
+    );
+    // Stored lifetimes win over asked ones (a bootstrap resumed after a crash asks again).
+    start_asking("issuer-d", Lifetimes::default()).await;
+    assert_eq!(
+        kv.get("lifetimes/owner").await.unwrap().as_deref(),
+        Some(&b"40"[..])
+    );
     let reissued = Poll::new(Duration::from_millis(20), Duration::from_secs(30))
         .until(async || {
             let crl = kv.clone().get("crl").await.unwrap().unwrap();

@@ -103,15 +103,27 @@ impl Actor for Curator {
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::issuer::NAMESPACE.into())).await??;
             let mut records = Records::new(kv);
-            let served = server_certificate::current(&mut records, &issuer, &credentials).await?;
-            // No earlier incarnation serves any more: what it served can go.
-            retire(&issuer, served.retired, &log).await;
+            // The CRL is read beside the certificate: one etcd round trip less before serving.
+            let mut crl_kv = pki_kv.clone();
+            let (served, crl) = futures::join!(
+                server_certificate::current(&mut records, &issuer, &credentials),
+                crl_kv.get(CRL_KEY),
+            );
+            let served = served?;
+            let crl = match served.retired.is_empty() {
+                true => crl?,
+                // No earlier incarnation serves any more: what it served can go, and the CRL
+                // served is the one that lists it.
+                false => {
+                    retire(&issuer, served.retired, &log).await;
+                    pki_kv.get(CRL_KEY).await?
+                }
+            };
             health.certificate_held("curator", &served.certificate);
             let identity = ServerIdentity {
                 credentials,
                 certificate: served.certificate,
             };
-            let crl = pki_kv.get(CRL_KEY).await?;
             let (configs, updates) = watch::channel(tls_config(&identity, crl.clone())?);
             let tls = Rc::new(RefCell::new(ServedTls {
                 identity,

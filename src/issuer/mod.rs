@@ -42,8 +42,9 @@ const CA_KEY: &str = "ca/key";
 const PCR_POLICY_KEY: &str = "pcr-policy/key";
 /// The cluster CRL (DER) under [`NAMESPACE`], which servers check clients against.
 pub const CRL_KEY: &str = "crl";
-/// The cluster's certificate lifetimes under [`NAMESPACE`] (seconds, decimal), set once at
-/// bootstrap ([`SetLifetimes`]): node (also Curator certificates and CRLs) and owner.
+/// The cluster's certificate lifetimes under [`NAMESPACE`] (seconds, decimal), set once, by the
+/// bootstrap node's issuer as it starts ([`Issuer::new`]): node (also Curator certificates and
+/// CRLs) and owner.
 const NODE_LIFETIME: &str = "lifetimes/node";
 const OWNER_LIFETIME: &str = "lifetimes/owner";
 /// How long a node certificate is valid when the cluster names no lifetime.
@@ -197,13 +198,6 @@ impl Message for Issue {
     type Reply = Result<Issued, IssuerError>;
 }
 
-/// Set the cluster's certificate lifetimes, unless they are set already (bootstrap, repeatable
-/// after a crash); answers the lifetimes in force.
-pub struct SetLifetimes(pub Lifetimes);
-impl Message for SetLifetimes {
-    type Reply = Result<Lifetimes, IssuerError>;
-}
-
 /// The cluster CA certificate (DER).
 pub struct GetCaCertificate;
 impl Message for GetCaCertificate {
@@ -248,18 +242,24 @@ pub struct Issuer {
     /// How long the certificates it issues are valid, once read; CRLs are current for the node
     /// lifetime.
     lifetimes: Lifetimes,
+    /// The lifetimes a bootstrap asks for, stored at start unless some are stored already.
+    asked: Option<Lifetimes>,
     /// The next look at whether a CRL is due, while none is under way.
     crl_check: Option<Timer>,
 }
 
 impl Issuer {
-    /// An issuer keeping its state through `consensus`.
-    pub fn new(consensus: ActorRef<Consensus>) -> Self {
+    /// An issuer keeping its state through `consensus`. A bootstrap passes the lifetimes its
+    /// parameters ask for (`asked`): the issuer stores them with the CA as it starts, in the
+    /// same round trip, so they bound the first certificate and CRL (repeatable after a crash:
+    /// stored ones win). Every other start passes `None` and reads them.
+    pub fn new(consensus: ActorRef<Consensus>, asked: Option<Lifetimes>) -> Self {
         Issuer {
             consensus,
             ready: None,
             policy_key: None,
             lifetimes: Lifetimes::default(),
+            asked,
             crl_check: None,
         }
     }
@@ -269,7 +269,7 @@ impl Issuer {
 
 impl Actor for Issuer {
     fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
-        let consensus = self.consensus.clone();
+        let (consensus, asked) = (self.consensus.clone(), self.asked);
         let load = async move {
             let mut kv = consensus
                 .ask(Kv(NAMESPACE.into()))
@@ -281,7 +281,7 @@ impl Actor for Issuer {
             let (ca, policy_key, lifetimes) = futures::try_join!(
                 ensure_ca(&mut ca_kv, &candidate),
                 ensure_policy_key(&mut key_kv),
-                lifetimes(&mut kv, None),
+                lifetimes(&mut kv, asked),
             )?;
             Ok::<_, IssuerError>((kv, ca, policy_key, lifetimes))
         };
@@ -332,32 +332,6 @@ impl Handler<Issue> for Issuer {
             };
             Ok(issue.await)
         }))
-    }
-}
-
-impl Handler<SetLifetimes> for Issuer {
-    fn handle(
-        &mut self,
-        SetLifetimes(asked): SetLifetimes,
-        _: &mut Ctx<'_, Self>,
-    ) -> Result<Reply<Self, <SetLifetimes as Message>::Reply>, Failure> {
-        let Some((mut kv, _)) = self.state() else {
-            return Ok(Reply::now(Err(IssuerError::NotReady)));
-        };
-        Ok(Reply::later_then(
-            async move { Ok(lifetimes(&mut kv, Some(asked)).await) },
-            |set: Result<Lifetimes, IssuerError>, issuer: &mut Self, ctx| {
-                if let Ok(lifetimes) = &set {
-                    issuer.lifetimes = *lifetimes;
-                    // CRLs made for the default validity are due now under a shorter one.
-                    if let Some(timer) = issuer.crl_check.take() {
-                        ctx.cancel(timer);
-                        issuer.check_crls(ctx);
-                    }
-                }
-                Ok(set)
-            },
-        ))
     }
 }
 

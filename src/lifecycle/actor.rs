@@ -158,7 +158,7 @@ impl Run {
         cluster: &ClusterConfig,
         mode: Mode,
     ) -> Result<(), LifecycleError> {
-        let member = cluster::member_children(cluster, mode);
+        let member = cluster::member_children(cluster, mode, None);
         self.start_child(member.consensus).await?;
         self.start_child(member.pki).await?;
         self.start_child(member.curator).await?;
@@ -194,6 +194,16 @@ impl Run {
     ) -> Result<T, LifecycleError> {
         let esp = self.esp.clone();
         Ok(fsutil::off_thread(&self.config.root.esp(), move || write(&esp)).await?)
+    }
+
+    /// Save the node's credentials off the event loop: their fsyncs would stall every actor.
+    pub(super) async fn save_credentials(
+        &self,
+        credentials: &NodeCredentials,
+    ) -> Result<(), LifecycleError> {
+        let (credentials, root) = (credentials.clone(), self.config.root.clone());
+        let dir = root.node_credentials();
+        Ok(fsutil::off_thread(&dir, move || credentials.save(&root)).await?)
     }
 
     /// Remove the register ticket from the ESP's parameters (an enrolled node never needs it).

@@ -12,7 +12,7 @@ use polis_actors::{ActorRef, Backoff, ChildSpec, Strategy, Supervisor, Superviso
 use crate::consensus::{Consensus, ConsensusConfig, Member, Mode, PEER_PORT};
 use crate::curator::{Curator, CuratorConfig, Decommissioner, Escrower, CURATOR_PORT};
 use crate::hostsfile::{HostsConfig, Hostsfile};
-use crate::issuer::Issuer;
+use crate::issuer::{Issuer, Lifetimes};
 use crate::metrics::NodeMetrics;
 use crate::network::NetworkStatus;
 use crate::proto::common::ClusterDirectory;
@@ -91,7 +91,11 @@ pub struct MemberChildren {
 }
 
 /// The children of a consensus member, its etcd started as `mode` says.
-pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
+pub fn member_children(
+    config: &ClusterConfig,
+    mode: Mode,
+    lifetimes: Option<Lifetimes>,
+) -> MemberChildren {
     let consensus_config = ConsensusConfig {
         root: config.root.clone(),
         member: Member {
@@ -110,8 +114,9 @@ pub fn member_children(config: &ClusterConfig, mode: Mode) -> MemberChildren {
         .start_timeout(Some(Duration::from_secs(120)))
         .shutdown(polis_actors::Shutdown::Timeout(Duration::from_secs(15)));
     let issuer_consensus = consensus_ref.clone();
-    let (pki, issuer_ref) =
-        ChildSpec::worker("pki", move || Ok(Issuer::new(issuer_consensus.clone())));
+    let (pki, issuer_ref) = ChildSpec::worker("pki", move || {
+        Ok(Issuer::new(issuer_consensus.clone(), lifetimes))
+    });
     let curator_config = CuratorConfig {
         root: config.root.clone(),
         listen: SocketAddr::new(config.address, CURATOR_PORT),

@@ -11,8 +11,7 @@ use tonic::Code;
 use crate::consensus::{peer_pki, Kv, Mode};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
-    bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, SetLifetimes,
-    MIN_LIFETIME,
+    bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, MIN_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -144,22 +143,23 @@ impl Run {
         let mode = Mode::Bootstrap {
             peer_lifetime: lifetimes.node,
         };
-        let member = cluster::member_children(&cluster, mode);
+        // The issuer stores the lifetimes as it starts, before the first certificate.
+        let member = cluster::member_children(&cluster, mode, Some(lifetimes));
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
-        let (formatted, started) = futures::join!(formatted, self.start_child(member.consensus));
+        // PCR 7 is read while etcd elects itself: nothing in it needs etcd.
+        let (formatted, started, pcr7) =
+            futures::join!(formatted, self.start_child(member.consensus), self.pcr7());
         keys.recovery = formatted?;
         started?;
+        let pcr7 = pcr7?;
         self.start_child(member.pki).await?;
 
-        let pcr7 = self.pcr7().await?;
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
         let credentials = self
             .retry("the node certificate", || async {
                 if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
                     return Ok(credentials);
                 }
-                // Before the first certificate, which it bounds.
-                issuer.ask(SetLifetimes(lifetimes)).await??;
                 let template = Template::Node {
                     node_id: id.clone(),
                 };
@@ -171,7 +171,7 @@ impl Run {
                     certificate: issued.der,
                     key: keys.node.clone(),
                 };
-                credentials.save(&self.config.root)?;
+                self.save_credentials(&credentials).await?;
                 Ok(credentials)
             })
             .await?;
@@ -208,20 +208,28 @@ impl Run {
         })
         .await?;
         self.checkpoint(JournalFlow::Bootstrap, "committed");
-        if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
-            let approval = self
-                .retry("approving PCR 7", || async {
-                    let approve = ApprovePcr {
-                        node_id: id.clone(),
-                        pcr7: pcr7.clone(),
-                    };
-                    Ok(issuer.ask(approve).await??)
-                })
-                .await?;
-            self.keep_authority(&id, &credentials.ca, recovery, pcr7, approval, "committed")
-                .await?;
-        }
-        self.start_child(member.curator).await?;
+        let authority = async {
+            if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
+                let approval = self
+                    .retry("approving PCR 7", || async {
+                        let approve = ApprovePcr {
+                            node_id: id.clone(),
+                            pcr7: pcr7.clone(),
+                        };
+                        Ok(issuer.ask(approve).await??)
+                    })
+                    .await?;
+                self.keep_authority(&id, &credentials.ca, recovery, pcr7, approval, "committed")
+                    .await?;
+            }
+            Ok::<_, LifecycleError>(())
+        };
+        // The Curator needs the credentials and the record, not the authority, which only the
+        // sealing below needs: both go at once. Should the authority fail, the lifecycle fails
+        // and the node stops, Curator and all.
+        let (kept, curator) = futures::join!(authority, self.start_child(member.curator));
+        kept?;
+        curator?;
         self.start_child(member.decommission).await?;
         self.start_child(member.escrow).await?;
         let sealed = self
@@ -319,7 +327,7 @@ impl Run {
                 certificate: response.node_certificate,
                 key: keys.node.clone(),
             };
-            credentials.save(&self.config.root)?;
+            self.save_credentials(&credentials).await?;
             journal.step = COMMITTED;
             self.save_journal(&journal).await?;
             self.checkpoint(JournalFlow::Register, "committed");
