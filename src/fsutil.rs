@@ -1,8 +1,9 @@
 //! The one way Polis writes a file that must survive a crash whole: a temporary file beside it
 //! (truncated, written, fsynced), renamed over the target, then the directory fsynced. A reader
 //! sees the old contents or the new, never half of either. Files rebuilt on every boot (under
-//! `ephemeral/`) are replaced the same way without the fsyncs, and any of these writes can be
-//! moved off the node's event-loop thread with [`off_thread`].
+//! `ephemeral/`) are replaced the same way without the fsyncs; files of one directory written
+//! together share one directory fsync ([`write_atomic_in`]). Any of these writes can be moved
+//! off the node's event-loop thread with [`off_thread`].
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -50,6 +51,23 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
     replace(path, contents, mode, Durability::Synced)
 }
 
+/// Replace several files of one directory (`name`, `contents`, `mode`), each atomically, all
+/// durably: every file is fsynced, then all are renamed into place and the directory fsynced
+/// once, not once per file. For files written together (a node's credentials, etcd's peer
+/// PKI); a crash part-way may leave some of them new and some old, as separate writes would.
+pub fn write_atomic_in(dir: &Path, files: &[(&str, impl AsRef<[u8]>, u32)]) -> Result<(), FsError> {
+    let mut staged = Vec::with_capacity(files.len());
+    for (name, contents, mode) in files {
+        let path = dir.join(name);
+        let tmp = stage(&path, contents.as_ref(), *mode, Durability::Synced)?;
+        staged.push((tmp, path));
+    }
+    for (tmp, path) in staged {
+        fs::rename(&tmp, &path).map_err(|e| FsError::new("rename into place", &path, e))?;
+    }
+    sync_directory(dir)
+}
+
 /// Replace `path` with `contents` atomically but not durably: for files that are rebuilt on
 /// every boot (`ephemeral/`, a tmpfs on a real node), where an fsync buys nothing and costs
 /// milliseconds on every change. A reader still sees the old contents or the new, never half.
@@ -92,10 +110,30 @@ enum Durability {
 
 /// Write a temporary file beside `path` and rename it over `path`.
 fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), FsError> {
-    let dir = path
-        .parent()
+    let tmp = stage(path, contents, mode, durability)?;
+    fs::rename(&tmp, path).map_err(|e| FsError::new("rename into place", path, e))?;
+    if durability == Durability::Volatile {
+        return Ok(());
+    }
+    sync_directory(parent(path))
+}
+
+/// The directory `path` is in.
+fn parent(path: &Path) -> &Path {
+    path.parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+/// Write `contents` to a temporary file beside `path` (its directory created if needed), with
+/// `mode`, fsynced if `durability` asks; answers the temporary file's path.
+fn stage(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> Result<PathBuf, FsError> {
+    let dir = parent(path);
     fs::create_dir_all(dir).map_err(|e| FsError::new("create directory", dir, e))?;
     let name = path
         .file_name()
@@ -121,19 +159,14 @@ fn replace(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> R
         file.sync_all()
             .map_err(|e| FsError::new("fsync", &tmp, e))?;
     }
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| FsError::new("rename into place", path, e))?;
-    if durability == Durability::Volatile {
-        return Ok(());
-    }
-    sync_directory(dir)
+    Ok(tmp)
 }
 
 /// Remove the file at `path`, if it is there, durably: its directory is fsynced, so a crash
 /// cannot bring it back. A file that is not there costs no fsync.
 pub fn remove_durably(path: &Path) -> Result<(), FsError> {
     match remove_if_present(path, "remove")? {
-        true => sync_directory(path.parent().unwrap_or(Path::new("."))),
+        true => sync_directory(parent(path)),
         false => Ok(()),
     }
 }
@@ -192,6 +225,30 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec!["x.pb"]);
+    }
+
+    #[test]
+    fn files_written_together_are_each_whole_with_their_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("node/credentials");
+        write_atomic(&creds.join("cert.pem"), b"old", PUBLIC_MODE).unwrap();
+        let files = [
+            ("cert.pem", b"new cert".to_vec(), PUBLIC_MODE),
+            ("key.pem", b"new key".to_vec(), SECRET_MODE),
+        ];
+        write_atomic_in(&creds, &files).unwrap();
+        for (name, contents, mode) in &files {
+            let path = creds.join(name);
+            assert_eq!(&read(&path).unwrap(), contents);
+            let got = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, *mode, "{name}");
+        }
+        let mut names: Vec<_> = fs::read_dir(&creds)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["cert.pem", "key.pem"], "no temporary file left");
     }
 
     /// A file is removed (and said to be); one that is not there is no error, and a directory in

@@ -51,15 +51,14 @@ pub fn bootstrap_peer_pki(
     lifetime: Duration,
 ) -> Result<CertificateAuthority, ConsensusError> {
     let ca = CertificateAuthority::new(PEER_CA_NAME)?;
-    keep_local_ca_key(root, &ca)?;
     let key = crate::pki::generate_key()?;
     let cert = ca.issue_valid_for(&peer_template(member), &key.verifying_key(), lifetime)?;
-    let key_der = crate::pki::pkcs8(&key)?;
-    write_peer_pki(
+    write_peer_files(
         root,
+        Some(&ca.key_pkcs8()?),
         ca.certificate(),
         &cert.der,
-        &key_der,
+        &crate::pki::pkcs8(&key)?,
         &ca.crl(1, &[], DEFAULT_CRL_VALIDITY)?,
     )?;
     Ok(ca)
@@ -73,18 +72,36 @@ pub fn write_peer_pki(
     key: &[u8],
     crl: &[u8],
 ) -> Result<(), FsError> {
-    let dir = root.etcd_peer_pki();
-    fsutil::write_atomic(
-        &dir.join("ca.pem"),
-        to_pem("CERTIFICATE", ca).as_bytes(),
+    write_peer_files(root, None, ca, cert, key, crl)
+}
+
+/// [`write_peer_pki`], with the peer CA's key (PKCS#8) first among the files of the peer PKI
+/// directory if this member keeps it now (a new cluster's first member); that directory's files
+/// share one directory fsync.
+fn write_peer_files(
+    root: &NodeRoot,
+    local_ca_key: Option<&[u8]>,
+    ca: &[u8],
+    cert: &[u8],
+    key: &[u8],
+    crl: &[u8],
+) -> Result<(), FsError> {
+    let mut files = Vec::with_capacity(4);
+    if let Some(ca_key) = local_ca_key {
+        files.push((
+            LOCAL_CA_KEY_FILE,
+            to_pem("PRIVATE KEY", ca_key),
+            SECRET_MODE,
+        ));
+    }
+    files.push(("ca.pem", to_pem("CERTIFICATE", ca), PUBLIC_MODE));
+    files.push((
+        PEER_CERTIFICATE_FILE,
+        to_pem("CERTIFICATE", cert),
         PUBLIC_MODE,
-    )?;
-    write_certificate(root, cert)?;
-    fsutil::write_atomic(
-        &dir.join("key.pem"),
-        to_pem("PRIVATE KEY", key).as_bytes(),
-        SECRET_MODE,
-    )?;
+    ));
+    files.push(("key.pem", to_pem("PRIVATE KEY", key), SECRET_MODE));
+    fsutil::write_atomic_in(&root.etcd_peer_pki(), &files)?;
     fsutil::write_atomic(&root.etcd_peer_crl(), crl, PUBLIC_MODE)
 }
 

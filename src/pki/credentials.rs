@@ -74,16 +74,16 @@ const KEY: (&str, &str) = ("key.pem", "PRIVATE KEY");
 impl NodeCredentials {
     /// Write them below `root`'s data partition, each file atomically, the key owner-only.
     pub fn save(&self, root: &NodeRoot) -> Result<(), CredentialsError> {
-        let dir = root.node_credentials();
         let key = pkcs8(&self.key)?;
-        for ((file, tag), der, mode) in [
-            (CA, self.ca.as_slice(), PUBLIC_MODE),
-            (CERT, self.certificate.as_slice(), PUBLIC_MODE),
-            (KEY, key.as_slice(), SECRET_MODE),
-        ] {
-            fsutil::write_atomic(&dir.join(file), to_pem(tag, der).as_bytes(), mode)?;
-        }
-        Ok(())
+        let pem = |(file, tag): (&'static str, &'static str), der: &[u8], mode| {
+            (file, to_pem(tag, der), mode)
+        };
+        let files = [
+            pem(CA, &self.ca, PUBLIC_MODE),
+            pem(CERT, &self.certificate, PUBLIC_MODE),
+            pem(KEY, &key, SECRET_MODE),
+        ];
+        Ok(fsutil::write_atomic_in(&root.node_credentials(), &files)?)
     }
 
     /// Read them back; `Ok(None)` if the node has none yet (no key file).
