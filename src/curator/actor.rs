@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
 use crate::curator::owner_only::OwnerOnly;
-use crate::curator::records::{Records, NAMESPACE};
+use crate::curator::records::{Records, NAMESPACE, OWNER_CERTIFICATE};
 use crate::curator::{server_certificate, Services};
 use crate::grpc::incoming;
 use crate::issuer::{Issuer, Revoke, CRL_KEY};
@@ -103,11 +103,13 @@ impl Actor for Curator {
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::issuer::NAMESPACE.into())).await??;
             let mut records = Records::new(kv);
-            // The CRL is read beside the certificate: one etcd round trip less before serving.
-            let mut crl_kv = pki_kv.clone();
-            let (served, crl) = futures::join!(
+            // The CRL and the owner certificate are read beside the Curator's certificate: no
+            // round trip of their own before serving, nor in the owner's first call.
+            let (mut crl_kv, mut owner_records) = (pki_kv.clone(), records.clone());
+            let (served, crl, owner) = futures::join!(
                 server_certificate::current(&mut records, &issuer, &credentials),
                 crl_kv.get(CRL_KEY),
+                owner_records.kv().get(OWNER_CERTIFICATE),
             );
             let served = served?;
             let crl = match served.retired.is_empty() {
@@ -140,7 +142,8 @@ impl Actor for Curator {
                 issuer.clone(),
                 consensus,
                 log.clone(),
-            );
+            )
+            .knowing_owner(owner?);
             let server = tonic::transport::Server::builder()
                 .layer(calls)
                 .add_service(CuratorServer::new(services.clone()))

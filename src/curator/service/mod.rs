@@ -73,6 +73,17 @@ impl Services {
         }
     }
 
+    /// Start with the owner certificate as the Curator read it at its start (beside its own
+    /// certificate): the owner's first Management call then reads nothing from etcd. A caller
+    /// presenting another still has etcd asked, as after a renewal.
+    pub fn knowing_owner(self, certificate: Option<Vec<u8>>) -> Self {
+        *self
+            .owner_certificate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = certificate;
+        self
+    }
+
     /// The cluster CA's certificate, asked of the issuer once per incarnation.
     async fn ca_certificate(&self) -> Result<Vec<u8>, CuratorError> {
         let ca = self
