@@ -11,8 +11,9 @@
 //! It also keeps the cluster's PCR policy key ([`crate::tpm::policy`]) beside the CA, created
 //! the same way, and signs with it the PCR 7 values nodes may unseal at ([`ApprovePcr`]).
 //!
-//! Bootstrap needs no exception: the lifecycle starts the first node's etcd and this issuer before
-//! it asks for the node's certificate.
+//! Bootstrap needs no exception but one input: the lifecycle starts the first node's etcd and
+//! this issuer before it asks for the node's certificate, and hands this issuer the certificate
+//! lifetimes the bootstrap parameters ask for, which it stores as it starts ([`Issuer::new`]).
 
 use std::rc::Rc;
 use std::time::Duration;
