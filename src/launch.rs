@@ -13,7 +13,7 @@ use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use nix::sys::signal::{kill, Signal};
@@ -322,6 +322,28 @@ impl LocalCluster {
         let child = self.spawn(i, "node", &binary, &args, "polis-node")?;
         self.nodes[i].process = Some(child);
         Ok(())
+    }
+
+    /// How long node `i`'s spawn chain takes to run `polis-node --version` to its exit: what
+    /// every start of the node pays before the node's own code runs (the namespaces' `ip netns
+    /// exec`, `unshare` and `sh`, then the binary's loading), which a machine's init does not.
+    pub fn spawn_chain(&self, i: usize) -> Result<Duration, LaunchError> {
+        let failed = |reason: String| LaunchError::Spawn {
+            what: format!("polis-node --version of node {i}"),
+            reason,
+        };
+        let Machines::Processes { binary } = &self.machines else {
+            return Err(failed("a VM's node has no spawn chain".into()));
+        };
+        let began = Instant::now();
+        let version = ["--version".to_owned()];
+        let mut child = self.spawn(i, "version", binary, &version, "polis-node --version")?;
+        let exited = child.wait().map_err(|e| failed(e.to_string()))?;
+        let took = began.elapsed();
+        match exited.success() {
+            true => Ok(took),
+            false => Err(failed(exited.to_string())),
+        }
     }
 
     /// Start node `i`'s swtpm unless it runs (its state persists in `tpm/`, as a TPM's would),
