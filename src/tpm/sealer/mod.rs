@@ -6,7 +6,9 @@
 //! `u32 len ‖ TPM2B_PUBLIC ‖ u32 len ‖ TPM2B_PRIVATE ‖ u32 len ‖ primary's name ‖ 12-byte nonce
 //! ‖ ciphertext+tag`. Every TPM exchange that carries a secret runs in a session salted by the
 //! storage primary key, with command and response encryption, so the secrets do not cross the TPM
-//! bus in the clear (the connection keeps one such session: starting it is an ECDH in the TPM);
+//! bus in the clear (the connection keeps one such session: starting it is an ECDH in the TPM; a
+//! connection's first unseal, a restart's, salts its policy session instead, which then encrypts
+//! the answer itself);
 //! before unsealing, the primary the TPM presents must be the one the data was sealed under (its
 //! name, recorded at sealing), so that something between the node and its TPM cannot offer a
 //! key of its own to learn the session salt. The primary is kept in the TPM at a persistent
@@ -462,7 +464,7 @@ impl Sealer {
     ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
         let digest = match policy {
             Policy::Pcr7 => {
-                let session = self.pcr7_policy(SessionType::Trial)?;
+                let session = self.pcr7_policy(SessionType::Trial, None)?;
                 let digest = self.ctx.policy_get_digest(session);
                 self.flush_session(session);
                 digest.map_err(command("PolicyGetDigest"))?
@@ -505,15 +507,23 @@ impl Sealer {
                 "the TPM refused to load it ({e}): it was sealed by another TPM, or altered"
             ))
         })?;
+        // A connection's first unseal (a restart's) salts the policy session itself, which then
+        // also encrypts the answer: one session to start and to compute for instead of two
+        // (1.8 ms less on swtpm, issue 12). Later ones reuse the kept salted session.
+        let salt = self.salted.is_none().then_some(primary);
         let session = match policy {
-            Policy::Pcr7 => self.pcr7_policy(SessionType::Policy),
-            Policy::Authorized(authority) => self.approved_session(authority),
+            Policy::Pcr7 => self.pcr7_policy(SessionType::Policy, salt),
+            Policy::Authorized(authority) => self.approved_session(authority, salt),
         };
-        // The policy session authorizes; the salted one encrypts the answer.
         let unsealed = session.and_then(|policy| {
-            let out = self
-                .in_salted_session(primary, Some(policy), |ctx| ctx.unseal(object.into()))
-                .and_then(|out| out.map_err(|e| TpmError::PolicyRejected(e.to_string())));
+            let unseal = |ctx: &mut Context| ctx.unseal(object.into());
+            let out = match salt {
+                Some(_) => Ok(self
+                    .ctx
+                    .execute_with_sessions((Some(policy.into()), None, None), unseal)),
+                None => self.in_salted_session(primary, Some(policy), unseal),
+            };
+            let out = out.and_then(|out| out.map_err(|e| TpmError::PolicyRejected(e.to_string())));
             self.flush_session(policy);
             out
         });
@@ -526,9 +536,23 @@ impl Sealer {
     }
 
     /// A policy session of `kind` (a trial one only computes the digest) that has asserted the
-    /// current PCR 7. Unsalted: it carries no secret, since the salted session encrypts.
-    fn pcr7_policy(&mut self, kind: SessionType) -> Result<PolicySession, TpmError> {
-        let session = self.start_session(None, kind, SymmetricDefinition::Null)?;
+    /// current PCR 7. Salted by `salt` if given, and then it encrypts the answers of the command
+    /// it authorizes; unsalted it carries no secret, and a salted session beside it encrypts.
+    fn pcr7_policy(
+        &mut self,
+        kind: SessionType,
+        salt: Option<KeyHandle>,
+    ) -> Result<PolicySession, TpmError> {
+        let session = match salt {
+            Some(_) => {
+                let session = self.start_session(salt, kind, SymmetricDefinition::AES_128_CFB)?;
+                let encrypting = SessionAttributesBuilder::new()
+                    .with_continue_session(true)
+                    .with_encrypt(true);
+                self.with_attributes(session, encrypting)?
+            }
+            None => self.start_session(None, kind, SymmetricDefinition::Null)?,
+        };
         let policy = PolicySession::try_from(session).map_err(command("StartAuthSession"))?;
         if let Err(e) = self.ctx.policy_pcr(policy, Digest::default(), pcr7()) {
             self.flush_session(session);
@@ -539,7 +563,11 @@ impl Sealer {
 
     /// A policy session that has asserted the current PCR 7 and shown the cluster's approval of
     /// it for this node (`TPM2_PolicyAuthorize`).
-    fn approved_session(&mut self, authority: &PcrAuthority) -> Result<PolicySession, TpmError> {
+    fn approved_session(
+        &mut self,
+        authority: &PcrAuthority,
+        salt: Option<KeyHandle>,
+    ) -> Result<PolicySession, TpmError> {
         let pcr7 = self.pcr7()?;
         let approval = authority
             .approvals
@@ -547,7 +575,7 @@ impl Sealer {
             .find(|a| a.pcr7 == pcr7)
             .ok_or_else(|| TpmError::Unapproved { pcr7: hex(&pcr7) })?;
         let signature = ecdsa_signature(&approval.signature)?;
-        let session = self.pcr7_policy(SessionType::Policy)?;
+        let session = self.pcr7_policy(SessionType::Policy, salt)?;
         let authorized = self.authorize(session, authority, signature);
         if authorized.is_err() {
             self.flush_session(session);
@@ -645,11 +673,20 @@ impl Sealer {
             SessionType::Hmac,
             SymmetricDefinition::AES_128_CFB,
         )?;
-        let (attributes, mask) = SessionAttributesBuilder::new()
+        let encrypting = SessionAttributesBuilder::new()
             .with_continue_session(true)
             .with_decrypt(true)
-            .with_encrypt(true)
-            .build();
+            .with_encrypt(true);
+        self.with_attributes(session, encrypting)
+    }
+
+    /// `session` with the attributes `built`; flushed if the TPM refuses them.
+    fn with_attributes(
+        &mut self,
+        session: AuthSession,
+        built: SessionAttributesBuilder,
+    ) -> Result<AuthSession, TpmError> {
+        let (attributes, mask) = built.build();
         if let Err(e) = self.ctx.tr_sess_set_attributes(session, attributes, mask) {
             self.flush_session(session);
             return Err(command("TRSess_SetAttributes")(e));
@@ -1060,6 +1097,130 @@ mod tests {
         let again = sealer.seal(kind, b"again").unwrap();
         let name = |blob: &[u8]| SealedObject::decode(blob).unwrap().primary_name.to_vec();
         assert_eq!(name(&again), name(&blob));
+    }
+
+    /// The TPM's answer to an unseal is encrypted on the wire: on a connection's first unseal
+    /// (in its salted policy session) as on later ones (in the kept salted session), under
+    /// either policy. Otherwise anyone on the bus to the TPM would read the key.
+    #[test]
+    fn an_unsealed_key_never_crosses_the_wire_in_clear() {
+        use crate::proto::private::pcr_authority::Approval;
+        use crate::tpm::policy::PolicyKey;
+        let (_dir, swtpm) = swtpm();
+        let key: [u8; 32] = std::array::from_fn(|i| 0xa5 ^ i as u8);
+        let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+        let (primary, name) = sealer.primary(Primary::Current).unwrap();
+        let signer = PolicyKey::from_pkcs8(&PolicyKey::generate().unwrap()).unwrap();
+        let pcr7 = sealer.pcr7().unwrap();
+        let node_id = "metropolis-00000000000000000000000000000000";
+        let authority = PcrAuthority {
+            node_id: node_id.into(),
+            policy_key: signer.public(),
+            approvals: vec![Approval {
+                signature: signer.approve(node_id, &pcr7).unwrap(),
+                pcr7,
+            }],
+            ..Default::default()
+        };
+        let policies = [Policy::Pcr7, Policy::Authorized(&authority)];
+        let sealed: Vec<(Vec<u8>, Vec<u8>)> = policies
+            .iter()
+            .map(|policy| sealer.seal_key(primary, &key, *policy).unwrap())
+            .collect();
+        drop(sealer);
+
+        let tap = Wiretap::start(&swtpm);
+        for (policy, (public, private)) in policies.iter().zip(&sealed) {
+            let mut sealer = Sealer::connect(&tap.tcti).unwrap();
+            let primary = sealer.primary_named(&name).unwrap();
+            for first in [true, false] {
+                assert_eq!(sealer.salted.is_none(), first);
+                let unsealed = sealer.unseal_key(
+                    primary,
+                    Public::unmarshall(public).unwrap(),
+                    Private::try_from(private.clone()).unwrap(),
+                    *policy,
+                );
+                assert_eq!(unsealed.unwrap(), key);
+                // A seal starts the salted session the second unseal then uses.
+                sealer.seal(SealedKind::Configuration, b"other").unwrap();
+            }
+        }
+        let answers = tap.answers.lock().unwrap();
+        assert!(answers.len() > 1000, "the tap saw the TPM's answers");
+        assert!(
+            !answers.windows(key.len()).any(|w| w == key),
+            "the key crossed the wire in clear"
+        );
+    }
+
+    /// A relay between a TPM client and a swtpm, on a loopback port pair of its own (the swtpm
+    /// TCTI's command port and control port), keeping every byte the TPM answers on the
+    /// command port: what anyone on the bus to a TPM would see.
+    struct Wiretap {
+        tcti: String,
+        answers: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Wiretap {
+        fn start(swtpm: &Swtpm) -> Wiretap {
+            use std::net::{Ipv4Addr, TcpListener};
+            let tcti = swtpm.tcti();
+            let target: u16 = tcti.rsplit('=').next().unwrap().parse().unwrap();
+            let (commands, control) = loop {
+                let commands = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+                let port = commands.local_addr().unwrap().port();
+                if let Ok(control) = TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)) {
+                    break (commands, control);
+                }
+            };
+            let port = commands.local_addr().unwrap().port();
+            let answers = std::sync::Arc::default();
+            for (listener, to, kept) in [
+                (commands, target, Some(std::sync::Arc::clone(&answers))),
+                (control, target + 1, None),
+            ] {
+                std::thread::spawn(move || {
+                    for client in listener.incoming().flatten() {
+                        let upstream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, to));
+                        relay(client, upstream.unwrap(), kept.clone());
+                    }
+                });
+            }
+            Wiretap {
+                tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+                answers,
+            }
+        }
+    }
+
+    /// Copy `client` to `upstream` and back until each side ends, keeping the answers in `kept`.
+    fn relay(
+        client: std::net::TcpStream,
+        upstream: std::net::TcpStream,
+        kept: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+    ) {
+        use std::io::{Read, Write};
+        use std::net::Shutdown;
+        let (mut from_client, mut to_upstream) =
+            (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_upstream);
+            let _ = to_upstream.shutdown(Shutdown::Write);
+        });
+        let (mut from_upstream, mut to_client) = (upstream, client);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = from_upstream.read(&mut buffer) {
+                if let Some(kept) = &kept {
+                    kept.lock().unwrap().extend_from_slice(&buffer[..n]);
+                }
+                if to_client.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to_client.shutdown(Shutdown::Write);
+        });
     }
 
     /// A key at the kept primary's handle that is not of the current template is not taken for
