@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 
 use crate::curator::CURATOR_PORT;
 use crate::debug_client::{read_token, request, request_port, DebugClientError, DEBUG_ADDRESS};
-use crate::fsutil::{self, FsError, PUBLIC_MODE};
+use crate::fsutil::{self, remove_if_present, FsError, PUBLIC_MODE};
 use crate::issuer::Lifetimes;
 use crate::netns::{enter, within, ClusterNetwork, NetError};
 use crate::owner::{self, escrow, first_use, Credentials, CuratorAddress, Owner, OwnerError};
@@ -410,7 +410,7 @@ impl LocalCluster {
             Some(Ok(None)) => true,
             Some(_) => {
                 self.nodes[i].process = None;
-                let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
+                self.forget_pid(i);
                 false
             }
             None => false,
@@ -463,7 +463,8 @@ impl LocalCluster {
             .try_clone()
             .map_err(|e| FsError::new("open", &log_path, e))?;
         let pid_file = node.dir().join(format!("{name}.pid"));
-        let _ = std::fs::remove_file(&pid_file);
+        // A pid file left from an earlier start must not be read as this one's.
+        remove_if_present(&pid_file, "remove")?;
         let mut command = self.net.command(i, &pid_file, program, args);
         command.stdin(Stdio::null()).stdout(log).stderr(err);
         let child = command.spawn().map_err(|e| LaunchError::Spawn {
@@ -503,7 +504,16 @@ impl LocalCluster {
         if let Some(mut child) = self.nodes[i].process.take() {
             let _ = child.wait();
         }
-        let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
+        self.forget_pid(i);
+    }
+
+    /// Remove node `i`'s pid file once its `polis-node` is reaped: a PID left there could name
+    /// another process by the next stop. A failure to remove it is logged.
+    fn forget_pid(&self, i: usize) {
+        let path = self.nodes[i].dir().join("node.pid");
+        if let Err(e) = remove_if_present(&path, "remove") {
+            slog::warn!(self.log, "a stopped node's pid file stays"; "node" => i, "error" => %e);
+        }
     }
 
     /// Wait for node `i`'s `polis-node` (or VM) to exit by itself (e.g. a test hook killed it).
@@ -520,7 +530,7 @@ impl LocalCluster {
             .until_blocking(|| child.try_wait().ok().flatten().ok_or(()))
             .map_err(|()| self.timed_out(i, "exit"))?;
         self.nodes[i].process = None;
-        let _ = std::fs::remove_file(self.nodes[i].dir().join("node.pid"));
+        self.forget_pid(i);
         Ok(status)
     }
 
