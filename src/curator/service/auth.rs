@@ -32,10 +32,7 @@ impl Services {
         }
         // Perhaps renewed since it was read (by this Curator or another).
         let stored = self.records.clone().kv().get(OWNER_CERTIFICATE).await?;
-        *self
-            .owner_certificate
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = stored.clone();
+        self.remember_owner(stored.clone());
         match matches_stored(stored, presented) {
             true => Ok(()),
             false => Err(CuratorError::NotOwner),

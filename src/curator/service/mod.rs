@@ -77,11 +77,16 @@ impl Services {
     /// certificate): the owner's first Management call then reads nothing from etcd. A caller
     /// presenting another still has etcd asked, as after a renewal.
     pub fn knowing_owner(self, certificate: Option<Vec<u8>>) -> Self {
+        self.remember_owner(certificate);
+        self
+    }
+
+    /// Keep `certificate` as the owner certificate last read (see `owner_certificate`).
+    fn remember_owner(&self, certificate: Option<Vec<u8>>) {
         *self
             .owner_certificate
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = certificate;
-        self
     }
 
     /// The cluster CA's certificate, asked of the issuer once per incarnation.
