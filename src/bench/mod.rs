@@ -395,7 +395,7 @@ impl Samples {
             ),
             Measure::alone(
                 "P1, P2 spawn chain: polis-node --version (ms)",
-                secs(&|n| n.chain).into_iter().map(in_ms).collect(),
+                self.node.iter().map(|n| ms(n.chain)).collect(),
                 "-",
             ),
             Measure::paired(
