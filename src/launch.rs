@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 
 use crate::curator::CURATOR_PORT;
 use crate::debug_client::{read_token, request, request_port, DebugClientError, DEBUG_ADDRESS};
-use crate::fsutil::{self, remove_if_present, FsError, PUBLIC_MODE};
+use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::issuer::Lifetimes;
 use crate::netns::{enter, within, ClusterNetwork, NetError};
 use crate::owner::{self, escrow, first_use, Credentials, CuratorAddress, Owner, OwnerError};
@@ -174,15 +174,14 @@ impl LocalNode {
 
     /// The real PID of its `polis-node`, while it runs.
     pub fn pid(&self) -> Option<i32> {
-        self.pid_of("node")
+        real_pid(self.process.as_ref())
     }
+}
 
-    /// The real PID that the process started as `name` wrote to `name.pid` ([`LocalCluster`]
-    /// starts every process so; `ip netns exec` execs it).
-    fn pid_of(&self, name: &str) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir().join(format!("{name}.pid"))).ok()?;
-        text.trim().parse().ok()
-    }
+/// The real PID of a child that `ClusterNetwork::command` started: the program itself, which
+/// entered its namespaces before exec (until reaped, it cannot name another process).
+fn real_pid(child: Option<&Child>) -> Option<i32> {
+    child.and_then(|c| i32::try_from(c.id()).ok())
 }
 
 /// The local cluster: network, nodes, and the owner's credentials.
@@ -249,7 +248,7 @@ impl LocalCluster {
                     Some((config, None))
                 }
                 Machines::Processes { .. } => {
-                    // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over the node's /etc/hosts.
+                    // The node's process sees /etc/netns/<ns>/hosts as its /etc/hosts (as under `ip netns exec`).
                     let etc = PathBuf::from("/etc/netns")
                         .join(&node.namespace)
                         .join("hosts");
@@ -324,16 +323,16 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// How long node `i`'s spawn chain takes to run `polis-node --version` to its exit: what
-    /// every start of the node pays before the node's own code runs (the namespaces' `ip netns
-    /// exec`, `unshare` and `sh`, then the binary's loading), which a machine's init does not.
-    pub fn spawn_chain(&self, i: usize) -> Result<Duration, LaunchError> {
+    /// How long a start of node `i`'s process takes to run `polis-node --version` to its exit:
+    /// what every start of the node pays before the node's own code runs (entering its
+    /// namespaces, loading the binary; a machine's kernel loads it too, but enters nothing).
+    pub fn process_start(&self, i: usize) -> Result<Duration, LaunchError> {
         let failed = |reason: String| LaunchError::Spawn {
             what: format!("polis-node --version of node {i}"),
             reason,
         };
         let Machines::Processes { binary } = &self.machines else {
-            return Err(failed("a VM's node has no spawn chain".into()));
+            return Err(failed("a VM's node is not a process of the host".into()));
         };
         let began = Instant::now();
         let version = ["--version".to_owned()];
@@ -410,7 +409,6 @@ impl LocalCluster {
             Some(Ok(None)) => true,
             Some(_) => {
                 self.nodes[i].process = None;
-                self.forget_pid(i);
                 false
             }
             None => false,
@@ -419,7 +417,7 @@ impl LocalCluster {
 
     /// The real PID of node `i`'s swtpm, while it runs.
     pub fn swtpm_pid(&self, i: usize) -> Option<i32> {
-        self.nodes[i].pid_of("swtpm")
+        real_pid(self.nodes[i].swtpm.as_ref())
     }
 
     /// Stop node `i` and its swtpm, and wipe its root: the slot is a new machine, to register
@@ -436,7 +434,7 @@ impl LocalCluster {
     /// End node `i`'s swtpm by its real PID and reap it.
     fn stop_swtpm(&mut self, i: usize) {
         if let Some(mut swtpm) = self.nodes[i].swtpm.take() {
-            if let Some(pid) = self.swtpm_pid(i) {
+            if let Some(pid) = real_pid(Some(&swtpm)) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
             let _ = swtpm.wait();
@@ -462,10 +460,7 @@ impl LocalCluster {
         let err = log
             .try_clone()
             .map_err(|e| FsError::new("open", &log_path, e))?;
-        let pid_file = node.dir().join(format!("{name}.pid"));
-        // A pid file left from an earlier start must not be read as this one's.
-        remove_if_present(&pid_file, "remove")?;
-        let mut command = self.net.command(i, &pid_file, program, args);
+        let mut command = self.net.command(i, program, args)?;
         command.stdin(Stdio::null()).stdout(log).stderr(err);
         let child = command.spawn().map_err(|e| LaunchError::Spawn {
             what: format!("{what} of node {i}"),
@@ -504,16 +499,6 @@ impl LocalCluster {
         if let Some(mut child) = self.nodes[i].process.take() {
             let _ = child.wait();
         }
-        self.forget_pid(i);
-    }
-
-    /// Remove node `i`'s pid file once its `polis-node` is reaped: a PID left there could name
-    /// another process by the next stop. A failure to remove it is logged.
-    fn forget_pid(&self, i: usize) {
-        let path = self.nodes[i].dir().join("node.pid");
-        if let Err(e) = remove_if_present(&path, "remove") {
-            slog::warn!(self.log, "a stopped node's pid file stays"; "node" => i, "error" => %e);
-        }
     }
 
     /// Wait for node `i`'s `polis-node` (or VM) to exit by itself (e.g. a test hook killed it).
@@ -530,7 +515,6 @@ impl LocalCluster {
             .until_blocking(|| child.try_wait().ok().flatten().ok_or(()))
             .map_err(|()| self.timed_out(i, "exit"))?;
         self.nodes[i].process = None;
-        self.forget_pid(i);
         Ok(status)
     }
 

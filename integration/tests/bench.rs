@@ -35,7 +35,7 @@ async fn one_round_of_every_measure_comes_back_complete() {
         ("P1 overhead", 1, 0),
         ("P2 restart", 1, 1),
         ("P2 overhead", 1, 0),
-        ("P1, P2 spawn chain", 1, 0),
+        ("P1, P2 process start", 1, 0),
         ("P5 registrations per second", 1, 1),
         ("P5 registration latency", 1, 0),
         ("P5 etcd put+get, 1 ms idle vs busy", 20, 20),
@@ -60,8 +60,8 @@ async fn one_round_of_every_measure_comes_back_complete() {
     }
     assert!(get("P1 overhead").polis[0] < get("P1 cold").polis[0]);
     assert!(get("P2 overhead").polis[0] < get("P2 restart").polis[0]);
-    // The spawn chain (ms) is part of the restart (s).
-    assert!(get("P1, P2 spawn chain").polis[0] / 1000.0 < get("P2 restart").polis[0]);
+    // The process start (ms) is part of the restart (s).
+    assert!(get("P1, P2 process start").polis[0] / 1000.0 < get("P2 restart").polis[0]);
     // Resident memory in MiB: a running process holds at least one.
     assert!(get("P6 idle RSS, node").polis[0] > 1.0);
     // A call's time inside the Curator is part of the caller's time for it.

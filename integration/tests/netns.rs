@@ -3,12 +3,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
 
 use polis::netns::{within, ClusterNetwork, BRIDGE_ADDRESS, GUARD_RANGE};
-use polis::poll::Poll;
 use polis::process::ChildProcess;
 
 fn ip(args: &[&str]) -> String {
@@ -75,27 +74,31 @@ fn nodes_reach_each_other_only_through_the_bridge_and_vanish_when_dropped() {
 }
 
 #[test]
-fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
+fn namespaced_processes_have_a_known_pid_their_own_hostname_and_hosts_file() {
     let net = ClusterNetwork::create(1).unwrap();
-    let dir = std::env::temp_dir().join(format!("polis-netns-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let namespace = net.nodes()[0].namespace.clone();
+    let etc = std::path::Path::new("/etc/netns").join(&namespace);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("hosts"), "198.18.0.2 node-0\n").unwrap();
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
 
-    // A process that names itself, as `polis-node --set-hostname` does, names only its node.
+    // A process that names itself, as `polis-node --set-hostname` does, names only its node, and
+    // its `/etc/hosts` is its node's, as under `ip netns exec`.
     let out = net
         .command(
             0,
-            &dir.join("once.pid"),
             "/bin/sh".as_ref(),
             &[
                 "-c".into(),
-                "hostname node-0 && cat /proc/sys/kernel/hostname".into(),
+                "hostname node-0 && cat /proc/sys/kernel/hostname /etc/hosts".into(),
             ],
         )
+        .unwrap()
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "node-0\n",
+        "node-0\n198.18.0.2 node-0\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -104,26 +107,33 @@ fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
         "node-0",
         "the host keeps its name"
     );
+    assert_eq!(
+        std::fs::read_to_string("/etc/hosts").unwrap(),
+        host_hosts,
+        "the bind mount stays in the node's mount namespace"
+    );
 
-    let pid_file = dir.join("sleep.pid");
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let child = ChildProcess::spawn(
-        net.command(0, &pid_file, "/bin/sleep".as_ref(), &["300".into()]),
+        net.command(0, "/bin/sleep".as_ref(), &["300".into()])
+            .unwrap(),
         "sleep",
         &log,
     )
     .unwrap();
-    let pid: u32 = Poll::new(Duration::from_millis(10), Duration::from_secs(30))
-        .until_blocking(|| {
-            let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
-            text.trim().parse().map_err(|_| text)
-        })
-        .expect("the pid file");
-    assert_eq!(pid, child.pid(), "the exec chain keeps the real PID");
+    let pid = child.pid();
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-    assert_eq!(comm.trim(), "sleep");
-    let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-    assert_ne!(netns, std::fs::read_link("/proc/self/ns/net").unwrap());
+    assert_eq!(
+        comm.trim(),
+        "sleep",
+        "the PID spawn answers is the program's"
+    );
+    let inode = |path: String| std::fs::metadata(path).unwrap().ino();
+    assert_eq!(
+        inode(format!("/proc/{pid}/ns/net")),
+        inode(format!("/var/run/netns/{namespace}")),
+        "it runs in its node's network namespace"
+    );
     drop(child);
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}/comm")).exists()
@@ -131,5 +141,5 @@ fn namespaced_processes_have_a_known_pid_and_their_own_hostname() {
                 .unwrap_or_default()
                 .contains(") Z ")
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&etc).unwrap();
 }

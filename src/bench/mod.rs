@@ -7,8 +7,8 @@
 //!   the bare etcd restarted from its data → first put.
 //! - For both, Polis's overhead: its time minus its own etcd's spawn → first read
 //!   (`polis_consensus_ready_seconds`), the part Polis controls (etcd's election delay is random);
-//!   and the share of it the launcher's spawn chain takes before the node's code runs (`ip netns
-//!   exec`, `unshare`, `sh`, loading the binary: timed to `polis-node --version`'s exit).
+//!   and the share of it a process start takes before the node's code runs (entering the node's
+//!   namespaces, loading the binary: timed to `polis-node --version`'s exit).
 //! - P5 registrations per second through the Curator (RegisterNode, ApproveNode, CommitNode of
 //!   synthetic nodes over TLS), against the etcd reads and transactions they need issued
 //!   straight to the same member, batch by batch; and a registration's p99 latency.
@@ -209,9 +209,9 @@ struct NodeStarts {
     cold_etcd: Duration,
     restart: Duration,
     restart_etcd: Duration,
-    /// The launcher's spawn chain to `polis-node --version`'s exit: the share of `cold` and
-    /// `restart` before the node's own code runs.
-    chain: Duration,
+    /// A process start to `polis-node --version`'s exit: the share of `cold` and `restart`
+    /// before the node's own code runs.
+    process_start: Duration,
     rss: Rss,
 }
 
@@ -239,7 +239,7 @@ async fn node_starts(config: &BenchConfig, log: &slog::Logger) -> Result<NodeSta
     let cold = began.elapsed();
     let cold_etcd = etcd_ready(&cluster)?;
     cluster.stop(0, Signal::SIGTERM);
-    let chain = cluster.spawn_chain(0)?;
+    let process_start = cluster.process_start(0)?;
     let began = Instant::now();
     cluster.start(0, &[])?;
     cluster
@@ -256,7 +256,7 @@ async fn node_starts(config: &BenchConfig, log: &slog::Logger) -> Result<NodeSta
         cold_etcd,
         restart,
         restart_etcd,
-        chain,
+        process_start,
         rss,
     })
 }
@@ -394,8 +394,8 @@ impl Samples {
                 "≤ 0.025",
             ),
             Measure::alone(
-                "P1, P2 spawn chain: polis-node --version (ms)",
-                self.node.iter().map(|n| ms(n.chain)).collect(),
+                "P1, P2 process start: polis-node --version (ms)",
+                self.node.iter().map(|n| ms(n.process_start)).collect(),
                 "-",
             ),
             Measure::paired(

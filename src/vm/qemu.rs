@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-use crate::netns::ClusterNetwork;
-use crate::poll::Poll;
+use crate::netns::{ClusterNetwork, NetError};
 use crate::process::ChildProcess;
 use crate::tpm::{Swtpm, SwtpmError};
 
@@ -33,6 +29,9 @@ pub enum VmError {
     /// The network has no VM namespace or no such VM.
     #[error("the network has no TAP device for VM {0}")]
     NoTap(usize),
+    /// QEMU's command could not be made (the VMs' namespace cannot be opened).
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// QEMU could not be started.
     #[error("cannot start QEMU: {0}")]
     Spawn(std::io::Error),
@@ -73,7 +72,7 @@ pub enum VmError {
 /// What a VM boots from and how it is wired.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
-    /// The VM's directory: `disk.img`, `console.log`, `tpm/`, sockets, `qemu.pid`.
+    /// The VM's directory: `disk.img`, `console.log`, `tpm/`, sockets.
     pub dir: PathBuf,
     /// The kernel image.
     pub kernel: PathBuf,
@@ -119,8 +118,8 @@ impl VmConfig {
 /// A running VM (QEMU and its swtpm). Dropping it kills both: a power cut.
 pub struct Vm {
     config: VmConfig,
+    /// QEMU itself: it entered the VMs' namespace before exec, so this is its real PID.
     qemu: Child,
-    pid: Option<i32>,
     /// Until the VM is off: the TPM's state directory admits one swtpm at a time, so the next
     /// boot must find this one gone.
     tpm: Option<ChildProcess>,
@@ -212,11 +211,9 @@ impl Vm {
                 format!("name=opt/polis/parameters,file={}", file.display()),
             ]);
         }
-        let pid_file = config.dir.join("qemu.pid");
-        let _ = std::fs::remove_file(&pid_file);
         let mut cmd = net
-            .vm_command(&pid_file, Path::new("qemu-system-x86_64"), &args)
-            .ok_or(VmError::NoTap(i))?;
+            .vm_command(Path::new("qemu-system-x86_64"), &args)
+            .ok_or(VmError::NoTap(i))??;
         let qemu_log = config.dir.join("qemu.log");
         let out =
             std::fs::File::create(&qemu_log).map_err(|e| FsError::new("create", &qemu_log, e))?;
@@ -230,26 +227,12 @@ impl Vm {
             .spawn()
             .map_err(VmError::Spawn)?;
         slog::info!(log, "VM booting"; "vm" => i, "dir" => %config.dir.display());
-        let mut vm = Vm {
+        Ok(Vm {
             config,
             qemu,
-            pid: None,
             tpm: Some(tpm),
             seen: 0,
-        };
-        vm.pid = vm.read_pid();
-        Ok(vm)
-    }
-
-    /// QEMU's real PID (from its pid file; `ip netns exec` execs it).
-    fn read_pid(&self) -> Option<i32> {
-        let file = self.config.dir.join("qemu.pid");
-        Poll::new(Duration::from_millis(20), Duration::from_secs(2))
-            .until_blocking(|| {
-                let text = std::fs::read_to_string(&file).ok();
-                text.and_then(|t| t.trim().parse().ok()).ok_or(())
-            })
-            .ok()
+        })
     }
 
     /// The VM's configuration.
@@ -346,8 +329,8 @@ impl Vm {
     /// Cut the power: SIGKILL to QEMU by its PID (a VM that is off stays off), and the TPM
     /// goes too, as a chip loses its volatile state.
     pub fn power_cut(&mut self) {
-        if let (Some(pid), Ok(None)) = (self.pid, self.qemu.try_wait()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Ok(None) = self.qemu.try_wait() {
+            let _ = self.qemu.kill();
         }
         let _ = self.qemu.wait();
         self.stop_tpm();
