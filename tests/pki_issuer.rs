@@ -97,12 +97,14 @@ async fn one_ca_for_concurrent_issuers_issuing_recording_revoking_and_restarting
     let start_asking = |name: &'static str, asked: Lifetimes| {
         let (cons, root) = (consensus.clone(), tree.root().clone());
         async move {
-            let (spec, _) =
+            let (spec, issuer) =
                 ChildSpec::worker(name, move || Ok(Issuer::new(cons.clone(), Some(asked))));
             root.ask(polis_actors::StartChild(spec))
                 .await
                 .unwrap()
                 .unwrap();
+            // Healthy as it starts; it answers once it has loaded (and stored) what it needs.
+            issuer.ask(GetCaCertificate).await.unwrap().unwrap();
         }
     };
     start_asking("issuer-c", lifetimes).await;

@@ -15,6 +15,7 @@
 //! this issuer before it asks for the node's certificate, and hands this issuer the certificate
 //! lifetimes the bootstrap parameters ask for, which it stores as it starts ([`Issuer::new`]).
 
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use ed25519_dalek::VerifyingKey;
 use polis_actors::{
     Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started, Timer,
 };
+use tokio::sync::oneshot;
 
 use crate::consensus::{
     peer_ca, peer_pki, Consensus, ConsensusError, Kv, NamespacedKv,
@@ -92,8 +94,8 @@ pub enum IssuerError {
     /// The PCR policy key is unusable, or a PCR value malformed.
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    /// The CA is not loaded yet (the issuer is not healthy yet).
-    #[error("the cluster CA is not loaded yet")]
+    /// The issuer stopped before it had loaded the cluster CA (a request made meanwhile).
+    #[error("the issuer stopped before it had loaded the cluster CA")]
     NotReady,
     /// A certificate lifetime stored in etcd does not read as seconds of at least
     /// [`MIN_LIFETIME`].
@@ -234,19 +236,30 @@ impl Message for Revoke {
 
 // ---- state ----
 
-/// The issuer actor.
+/// The issuer actor. It is healthy as soon as it starts, so that the Curator starts while it
+/// loads its CA from etcd (issue 12); requests that come meanwhile wait for the load.
 pub struct Issuer {
     consensus: ActorRef<Consensus>,
-    ready: Option<(NamespacedKv, Rc<CertificateAuthority>)>,
-    /// The PCR policy key, loaded with the CA.
-    policy_key: Option<PolicyKey>,
-    /// How long the certificates it issues are valid, once read; CRLs are current for the node
-    /// lifetime.
-    lifetimes: Lifetimes,
+    /// What it loaded as it started, once it has.
+    loaded: Option<Loaded>,
+    /// Requests that came before the load, answered when it ends (or refused as `NotReady`
+    /// when this incarnation ends first).
+    waiting: Vec<oneshot::Sender<Loaded>>,
     /// The lifetimes a bootstrap asks for, stored at start unless some are stored already.
     asked: Option<Lifetimes>,
     /// The next look at whether a CRL is due, while none is under way.
     crl_check: Option<Timer>,
+}
+
+/// What the issuer loads from etcd as it starts.
+#[derive(Clone)]
+struct Loaded {
+    kv: NamespacedKv,
+    ca: Rc<CertificateAuthority>,
+    /// The PCR policy key.
+    policy_key: Rc<PolicyKey>,
+    /// How long the certificates it issues are valid; CRLs are current for the node lifetime.
+    lifetimes: Lifetimes,
 }
 
 impl Issuer {
@@ -257,9 +270,8 @@ impl Issuer {
     pub fn new(consensus: ActorRef<Consensus>, asked: Option<Lifetimes>) -> Self {
         Issuer {
             consensus,
-            ready: None,
-            policy_key: None,
-            lifetimes: Lifetimes::default(),
+            loaded: None,
+            waiting: Vec::new(),
             asked,
             crl_check: None,
         }
@@ -288,17 +300,23 @@ impl Actor for Issuer {
         };
         ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
             let (kv, ca, policy_key, lifetimes) = loaded?;
-            issuer.policy_key = Some(policy_key);
             slog::info!(ctx.log(), "cluster CA loaded";
                 "node_certificate_lifetime_s" => lifetimes.node.as_secs(),
                 "owner_certificate_lifetime_s" => lifetimes.owner.as_secs());
-            issuer.ready = Some((kv, Rc::new(ca)));
-            issuer.lifetimes = lifetimes;
-            ctx.healthy();
+            let loaded = Loaded {
+                kv,
+                ca: Rc::new(ca),
+                policy_key: Rc::new(policy_key),
+                lifetimes,
+            };
+            for waiting in issuer.waiting.drain(..) {
+                let _ = waiting.send(loaded.clone());
+            }
+            issuer.loaded = Some(loaded);
             issuer.check_crls(ctx);
             Ok(())
         });
-        Ok(Started::Pending)
+        Ok(Started::Healthy)
     }
 }
 
@@ -308,30 +326,30 @@ impl Handler<Issue> for Issuer {
         Issue(template, public): Issue,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <Issue as Message>::Reply>, Failure> {
-        let Some((mut kv, ca)) = self.state() else {
-            return Ok(Reply::now(Err(IssuerError::NotReady)));
-        };
         slog::info!(ctx.log(), "issuing"; "template" => ?template);
-        let (lifetimes, consensus) = (self.lifetimes, self.consensus.clone());
-        Ok(Reply::later(async move {
-            let issue = async {
-                let issued = match template {
-                    Template::Node { .. } | Template::Curator { .. } => {
-                        ca.issue_valid_for(&template, &public, lifetimes.node)?
-                    }
-                    Template::Client { .. } => {
-                        ca.issue_valid_for(&template, &public, lifetimes.owner)?
-                    }
-                    // The peer CA's; its member records what it serves (consensus::peer_pki).
-                    Template::Peer { .. } => {
-                        let ca = peer_ca(&mut peer_kv(&consensus).await?).await?;
-                        return Ok(ca.issue_valid_for(&template, &public, lifetimes.node)?);
-                    }
-                };
-                record(&mut kv, &issued).await?;
-                Ok(issued)
+        let consensus = self.consensus.clone();
+        Ok(self.on_loaded(move |loaded| async move {
+            let Loaded {
+                mut kv,
+                ca,
+                lifetimes,
+                ..
+            } = loaded;
+            let issued = match template {
+                Template::Node { .. } | Template::Curator { .. } => {
+                    ca.issue_valid_for(&template, &public, lifetimes.node)?
+                }
+                Template::Client { .. } => {
+                    ca.issue_valid_for(&template, &public, lifetimes.owner)?
+                }
+                // The peer CA's; its member records what it serves (consensus::peer_pki).
+                Template::Peer { .. } => {
+                    let ca = peer_ca(&mut peer_kv(&consensus).await?).await?;
+                    return Ok(ca.issue_valid_for(&template, &public, lifetimes.node)?);
+                }
             };
-            Ok(issue.await)
+            record(&mut kv, &issued).await?;
+            Ok(issued)
         }))
     }
 }
@@ -342,11 +360,7 @@ impl Handler<GetCaCertificate> for Issuer {
         _: GetCaCertificate,
         _: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <GetCaCertificate as Message>::Reply>, Failure> {
-        Ok(Reply::now(
-            self.state()
-                .map(|(_, ca)| ca.certificate().to_vec())
-                .ok_or(IssuerError::NotReady),
-        ))
+        Ok(self.on_loaded(|loaded| async move { Ok(loaded.ca.certificate().to_vec()) }))
     }
 }
 
@@ -356,18 +370,15 @@ impl Handler<ApprovePcr> for Issuer {
         ApprovePcr { node_id, pcr7 }: ApprovePcr,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <ApprovePcr as Message>::Reply>, Failure> {
-        let Some(key) = &self.policy_key else {
-            return Ok(Reply::now(Err(IssuerError::NotReady)));
-        };
         slog::info!(ctx.log(), "approving a PCR 7 value"; "node" => &node_id, "pcr7" => hex(&pcr7));
-        Ok(Reply::now(
-            key.approve(&node_id, &pcr7)
-                .map(|signature| PcrApproval {
-                    policy_key: key.public(),
-                    signature,
-                })
-                .map_err(IssuerError::from),
-        ))
+        Ok(self.on_loaded(move |loaded| async move {
+            let key = loaded.policy_key;
+            let signature = key.approve(&node_id, &pcr7)?;
+            Ok(PcrApproval {
+                policy_key: key.public(),
+                signature,
+            })
+        }))
     }
 }
 
@@ -377,18 +388,14 @@ impl Handler<Revoke> for Issuer {
         Revoke(certificate): Revoke,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <Revoke as Message>::Reply>, Failure> {
-        let Some((mut kv, ca)) = self.state() else {
-            return Ok(Reply::now(Err(IssuerError::NotReady)));
-        };
         let serial = match crate::pki::serial_of(&certificate) {
             Ok(serial) => serial,
             Err(e) => return Ok(Reply::now(Err(e.into()))),
         };
         slog::warn!(ctx.log(), "revoking"; "serial" => hex(&serial));
-        Ok(Reply::later(async move {
-            Ok(revoke(&mut kv, &ca, CRL_KEY, &certificate)
-                .await
-                .map_err(IssuerError::from))
+        Ok(self.on_loaded(move |loaded| async move {
+            let Loaded { mut kv, ca, .. } = loaded;
+            Ok(revoke(&mut kv, &ca, CRL_KEY, &certificate).await?)
         }))
     }
 }
@@ -396,19 +403,43 @@ impl Handler<Revoke> for Issuer {
 // ---- helpers ----
 
 impl Issuer {
-    /// The KV and CA, once loaded.
-    fn state(&self) -> Option<(NamespacedKv, Rc<CertificateAuthority>)> {
-        self.ready.as_ref().map(|(kv, ca)| (kv.clone(), ca.clone()))
+    /// Answer with `work` on what the issuer loaded. Once it has loaded, one such request at a
+    /// time, the mailbox paused ([`Reply::later`]); before, once the load ends, beside the
+    /// mailbox ([`Reply::detached`]: the load's own ending needs it). This incarnation ending
+    /// before the load answers `NotReady`.
+    fn on_loaded<T, F, Fut>(&mut self, work: F) -> Reply<Self, Result<T, IssuerError>>
+    where
+        T: 'static,
+        F: FnOnce(Loaded) -> Fut + 'static,
+        Fut: Future<Output = Result<T, IssuerError>> + 'static,
+    {
+        if let Some(loaded) = self.loaded.clone() {
+            return Reply::later(async move { Ok(work(loaded).await) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting.push(tx);
+        Reply::detached(async move {
+            Ok(match rx.await {
+                Ok(loaded) => work(loaded).await,
+                Err(_) => Err(IssuerError::NotReady),
+            })
+        })
     }
 
     /// Reissue whichever of the two CRLs is due (issue the cluster's first), then look again
     /// after [`crl_check_period`]. A failure is logged and retried then: each CRL is current
     /// for half its validity past the point it is due.
     fn check_crls(&mut self, ctx: &mut Ctx<'_, Self>) {
-        let Some((mut kv, ca)) = self.state() else {
+        let Some(Loaded {
+            mut kv,
+            ca,
+            lifetimes,
+            ..
+        }) = self.loaded.clone()
+        else {
             return;
         };
-        let (consensus, validity) = (self.consensus.clone(), self.lifetimes.node);
+        let (consensus, validity) = (self.consensus.clone(), lifetimes.node);
         let check = async move {
             let mut reissued = Vec::new();
             if reissue_if_due(&mut kv, &ca, CRL_KEY, validity)
@@ -428,12 +459,12 @@ impl Issuer {
             let retired = revoke_replaced_peer_certificates(&mut peer_kv, &peer_ca).await?;
             Ok::<_, IssuerError>((reissued, retired))
         };
-        ctx.spawn(check, |checked, issuer: &mut Self, ctx| {
+        ctx.spawn(check, move |checked, issuer: &mut Self, ctx| {
             match checked {
                 Ok((reissued, retired)) => {
                     if !reissued.is_empty() {
                         slog::info!(ctx.log(), "CRLs reissued"; "lists" => ?reissued,
-                            "valid_s" => issuer.lifetimes.node.as_secs());
+                            "valid_s" => validity.as_secs());
                     }
                     if retired > 0 {
                         slog::info!(ctx.log(), "replaced etcd peer certificates revoked";
@@ -443,7 +474,7 @@ impl Issuer {
                 Err(e) => slog::warn!(ctx.log(), "a CRL could not be reissued; trying again";
                     "error" => %e),
             }
-            let period = crl_check_period(issuer.lifetimes.node);
+            let period = crl_check_period(validity);
             issuer.crl_check = Some(ctx.run_later(period, |issuer: &mut Self, ctx| {
                 issuer.crl_check = None;
                 issuer.check_crls(ctx);
