@@ -51,26 +51,48 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
     replace(path, contents, mode, Durability::Synced)
 }
 
-/// Replace several files of one directory (`name`, `contents`, `mode`), each atomically, all
-/// durably: every file is fsynced, then all are renamed into place and the directory fsynced
-/// once, not once per file. For files written together (a node's credentials, etcd's peer
-/// PKI); a crash part-way may leave some of them new and some old, as separate writes would.
-pub fn write_atomic_in(dir: &Path, files: &[(&str, impl AsRef<[u8]>, u32)]) -> Result<(), FsError> {
+/// Replace several files of one directory (`name`, `contents`, `mode`), each atomically. If
+/// `durability` asks, all durably: every file is fsynced, then all are renamed into place and
+/// the directory fsynced once, not once per file. For files written together (a node's
+/// credentials, etcd's peer PKI); a crash part-way may leave some of them new and some old, as
+/// separate writes would.
+pub fn write_atomic_in(
+    dir: &Path,
+    files: &[(&str, impl AsRef<[u8]>, u32)],
+    durability: Durability,
+) -> Result<(), FsError> {
     let mut staged = Vec::with_capacity(files.len());
     for (name, contents, mode) in files {
         let path = dir.join(name);
-        let tmp = stage(&path, contents.as_ref(), *mode, Durability::Synced)?;
+        let tmp = stage(&path, contents.as_ref(), *mode, durability)?;
         staged.push((tmp, path));
     }
     for (tmp, path) in staged {
         fs::rename(&tmp, &path).map_err(|e| FsError::new("rename into place", &path, e))?;
     }
-    sync_directory(dir)
+    match durability {
+        Durability::Synced => sync_directory(dir),
+        Durability::Volatile => Ok(()),
+    }
+}
+
+/// Make `files`, and their directories' entries, durable: for files written not durably
+/// ([`write_ephemeral`], [`Durability::Volatile`]) whose durability can wait until something
+/// else is under way (etcd's peer PKI, synced while etcd first elects itself).
+pub fn sync_files(files: &[PathBuf]) -> Result<(), FsError> {
+    for path in files {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| FsError::new("fsync", path, e))?;
+    }
+    let mut dirs: Vec<&Path> = files.iter().map(|path| parent(path)).collect();
+    dirs.dedup();
+    dirs.into_iter().try_for_each(sync_directory)
 }
 
 /// Replace `path` with `contents` atomically but not durably: for files that are rebuilt on
 /// every boot (`ephemeral/`, a tmpfs on a real node), where an fsync buys nothing and costs
-/// milliseconds on every change. A reader still sees the old contents or the new, never half.
+/// milliseconds on every change, or made durable later ([`sync_files`]). A reader still sees the old contents or the new, never half.
 pub fn write_ephemeral(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
     replace(path, contents, mode, Durability::Volatile)
 }
@@ -99,9 +121,9 @@ where
     }
 }
 
-/// Whether [`replace`] makes the new contents durable before returning.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Durability {
+/// Whether a write makes the new contents durable before returning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
     /// The file and its directory are fsynced: the new contents survive a power cut.
     Synced,
     /// Nothing is fsynced: a power cut may leave the old contents (never a mix).
@@ -160,6 +182,22 @@ fn stage(
             .map_err(|e| FsError::new("fsync", &tmp, e))?;
     }
     Ok(tmp)
+}
+
+/// Create the empty file `path`, if it is not there, durably: a mark whose existence is all it
+/// says. It has no contents to stage, so it costs one journal commit where [`write_atomic`]
+/// costs two (the file's fsync commits its directory entry with it on ext4; the directory's
+/// fsync, then nearly free, makes sure of it elsewhere).
+pub fn create_mark(path: &Path) -> Result<(), FsError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(PUBLIC_MODE)
+        .open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| FsError::new("create", path, e))?;
+    sync_directory(parent(path))
 }
 
 /// Remove the file at `path`, if it is there, durably: its directory is fsynced, so a crash
@@ -236,7 +274,7 @@ mod tests {
             ("cert.pem", b"new cert".to_vec(), PUBLIC_MODE),
             ("key.pem", b"new key".to_vec(), SECRET_MODE),
         ];
-        write_atomic_in(&creds, &files).unwrap();
+        write_atomic_in(&creds, &files, Durability::Synced).unwrap();
         for (name, contents, mode) in &files {
             let path = creds.join(name);
             assert_eq!(&read(&path).unwrap(), contents);
@@ -321,5 +359,28 @@ mod tests {
             err.to_string(),
             "cannot read /nonexistent/polis/file: No such file or directory (os error 2)"
         );
+    }
+
+    #[test]
+    fn a_mark_is_created_empty_and_an_existing_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("first_start");
+        create_mark(&mark).unwrap();
+        assert_eq!(read(&mark).unwrap(), b"");
+        fs::write(&mark, b"kept").unwrap();
+        create_mark(&mark).unwrap();
+        assert_eq!(read(&mark).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn syncing_a_missing_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("present");
+        write_ephemeral(&present, b"x", PUBLIC_MODE).unwrap();
+        sync_files(std::slice::from_ref(&present)).unwrap();
+        let missing = dir.path().join("missing");
+        let err = sync_files(&[present, missing.clone()]).unwrap_err();
+        assert_eq!(err.path, missing);
+        assert!(err.is_not_found());
     }
 }

@@ -12,6 +12,7 @@ pub mod peers;
 use std::time::Duration;
 
 use etcd_client::Client;
+use futures::future::OptionFuture;
 use polis_actors::{Actor, Ctx, Failure, Handler, Message, Reply, Started};
 use tokio::sync::oneshot;
 
@@ -156,7 +157,7 @@ impl Actor for Consensus {
         let restart = root.etcd_member_to_restart();
         let mut join = None;
         if restart {
-            if !root.etcd_peer_pki().join("key.pem").exists() {
+            if !root.etcd_peer_pki().join(peer_pki::KEY_FILE).exists() {
                 return Err(Failure::msg(format!(
                     "etcd data exists at {} but its peer PKI at {} is missing",
                     root.etcd_data().display(),
@@ -197,7 +198,7 @@ impl Actor for Consensus {
                     join = Some(peers.clone());
                 }
             }
-            fsutil::write_atomic(&first_start, b"", PUBLIC_MODE)?;
+            fsutil::create_mark(&first_start)?;
         }
         etcd::remove_stale_socket(&root)?;
         let command = etcd::command(&root, &self.config.member, join.as_deref());
@@ -211,35 +212,49 @@ impl Actor for Consensus {
         );
         self.etcd = Some(process);
         let spawned = std::time::Instant::now();
-        ctx.spawn(ready(root), move |result, consensus: &mut Self, ctx| {
-            let client = result?;
-            fsutil::remove_durably(&consensus.config.root.etcd_first_start())?;
-            let elapsed = spawned.elapsed();
-            slog::info!(ctx.log(), "etcd ready"; "after_ms" => elapsed.as_millis());
-            consensus.config.health.consensus_ready(elapsed);
-            ctx.spawn(
-                keep_peer_certificate(client.clone(), consensus.config.clone(), ctx.log().clone()),
-                |(), _, _| Ok(()),
-            );
-            let crl_file = consensus.config.root.etcd_peer_crl();
-            ctx.spawn(
-                watch_crl(client.clone(), crl_file),
-                |ended, consensus: &mut Self, _| match consensus.stopping {
-                    true => Ok(()),
-                    false => Err(Failure::msg(format!("the peer CRL watch ended: {ended}"))),
-                },
-            );
-            consensus.client = Some(client);
-            for waiter in consensus.waiting.drain(..) {
-                let _ = waiter.send(());
-            }
-            ctx.healthy();
-            ctx.run_interval(PROMOTE_EVERY, |consensus: &mut Self, ctx| {
-                consensus.autopromote(ctx);
-                Ok(())
-            });
-            Ok(())
+        // A first start's peer PKI was written without fsyncs: they run while etcd elects.
+        let synced = (!restart).then(|| {
+            let root = root.clone();
+            fsutil::off_thread(&root.etcd_peer_pki(), move || {
+                peer_pki::sync_peer_pki(&root)
+            })
         });
+        ctx.spawn(
+            ready(root, synced),
+            move |result, consensus: &mut Self, ctx| {
+                let client = result?;
+                fsutil::remove_durably(&consensus.config.root.etcd_first_start())?;
+                let elapsed = spawned.elapsed();
+                slog::info!(ctx.log(), "etcd ready"; "after_ms" => elapsed.as_millis());
+                consensus.config.health.consensus_ready(elapsed);
+                ctx.spawn(
+                    keep_peer_certificate(
+                        client.clone(),
+                        consensus.config.clone(),
+                        ctx.log().clone(),
+                    ),
+                    |(), _, _| Ok(()),
+                );
+                let crl_file = consensus.config.root.etcd_peer_crl();
+                ctx.spawn(
+                    watch_crl(client.clone(), crl_file),
+                    |ended, consensus: &mut Self, _| match consensus.stopping {
+                        true => Ok(()),
+                        false => Err(Failure::msg(format!("the peer CRL watch ended: {ended}"))),
+                    },
+                );
+                consensus.client = Some(client);
+                for waiter in consensus.waiting.drain(..) {
+                    let _ = waiter.send(());
+                }
+                ctx.healthy();
+                ctx.run_interval(PROMOTE_EVERY, |consensus: &mut Self, ctx| {
+                    consensus.autopromote(ctx);
+                    Ok(())
+                });
+                Ok(())
+            },
+        );
         Ok(Started::Pending)
     }
 
@@ -509,12 +524,23 @@ pub async fn peer_ca(kv: &mut NamespacedKv) -> Result<CertificateAuthority, Cons
 }
 
 /// Wait until etcd answers, then make etcd and this member's copy of the peer CA agree
-/// ([`peer_pki::keep_peer_ca`]).
-async fn ready(root: NodeRoot) -> Result<Client, Failure> {
+/// ([`peer_pki::keep_peer_ca`]); and until `synced`, a first start's fsync of the peer PKI, if
+/// there is one, has ended.
+async fn ready(
+    root: NodeRoot,
+    synced: Option<impl std::future::Future<Output = Result<(), FsError>>>,
+) -> Result<Client, Failure> {
+    let (client, synced) = futures::join!(answering(&root), OptionFuture::from(synced));
+    synced.transpose()?;
+    client
+}
+
+/// Wait until etcd answers, then make etcd and this member's copy of the peer CA agree.
+async fn answering(root: &NodeRoot) -> Result<Client, Failure> {
     // Ready means serving linearizable reads, which a learner refuses until it is promoted.
     let client = Poll::new(READY_POLL, READY_TIMEOUT)
         .until(async || {
-            let mut client = etcd::connect(&root).await?;
+            let mut client = etcd::connect(root).await?;
             client
                 .get(format!("{NAMESPACE}{PEER_CRL_KEY}"), None)
                 .await?;
@@ -526,7 +552,7 @@ async fn ready(root: NodeRoot) -> Result<Client, Failure> {
             Failure::msg(format!("etcd not ready within {within} s: {e}"))
         })?;
     let mut kv = NamespacedKv::new(client.clone(), NAMESPACE.to_owned());
-    peer_pki::keep_peer_ca(&root, &mut kv).await?;
+    peer_pki::keep_peer_ca(root, &mut kv).await?;
     Ok(client)
 }
 

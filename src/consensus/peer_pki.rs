@@ -2,6 +2,10 @@
 //! certificate and key, the CRL), the member's own copy of the peer CA, and the record in etcd
 //! of the certificates the member was issued.
 //!
+//! The files etcd's first start reads are written without an fsync, and made durable while etcd
+//! first elects itself ([`sync_peer_pki`]), before that first start counts as done: a crash
+//! before then starts etcd's data over, and these files with it (see the consensus actor).
+//!
 //! Every member keeps the peer CA's key (owner-only, on the encrypted data partition beside
 //! etcd's data, which holds it too). The first member writes it before its etcd first starts,
 //! so a crash before the CA is committed to etcd loses nothing; every other member copies it
@@ -15,11 +19,12 @@
 //! ([`record_served`]); the issuer revokes replaced ones ([`replaced`]), and decommissioning
 //! revokes every one a member was issued ([`issued_to`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::etcd::{ConsensusError, Member, PEER_CA_NAME};
 use super::{NamespacedKv, PEER_CA_CERTIFICATE, PEER_CA_KEY};
-use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::fsutil::{self, Durability, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::pki::{
     certificate_key, hex, lifetime, read_pem, renewal_due, serial_of, to_pem, CertificateAuthority,
     Template, DEFAULT_CRL_VALIDITY,
@@ -28,6 +33,10 @@ use crate::storage::NodeRoot;
 
 /// This member's peer certificate (PEM) in its peer PKI directory.
 pub const PEER_CERTIFICATE_FILE: &str = "cert.pem";
+/// The peer CA's certificate (PEM) in the peer PKI directory.
+const CA_FILE: &str = "ca.pem";
+/// This member's peer key (PEM, owner-only) in its peer PKI directory.
+pub const KEY_FILE: &str = "key.pem";
 /// This member's copy of the peer CA's key (PEM, owner-only) in its peer PKI directory.
 pub const LOCAL_CA_KEY_FILE: &str = "ca-key.pem";
 /// Under the consensus namespace, per member name: `current`, the certificate it serves, and
@@ -42,9 +51,10 @@ pub fn peer_template(member: &Member) -> Template {
     }
 }
 
-/// Create the peer PKI of a new cluster on disk: a fresh peer CA (its key kept first, see the
-/// module), this member's certificate (valid for `lifetime`) and key, and an empty CRL.
-/// Returns the CA, which the caller commits to etcd once it runs ([`keep_peer_ca`]).
+/// Create the peer PKI of a new cluster on disk, not yet durably ([`sync_peer_pki`]): a fresh
+/// peer CA (its key kept first, see the module), this member's certificate (valid for
+/// `lifetime`) and key, and an empty CRL. Returns the CA, which the caller commits to etcd once
+/// it runs ([`keep_peer_ca`]).
 pub fn bootstrap_peer_pki(
     root: &NodeRoot,
     member: &Member,
@@ -64,7 +74,8 @@ pub fn bootstrap_peer_pki(
     Ok(ca)
 }
 
-/// Write the peer PKI files etcd reads: CA, certificate and key (owner-only) as PEM, CRL as DER.
+/// Write the peer PKI files etcd reads, not yet durably ([`sync_peer_pki`]): CA, certificate
+/// and key (owner-only) as PEM, CRL as DER.
 pub fn write_peer_pki(
     root: &NodeRoot,
     ca: &[u8],
@@ -76,8 +87,7 @@ pub fn write_peer_pki(
 }
 
 /// [`write_peer_pki`], with the peer CA's key (PKCS#8) first among the files of the peer PKI
-/// directory if this member keeps it now (a new cluster's first member); that directory's files
-/// share one directory fsync.
+/// directory if this member keeps it now (a new cluster's first member).
 fn write_peer_files(
     root: &NodeRoot,
     local_ca_key: Option<&[u8]>,
@@ -94,15 +104,28 @@ fn write_peer_files(
             SECRET_MODE,
         ));
     }
-    files.push(("ca.pem", to_pem("CERTIFICATE", ca), PUBLIC_MODE));
+    files.push((CA_FILE, to_pem("CERTIFICATE", ca), PUBLIC_MODE));
     files.push((
         PEER_CERTIFICATE_FILE,
         to_pem("CERTIFICATE", cert),
         PUBLIC_MODE,
     ));
-    files.push(("key.pem", to_pem("PRIVATE KEY", key), SECRET_MODE));
-    fsutil::write_atomic_in(&root.etcd_peer_pki(), &files)?;
-    fsutil::write_atomic(&root.etcd_peer_crl(), crl, PUBLIC_MODE)
+    files.push((KEY_FILE, to_pem("PRIVATE KEY", key), SECRET_MODE));
+    fsutil::write_atomic_in(&root.etcd_peer_pki(), &files, Durability::Volatile)?;
+    fsutil::write_ephemeral(&root.etcd_peer_crl(), crl, PUBLIC_MODE)
+}
+
+/// Make the files [`bootstrap_peer_pki`] or [`write_peer_pki`] wrote durable, with their
+/// directories' entries.
+pub fn sync_peer_pki(root: &NodeRoot) -> Result<(), FsError> {
+    let dir = root.etcd_peer_pki();
+    let mut names = vec![CA_FILE, PEER_CERTIFICATE_FILE, KEY_FILE];
+    if dir.join(LOCAL_CA_KEY_FILE).exists() {
+        names.push(LOCAL_CA_KEY_FILE);
+    }
+    let mut files: Vec<PathBuf> = names.iter().map(|name| dir.join(name)).collect();
+    files.push(root.etcd_peer_crl());
+    fsutil::sync_files(&files)
 }
 
 /// The peer certificate this member serves (DER), as etcd reads it.
@@ -121,7 +144,7 @@ pub fn local_peer_ca(root: &NodeRoot) -> Result<Option<CertificateAuthority>, Co
         return Ok(None);
     }
     let key = read_pem(&key_file, "PRIVATE KEY")?;
-    let certificate = read_pem(&dir.join("ca.pem"), "CERTIFICATE")?;
+    let certificate = read_pem(&dir.join(CA_FILE), "CERTIFICATE")?;
     Ok(Some(CertificateAuthority::from_parts(
         PEER_CA_NAME,
         &key,

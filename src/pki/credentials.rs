@@ -83,7 +83,11 @@ impl NodeCredentials {
             pem(CERT, &self.certificate, PUBLIC_MODE),
             pem(KEY, &key, SECRET_MODE),
         ];
-        Ok(fsutil::write_atomic_in(&root.node_credentials(), &files)?)
+        Ok(fsutil::write_atomic_in(
+            &root.node_credentials(),
+            &files,
+            fsutil::Durability::Synced,
+        )?)
     }
 
     /// Read them back; `Ok(None)` if the node has none yet (no key file).
