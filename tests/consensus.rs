@@ -216,6 +216,37 @@ async fn the_peer_key_is_owner_only_and_namespaces_do_not_mix() {
     tree.shutdown().await;
 }
 
+/// A group `ensure_all_with` creates brings its companions in the same transaction (a new CA's
+/// first CRL); once the group exists, they are neither written again nor read.
+#[actix_rt::test]
+async fn companions_are_written_only_with_the_group_they_come_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, consensus) = start(dir.path()).await;
+    let mut store = kv(&consensus, "/c/").await;
+    let first: [(&str, &[u8]); 2] = [("ca", b"one"), ("key", b"k1")];
+    let stored = store
+        .ensure_all_with(&first, &[("crl", b"first")])
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![b"one".to_vec(), b"k1".to_vec()]);
+    assert_eq!(
+        store.get("crl").await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    store.put("crl", b"reissued").await.unwrap();
+    let second: [(&str, &[u8]); 2] = [("ca", b"two"), ("key", b"k2")];
+    let again = store
+        .ensure_all_with(&second, &[("crl", b"other")])
+        .await
+        .unwrap();
+    assert_eq!(again, stored);
+    assert_eq!(
+        store.get("crl").await.unwrap().as_deref(),
+        Some(&b"reissued"[..])
+    );
+    tree.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +275,7 @@ async fn the_crl_watcher_copies_every_peer_crl_to_the_file_etcd_checks() {
 
 /// A crash between etcd's first start and the commit of the new cluster's peer CA loses
 /// nothing: the CA's key is on disk (owner-only), where the member keeps its copy, and the next
-/// start commits it, certificate and key together.
+/// start commits it, certificate, key and first CRL together.
 #[actix_rt::test]
 async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start() {
     use polis::consensus::peer_pki::{bootstrap_peer_pki, LOCAL_CA_KEY_FILE};
@@ -259,6 +290,7 @@ async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start()
     // pending CA key, and etcd's data directory.
     std::fs::create_dir_all(root.consensus()).unwrap();
     let ca = bootstrap_peer_pki(&root, &member, Duration::from_secs(3600)).unwrap();
+    let first_crl = std::fs::read(root.etcd_peer_crl()).unwrap();
     let local = root.etcd_peer_pki().join(LOCAL_CA_KEY_FILE);
     let mode = std::fs::metadata(&local).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o400, "the CA key is a secret");
@@ -282,6 +314,14 @@ async fn a_peer_ca_not_committed_before_a_crash_is_committed_at_the_next_start()
     let mut peer_kv = kv(&consensus, "/consensus/").await;
     let committed = peer_ca(&mut peer_kv).await.unwrap();
     assert_eq!(committed.certificate(), ca.certificate());
+    // With its first CRL, the one on disk, in the same transaction: no issuer writes one.
+    let crl = peer_kv
+        .get(polis::consensus::PEER_CRL_KEY)
+        .await
+        .unwrap()
+        .expect("the peer CRL committed with the CA");
+    assert_eq!(crl, first_crl);
+    assert_eq!(polis::pki::read_crl(&crl).unwrap().number, 1);
     assert_eq!(committed.key_pkcs8().unwrap(), ca.key_pkcs8().unwrap());
     let kept = polis::consensus::peer_pki::local_peer_ca(&root)
         .unwrap()

@@ -65,6 +65,17 @@ impl NamespacedKv {
         &mut self,
         entries: &[(&str, &[u8])],
     ) -> Result<Vec<Vec<u8>>, ConsensusError> {
+        self.ensure_all_with(entries, &[]).await
+    }
+
+    /// [`NamespacedKv::ensure_all`], writing `companions` too in the transaction that creates
+    /// `entries` (and never otherwise; they are not read back): what must exist from the moment
+    /// the group does, such as a new CA's first CRL, at no round trip of its own.
+    pub async fn ensure_all_with(
+        &mut self,
+        entries: &[(&str, &[u8])],
+        companions: &[(&str, &[u8])],
+    ) -> Result<Vec<Vec<u8>>, ConsensusError> {
         let keys: Vec<String> = entries.iter().map(|(k, _)| self.key(k)).collect();
         let Some(guard) = keys.first() else {
             return Ok(Vec::new());
@@ -78,6 +89,11 @@ impl NamespacedKv {
             .iter()
             .zip(entries)
             .map(|(k, (_, v))| TxnOp::put(k.as_str(), *v, None))
+            .chain(
+                companions
+                    .iter()
+                    .map(|(k, v)| TxnOp::put(self.key(k), *v, None)),
+            )
             .collect();
         let txn = Txn::new()
             .when([Compare::create_revision(

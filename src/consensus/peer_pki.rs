@@ -23,11 +23,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::etcd::{ConsensusError, Member, PEER_CA_NAME};
-use super::{NamespacedKv, PEER_CA_CERTIFICATE, PEER_CA_KEY};
+use super::{NamespacedKv, PEER_CA_CERTIFICATE, PEER_CA_KEY, PEER_CRL_KEY};
 use crate::fsutil::{self, Durability, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::pki::{
     certificate_key, hex, lifetime, read_pem, renewal_due, serial_of, to_pem, CertificateAuthority,
-    Template, DEFAULT_CRL_VALIDITY,
+    Template,
 };
 use crate::storage::NodeRoot;
 
@@ -53,7 +53,7 @@ pub fn peer_template(member: &Member) -> Template {
 
 /// Create the peer PKI of a new cluster on disk, not yet durably ([`sync_peer_pki`]): a fresh
 /// peer CA (its key kept first, see the module), this member's certificate (valid for
-/// `lifetime`) and key, and an empty CRL. Returns the CA, which the caller commits to etcd once
+/// `lifetime`) and key, and an empty CRL (current for as long, as the issuer keeps it). Returns the CA, which the caller commits to etcd once
 /// it runs ([`keep_peer_ca`]).
 pub fn bootstrap_peer_pki(
     root: &NodeRoot,
@@ -69,7 +69,7 @@ pub fn bootstrap_peer_pki(
         ca.certificate(),
         &cert.der,
         &crate::pki::pkcs8(&key)?,
-        &ca.crl(1, &[], DEFAULT_CRL_VALIDITY)?,
+        &ca.crl(1, &[], lifetime)?,
     )?;
     Ok(ca)
 }
@@ -154,16 +154,20 @@ pub fn local_peer_ca(root: &NodeRoot) -> Result<Option<CertificateAuthority>, Co
 
 /// Once etcd is ready: make etcd and this member's copy of the peer CA agree. A copy etcd does
 /// not hold yet (a new cluster's, whose commit a crash may have interrupted) is committed,
-/// certificate and key in one create-if-absent transaction; a member without a copy (one that
-/// joined) takes one from etcd. A copy that is not etcd's CA is refused.
+/// certificate, key and the CRL etcd reads in one create-if-absent transaction; a member without
+/// a copy (one that joined) takes one from etcd. A copy that is not etcd's CA is refused.
 pub async fn keep_peer_ca(root: &NodeRoot, kv: &mut NamespacedKv) -> Result<(), ConsensusError> {
     match local_peer_ca(root)? {
         Some(ca) => {
+            let crl = fsutil::read(&root.etcd_peer_crl())?;
             let stored = kv
-                .ensure_all(&[
-                    (PEER_CA_CERTIFICATE, ca.certificate()),
-                    (PEER_CA_KEY, &ca.key_pkcs8()?),
-                ])
+                .ensure_all_with(
+                    &[
+                        (PEER_CA_CERTIFICATE, ca.certificate()),
+                        (PEER_CA_KEY, &ca.key_pkcs8()?),
+                    ],
+                    &[(PEER_CRL_KEY, &crl)],
+                )
                 .await?;
             if stored.first().map(Vec::as_slice) != Some(ca.certificate()) {
                 return Err(ConsensusError::PeerCaConflict);

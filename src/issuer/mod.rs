@@ -108,15 +108,19 @@ pub enum IssuerError {
     },
 }
 
-/// Load the cluster CA from etcd, or store `candidate` as it if there is none; returns the CA
-/// that is committed now.
+/// Load the cluster CA from etcd, or store `candidate` as it if there is none, with its CRL
+/// `first_crl`; returns the CA that is committed now.
 async fn ensure_ca(
     kv: &mut NamespacedKv,
     candidate: &CertificateAuthority,
+    first_crl: &[u8],
 ) -> Result<CertificateAuthority, IssuerError> {
     let key = candidate.key_pkcs8()?;
     let values = kv
-        .ensure_all(&[(CA_CERTIFICATE, candidate.certificate()), (CA_KEY, &key)])
+        .ensure_all_with(
+            &[(CA_CERTIFICATE, candidate.certificate()), (CA_KEY, &key)],
+            &[(CRL_KEY, first_crl)],
+        )
         .await?;
     let [certificate, key] =
         <[Vec<u8>; 2]>::try_from(values).map_err(|_| ConsensusError::Vanished(CA_KEY.into()))?;
@@ -290,9 +294,12 @@ impl Actor for Issuer {
                 .map_err(IssuerError::from)??;
             // At once: etcd commits concurrent requests together, one disk sync for all.
             let candidate = CertificateAuthority::new(CA_NAME)?;
+            // Stored with it if it becomes the CA (a bootstrap's): its first CRL, current for
+            // the lifetime asked, so that no issuer's first look finds a CRL to write.
+            let first_crl = candidate.crl(1, &[], asked.unwrap_or_default().node)?;
             let (mut ca_kv, mut key_kv) = (kv.clone(), kv.clone());
             let (ca, policy_key, lifetimes) = futures::try_join!(
-                ensure_ca(&mut ca_kv, &candidate),
+                ensure_ca(&mut ca_kv, &candidate, &first_crl),
                 ensure_policy_key(&mut key_kv),
                 lifetimes(&mut kv, asked),
             )?;
