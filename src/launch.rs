@@ -24,7 +24,7 @@ use crate::debug_client::{read_token, request, request_port, DebugClientError, D
 use crate::fsutil::{self, FsError, PUBLIC_MODE};
 use crate::issuer::Lifetimes;
 use crate::netns::{enter, within, ClusterNetwork, NetError};
-use crate::owner::{self, escrow, first_use, Credentials, CuratorAddress, Owner, OwnerError};
+use crate::owner::{self, escrow_over, first_use, Credentials, CuratorAddress, Owner, OwnerError};
 use crate::pki::{generate_key, node_id, CredentialsError, NodeCredentials};
 use crate::poll::Poll;
 use crate::proto::api::node_parameters::Network;
@@ -602,9 +602,9 @@ impl LocalCluster {
             .until(0, "serve the Curator", || async {
                 // Trust on first use of the CA node 0 made, as an owner meeting a cluster would.
                 let address = SocketAddr::new(address, CURATOR_PORT);
-                let (ca, curator) = first_use(address, &self.owner_key).await.ok()?;
-                let certificate = escrow(&curator, &ca, &self.owner_key).await.ok()?;
-                Some((ca, curator, certificate))
+                let met = first_use(address, &self.owner_key).await.ok()?;
+                let certificate = escrow_over(met.channel).await.ok()?;
+                Some((met.ca, met.curator, certificate))
             })
             .await?;
         self.nodes[0].known_id = Some(curator.node_id);

@@ -22,7 +22,10 @@ use crate::proto::api::{
 };
 use crate::proto::curator::curator_local_client::CuratorLocalClient;
 use crate::proto::curator::GetCaCertificateRequest;
-use crate::tls::{curator_client_config, first_use_client_config, Identity, TlsError, Trust};
+use crate::tls::{
+    curator_client_config, first_use_client_config, verify_curator_certificate, Identity, TlsError,
+    Trust,
+};
 
 /// Why an owner call failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +101,12 @@ pub async fn escrow(
     ca: &[u8],
     owner_key: &SigningKey,
 ) -> Result<Vec<u8>, OwnerError> {
-    let channel = open(curator, ca, Identity::ephemeral(owner_key)?).await?;
+    escrow_over(open(curator, ca, Identity::ephemeral(owner_key)?).await?).await
+}
+
+/// [`escrow`] over `channel`: a connection to a Curator checked against the accepted CA, as
+/// pinned ones are ([`Met::channel`]), presenting the owner key.
+pub async fn escrow_over(channel: Channel) -> Result<Vec<u8>, OwnerError> {
     let response = AaaClient::new(channel)
         .escrow(EscrowRequest {})
         .await
@@ -106,19 +114,29 @@ pub async fn escrow(
     Ok(response.into_inner().owner_certificate)
 }
 
+/// What meeting a cluster for the first time gives ([`first_use`]).
+pub struct Met {
+    /// The cluster CA's certificate, as the Curator met handed it out: for the caller to accept
+    /// (e.g. by its fingerprint) before it asks anything more.
+    pub ca: Vec<u8>,
+    /// Where that Curator is.
+    pub curator: CuratorAddress,
+    /// The connection, whose server certificate was checked against `ca` as a pinned
+    /// connection checks it: once `ca` is accepted, later calls can use it (presenting the
+    /// owner key) and spare a handshake.
+    pub channel: Channel,
+}
+
 /// Meet a cluster for the first time at `address` (a Curator's address and port): ask the
-/// Curator there for the cluster CA
-/// over a connection that trusts whoever answers (trust on first use; `owner_key` is the
-/// ephemeral client identity), and learn that Curator's node ID from its certificate. Later
-/// calls pin the CA and check the node's certificate against it.
-pub async fn first_use(
-    address: SocketAddr,
-    owner_key: &SigningKey,
-) -> Result<(Vec<u8>, CuratorAddress), OwnerError> {
+/// Curator there for the cluster CA over a connection that trusts whoever answers (trust on
+/// first use; `owner_key` is the ephemeral client identity), learn that Curator's node ID from
+/// its certificate, and check that certificate against the CA it handed out. Other
+/// connections pin the CA and check the node's certificate against it.
+pub async fn first_use(address: SocketAddr, owner_key: &SigningKey) -> Result<Met, OwnerError> {
     let (config, seen) = first_use_client_config(Identity::ephemeral(owner_key)?)?;
     // Any valid name: the first-use verifier does not match it.
     let channel = channel(address, "curator", config).await?;
-    let ca = CuratorLocalClient::new(channel)
+    let ca = CuratorLocalClient::new(channel.clone())
         .get_ca_certificate(GetCaCertificateRequest {})
         .await
         .map_err(call("GetCACertificate"))?
@@ -129,11 +147,17 @@ pub async fn first_use(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
         .unwrap_or_default();
-    let node_id = certificate_node_id(&seen).map_err(|e| OwnerError::Call {
+    let refused = |e: String| OwnerError::Call {
         call: "GetCACertificate",
         status: tonic::Status::internal(format!("the server's certificate: {e}")),
-    })?;
-    Ok((ca, CuratorAddress { node_id, address }))
+    };
+    let node_id = certificate_node_id(&seen).map_err(|e| refused(e.to_string()))?;
+    verify_curator_certificate(&ca, &seen, &node_id).map_err(|e| refused(e.to_string()))?;
+    Ok(Met {
+        ca,
+        curator: CuratorAddress { node_id, address },
+        channel,
+    })
 }
 
 /// The files of an owner's credentials directory.
@@ -229,13 +253,13 @@ pub async fn take_ownership(
     key: SigningKey,
     accept_ca: impl FnOnce(&[u8]) -> Result<(), OwnerError>,
 ) -> Result<Credentials, OwnerError> {
-    let (ca, curator) = first_use(address, &key).await?;
-    accept_ca(&ca)?;
-    let certificate = escrow(&curator, &ca, &key).await?;
+    let met = first_use(address, &key).await?;
+    accept_ca(&met.ca)?;
+    let certificate = escrow_over(met.channel).await?;
     Ok(Credentials {
         key,
         certificate,
-        ca,
+        ca: met.ca,
     })
 }
 
@@ -268,7 +292,7 @@ impl Owner {
         credentials: &mut Credentials,
         dir: &Path,
     ) -> Result<Self, OwnerError> {
-        let (_, curator) = first_use(address, &credentials.key).await?;
+        let curator = first_use(address, &credentials.key).await?.curator;
         credentials.renew_if_due(&curator, dir).await?;
         Owner::connect(
             &curator,

@@ -168,16 +168,10 @@ pub fn curator_client_config(
     identity: Option<Identity>,
     server: &Trust,
 ) -> Result<ClientConfig, TlsError> {
-    let webpki =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(server.roots()?, provider())
-            .with_crls(server.crls())
-            .enforce_revocation_expiration()
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CuratorOnly { webpki }));
+        .with_custom_certificate_verifier(curator_verifier(server)?);
     let mut config = match identity {
         Some(identity) => builder.with_client_auth_cert(identity.chain, identity.key)?,
         None => builder.with_no_client_auth(),
@@ -187,11 +181,45 @@ pub fn curator_client_config(
     Ok(config)
 }
 
+/// Check `certificate` (DER) as a client pinning `ca` checks a Curator's ([`curator_client_config`]:
+/// chain, validity, server use, the Curator mark, naming `node_id`). For a first-use connection,
+/// whose handshake bound the server to that certificate: once the caller accepts `ca`, the
+/// connection is then as good as a pinned one.
+pub fn verify_curator_certificate(
+    ca: &[u8],
+    certificate: &[u8],
+    node_id: &str,
+) -> Result<(), TlsError> {
+    use rustls::client::danger::ServerCertVerifier;
+    let name = rustls::pki_types::ServerName::try_from(node_id.to_owned())
+        .map_err(|e| rustls::Error::General(format!("{node_id:?} is not a server name: {e}")))?;
+    curator_verifier(&Trust::pinned(ca.to_vec()))?.verify_server_cert(
+        &CertificateDer::from(certificate.to_vec()),
+        &[],
+        &name,
+        &[],
+        UnixTime::now(),
+    )?;
+    Ok(())
+}
+
+/// What a Curator's client accepts of `server`'s CA ([`CuratorOnly`]).
+fn curator_verifier(server: &Trust) -> Result<Arc<CuratorOnly>, TlsError> {
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(server.roots()?, provider())
+            .with_crls(server.crls())
+            .enforce_revocation_expiration()
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    Ok(Arc::new(CuratorOnly { webpki }))
+}
+
 /// A client config for trust on first use (an owner meeting a new cluster): it accepts any
 /// server certificate whose Ed25519 handshake signature verifies, and keeps it in the returned
 /// cell, so the caller can learn who answered (and then pin the CA that server hands out).
 /// Nothing should be asked over such a connection but what the caller can check by itself: the
-/// CA's certificate (by its fingerprint), a share of a CUK (by the CUK's digest).
+/// CA's certificate (by its fingerprint), a share of a CUK (by the CUK's digest); or, once the
+/// certificate kept passes [`verify_curator_certificate`] for an accepted CA, anything.
 pub fn first_use_client_config(
     identity: Identity,
 ) -> Result<(ClientConfig, SeenCertificate), TlsError> {

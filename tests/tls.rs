@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polis::pki::{generate_key, CertificateAuthority, Template, DEFAULT_CRL_VALIDITY};
-use polis::tls::{curator_client_config, server_config, ClientAuth, Identity, Trust};
+use polis::tls::{
+    curator_client_config, server_config, verify_curator_certificate, ClientAuth, Identity, Trust,
+};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -224,6 +226,31 @@ async fn only_an_unrevoked_curator_certificate_serves_the_curator() {
     let server = server_config(identity(&retired), ClientAuth::Ca(trust(&ca, vec![]))).unwrap();
     let config = curator_client_config(Some(identity(&client)), &trust(&ca, vec![])).unwrap();
     assert_eq!(handshake(server, config, &retired.id).await.1, Ok(()));
+}
+
+/// What a first-use connection was shown passes for a pinned one only if a pinned client
+/// would have accepted it: a Curator certificate of that CA, naming the node.
+#[test]
+fn a_certificate_seen_on_first_use_is_checked_as_a_pinned_client_checks_it() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let other = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let a = curator(&ca, "metropolis-a");
+    verify_curator_certificate(ca.certificate(), &a.cert, &a.id).unwrap();
+    let refusals = [
+        (ca.certificate(), a.cert.clone(), "metropolis-b"),
+        (
+            ca.certificate(),
+            node(&ca, "metropolis-a").cert,
+            "metropolis-a",
+        ),
+        (other.certificate(), a.cert.clone(), "metropolis-a"),
+    ];
+    for (pinned, seen, name) in refusals {
+        assert!(
+            verify_curator_certificate(pinned, &seen, name).is_err(),
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]

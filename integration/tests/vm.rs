@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use polis::curator::CURATOR_PORT;
 use polis::launch::{LocalCluster, Machines};
 use polis::netns::{within, ClusterNetwork};
-use polis::owner::{escrow, first_use, Owner};
+use polis::owner::{escrow_over, first_use, Owner};
 use polis::pki::generate_key;
 use polis::poll::Poll;
 use polis::proto::api::node_parameters::{Cluster, ClusterBootstrap, Network};
@@ -36,20 +36,21 @@ struct Seen {
 /// the VMs' namespace; answers the CA and the owner certificate.
 fn take_ownership(net: &ClusterNetwork, owner_key: &SigningKey) -> (Vec<u8>, Vec<u8>) {
     owner_call(net, || async {
-        let (ca, curator) = first_use(SocketAddr::new(NODE0, CURATOR_PORT), owner_key)
+        let met = first_use(SocketAddr::new(NODE0, CURATOR_PORT), owner_key)
             .await
             .ok()?;
-        let certificate = escrow(&curator, &ca, owner_key).await.ok()?;
-        Some((ca, certificate))
+        let certificate = escrow_over(met.channel).await.ok()?;
+        Some((met.ca, certificate))
     })
 }
 
 /// What the owner sees, once a Curator answers.
 fn seen(net: &ClusterNetwork, owner_key: &SigningKey, ca: &[u8], certificate: &[u8]) -> Seen {
     owner_call(net, || async {
-        let (_, curator) = first_use(SocketAddr::new(NODE0, CURATOR_PORT), owner_key)
+        let curator = first_use(SocketAddr::new(NODE0, CURATOR_PORT), owner_key)
             .await
-            .ok()?;
+            .ok()?
+            .curator;
         let mut owner = Owner::connect(&curator, ca, owner_key, certificate.to_vec())
             .await
             .ok()?;
