@@ -292,6 +292,11 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
         Some(1),
         "the first member is its own only peer"
     );
+    // The join key's index came with it: no other node can take that join key.
+    let mut taker = first(3);
+    taker.id = "metropolis-other".into();
+    let taken = records.update("metropolis-other", |_| Ok(Some(taker.clone())));
+    assert!(matches!(taken.await, Err(CuratorError::JoinKeyInUse(_))));
     // Repeated (a resumed step): nothing changes, not even with other values.
     assert!(records.bootstrap(b"owner", first(9)).await.unwrap());
     assert_eq!(
@@ -305,6 +310,13 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
     other.kv().put(owner_key, b"owner").await.unwrap();
     assert!(!other.bootstrap(b"another owner", first(3)).await.unwrap());
     assert!(other.get("metropolis-first").await.unwrap().is_none());
+    // Where it names this owner but holds no node (a bootstrap cut short step by step), the
+    // node is written.
+    assert!(other.bootstrap(b"owner", first(3)).await.unwrap());
+    assert_eq!(
+        other.get("metropolis-first").await.unwrap().unwrap(),
+        first(3)
+    );
     tree.shutdown().await;
 }
 

@@ -56,6 +56,19 @@ impl Records {
     /// ([`first_node`]), each only if absent, so a repeated bootstrap step changes nothing.
     /// Answers `false`, writing no node, if etcd already names another initial owner.
     pub async fn bootstrap(&mut self, owner: &[u8], first: Node) -> Result<bool, CuratorError> {
+        // A first bootstrap writes all of it in one transaction, if none of it exists yet; one
+        // resumed after a crash finds some of it and goes step by step.
+        let key = format!("{NODES}{}", first.id);
+        let (record, index) = (first.encode_to_vec(), join_key_index(&first.join_key));
+        let mut puts: Vec<(&str, &[u8])> = vec![(INITIAL_OWNER, owner), (&key, &record)];
+        let mut absent: Vec<&str> = vec![&key];
+        if !first.join_key.is_empty() {
+            puts.push((&index, first.id.as_bytes()));
+            absent.push(&index);
+        }
+        if self.kv.swap(INITIAL_OWNER, 0, &absent, &puts, &[]).await? {
+            return Ok(true);
+        }
         if self.kv.ensure(INITIAL_OWNER, owner).await? != owner {
             return Ok(false);
         }
