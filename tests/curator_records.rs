@@ -281,9 +281,11 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
             peer_certificate: vec![6],
             recovery_key: vec![7],
             pcr7: vec![8; 32],
+            curator_certificate: vec![cuk],
         })
     };
-    assert!(records.bootstrap(b"owner", first(3)).await.unwrap());
+    let recorded = records.bootstrap(b"owner", first(3)).await.unwrap();
+    assert_eq!(recorded, Some(first(3)));
     let written = records.get("metropolis-first").await.unwrap().unwrap();
     assert_eq!(written, first(3));
     assert_eq!(written.fsm_state, NodeState::Up as i32);
@@ -297,8 +299,10 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
     taker.id = "metropolis-other".into();
     let taken = records.update("metropolis-other", |_| Ok(Some(taker.clone())));
     assert!(matches!(taken.await, Err(CuratorError::JoinKeyInUse(_))));
-    // Repeated (a resumed step): nothing changes, not even with other values.
-    assert!(records.bootstrap(b"owner", first(9)).await.unwrap());
+    // Repeated (a resumed step): nothing changes, not even with other values; it answers the
+    // record as it stands.
+    let recorded = records.bootstrap(b"owner", first(9)).await.unwrap();
+    assert_eq!(recorded, Some(first(3)));
     assert_eq!(
         records.get("metropolis-first").await.unwrap().unwrap(),
         first(3)
@@ -308,11 +312,15 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
     let mut other = Records::new(kv);
     let owner_key = polis::curator::records::INITIAL_OWNER;
     other.kv().put(owner_key, b"owner").await.unwrap();
-    assert!(!other.bootstrap(b"another owner", first(3)).await.unwrap());
+    assert_eq!(
+        other.bootstrap(b"another owner", first(3)).await.unwrap(),
+        None
+    );
     assert!(other.get("metropolis-first").await.unwrap().is_none());
     // Where it names this owner but holds no node (a bootstrap cut short step by step), the
     // node is written.
-    assert!(other.bootstrap(b"owner", first(3)).await.unwrap());
+    let recorded = other.bootstrap(b"owner", first(3)).await.unwrap();
+    assert_eq!(recorded, Some(first(3)));
     assert_eq!(
         other.get("metropolis-first").await.unwrap().unwrap(),
         first(3)

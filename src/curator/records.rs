@@ -54,8 +54,13 @@ impl Records {
 
     /// A new cluster's first records: `owner` as the initial owner and `first` as the first node
     /// ([`first_node`]), each only if absent, so a repeated bootstrap step changes nothing.
-    /// Answers `false`, writing no node, if etcd already names another initial owner.
-    pub async fn bootstrap(&mut self, owner: &[u8], first: Node) -> Result<bool, CuratorError> {
+    /// Answers the first node's record as it stands, or `None`, writing no node, if etcd
+    /// already names another initial owner.
+    pub async fn bootstrap(
+        &mut self,
+        owner: &[u8],
+        first: Node,
+    ) -> Result<Option<Node>, CuratorError> {
         // A first bootstrap writes all of it in one transaction, if none of it exists yet; one
         // resumed after a crash finds some of it and goes step by step.
         let key = format!("{NODES}{}", first.id);
@@ -67,15 +72,16 @@ impl Records {
             absent.push(&index);
         }
         if self.kv.swap(INITIAL_OWNER, 0, &absent, &puts, &[]).await? {
-            return Ok(true);
+            return Ok(Some(first));
         }
         if self.kv.ensure(INITIAL_OWNER, owner).await? != owner {
-            return Ok(false);
+            return Ok(None);
         }
         let id = first.id.clone();
-        self.update(&id, |current| Ok(current.is_none().then(|| first.clone())))
+        let recorded = self
+            .update(&id, |current| Ok(current.is_none().then(|| first.clone())))
             .await?;
-        Ok(true)
+        Ok(Some(recorded))
     }
 
     /// Every record by key, and the store's revision they were read at (for
@@ -488,6 +494,9 @@ pub struct FirstNode {
     pub pcr7: Vec<u8>,
     /// Its etcd peer certificate.
     pub peer_certificate: Vec<u8>,
+    /// Its Curator certificate, issued with its node certificate so that its Curator starts on
+    /// a read (empty: the Curator has one issued as it starts).
+    pub curator_certificate: Vec<u8>,
 }
 
 /// The first node's record: UP, a consensus member whose only peer is itself, and a Kubernetes
@@ -514,7 +523,7 @@ pub fn first_node(first: FirstNode) -> Node {
         id: first.id,
         node_certificate: first.node_certificate,
         status: Some(status(&first.address)),
-        curator_certificate: Vec::new(),
+        curator_certificate: first.curator_certificate,
         retirement: None,
         escrow: None,
         recovery_key: first.recovery_key,

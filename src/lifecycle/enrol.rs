@@ -11,7 +11,8 @@ use tonic::Code;
 use crate::consensus::{peer_pki, Kv, Mode};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
-    bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, MIN_LIFETIME,
+    bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, Revoke,
+    MIN_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -155,35 +156,45 @@ impl Run {
         self.start_child(member.pki).await?;
 
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
-        let credentials = self
-            .retry("the node certificate", || async {
-                if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
-                    return Ok(credentials);
-                }
-                let template = Template::Node {
-                    node_id: id.clone(),
-                };
-                let issued = issuer
-                    .ask(Issue(template, keys.node.verifying_key()))
-                    .await??;
-                let credentials = NodeCredentials {
-                    ca: issuer.ask(GetCaCertificate).await??,
-                    certificate: issued.der,
-                    key: keys.node.clone(),
-                };
-                self.save_credentials(&credentials).await?;
-                Ok(credentials)
-            })
-            .await?;
+        let node_certificate = self.retry("the node certificate", || async {
+            if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
+                return Ok(credentials);
+            }
+            let template = Template::Node {
+                node_id: id.clone(),
+            };
+            let issued = issuer
+                .ask(Issue(template, keys.node.verifying_key()))
+                .await??;
+            let credentials = NodeCredentials {
+                ca: issuer.ask(GetCaCertificate).await??,
+                certificate: issued.der,
+                key: keys.node.clone(),
+            };
+            self.save_credentials(&credentials).await?;
+            Ok(credentials)
+        });
+        // The record names the peer CA, read while the node certificate is made and saved.
+        let peer_ca = self.retry("the etcd peer CA", || async {
+            let mut kv = consensus
+                .ask(Kv(crate::consensus::NAMESPACE.into()))
+                .await??;
+            let peer_ca = kv.get(crate::consensus::PEER_CA_CERTIFICATE).await?;
+            Ok(peer_ca.unwrap_or_default())
+        });
+        // Its Curator certificate too, for the record: its Curator then starts on a read.
+        let curator_certificate = self.retry("the Curator certificate", || async {
+            let template = Template::Curator {
+                node_id: id.clone(),
+            };
+            let issued = issuer.ask(Issue(template, keys.node.verifying_key()));
+            Ok(issued.await??.der)
+        });
+        let (credentials, peer_ca, curator_certificate) =
+            futures::try_join!(node_certificate, peer_ca, curator_certificate)?;
 
         self.retry("the node record", || async {
             let mut records = Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
-            let peer_ca = consensus
-                .ask(Kv(crate::consensus::NAMESPACE.into()))
-                .await??
-                .get(crate::consensus::PEER_CA_CERTIFICATE)
-                .await?
-                .unwrap_or_default();
             let peer_certificate = peer_pki::served(&self.config.root)?;
             let first = records::first_node(records::FirstNode {
                 id: id.clone(),
@@ -192,19 +203,25 @@ impl Run {
                 cluster_unlock_key: keys.cuk.as_bytes().to_vec(),
                 node_certificate: credentials.certificate.clone(),
                 address: address.to_string(),
-                peer_ca_certificate: peer_ca,
+                peer_ca_certificate: peer_ca.clone(),
                 peer_certificate,
                 recovery_key: recovery_key.clone(),
                 pcr7: pcr7_recorded.clone(),
+                curator_certificate: curator_certificate.clone(),
             });
-            match records.bootstrap(&params.owner_public_key, first).await? {
-                true => Ok(()),
-                false => Err(LifecycleError::Inconsistent {
+            let Some(recorded) = records.bootstrap(&params.owner_public_key, first).await? else {
+                return Err(LifecycleError::Inconsistent {
                     step: "formatted",
                     reason: "etcd names another owner than the node parameters".into(),
                     recovery: "reinstall the node with the parameters of this cluster",
-                }),
+                });
+            };
+            // A resumed bootstrap finds the record of an earlier try, with that try's Curator
+            // certificate: the one just issued is never served, so nothing may accept it.
+            if recorded.curator_certificate != curator_certificate {
+                issuer.ask(Revoke(curator_certificate.clone())).await??;
             }
+            Ok(())
         })
         .await?;
         self.checkpoint(JournalFlow::Bootstrap, "committed");
