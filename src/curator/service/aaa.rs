@@ -18,20 +18,16 @@ use crate::proto::api::{EscrowRequest, EscrowResponse};
 impl Aaa for Services {
     async fn escrow(&self, request: Request<EscrowRequest>) -> Answer<EscrowResponse> {
         let key = caller_key(&request)?;
-        let mut records = self.records.clone();
-        let owner = records
-            .kv()
-            .get(records::INITIAL_OWNER)
-            .await
-            .map_err(CuratorError::from)?;
+        // Both reads at once: the certificate's is harmless before the owner check.
+        let (mut records, mut owners) = (self.records.clone(), self.records.clone());
+        let (owner, (stored, revision)) = futures::try_join!(
+            owners.kv().get(records::INITIAL_OWNER),
+            records.kv().get_versioned(OWNER_CERTIFICATE),
+        )
+        .map_err(CuratorError::from)?;
         if !matches_stored(owner, key.as_bytes()) {
             return Err(CuratorError::NotInitialOwner.into());
         }
-        let (stored, revision) = records
-            .kv()
-            .get_versioned(OWNER_CERTIFICATE)
-            .await
-            .map_err(CuratorError::from)?;
         if let Some(certificate) = stored.filter(|c| !renewal_due(c)) {
             return Ok(Response::new(EscrowResponse {
                 owner_certificate: certificate,

@@ -13,9 +13,10 @@ impl CuratorLocal for Services {
         &self,
         _: Request<GetCaCertificateRequest>,
     ) -> Answer<GetCaCertificateResponse> {
+        let (ca_certificate, crl) = futures::try_join!(self.ca_certificate(), self.crl())?;
         Ok(Response::new(GetCaCertificateResponse {
-            ca_certificate: self.ca_certificate().await?,
-            crl: self.crl().await?,
+            ca_certificate,
+            crl,
         }))
     }
 }
