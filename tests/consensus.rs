@@ -217,7 +217,8 @@ async fn the_peer_key_is_owner_only_and_namespaces_do_not_mix() {
 }
 
 /// A group `ensure_all_with` creates brings its companions in the same transaction (a new CA's
-/// first CRL); once the group exists, they are neither written again nor read.
+/// first CRL); once the group exists, they are neither written again nor read, whether the
+/// client reads first or not.
 #[actix_rt::test]
 async fn companions_are_written_only_with_the_group_they_come_with() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,10 +241,20 @@ async fn companions_are_written_only_with_the_group_they_come_with() {
         .await
         .unwrap();
     assert_eq!(again, stored);
+    // A client expecting them absent goes straight to the transaction: the same answer.
+    let mut expecting = store.clone().expecting_absent();
+    let third = expecting
+        .ensure_all_with(&second, &[("crl", b"other")])
+        .await
+        .unwrap();
+    assert_eq!(third, stored);
     assert_eq!(
         store.get("crl").await.unwrap().as_deref(),
         Some(&b"reissued"[..])
     );
+    let created = expecting.ensure("new", b"created").await.unwrap();
+    assert_eq!(created, b"created");
+    assert_eq!(store.ensure("new", b"other").await.unwrap(), b"created");
     tree.shutdown().await;
 }
 

@@ -11,11 +11,25 @@ use crate::consensus::ConsensusError;
 pub struct NamespacedKv {
     client: Client,
     prefix: String,
+    /// Whether an ensure reads first ([`NamespacedKv::expecting_absent`]).
+    read_first: bool,
 }
 
 impl NamespacedKv {
     pub(crate) fn new(client: Client, prefix: String) -> Self {
-        NamespacedKv { client, prefix }
+        NamespacedKv {
+            client,
+            prefix,
+            read_first: true,
+        }
+    }
+
+    /// This client, for a caller that expects what it ensures to be absent (a new cluster's
+    /// bootstrap): its ensures go straight to the transaction, where a read first would be a
+    /// round trip for nothing. What they answer is the same.
+    pub fn expecting_absent(mut self) -> Self {
+        self.read_first = false;
+        self
     }
 
     fn key(&self, key: &str) -> String {
@@ -59,8 +73,9 @@ impl NamespacedKv {
 
     /// Create all `entries` unless the first key exists, in one transaction; returns the values
     /// that are there now, in order. The first key guards the group: of two concurrent calls,
-    /// exactly one writes, and both return its values. They are read first: on every start but
-    /// the first they exist, and a read takes no raft round and no disk sync.
+    /// exactly one writes, and both return its values. They are read first (unless
+    /// [`NamespacedKv::expecting_absent`]): on every start but the first they exist, and a read
+    /// takes no raft round and no disk sync.
     pub async fn ensure_all(
         &mut self,
         entries: &[(&str, &[u8])],
@@ -81,9 +96,11 @@ impl NamespacedKv {
             return Ok(Vec::new());
         };
         let gets: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
-        let read = self.client.txn(Txn::new().and_then(gets.clone())).await?;
-        if let Some(found) = values_of(read).into_iter().collect::<Option<Vec<_>>>() {
-            return Ok(found);
+        if self.read_first {
+            let read = self.client.txn(Txn::new().and_then(gets.clone())).await?;
+            if let Some(found) = values_of(read).into_iter().collect::<Option<Vec<_>>>() {
+                return Ok(found);
+            }
         }
         let puts: Vec<TxnOp> = keys
             .iter()

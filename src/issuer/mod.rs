@@ -288,7 +288,7 @@ impl Actor for Issuer {
     fn started(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<Started, Failure> {
         let (consensus, asked) = (self.consensus.clone(), self.asked);
         let load = async move {
-            let mut kv = consensus
+            let kv = consensus
                 .ask(Kv(NAMESPACE.into()))
                 .await
                 .map_err(IssuerError::from)??;
@@ -297,11 +297,17 @@ impl Actor for Issuer {
             // Stored with it if it becomes the CA (a bootstrap's): its first CRL, current for
             // the lifetime asked, so that no issuer's first look finds a CRL to write.
             let first_crl = candidate.crl(1, &[], asked.unwrap_or_default().node)?;
-            let (mut ca_kv, mut key_kv) = (kv.clone(), kv.clone());
+            // A bootstrap's issuer finds none of it, so it skips the reads.
+            let ensuring = match asked {
+                Some(_) => kv.clone().expecting_absent(),
+                None => kv.clone(),
+            };
+            let (mut ca_kv, mut key_kv, mut lifetimes_kv) =
+                (ensuring.clone(), ensuring.clone(), ensuring);
             let (ca, policy_key, lifetimes) = futures::try_join!(
                 ensure_ca(&mut ca_kv, &candidate, &first_crl),
                 ensure_policy_key(&mut key_kv),
-                lifetimes(&mut kv, asked),
+                lifetimes(&mut lifetimes_kv, asked),
             )?;
             Ok::<_, IssuerError>((kv, ca, policy_key, lifetimes))
         };
