@@ -1,9 +1,10 @@
 //! The one way Polis writes a file that must survive a crash whole: a temporary file beside it
 //! (truncated, written, fsynced), renamed over the target, then the directory fsynced. A reader
 //! sees the old contents or the new, never half of either. Files rebuilt on every boot (under
-//! `ephemeral/`) are replaced the same way without the fsyncs; files of one directory written
-//! together share one directory fsync ([`write_atomic_in`]). Any of these writes can be moved
-//! off the node's event-loop thread with [`off_thread`].
+//! `ephemeral/`) are replaced the same way without the fsyncs, as are files made durable later
+//! ([`sync_files`]); files of one directory written together share one directory fsync
+//! ([`write_atomic_in`]). Any of these writes can be moved off the node's event-loop thread
+//! with [`off_thread`].
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -92,7 +93,8 @@ pub fn sync_files(files: &[PathBuf]) -> Result<(), FsError> {
 
 /// Replace `path` with `contents` atomically but not durably: for files that are rebuilt on
 /// every boot (`ephemeral/`, a tmpfs on a real node), where an fsync buys nothing and costs
-/// milliseconds on every change, or made durable later ([`sync_files`]). A reader still sees the old contents or the new, never half.
+/// milliseconds on every change, or that are made durable later ([`sync_files`]). A reader
+/// still sees the old contents or the new, never half.
 pub fn write_ephemeral(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
     replace(path, contents, mode, Durability::Volatile)
 }

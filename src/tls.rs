@@ -181,10 +181,10 @@ pub fn curator_client_config(
     Ok(config)
 }
 
-/// Check `certificate` (DER) as a client pinning `ca` checks a Curator's ([`curator_client_config`]:
-/// chain, validity, server use, the Curator mark, naming `node_id`). For a first-use connection,
-/// whose handshake bound the server to that certificate: once the caller accepts `ca`, the
-/// connection is then as good as a pinned one.
+/// Check `certificate` (DER) as a client pinning `ca` checks a Curator's
+/// ([`curator_client_config`]: chain, validity, server use, the Curator mark, naming `node_id`).
+/// For a first-use connection, whose handshake bound the server to that certificate: once the
+/// caller accepts `ca`, the connection is then as good as a pinned one.
 pub fn verify_curator_certificate(
     ca: &[u8],
     certificate: &[u8],

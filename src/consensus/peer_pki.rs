@@ -52,9 +52,9 @@ pub fn peer_template(member: &Member) -> Template {
 }
 
 /// Create the peer PKI of a new cluster on disk, not yet durably ([`sync_peer_pki`]): a fresh
-/// peer CA (its key kept first, see the module), this member's certificate (valid for
-/// `lifetime`) and key, and an empty CRL (current for as long, as the issuer keeps it). Returns the CA, which the caller commits to etcd once
-/// it runs ([`keep_peer_ca`]).
+/// peer CA (its key kept first, see the module), this member's certificate and key, and an
+/// empty CRL, both current for `lifetime` (the issuer keeps CRLs current for as long). Returns
+/// the CA, which the caller commits to etcd once it runs ([`keep_peer_ca`]).
 pub fn bootstrap_peer_pki(
     root: &NodeRoot,
     member: &Member,

@@ -534,8 +534,9 @@ impl Sealer {
             .map_err(|_| TpmError::SealedCorrupted("sealed key has the wrong length".into()))
     }
 
-    /// A policy session that has asserted the current PCR 7. Salted by `salt` if given, and then it encrypts the answers of the command
-    /// it authorizes; unsalted it carries no secret, and a salted session beside it encrypts.
+    /// A policy session that has asserted the current PCR 7. Salted by `salt` if given, and then
+    /// it encrypts the answers of the command it authorizes; unsalted it carries no secret, and a
+    /// salted session beside it encrypts.
     fn pcr7_policy(&mut self, salt: Option<KeyHandle>) -> Result<PolicySession, TpmError> {
         let kind = SessionType::Policy;
         let session = match salt {
