@@ -174,14 +174,14 @@ impl LocalNode {
 
     /// The real PID of its `polis-node`, while it runs.
     pub fn pid(&self) -> Option<i32> {
-        real_pid(self.process.as_ref())
+        self.process.as_ref().and_then(real_pid)
     }
 }
 
 /// The real PID of a child that `ClusterNetwork::command` started: the program itself, which
 /// entered its namespaces before exec (until reaped, it cannot name another process).
-fn real_pid(child: Option<&Child>) -> Option<i32> {
-    child.and_then(|c| i32::try_from(c.id()).ok())
+fn real_pid(child: &Child) -> Option<i32> {
+    i32::try_from(child.id()).ok()
 }
 
 /// The local cluster: network, nodes, and the owner's credentials.
@@ -248,7 +248,8 @@ impl LocalCluster {
                     Some((config, None))
                 }
                 Machines::Processes { .. } => {
-                    // The node's process sees /etc/netns/<ns>/hosts as its /etc/hosts (as under `ip netns exec`).
+                    // The node's process sees /etc/netns/<ns>/hosts as its /etc/hosts (as under
+                    // `ip netns exec`).
                     let etc = PathBuf::from("/etc/netns")
                         .join(&node.namespace)
                         .join("hosts");
@@ -417,7 +418,7 @@ impl LocalCluster {
 
     /// The real PID of node `i`'s swtpm, while it runs.
     pub fn swtpm_pid(&self, i: usize) -> Option<i32> {
-        real_pid(self.nodes[i].swtpm.as_ref())
+        self.nodes[i].swtpm.as_ref().and_then(real_pid)
     }
 
     /// Stop node `i` and its swtpm, and wipe its root: the slot is a new machine, to register
@@ -434,7 +435,7 @@ impl LocalCluster {
     /// End node `i`'s swtpm by its real PID and reap it.
     fn stop_swtpm(&mut self, i: usize) {
         if let Some(mut swtpm) = self.nodes[i].swtpm.take() {
-            if let Some(pid) = real_pid(Some(&swtpm)) {
+            if let Some(pid) = real_pid(&swtpm) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
             let _ = swtpm.wait();

@@ -272,18 +272,19 @@ impl ClusterNetwork {
     ///
     /// The child enters them itself between fork and exec, so the PID that `spawn` answers is the
     /// program's real PID and nothing else runs first: the chain `ip netns exec … unshare --uts
-    /// sh -c 'echo $$ >pid; exec …'` that did this before cost every node start ≈ 3 ms (issue 12).
+    /// sh -c 'echo $$ >pid; exec …'` that did this before cost every node start ≈ 3 ms (issue
+    /// 12).
     pub fn command(&self, i: usize, program: &Path, args: &[String]) -> Result<Command, NetError> {
         let namespace = &self.nodes[i].namespace;
         let hosts = Path::new("/etc/netns").join(namespace).join("hosts");
         let entry = Entry {
             network: open_namespace(namespace)?,
-            own_node: Some(
-                hosts
+            scope: Scope::Node {
+                hosts: hosts
                     .exists()
                     .then(|| c_path(&hosts, namespace))
                     .transpose()?,
-            ),
+            },
         };
         Ok(entry.command(program, args))
     }
@@ -294,7 +295,7 @@ impl ClusterNetwork {
         let namespace = self.vm_namespace.as_ref()?;
         let entry = open_namespace(namespace).map(|network| Entry {
             network,
-            own_node: None,
+            scope: Scope::NetworkOnly,
         });
         Some(entry.map(|entry| entry.command(program, args)))
     }
@@ -304,9 +305,20 @@ impl ClusterNetwork {
 struct Entry {
     /// The network namespace, opened by the parent.
     network: OwnedFd,
-    /// For a node's process: its own UTS and mount namespaces, and the hosts file to bind over
-    /// `/etc/hosts` in the latter, if any.
-    own_node: Option<Option<CString>>,
+    /// What else it enters.
+    scope: Scope,
+}
+
+/// Which namespaces a child enters besides the network's.
+enum Scope {
+    /// None (QEMU: it reads neither `/etc/hosts` nor its host name).
+    NetworkOnly,
+    /// A node's process: its own UTS and mount namespaces, and in the latter `hosts`, if any,
+    /// bound over `/etc/hosts`.
+    Node {
+        /// The hosts file to bind.
+        hosts: Option<CString>,
+    },
 }
 
 impl Entry {
@@ -317,7 +329,7 @@ impl Entry {
         cmd.args(args);
         let enter = move || -> std::io::Result<()> {
             setns(&self.network, CloneFlags::CLONE_NEWNET)?;
-            let Some(hosts) = &self.own_node else {
+            let Scope::Node { hosts } = &self.scope else {
                 return Ok(());
             };
             unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS)?;

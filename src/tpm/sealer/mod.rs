@@ -1166,7 +1166,10 @@ mod tests {
             let (commands, control) = loop {
                 let commands = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
                 let port = commands.local_addr().unwrap().port();
-                if let Ok(control) = TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)) {
+                let Some(next) = port.checked_add(1) else {
+                    continue;
+                };
+                if let Ok(control) = TcpListener::bind((Ipv4Addr::LOCALHOST, next)) {
                     break (commands, control);
                 }
             };
