@@ -149,6 +149,13 @@ fn parent(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Create the directory `path` is in, if it is not there; answers it.
+fn create_parent(path: &Path) -> Result<&Path, FsError> {
+    let dir = parent(path);
+    fs::create_dir_all(dir).map_err(|e| FsError::new("create directory", dir, e))?;
+    Ok(dir)
+}
+
 /// Write `contents` to a temporary file beside `path` (its directory created if needed), with
 /// `mode`, fsynced if `durability` asks; answers the temporary file's path.
 fn stage(
@@ -157,8 +164,7 @@ fn stage(
     mode: u32,
     durability: Durability,
 ) -> Result<PathBuf, FsError> {
-    let dir = parent(path);
-    fs::create_dir_all(dir).map_err(|e| FsError::new("create directory", dir, e))?;
+    let dir = create_parent(path)?;
     let name = path
         .file_name()
         .ok_or_else(|| FsError::new("write", path, std::io::ErrorKind::InvalidInput.into()))?;
@@ -186,11 +192,13 @@ fn stage(
     Ok(tmp)
 }
 
-/// Create the empty file `path`, if it is not there, durably: a mark whose existence is all it
-/// says. It has no contents to stage, so it costs one journal commit where [`write_atomic`]
-/// costs two (the file's fsync commits its directory entry with it on ext4; the directory's
-/// fsync, then nearly free, makes sure of it elsewhere).
+/// Create the empty file `path`, if it is not there, durably (its directory created if needed,
+/// as [`write_atomic`] does): a mark whose existence is all it says. It has no contents to
+/// stage, so it costs one journal commit where [`write_atomic`] costs two (the file's fsync
+/// commits its directory entry with it on ext4; the directory's fsync, then nearly free, makes
+/// sure of it elsewhere).
 pub fn create_mark(path: &Path) -> Result<(), FsError> {
+    let dir = create_parent(path)?;
     OpenOptions::new()
         .write(true)
         .create(true)
@@ -199,7 +207,7 @@ pub fn create_mark(path: &Path) -> Result<(), FsError> {
         .open(path)
         .and_then(|file| file.sync_all())
         .map_err(|e| FsError::new("create", path, e))?;
-    sync_directory(parent(path))
+    sync_directory(dir)
 }
 
 /// Remove the file at `path`, if it is there, durably: its directory is fsynced, so a crash

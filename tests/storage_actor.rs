@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use polis::poll::Poll;
 use polis::storage::{
-    DataBackend, DataError, Esp, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Storage,
-    StorageConfig, StorageError, UnlockKey,
+    DataBackend, DataError, Esp, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Previous,
+    Storage, StorageConfig, StorageError, UnlockKey,
 };
 use polis::tpm::{Swtpm, Tpm, TpmConfig};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
@@ -62,6 +62,7 @@ async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
     let new = |nuk: &UnlockKey, cuk: &UnlockKey| MountNew {
         nuk: same(nuk),
         cuk: same(cuk),
+        previous: Previous::Refuse,
     };
     storage.ask(new(&nuk, &cuk)).await.unwrap().unwrap();
     std::fs::write(node.join("data/precious"), b"kept").unwrap();
@@ -116,6 +117,7 @@ async fn storage_serves_again_after_each_kind_of_kill_and_names_its_insecure_bac
         .ask(MountNew {
             nuk: same(&nuk),
             cuk: same(&cuk),
+            previous: Previous::Refuse,
         })
         .await
         .unwrap()

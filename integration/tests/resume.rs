@@ -15,6 +15,9 @@ use polis::proto::api::node_parameters::{Cluster, ClusterRegister};
 use polis::proto::common::NodeState;
 use polis_integration::{log_of, polis_node_binary, test_logger};
 
+/// What a node logs when it formats over a partition whose keys no journal kept.
+const FORMATTED_AGAIN: &str = "formatting the partition again";
+
 /// Start node `i` with the hook at `step`, and check that the hook killed it.
 fn crash_after(cluster: &mut LocalCluster, i: usize, step: &str) {
     cluster.start(i, &["--test-crash-after", step]).unwrap();
@@ -43,8 +46,8 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
         )
         .unwrap();
     for step in [
-        "bootstrap:keys",
         "bootstrap:formatted",
+        "bootstrap:journaled",
         "bootstrap:committed",
         "bootstrap:sealed",
     ] {
@@ -56,6 +59,8 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
     let log = std::fs::read_to_string(cluster.nodes[0].log_file()).unwrap();
     assert!(log.contains("resuming an interrupted enrolment"), "{log}");
     assert!(log.contains("(cold start)"), "{log}");
+    // Killed before its journal kept the keys, the first try's format was done over.
+    assert!(log.contains(FORMATTED_AGAIN), "{log}");
 
     // Register node 1, killed after every step, approved while it waits.
     let mut o = owner.clone();
@@ -70,9 +75,15 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
             }),
         )
         .unwrap();
-    for step in ["register:keys", "register:formatted", "register:registered"] {
+    for step in [
+        "register:formatted",
+        "register:journaled",
+        "register:registered",
+    ] {
         crash_after(&mut cluster, 1, step);
     }
+    let log = std::fs::read_to_string(cluster.nodes[1].log_file()).unwrap();
+    assert!(log.contains(FORMATTED_AGAIN), "{log}");
     let nodes = o.nodes().await.unwrap();
     let new = nodes
         .iter()

@@ -70,7 +70,7 @@ struct Args {
     /// bind-mounted `/etc/hosts`.
     #[arg(long)]
     system_hosts: Option<PathBuf>,
-    /// Test hook: SIGKILL this process right after a step of enrolment (`bootstrap:keys`,
+    /// Test hook: SIGKILL this process right after a step of enrolment (`bootstrap:formatted`,
     /// `register:committed`, …), of join (`join:unlocked`, …), of becoming a consensus member
     /// (`role:cuk-sealed`, …), of the Curator's role change (`curator:learner-added`) or of
     /// the decommission reconciler (`decommission:revoked`, …), to prove the step is resumable

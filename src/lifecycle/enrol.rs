@@ -1,8 +1,11 @@
-//! Enrolment (DESIGN §3, flows 2 and 3): bootstrap a new cluster or register into one. Before
-//! formatting, the keys go into a TPM-sealed journal on the ESP, which advances after each step;
-//! a boot that finds it resumes at its step. The sealed configuration replaces the journal at the
-//! end, and nothing on the ESP claims membership before etcd has recorded it.
+//! Enrolment (DESIGN §3, flows 2 and 3): bootstrap a new cluster or register into one. New
+//! keys format the data partition under the ESP's formatting mark, then go into a TPM-sealed
+//! journal on the ESP, which advances after each later step; a boot that finds the journal
+//! resumes at its step, and one that finds only the mark formats again (the keys of that format
+//! were never kept). The sealed configuration replaces the journal at the end, and nothing on
+//! the ESP claims membership before etcd has recorded it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use prost::Message;
@@ -27,19 +30,30 @@ use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration};
-use crate::storage::{DataError, MountNew, NewKeys, StorageError};
+use crate::storage::{MountNew, NewKeys, Previous};
 use crate::tls::Identity;
 use crate::tpm::{RecoveryKey, SealedKind};
 
-/// Journal steps: the last one completed.
-const KEYS: u32 = 1;
+/// Journal steps: the last one completed. The first journal written is at `FORMATTED` already:
+/// before it, the formatting mark stands for it.
 const FORMATTED: u32 = 2;
 const REGISTERED: u32 = 3;
 const COMMITTED: u32 = 4;
 
+/// A future that answers once the journal is on the ESP, with the journal and its recovery key.
+trait Journaled:
+    Future<Output = Result<(EnrolmentJournal, Option<RecoveryKey>), LifecycleError>>
+{
+}
+impl<F> Journaled for F where
+    F: Future<Output = Result<(EnrolmentJournal, Option<RecoveryKey>), LifecycleError>>
+{
+}
+
 impl Run {
-    /// New keys into a sealed journal: the first write of an enrolment, before anything
-    /// irreversible.
+    /// A new enrolment: new keys, the data partition formatted with them, then the sealed
+    /// journal that keeps them, written while the flow goes on (a bootstrap's etcd starts
+    /// meanwhile) and awaited before anything leaves the partition or the node.
     pub(super) async fn begin(
         &self,
         flow: JournalFlow,
@@ -51,12 +65,12 @@ impl Run {
                 Ok(self.deps.storage.ask(NewKeys).await??)
             })
             .await?;
-        // The recovery key comes later, with the FORMATTED step: nothing needs it before.
+        // The recovery key comes with the journal: nothing needs it before.
         let journal = EnrolmentJournal {
             flow: flow as i32,
             recovery_key_public: Vec::new(),
             recovery_key_private: Vec::new(),
-            step: KEYS,
+            step: FORMATTED,
             node_unlock_key: nuk.as_bytes().to_vec(),
             cluster_unlock_key: cuk.as_bytes().to_vec(),
             node_key: generate_key()?.to_bytes().to_vec(),
@@ -67,62 +81,67 @@ impl Run {
             }
             .encode_to_vec(),
         };
-        self.save_journal(&journal).await?;
-        self.checkpoint(flow, "keys");
-        self.enrol(Enrolment::check(journal, &self.esp.journal_path())?)
+        let enrolment = Enrolment::check(journal, &self.esp.journal_path())?;
+        self.format(&enrolment.keys).await?;
+        self.checkpoint(flow, "formatted");
+        let Enrolment {
+            mut journal,
+            keys,
+            params,
+        } = enrolment;
+        let journaled = async move {
+            let recovery = self.new_recovery_key().await?;
+            let made = recovery.clone().unwrap_or_default();
+            journal.recovery_key_public = made.public;
+            journal.recovery_key_private = made.private;
+            self.save_journal(&journal).await?;
+            self.on_esp(|esp| esp.clear_formatting_mark()).await?;
+            self.checkpoint(flow, "journaled");
+            Ok((journal, recovery))
+        };
+        self.proceed(journaled, keys, params).await
+    }
+
+    /// Continue an enrolment from its journal's step: the partition it formatted is opened.
+    pub(super) async fn enrol(&self, enrolment: Enrolment) -> Result<(), LifecycleError> {
+        let Enrolment {
+            journal,
+            keys,
+            params,
+        } = enrolment;
+        self.mount(&keys.nuk, &keys.cuk).await?;
+        // A crash may have come after the journal's write, before the mark's removal.
+        self.on_esp(|esp| esp.clear_formatting_mark()).await?;
+        let recovery = keys.recovery.clone();
+        self.proceed(async { Ok((journal, recovery)) }, keys, params)
             .await
     }
 
-    /// Continue an enrolment from its journal's step.
-    pub(super) async fn enrol(&self, enrolment: Enrolment) -> Result<(), LifecycleError> {
-        let Enrolment {
-            mut journal,
-            mut keys,
-            params,
-        } = enrolment;
-        let flow = journal.flow();
-        let formatting = journal.step < FORMATTED;
-        if formatting {
-            self.mount_new(&keys).await?;
-            journal.step = FORMATTED;
-        } else {
-            self.mount(&keys.nuk, &keys.cuk).await?;
-        }
-        // The step only spares a resumed enrolment the formatting: one that finds the
-        // partition formatted opens it (`mount_new`), so nothing needs to wait for this. It
-        // records the recovery key too, made here (a TPM key, a few milliseconds) rather than
-        // before the formatting: the cluster learns it only after this step.
-        let (recording, mut recovery) = (&mut journal, keys.recovery.clone());
-        let recorded = async move {
-            if !formatting {
-                return Ok(recovery);
-            }
-            if recovery.is_none() {
-                recovery = self.new_recovery_key().await?;
-            }
-            let made = recovery.clone().unwrap_or_default();
-            recording.recovery_key_public = made.public;
-            recording.recovery_key_private = made.private;
-            self.save_journal(recording).await?;
-            self.checkpoint(flow, "formatted");
-            Ok(recovery)
-        };
+    /// The flow's own steps, once the partition is mounted and `journaled` is under way.
+    async fn proceed(
+        &self,
+        journaled: impl Journaled,
+        mut keys: EnrolmentKeys,
+        params: EnrolmentParams,
+    ) -> Result<(), LifecycleError> {
         match params {
-            EnrolmentParams::Bootstrap(params) => self.bootstrap(recorded, keys, params).await,
+            EnrolmentParams::Bootstrap(params) => self.bootstrap(journaled, keys, params).await,
             EnrolmentParams::Register(params) => {
-                keys.recovery = recorded.await?;
+                let (journal, recovery) = journaled.await?;
+                keys.recovery = recovery;
                 self.register(journal, keys, params).await
             }
         }
     }
 
     /// The first node of a new cluster: etcd, the CA, its record, its credentials. Its etcd
-    /// starts while `formatted` records the formatting (and the recovery key, which it answers)
-    /// in the journal. Every later step is idempotent, so a resumed bootstrap runs them all
-    /// again and the journal needs no more steps until the sealed configuration replaces it.
+    /// starts while `journaled` keeps the keys (and the recovery key, which it answers) in the
+    /// journal; the CA waits for both. Every later step is idempotent, so a resumed bootstrap
+    /// runs them all again and the journal needs no more steps until the sealed configuration
+    /// replaces it.
     async fn bootstrap(
         &self,
-        formatted: impl std::future::Future<Output = Result<Option<RecoveryKey>, LifecycleError>>,
+        journaled: impl Journaled,
         mut keys: EnrolmentKeys,
         params: ClusterBootstrap,
     ) -> Result<(), LifecycleError> {
@@ -148,9 +167,9 @@ impl Run {
         let member = cluster::member_children(&cluster, mode, Some(lifetimes));
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
         // PCR 7 is read while etcd elects itself: nothing in it needs etcd.
-        let (formatted, started, pcr7) =
-            futures::join!(formatted, self.start_child(member.consensus), self.pcr7());
-        keys.recovery = formatted?;
+        let (journaled, started, pcr7) =
+            futures::join!(journaled, self.start_child(member.consensus), self.pcr7());
+        keys.recovery = journaled?.1;
         started?;
         let pcr7 = pcr7?;
         self.start_child(member.pki).await?;
@@ -363,27 +382,40 @@ impl Run {
 
     // ---- helpers ----
 
-    /// Format the data partition, or — resuming after a crash that came after formatting —
-    /// open what was formatted.
-    async fn mount_new(&self, keys: &EnrolmentKeys) -> Result<(), LifecycleError> {
+    /// Format the data partition for `keys` under the formatting mark. A partition that an
+    /// earlier, marked enrolment formatted is formatted over: that enrolment crashed before its
+    /// journal kept the keys, so nothing in it could ever be opened. One formatted without the
+    /// mark is refused: its keys may be kept elsewhere (the cluster holds its recovery key).
+    async fn format(&self, keys: &EnrolmentKeys) -> Result<(), LifecycleError> {
+        let previous = self
+            .on_esp(|esp| {
+                let marked = esp.formatting_marked();
+                esp.mark_formatting()?;
+                Ok(marked)
+            })
+            .await?;
+        let previous = match previous {
+            true => {
+                slog::warn!(
+                    self.log,
+                    "an earlier enrolment stopped before its journal kept the \
+                    keys of the data partition it formatted; formatting the partition again"
+                );
+                Previous::Discard
+            }
+            false => Previous::Refuse,
+        };
         let formatted = self
             .retry("formatting the data partition", || async {
                 let new = MountNew {
                     nuk: keys.nuk.clone(),
                     cuk: keys.cuk.clone(),
+                    previous,
                 };
                 Ok(self.deps.storage.ask(new).await?)
             })
             .await?;
-        match formatted {
-            Ok(()) => Ok(()),
-            Err(StorageError::Data(DataError::AlreadyFormatted(path))) => {
-                slog::info!(self.log, "the data partition was formatted before a crash; opening it";
-                    "path" => %path.display());
-                self.mount(&keys.nuk, &keys.cuk).await
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(formatted?)
     }
 
     /// Seal the final configuration over the journal, with the directory beside it. A consensus

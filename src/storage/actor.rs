@@ -5,25 +5,30 @@
 use polis_actors::{Actor, ActorRef, Ctx, Failure, Handler, Message, Reply, SendError, Started};
 
 use crate::fsutil::FsError;
-use crate::storage::{DataBackend, DataError, Esp, NodeRoot, UnlockKey, VolumeKey, KEY_LEN};
+use crate::storage::{
+    DataBackend, DataError, Esp, NodeRoot, Previous, UnlockKey, VolumeKey, KEY_LEN,
+};
 use crate::tpm::{Random, Tpm, TpmError};
 
 // ---- messages ----
 
 /// Fresh key halves (NUK, CUK) for a new data partition: the TPM's randomness mixed with the
-/// operating system's. Nothing is written; the caller seals them into its enrolment journal
-/// before it asks for [`MountNew`], so a crash after formatting never loses them.
+/// operating system's. Nothing is written; the caller keeps them in its enrolment journal, and
+/// until it has, a partition formatted with them holds nothing that could be lost.
 pub struct NewKeys;
 impl Message for NewKeys {
     type Reply = Result<(UnlockKey, UnlockKey), StorageError>;
 }
 
-/// Format a new data partition with NUK ⊕ CUK and mount it. Refuses a formatted one.
+/// Format a new data partition with NUK ⊕ CUK and mount it. A formatted one is refused or
+/// formatted over, as `previous` says.
 pub struct MountNew {
     /// The node half.
     pub nuk: UnlockKey,
     /// The cluster half.
     pub cuk: UnlockKey,
+    /// What to do with a partition formatted already.
+    pub previous: Previous,
 }
 impl Message for MountNew {
     type Reply = Result<(), StorageError>;
@@ -150,8 +155,13 @@ impl Handler<MountNew> for Storage {
         msg: MountNew,
         ctx: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <MountNew as Message>::Reply>, Failure> {
-        slog::info!(ctx.log(), "formatting a new data partition"; "backend" => ?self.config.backend);
-        Ok(self.mount(VolumeKey::combine(&msg.nuk, &msg.cuk), DataBackend::format))
+        slog::info!(ctx.log(), "formatting a new data partition";
+            "backend" => ?self.config.backend, "previous" => ?msg.previous);
+        let previous = msg.previous;
+        Ok(self.mount(
+            VolumeKey::combine(&msg.nuk, &msg.cuk),
+            move |backend, root, key| backend.format(root, key, previous),
+        ))
     }
 }
 
@@ -176,11 +186,10 @@ impl Handler<GetEsp> for Storage {
 
 impl Storage {
     /// Run `op` (format or open) with `key` on the blocking pool, then record the mount.
-    fn mount(
-        &self,
-        key: VolumeKey,
-        op: fn(&DataBackend, &NodeRoot, &VolumeKey) -> Result<(), DataError>,
-    ) -> Reply<Self, Result<(), StorageError>> {
+    fn mount<F>(&self, key: VolumeKey, op: F) -> Reply<Self, Result<(), StorageError>>
+    where
+        F: FnOnce(&DataBackend, &NodeRoot, &VolumeKey) -> Result<(), DataError> + Send + 'static,
+    {
         if self.mounted {
             return Reply::now(Err(StorageError::AlreadyMounted));
         }

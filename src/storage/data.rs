@@ -162,6 +162,16 @@ pub enum DataBackend {
     Directory,
 }
 
+/// What formatting does with a data partition that is formatted already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Previous {
+    /// Refuse it ([`DataError::AlreadyFormatted`]): it may hold a member's data.
+    Refuse,
+    /// Format over it: an enrolment formatted it and stopped before its journal held the keys,
+    /// so nothing in it can ever be opened again.
+    Discard,
+}
+
 /// Make the LUKS2 data partition unavailable again, if it is open: unmount `data/` and close its
 /// mapping (the last steps of a machine's shutdown, whatever state the node stopped in).
 pub fn close_data_partition(root: &NodeRoot) -> Result<(), DataError> {
@@ -173,12 +183,18 @@ const DM_NAME: &str = "polis-data";
 
 impl DataBackend {
     /// Create a new, empty data partition protected by `key` and make it available at
-    /// `data/`. Refuses to touch a partition that is already formatted.
-    pub fn format(&self, root: &NodeRoot, key: &VolumeKey) -> Result<(), DataError> {
+    /// `data/`. A partition that is already formatted is refused or discarded, as `previous`
+    /// says.
+    pub fn format(
+        &self,
+        root: &NodeRoot,
+        key: &VolumeKey,
+        previous: Previous,
+    ) -> Result<(), DataError> {
         match self {
-            DataBackend::Directory => directory::format(root, key),
+            DataBackend::Directory => directory::format(root, key, previous),
             DataBackend::Luks2 { device } => {
-                luks2::format_header(device, key)?;
+                luks2::format_header(device, key, previous)?;
                 luks2::activate(device, key)?;
                 luks2::make_filesystem()?;
                 luks2::mount(&root.data())
@@ -229,12 +245,22 @@ mod directory {
         hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes())
     }
 
-    pub(super) fn format(root: &NodeRoot, key: &VolumeKey) -> Result<(), DataError> {
-        let path = header_path(root);
-        if path.exists() {
-            return Err(DataError::AlreadyFormatted(root.data()));
+    pub(super) fn format(
+        root: &NodeRoot,
+        key: &VolumeKey,
+        previous: Previous,
+    ) -> Result<(), DataError> {
+        let (path, data) = (header_path(root), root.data());
+        match previous {
+            Previous::Refuse if path.exists() => return Err(DataError::AlreadyFormatted(data)),
+            Previous::Refuse => {}
+            Previous::Discard => match fs::remove_dir_all(&data) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(FsError::new("remove", &data, e).into())
+                }
+                _ => {}
+            },
         }
-        let data = root.data();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -324,13 +350,19 @@ pub(crate) mod luks2 {
         }
     }
 
-    /// Write a LUKS2 header for `key` to `device`; refuses a device that already has one.
-    pub(crate) fn format_header(device: &Path, key: &VolumeKey) -> Result<(), DataError> {
+    /// Write a LUKS2 header for `key` to `device`; one already there is refused or written
+    /// over, as `previous` says.
+    pub(crate) fn format_header(
+        device: &Path,
+        key: &VolumeKey,
+        previous: Previous,
+    ) -> Result<(), DataError> {
         let mut dev = CryptInit::init(device).map_err(luks_err("open", device))?;
-        if dev
-            .context_handle()
-            .load::<()>(Some(EncryptionFormat::Luks2), None)
-            .is_ok()
+        if previous == Previous::Refuse
+            && dev
+                .context_handle()
+                .load::<()>(Some(EncryptionFormat::Luks2), None)
+                .is_ok()
         {
             return Err(DataError::AlreadyFormatted(device.to_owned()));
         }
@@ -489,7 +521,7 @@ mod tests {
             Err(DataError::NotFormatted(_))
         ));
         backend
-            .format(&root, &VolumeKey::combine(&nuk, &cuk))
+            .format(&root, &VolumeKey::combine(&nuk, &cuk), Previous::Refuse)
             .unwrap();
         fs::write(root.data().join("kept"), b"data").unwrap();
         backend
@@ -501,7 +533,7 @@ mod tests {
             Err(DataError::WrongKey(_))
         ));
         assert!(matches!(
-            backend.format(&root, &wrong),
+            backend.format(&root, &wrong, Previous::Refuse),
             Err(DataError::AlreadyFormatted(_))
         ));
         assert_eq!(
@@ -509,6 +541,14 @@ mod tests {
             b"data",
             "nothing lost"
         );
+        // Discarded, the partition is new: empty, and only the new key opens it.
+        backend.format(&root, &wrong, Previous::Discard).unwrap();
+        assert!(!root.data().join("kept").exists());
+        backend.open(&root, &wrong).unwrap();
+        assert!(matches!(
+            backend.open(&root, &VolumeKey::combine(&nuk, &cuk)),
+            Err(DataError::WrongKey(_))
+        ));
     }
 
     #[test]
@@ -516,7 +556,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = NodeRoot::new(dir.path());
         let k = VolumeKey::combine(&key(1), &key(2));
-        DataBackend::Directory.format(&root, &k).unwrap();
+        DataBackend::Directory
+            .format(&root, &k, Previous::Refuse)
+            .unwrap();
         let header = root.data().join(".polis-volume");
         let mut bytes = fs::read(&header).unwrap();
         bytes[20] ^= 1; // a salt bit: the tag no longer matches
@@ -543,7 +585,7 @@ mod tests {
             luks2::verify_key(&image, &right),
             Err(DataError::NotFormatted(_))
         ));
-        luks2::format_header(&image, &right).unwrap();
+        luks2::format_header(&image, &right, Previous::Refuse).unwrap();
         let head = fs::read(&image).unwrap();
         assert_eq!(&head[..6], b"LUKS\xba\xbe", "a LUKS header on disk");
         assert_eq!(u16::from_be_bytes([head[6], head[7]]), 2, "LUKS version 2");
@@ -553,9 +595,15 @@ mod tests {
             Err(DataError::WrongKey(_))
         ));
         assert!(matches!(
-            luks2::format_header(&image, &wrong),
+            luks2::format_header(&image, &wrong, Previous::Refuse),
             Err(DataError::AlreadyFormatted(_))
         ));
         luks2::verify_key(&image, &right).unwrap();
+        luks2::format_header(&image, &wrong, Previous::Discard).unwrap();
+        luks2::verify_key(&image, &wrong).unwrap();
+        assert!(matches!(
+            luks2::verify_key(&image, &right),
+            Err(DataError::WrongKey(_))
+        ));
     }
 }

@@ -146,6 +146,22 @@ impl Esp {
         remove(&self.root.enrolment_journal())
     }
 
+    /// Whether the formatting mark is there: an enrolment formatted the data partition and may
+    /// have stopped before its journal held the keys.
+    pub fn formatting_marked(&self) -> bool {
+        self.root.formatting_mark().exists()
+    }
+
+    /// Set the formatting mark, durably, before a new enrolment formats the data partition.
+    pub fn mark_formatting(&self) -> Result<(), EspError> {
+        Ok(fsutil::create_mark(&self.root.formatting_mark())?)
+    }
+
+    /// Remove the formatting mark, durably, once the journal holds the partition's keys.
+    pub fn clear_formatting_mark(&self) -> Result<(), EspError> {
+        Ok(fsutil::remove_durably(&self.root.formatting_mark())?)
+    }
+
     /// The sealed shares this node holds of its peers' CUKs (quorum unlock), checked like the
     /// sealed configuration's envelope.
     pub fn held_shares(&self) -> Result<SealedEnvelope, EspError> {

@@ -40,6 +40,12 @@ impl NodeRoot {
         self.esp().join("enrolment_journal.pb")
     }
 
+    /// Present while the data partition holds a format whose keys no enrolment journal holds
+    /// yet: a boot that finds it and no journal may format the partition again.
+    pub fn formatting_mark(&self) -> PathBuf {
+        self.esp().join("formatting")
+    }
+
     /// The TPM-sealed shares of peers' CUKs a consensus member holds (quorum unlock).
     pub fn held_shares(&self) -> PathBuf {
         self.esp().join("held_shares.pb")
@@ -131,6 +137,7 @@ mod tests {
                 r.sealed_configuration(),
                 "/n/esp/metropolis/sealed_configuration.pb",
             ),
+            (r.formatting_mark(), "/n/esp/metropolis/formatting"),
             (
                 r.cluster_directory(),
                 "/n/esp/metropolis/cluster_directory.pb",

@@ -7,8 +7,8 @@ mod layout;
 
 pub use actor::{GetEsp, MountExisting, MountNew, NewKeys, Storage, StorageConfig, StorageError};
 pub use data::{
-    check_volume_header, close_data_partition, DataBackend, DataError, UnlockKey, VolumeKey,
-    KEY_LEN,
+    check_volume_header, close_data_partition, DataBackend, DataError, Previous, UnlockKey,
+    VolumeKey, KEY_LEN,
 };
 pub use esp::{boot_directory, decode_envelope, Esp, EspError};
 pub use layout::NodeRoot;

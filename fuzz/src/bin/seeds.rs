@@ -14,7 +14,7 @@ use polis::proto::private::enrolment_journal::Flow;
 use polis::proto::private::pcr_authority::Approval;
 use polis::proto::private::sealed_envelope::Protection;
 use polis::proto::private::{EnrolmentJournal, PcrAuthority, SealedConfiguration, SealedEnvelope};
-use polis::storage::{DataBackend, NodeRoot};
+use polis::storage::{DataBackend, NodeRoot, Previous};
 use polis::tpm::policy::PolicyKey;
 use polis::tpm::ENVELOPE_VERSION;
 use polis::tpm::{SealedKind, Sealer, Swtpm};
@@ -122,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let root = NodeRoot::new(scratch.path().join("node"));
-    DataBackend::Directory.format(&root, &polis_fuzz::volume_key())?;
+    DataBackend::Directory.format(&root, &polis_fuzz::volume_key(), Previous::Refuse)?;
     seeds.push((
         "volume_header",
         std::fs::read(root.data().join(".polis-volume"))?,
