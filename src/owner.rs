@@ -20,8 +20,6 @@ use crate::proto::api::{
     GetRegisterTicketRequest, Node, PcrRequest, RotateRegisterTicketRequest,
     UpdateNodeRolesRequest,
 };
-use crate::proto::curator::curator_local_client::CuratorLocalClient;
-use crate::proto::curator::GetCaCertificateRequest;
 use crate::tls::{
     curator_client_config, first_use_client_config, verify_curator_certificate, Identity, TlsError,
     Trust,
@@ -58,6 +56,14 @@ pub enum OwnerError {
     /// The owner key file does not hold a 32-byte Ed25519 seed.
     #[error("{0} does not hold an Ed25519 owner key (a 32-byte seed)")]
     BadKey(PathBuf),
+    /// The server met on first use showed no Curator certificate of the CA it sent with it.
+    #[error("the server at {address} is no Curator of the CA it sent: {reason}")]
+    FirstUse {
+        /// Where it was met.
+        address: SocketAddr,
+        /// What is wrong with its certificates.
+        reason: String,
+    },
     /// The Curator refused or failed.
     #[error("{call}: {status}")]
     Call {
@@ -116,7 +122,7 @@ pub async fn escrow_over(channel: Channel) -> Result<Vec<u8>, OwnerError> {
 
 /// What meeting a cluster for the first time gives ([`first_use`]).
 pub struct Met {
-    /// The cluster CA's certificate, as the Curator met handed it out: for the caller to accept
+    /// The cluster CA's certificate, as the Curator met sent it: for the caller to accept
     /// (e.g. by its fingerprint) before it asks anything more.
     pub ca: Vec<u8>,
     /// Where that Curator is.
@@ -127,32 +133,29 @@ pub struct Met {
     pub channel: Channel,
 }
 
-/// Meet a cluster for the first time at `address` (a Curator's address and port): ask the
-/// Curator there for the cluster CA over a connection that trusts whoever answers (trust on
-/// first use; `owner_key` is the ephemeral client identity), learn that Curator's node ID from
-/// its certificate, and check that certificate against the CA it handed out. Other
-/// connections pin the CA and check the node's certificate against it.
+/// Meet a cluster for the first time at `address` (a Curator's address and port): connect
+/// trusting whoever answers (trust on first use; `owner_key` is the ephemeral client identity),
+/// take the cluster CA from the chain the Curator sent in the handshake, learn its node ID from
+/// its certificate, and check that certificate against that CA. Other connections pin the CA
+/// and check the node's certificate against it.
 pub async fn first_use(address: SocketAddr, owner_key: &SigningKey) -> Result<Met, OwnerError> {
     let (config, seen) = first_use_client_config(Identity::ephemeral(owner_key)?)?;
     // Any valid name: the first-use verifier does not match it.
     let channel = channel(address, "curator", config).await?;
-    let ca = CuratorLocalClient::new(channel.clone())
-        .get_ca_certificate(GetCaCertificateRequest {})
-        .await
-        .map_err(call("GetCACertificate"))?
-        .into_inner()
-        .ca_certificate;
-    let seen = seen
+    let shown = seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
         .unwrap_or_default();
-    let refused = |e: String| OwnerError::Call {
-        call: "GetCACertificate",
-        status: tonic::Status::internal(format!("the server's certificate: {e}")),
+    let refused = |e: &dyn std::fmt::Display| OwnerError::FirstUse {
+        address,
+        reason: e.to_string(),
     };
-    let node_id = certificate_node_id(&seen).map_err(|e| refused(e.to_string()))?;
-    verify_curator_certificate(&ca, &seen, &node_id).map_err(|e| refused(e.to_string()))?;
+    let ca = shown
+        .ca
+        .ok_or_else(|| refused(&"the server sent no CA certificate after its own"))?;
+    let node_id = certificate_node_id(&shown.certificate).map_err(|e| refused(&e))?;
+    verify_curator_certificate(&ca, &shown.certificate, &node_id).map_err(|e| refused(&e))?;
     Ok(Met {
         ca,
         curator: CuratorAddress { node_id, address },

@@ -82,6 +82,13 @@ impl Identity {
         })
     }
 
+    /// The same, with the CA's certificate (DER) sent after this one: a Curator's chain, from
+    /// which a client meeting the cluster for the first time learns the CA in the handshake.
+    pub fn with_ca(mut self, ca: Vec<u8>) -> Self {
+        self.chain.push(CertificateDer::from(ca));
+        self
+    }
+
     /// `key` with a self-signed certificate: the credential of a node without a certificate.
     pub fn ephemeral(key: &SigningKey) -> Result<Self, TlsError> {
         Identity::new(key, self_signed_client(key)?)
@@ -215,11 +222,12 @@ fn curator_verifier(server: &Trust) -> Result<Arc<CuratorOnly>, TlsError> {
 }
 
 /// A client config for trust on first use (an owner meeting a new cluster): it accepts any
-/// server certificate whose Ed25519 handshake signature verifies, and keeps it in the returned
-/// cell, so the caller can learn who answered (and then pin the CA that server hands out).
-/// Nothing should be asked over such a connection but what the caller can check by itself: the
-/// CA's certificate (by its fingerprint), a share of a CUK (by the CUK's digest); or, once the
-/// certificate kept passes [`verify_curator_certificate`] for an accepted CA, anything.
+/// server certificate whose Ed25519 handshake signature verifies, and keeps it and the chain
+/// sent with it in the returned cell, so the caller can learn who answered and the CA that
+/// server names (a Curator sends it, [`Identity::with_ca`]). Nothing should be asked over such
+/// a connection but what the caller can check by itself (a share of a CUK, by the CUK's
+/// digest), or, once the certificate kept passes [`verify_curator_certificate`] for an accepted
+/// CA, anything.
 pub fn first_use_client_config(
     identity: Identity,
 ) -> Result<(ClientConfig, SeenCertificate), TlsError> {
@@ -235,8 +243,17 @@ pub fn first_use_client_config(
     Ok((config, seen))
 }
 
-/// The server certificate (DER) a first-use connection was shown, once it has been.
-pub type SeenCertificate = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+/// What a first-use connection was shown, once it has been.
+pub type SeenCertificate = Arc<std::sync::Mutex<Option<Shown>>>;
+
+/// A server's certificate (DER) and the CA certificate sent after it, if one was.
+#[derive(Clone, Debug, Default)]
+pub struct Shown {
+    /// The server's certificate.
+    pub certificate: Vec<u8>,
+    /// The next certificate of its chain: a Curator's CA.
+    pub ca: Option<Vec<u8>>,
+}
 
 /// Accepts and records the server's certificate; only the handshake signature is checked.
 #[derive(Debug)]
@@ -248,7 +265,7 @@ impl rustls::client::danger::ServerCertVerifier for FirstUse {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _: &rustls::pki_types::ServerName<'_>,
         _: &[u8],
         _: UnixTime,
@@ -257,7 +274,10 @@ impl rustls::client::danger::ServerCertVerifier for FirstUse {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *seen = Some(end_entity.to_vec());
+        *seen = Some(Shown {
+            certificate: end_entity.to_vec(),
+            ca: intermediates.first().map(|ca| ca.to_vec()),
+        });
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 

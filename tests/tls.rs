@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use polis::pki::{generate_key, CertificateAuthority, Template, DEFAULT_CRL_VALIDITY};
 use polis::tls::{
-    curator_client_config, server_config, verify_curator_certificate, ClientAuth, Identity, Trust,
+    curator_client_config, first_use_client_config, server_config, verify_curator_certificate,
+    ClientAuth, Identity, Trust,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
@@ -271,6 +272,41 @@ async fn certificates_of_another_ca_are_refused_both_ways() {
     let client = curator_client_config(Some(identity(&a)), &trust(&ours, vec![])).unwrap();
     let (_, c) = handshake(server, client, &a.id).await;
     assert!(c.unwrap_err().contains("invalid peer certificate"));
+}
+
+#[tokio::test]
+async fn a_first_use_client_learns_the_ca_a_curator_sends_after_its_certificate() {
+    let ca = CertificateAuthority::new("Polis cluster CA").unwrap();
+    let a = curator(&ca, "metropolis-a");
+    let owner = generate_key().unwrap();
+    let served = |with_ca: bool| {
+        let identity = match with_ca {
+            true => identity(&a).with_ca(ca.certificate().to_vec()),
+            false => identity(&a),
+        };
+        server_config(identity, ClientAuth::CaOrEphemeral(trust(&ca, vec![]))).unwrap()
+    };
+    for with_ca in [true, false] {
+        let (client, seen) = first_use_client_config(Identity::ephemeral(&owner).unwrap()).unwrap();
+        let (server_view, client_view) = handshake(served(with_ca), client, "curator").await;
+        assert_eq!(server_view, Ok(ProtocolVersion::TLSv1_3));
+        client_view.unwrap();
+        let shown = seen
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the handshake showed a certificate");
+        assert_eq!(shown.certificate, a.cert);
+        let expected = with_ca.then(|| ca.certificate().to_vec());
+        assert_eq!(shown.ca, expected, "sent with the CA: {with_ca}");
+    }
+    // A pinned client accepts the chain with the CA in it as it accepts the certificate alone.
+    let pinned = curator_client_config(
+        Some(identity(&node(&ca, "metropolis-b"))),
+        &trust(&ca, vec![]),
+    )
+    .unwrap();
+    assert_eq!(handshake(served(true), pinned, &a.id).await.1, Ok(()));
 }
 
 #[tokio::test]

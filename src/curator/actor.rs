@@ -302,8 +302,9 @@ async fn retire(issuer: &ActorRef<Issuer>, retired: Vec<Vec<u8>>, log: &slog::Lo
     }
 }
 
-/// The server config: the Curator certificate, admitting clients of the cluster CA not revoked
-/// by `crl`, and ephemeral ones (which the handlers authorize by key).
+/// The server config: the Curator certificate (the CA's sent after it, for clients meeting
+/// the cluster first), admitting clients of the cluster CA not revoked by `crl`, and ephemeral
+/// ones (which the handlers authorize by key).
 fn tls_config(
     served: &ServerIdentity,
     crl: Option<Vec<u8>>,
@@ -312,7 +313,8 @@ fn tls_config(
         ca: served.credentials.ca.clone(),
         crls: crl.into_iter().collect(),
     };
-    let identity = Identity::new(&served.credentials.key, served.certificate.clone())?;
+    let identity = Identity::new(&served.credentials.key, served.certificate.clone())?
+        .with_ca(served.credentials.ca.clone());
     Ok(Arc::new(server_config(
         identity,
         ClientAuth::CaOrEphemeral(trust),
