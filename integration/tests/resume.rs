@@ -18,6 +18,20 @@ use polis_integration::{log_of, polis_node_binary, test_logger};
 /// What a node logs when it formats over a partition whose keys no journal kept.
 const FORMATTED_AGAIN: &str = "formatting the partition again";
 
+/// The node certificate that node `id`'s record in etcd holds (read through node 0's etcd).
+async fn recorded_certificate(cluster: &LocalCluster, id: &str) -> Vec<u8> {
+    use prost::Message;
+    let mut client = polis::consensus::connect(&cluster.nodes[0].root)
+        .await
+        .unwrap();
+    let key = format!("{}nodes/{id}", polis::curator::records::NAMESPACE);
+    let got = client.get(key, None).await.unwrap();
+    let value = got.kvs().first().expect("node 0's record").value();
+    polis::proto::private::Node::decode(value)
+        .unwrap()
+        .node_certificate
+}
+
 /// Start node `i` with the hook at `step`, and check that the hook killed it.
 fn crash_after(cluster: &mut LocalCluster, i: usize, step: &str) {
     cluster.start(i, &["--test-crash-after", step]).unwrap();
@@ -52,9 +66,22 @@ async fn bootstrap_and_register_resume_after_a_kill_at_every_step() {
         "bootstrap:sealed",
     ] {
         crash_after(&mut cluster, 0, step);
+        if step == "bootstrap:committed" {
+            // The credentials are saved beside the record's transaction: as if the crash had
+            // come before they reached the disk, the next try must take the recorded ones.
+            std::fs::remove_dir_all(cluster.nodes[0].root.node_credentials()).unwrap();
+        }
     }
     let bootstrap_id = cluster.nodes[0].id().unwrap();
     let owner = cluster.bootstrap().await.unwrap();
+    assert_eq!(
+        NodeCredentials::load(&cluster.nodes[0].root)
+            .unwrap()
+            .expect("node 0's credentials")
+            .certificate,
+        recorded_certificate(&cluster, &bootstrap_id).await,
+        "the node serves the certificate its record holds"
+    );
     assert_eq!(cluster.nodes[0].id().unwrap(), bootstrap_id);
     let log = std::fs::read_to_string(cluster.nodes[0].log_file()).unwrap();
     assert!(log.contains("resuming an interrupted enrolment"), "{log}");

@@ -8,10 +8,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use polis_actors::ActorRef;
 use prost::Message;
 use tonic::Code;
 
-use crate::consensus::{peer_pki, Kv, Mode};
+use crate::consensus::{peer_pki, Consensus, Kv, Mode};
 use crate::curator::records::{self, Records};
 use crate::issuer::{
     bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, Revoke,
@@ -99,7 +100,7 @@ impl Run {
             self.checkpoint(flow, "journaled");
             Ok((journal, recovery))
         };
-        self.proceed(journaled, keys, params).await
+        self.proceed(journaled, keys, params, false).await
     }
 
     /// Continue an enrolment from its journal's step: the partition it formatted is opened.
@@ -113,19 +114,23 @@ impl Run {
         // A crash may have come after the journal's write, before the mark's removal.
         self.on_esp(|esp| esp.clear_formatting_mark()).await?;
         let recovery = keys.recovery.clone();
-        self.proceed(async { Ok((journal, recovery)) }, keys, params)
+        self.proceed(async { Ok((journal, recovery)) }, keys, params, true)
             .await
     }
 
-    /// The flow's own steps, once the partition is mounted and `journaled` is under way.
+    /// The flow's own steps, once the partition is mounted and `journaled` is under way;
+    /// `resumed` if an earlier boot began them.
     async fn proceed(
         &self,
         journaled: impl Journaled,
         mut keys: EnrolmentKeys,
         params: EnrolmentParams,
+        resumed: bool,
     ) -> Result<(), LifecycleError> {
         match params {
-            EnrolmentParams::Bootstrap(params) => self.bootstrap(journaled, keys, params).await,
+            EnrolmentParams::Bootstrap(params) => {
+                self.bootstrap(journaled, keys, params, resumed).await
+            }
             EnrolmentParams::Register(params) => {
                 let (journal, recovery) = journaled.await?;
                 keys.recovery = recovery;
@@ -136,14 +141,17 @@ impl Run {
 
     /// The first node of a new cluster: etcd, the CA, its record, its credentials. Its etcd
     /// starts while `journaled` keeps the keys (and the recovery key, which it answers) in the
-    /// journal; the CA waits for both. Every later step is idempotent, so a resumed bootstrap
+    /// journal; the CA waits for both. Every later step is idempotent, so a `resumed` bootstrap
     /// runs them all again and the journal needs no more steps until the sealed configuration
-    /// replaces it.
+    /// replaces it. The credentials are saved while the record is written: all of them are in
+    /// the record and the journal, so a resumed bootstrap that finds the record but not the
+    /// credentials takes the certificate the record holds.
     async fn bootstrap(
         &self,
         journaled: impl Journaled,
         mut keys: EnrolmentKeys,
         params: ClusterBootstrap,
+        resumed: bool,
     ) -> Result<(), LifecycleError> {
         let id = node_id(&keys.node.verifying_key());
         let address = self.address().await;
@@ -175,23 +183,31 @@ impl Run {
         self.start_child(member.pki).await?;
 
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
+        // The credentials, and whether they are saved already.
         let node_certificate = self.retry("the node certificate", || async {
             if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
-                return Ok(credentials);
+                return Ok((credentials, true));
             }
-            let template = Template::Node {
-                node_id: id.clone(),
+            let recorded = match resumed {
+                true => self.recorded_certificate(&consensus, &id).await?,
+                false => None,
             };
-            let issued = issuer
-                .ask(Issue(template, keys.node.verifying_key()))
-                .await??;
+            let certificate = match recorded {
+                Some(certificate) => certificate,
+                None => {
+                    let template = Template::Node {
+                        node_id: id.clone(),
+                    };
+                    let issued = issuer.ask(Issue(template, keys.node.verifying_key()));
+                    issued.await??.der
+                }
+            };
             let credentials = NodeCredentials {
                 ca: issuer.ask(GetCaCertificate).await??,
-                certificate: issued.der,
+                certificate,
                 key: keys.node.clone(),
             };
-            self.save_credentials(&credentials).await?;
-            Ok(credentials)
+            Ok((credentials, false))
         });
         // The record names the peer CA, read while the node certificate is made and saved.
         let peer_ca = self.retry("the etcd peer CA", || async {
@@ -209,10 +225,16 @@ impl Run {
             let issued = issuer.ask(Issue(template, keys.node.verifying_key()));
             Ok(issued.await??.der)
         });
-        let (credentials, peer_ca, curator_certificate) =
+        let ((credentials, saved), peer_ca, curator_certificate) =
             futures::try_join!(node_certificate, peer_ca, curator_certificate)?;
 
-        self.retry("the node record", || async {
+        let save = async {
+            match saved {
+                true => Ok(()),
+                false => self.save_credentials(&credentials).await,
+            }
+        };
+        let record = self.retry("the node record", || async {
             let mut records = Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
             let peer_certificate = peer_pki::served(&self.config.root)?;
             let first = records::first_node(records::FirstNode {
@@ -241,8 +263,8 @@ impl Run {
                 issuer.ask(Revoke(curator_certificate.clone())).await??;
             }
             Ok(())
-        })
-        .await?;
+        });
+        futures::try_join!(save, record)?;
         self.checkpoint(JournalFlow::Bootstrap, "committed");
         let authority = async {
             if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
@@ -416,6 +438,17 @@ impl Run {
             })
             .await?;
         Ok(formatted?)
+    }
+
+    /// The node certificate of node `id`'s record, if etcd has the record.
+    async fn recorded_certificate(
+        &self,
+        consensus: &ActorRef<Consensus>,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, LifecycleError> {
+        let mut records = Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
+        let node = records.get(id).await?;
+        Ok(node.map(|n| n.node_certificate).filter(|c| !c.is_empty()))
     }
 
     /// Seal the final configuration over the journal, with the directory beside it. A consensus
