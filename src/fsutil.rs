@@ -229,6 +229,14 @@ pub fn remove_if_present(path: &Path, op: &'static str) -> Result<bool, FsError>
     }
 }
 
+/// Remove the directory `dir` and everything in it, if it is there.
+pub fn remove_dir_if_present(dir: &Path) -> Result<(), FsError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FsError::new("remove", dir, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Make the entries of `dir` (a rename, a removal) durable.
 fn sync_directory(dir: &Path) -> Result<(), FsError> {
     File::open(dir)

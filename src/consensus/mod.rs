@@ -148,11 +148,7 @@ impl Actor for Consensus {
             let data = root.etcd_data();
             slog::warn!(ctx.log(), "etcd's first start was cut short; starting its data directory over";
                 "path" => %data.display());
-            if let Err(e) = std::fs::remove_dir_all(&data) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(FsError::new("remove", &data, e).into());
-                }
-            }
+            fsutil::remove_dir_if_present(&data)?;
         }
         let restart = root.etcd_member_to_restart();
         let mut join = None;

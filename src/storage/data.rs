@@ -254,12 +254,7 @@ mod directory {
         match previous {
             Previous::Refuse if path.exists() => return Err(DataError::AlreadyFormatted(data)),
             Previous::Refuse => {}
-            Previous::Discard => match fs::remove_dir_all(&data) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(FsError::new("remove", &data, e).into())
-                }
-                _ => {}
-            },
+            Previous::Discard => fsutil::remove_dir_if_present(&data)?,
         }
         fs::DirBuilder::new()
             .recursive(true)
