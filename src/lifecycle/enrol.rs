@@ -229,13 +229,13 @@ impl Run {
             futures::try_join!(node_certificate, peer_ca, curator_certificate)?;
 
         let save = async {
-            match saved {
-                true => Ok(()),
-                false => self.save_credentials(&credentials).await,
+            if !saved {
+                self.save_credentials(&credentials).await?;
             }
+            Ok(())
         };
         let record = self.retry("the node record", || async {
-            let mut records = Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
+            let mut records = self.records(&consensus).await?;
             let peer_certificate = peer_pki::served(&self.config.root)?;
             let first = records::first_node(records::FirstNode {
                 id: id.clone(),
@@ -409,23 +409,22 @@ impl Run {
     /// journal kept the keys, so nothing in it could ever be opened. One formatted without the
     /// mark is refused: its keys may be kept elsewhere (the cluster holds its recovery key).
     async fn format(&self, keys: &EnrolmentKeys) -> Result<(), LifecycleError> {
-        let previous = self
+        let marked = self
             .on_esp(|esp| {
                 let marked = esp.formatting_marked();
                 esp.mark_formatting()?;
                 Ok(marked)
             })
             .await?;
-        let previous = match previous {
-            true => {
-                slog::warn!(
-                    self.log,
-                    "an earlier enrolment stopped before its journal kept the \
-                    keys of the data partition it formatted; formatting the partition again"
-                );
-                Previous::Discard
-            }
-            false => Previous::Refuse,
+        let previous = if marked {
+            slog::warn!(
+                self.log,
+                "an earlier enrolment stopped before its journal kept the \
+                keys of the data partition it formatted; formatting the partition again"
+            );
+            Previous::Discard
+        } else {
+            Previous::Refuse
         };
         let formatted = self
             .retry("formatting the data partition", || async {
@@ -440,14 +439,20 @@ impl Run {
         Ok(formatted?)
     }
 
+    /// The node records in `consensus`'s etcd.
+    async fn records(&self, consensus: &ActorRef<Consensus>) -> Result<Records, LifecycleError> {
+        Ok(Records::new(
+            consensus.ask(Kv(records::NAMESPACE.into())).await??,
+        ))
+    }
+
     /// The node certificate of node `id`'s record, if etcd has the record.
     async fn recorded_certificate(
         &self,
         consensus: &ActorRef<Consensus>,
         id: &str,
     ) -> Result<Option<Vec<u8>>, LifecycleError> {
-        let mut records = Records::new(consensus.ask(Kv(records::NAMESPACE.into())).await??);
-        let node = records.get(id).await?;
+        let node = self.records(consensus).await?.get(id).await?;
         Ok(node.map(|n| n.node_certificate).filter(|c| !c.is_empty()))
     }
 
