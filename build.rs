@@ -9,7 +9,15 @@ const SECRET_MESSAGES: [&str; 4] = [
     "polis.private.Share",
 ];
 
+/// Polis's own definitions of libcrypto functions that libtss2-esys must bind to
+/// (`src/tpm/openssl_context.rs`): an executable's symbols reach a shared library's calls only
+/// if they are in its dynamic symbol table.
+const INTERPOSED: [&str; 2] = ["OSSL_LIB_CTX_new", "OSSL_LIB_CTX_free"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for symbol in INTERPOSED {
+        println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol={symbol}");
+    }
     let protos = ["common", "api", "private", "curator"].map(|p| format!("proto/{p}.proto"));
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -2,6 +2,7 @@
 //! node's recovery key, randomness, and a software TPM for tests and local runs.
 
 mod actor;
+mod openssl_context;
 pub mod policy;
 mod sealer;
 mod swtpm;
