@@ -63,7 +63,7 @@ pub unsafe extern "C" fn OSSL_LIB_CTX_new() -> *mut c_void {
     }
     let shared = *SHARED.get_or_init(|| new_context() as usize);
     if shared == 0 {
-        // Not kept: a later call tries libcrypto again.
+        // libcrypto had no context to share: this call and later ones get their own.
         return new_context();
     }
     #[cfg(test)]

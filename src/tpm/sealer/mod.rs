@@ -124,23 +124,19 @@ pub enum TpmError {
 /// its whole parse took 1.0 to 1.4 ms of a node's start before the first TPM command (issue 12).
 /// A network TPM's host and port are still parsed by tss-esapi.
 fn tcti_name_conf(tcti: &str) -> Result<TctiNameConf, TpmError> {
+    let bad = |reason: String| TpmError::BadTcti {
+        tcti: tcti.to_owned(),
+        reason,
+    };
     let (kind, conf) = tcti.split_once(':').unwrap_or((tcti, ""));
     let parsed = match kind {
         "device" => DeviceConfig::from_str(conf).map(TctiNameConf::Device),
         "swtpm" => NetworkTPMConfig::from_str(conf).map(TctiNameConf::Swtpm),
         "mssim" => NetworkTPMConfig::from_str(conf).map(TctiNameConf::Mssim),
         "tabrmd" => TabrmdConfig::from_str(conf).map(TctiNameConf::Tabrmd),
-        _ => {
-            return Err(TpmError::BadTcti {
-                tcti: tcti.to_owned(),
-                reason: "not device:, swtpm:, mssim: or tabrmd:".into(),
-            })
-        }
+        _ => return Err(bad("not device:, swtpm:, mssim: or tabrmd:".into())),
     };
-    parsed.map_err(|e| TpmError::BadTcti {
-        tcti: tcti.to_owned(),
-        reason: e.to_string(),
-    })
+    parsed.map_err(|e| bad(e.to_string()))
 }
 
 fn command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
