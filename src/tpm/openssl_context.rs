@@ -10,9 +10,17 @@
 //! So Polis defines `OSSL_LIB_CTX_new` and `OSSL_LIB_CTX_free` itself. The dynamic linker binds
 //! libtss2-esys's calls to an executable's definitions before libcrypto's. On a thread that holds
 //! a sealer (a [`Sealing`] guard: a sealer never leaves the thread that connected it) they hand
-//! out one context, made once and never freed; everywhere else (libcryptsetup's context, say)
-//! they pass the call on to libcrypto. ESYS gives the context only to algorithm fetches and key
-//! contexts, which OpenSSL makes safe to share between threads.
+//! out one context and never free it; everywhere else (libcryptsetup's context, say) they pass
+//! the call on to libcrypto. ESYS gives the context only to algorithm fetches and key contexts,
+//! which OpenSSL makes safe to share between threads.
+//!
+//! The context handed out is libcrypto's default one. ESYS 3.2 computes its key exchanges,
+//! parameter encryption and nonces there already (it passes no context to those), so a process
+//! that seals builds that context's tables anyway; its hashes and HMACs then find them instead
+//! of a second context's, built from nothing in a restart's first unseal (≈ 1.4 ms, issue 12).
+//! ESYS keeps its hashes apart for fear of a TPM provider loaded into the default context; the
+//! node's OpenSSL configuration loads none, and if it did, ESYS's key exchange would meet it
+//! there first.
 
 use std::cell::Cell;
 use std::ffi::{c_void, CStr};
@@ -30,7 +38,8 @@ thread_local! {
     pub(super) static HANDED: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The context every sealer's thread shares (an address: a raw pointer is not `Sync`).
+/// The context every sealer's thread shares, libcrypto's default one (an address: a raw pointer
+/// is not `Sync`).
 static SHARED: OnceLock<usize> = OnceLock::new();
 
 /// Held by a [`Sealer`](super::Sealer) for its life: ESYS's contexts on this thread are the
@@ -61,7 +70,7 @@ pub unsafe extern "C" fn OSSL_LIB_CTX_new() -> *mut c_void {
     if !sealing() {
         return new_context();
     }
-    let shared = *SHARED.get_or_init(|| new_context() as usize);
+    let shared = *SHARED.get_or_init(|| default_context() as usize);
     if shared == 0 {
         // libcrypto had no context to share: this call and later ones get their own.
         return new_context();
@@ -88,6 +97,16 @@ pub unsafe extern "C" fn OSSL_LIB_CTX_free(context: *mut c_void) {
 /// Whether this thread holds a sealer.
 fn sealing() -> bool {
     SEALERS.with(|n| n.get() > 0)
+}
+
+/// libcrypto's default context; null if it has none to give.
+fn default_context() -> *mut c_void {
+    let name = c"OSSL_LIB_CTX_get0_global_default";
+    match libcrypto::<unsafe extern "C" fn() -> *mut c_void>(name) {
+        // SAFETY: libcrypto's function of that name and version takes nothing.
+        Some(default) => unsafe { default() },
+        None => std::ptr::null_mut(),
+    }
 }
 
 /// A new context from libcrypto itself; null if it has none to give.
@@ -125,6 +144,11 @@ mod tests {
             let sealing = Sealing::enter();
             let shared = [OSSL_LIB_CTX_new(), OSSL_LIB_CTX_new()];
             assert_eq!(shared[0], shared[1]);
+            assert_eq!(
+                shared[0],
+                default_context(),
+                "not libcrypto's default context"
+            );
             OSSL_LIB_CTX_free(shared[0]);
             assert_eq!(
                 OSSL_LIB_CTX_new(),
