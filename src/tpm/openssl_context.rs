@@ -101,19 +101,19 @@ fn sealing() -> bool {
 
 /// libcrypto's default context; null if it has none to give.
 fn default_context() -> *mut c_void {
-    let name = c"OSSL_LIB_CTX_get0_global_default";
-    match libcrypto::<unsafe extern "C" fn() -> *mut c_void>(name) {
-        // SAFETY: libcrypto's function of that name and version takes nothing.
-        Some(default) => unsafe { default() },
-        None => std::ptr::null_mut(),
-    }
+    context_from(c"OSSL_LIB_CTX_get0_global_default")
 }
 
 /// A new context from libcrypto itself; null if it has none to give.
 fn new_context() -> *mut c_void {
-    match libcrypto::<unsafe extern "C" fn() -> *mut c_void>(c"OSSL_LIB_CTX_new") {
-        // SAFETY: libcrypto's function of that name and version takes nothing.
-        Some(new) => unsafe { new() },
+    context_from(c"OSSL_LIB_CTX_new")
+}
+
+/// The context libcrypto's function `name`, which takes nothing, answers; null if it has none.
+fn context_from(name: &CStr) -> *mut c_void {
+    match libcrypto::<unsafe extern "C" fn() -> *mut c_void>(name) {
+        // SAFETY: both functions `name` stands for take nothing and answer a context or null.
+        Some(function) => unsafe { function() },
         None => std::ptr::null_mut(),
     }
 }
