@@ -18,7 +18,7 @@ use prost::Message;
 use zeroize::Zeroizing;
 
 use crate::consensus::Mode;
-use crate::fsutil;
+use crate::fsutil::{self, Durability};
 use crate::lifecycle::cluster::{self, ClusterConfig};
 use crate::lifecycle::material::Enrolment;
 use crate::lifecycle::{decide, Flow, LifecycleError, FW_CFG_WINS};
@@ -200,10 +200,23 @@ impl Run {
     pub(super) async fn save_credentials(
         &self,
         credentials: &NodeCredentials,
+        durability: Durability,
     ) -> Result<(), LifecycleError> {
         let (credentials, root) = (credentials.clone(), self.config.root.clone());
         let dir = root.node_credentials();
-        Ok(fsutil::off_thread(&dir, move || credentials.save(&root)).await?)
+        Ok(fsutil::off_thread(&dir, move || credentials.save(&root, durability)).await?)
+    }
+
+    /// Make credentials saved with [`Durability::Volatile`] durable, off the event loop; the
+    /// work starts at once.
+    pub(super) fn sync_credentials(
+        &self,
+    ) -> impl Future<Output = Result<(), LifecycleError>> + 'static {
+        let root = self.config.root.clone();
+        let synced = fsutil::off_thread(&root.node_credentials(), move || {
+            NodeCredentials::sync(&root)
+        });
+        async move { Ok(synced.await?) }
     }
 
     /// Remove the register ticket from the ESP's parameters (an enrolled node never needs it).

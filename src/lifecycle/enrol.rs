@@ -14,6 +14,7 @@ use tonic::Code;
 
 use crate::consensus::{peer_pki, Consensus, Kv, Mode};
 use crate::curator::records::{self, Records};
+use crate::fsutil::Durability;
 use crate::issuer::{
     bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, Revoke,
     MIN_LIFETIME,
@@ -143,9 +144,10 @@ impl Run {
     /// starts while `journaled` keeps the keys (and the recovery key, which it answers) in the
     /// journal; the CA waits for both. Every later step is idempotent, so a `resumed` bootstrap
     /// runs them all again and the journal needs no more steps until the sealed configuration
-    /// replaces it. The credentials are saved while the record is written: all of them are in
-    /// the record and the journal, so a resumed bootstrap that finds the record but not the
-    /// credentials takes the certificate the record holds.
+    /// replaces it. The credentials are saved while the record is written, not durably: all of
+    /// them are in the record and the journal, so a resumed bootstrap takes the certificate the
+    /// record holds (a new one if there is no record) and saves them again. They are made
+    /// durable while the Curator starts, before the journal is replaced.
     async fn bootstrap(
         &self,
         journaled: impl Journaled,
@@ -183,11 +185,7 @@ impl Run {
         self.start_child(member.pki).await?;
 
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
-        // The credentials, and whether they are saved already.
         let node_certificate = self.retry("the node certificate", || async {
-            if let Some(credentials) = NodeCredentials::load(&self.config.root)? {
-                return Ok((credentials, true));
-            }
             let recorded = match resumed {
                 true => self.recorded_certificate(&consensus, &id).await?,
                 false => None,
@@ -202,12 +200,11 @@ impl Run {
                     issued.await??.der
                 }
             };
-            let credentials = NodeCredentials {
+            Ok(NodeCredentials {
                 ca: issuer.ask(GetCaCertificate).await??,
                 certificate,
                 key: keys.node.clone(),
-            };
-            Ok((credentials, false))
+            })
         });
         // The record names the peer CA, read while the node certificate is made and saved.
         let peer_ca = self.retry("the etcd peer CA", || async {
@@ -225,15 +222,10 @@ impl Run {
             let issued = issuer.ask(Issue(template, keys.node.verifying_key()));
             Ok(issued.await??.der)
         });
-        let ((credentials, saved), peer_ca, curator_certificate) =
+        let (credentials, peer_ca, curator_certificate) =
             futures::try_join!(node_certificate, peer_ca, curator_certificate)?;
 
-        let save = async {
-            if !saved {
-                self.save_credentials(&credentials).await?;
-            }
-            Ok(())
-        };
+        let save = self.save_credentials(&credentials, Durability::Volatile);
         let record = self.retry("the node record", || async {
             let mut records = self.records(&consensus).await?;
             let peer_certificate = peer_pki::served(&self.config.root)?;
@@ -265,6 +257,7 @@ impl Run {
             Ok(())
         });
         futures::try_join!(save, record)?;
+        let synced = self.sync_credentials();
         self.checkpoint(JournalFlow::Bootstrap, "committed");
         let authority = async {
             if let (Some(recovery), Some(pcr7)) = (&keys.recovery, &pcr7) {
@@ -285,9 +278,11 @@ impl Run {
         // The Curator needs the credentials and the record, not the authority, which only the
         // sealing below needs: both go at once. Should the authority fail, the lifecycle fails
         // and the node stops, Curator and all.
-        let (kept, curator) = futures::join!(authority, self.start_child(member.curator));
+        let (kept, curator, synced) =
+            futures::join!(authority, self.start_child(member.curator), synced);
         kept?;
         curator?;
+        synced?;
         self.start_child(member.decommission).await?;
         self.start_child(member.escrow).await?;
         let sealed = self
@@ -385,7 +380,8 @@ impl Run {
                 certificate: response.node_certificate,
                 key: keys.node.clone(),
             };
-            self.save_credentials(&credentials).await?;
+            self.save_credentials(&credentials, Durability::Synced)
+                .await?;
             journal.step = COMMITTED;
             self.save_journal(&journal).await?;
             self.checkpoint(JournalFlow::Register, "committed");

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::consensus::Mode;
-use crate::fsutil;
+use crate::fsutil::Durability;
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
@@ -270,9 +270,8 @@ impl Run {
             return Ok(credentials);
         }
         credentials.certificate = certificate;
-        // Off the event loop, which serves this node's Curator too.
-        let (written, root) = (credentials.clone(), self.config.root.clone());
-        fsutil::off_thread(&root.node_credentials(), move || written.save(&root)).await?;
+        self.save_credentials(&credentials, Durability::Synced)
+            .await?;
         slog::info!(self.log, "node certificate renewed";
             "expires" => pki::not_after(&credentials.certificate)?);
         Ok(credentials)

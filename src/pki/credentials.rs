@@ -5,7 +5,7 @@
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::SigningKey;
 
-use crate::fsutil::{self, FsError, PUBLIC_MODE, SECRET_MODE};
+use crate::fsutil::{self, Durability, FsError, PUBLIC_MODE, SECRET_MODE};
 use crate::pki::{pkcs8, PkiError};
 use crate::storage::NodeRoot;
 
@@ -72,8 +72,9 @@ const CERT: (&str, &str) = ("cert.pem", "CERTIFICATE");
 const KEY: (&str, &str) = ("key.pem", "PRIVATE KEY");
 
 impl NodeCredentials {
-    /// Write them below `root`'s data partition, each file atomically, the key owner-only.
-    pub fn save(&self, root: &NodeRoot) -> Result<(), CredentialsError> {
+    /// Write them below `root`'s data partition, each file atomically, the key owner-only;
+    /// durably if `durability` asks, else made durable later by [`NodeCredentials::sync`].
+    pub fn save(&self, root: &NodeRoot, durability: Durability) -> Result<(), CredentialsError> {
         let key = pkcs8(&self.key)?;
         let pem = |(file, tag): (&'static str, &'static str), der: &[u8], mode| {
             (file, to_pem(tag, der), mode)
@@ -86,8 +87,16 @@ impl NodeCredentials {
         Ok(fsutil::write_atomic_in(
             &root.node_credentials(),
             &files,
-            fsutil::Durability::Synced,
+            durability,
         )?)
+    }
+
+    /// Make the credentials that [`NodeCredentials::save`] wrote below `root` not durably
+    /// durable, with their directory's entries.
+    pub fn sync(root: &NodeRoot) -> Result<(), CredentialsError> {
+        let dir = root.node_credentials();
+        let files = [CA, CERT, KEY].map(|(file, _)| dir.join(file));
+        Ok(fsutil::sync_files(&files)?)
     }
 
     /// Read them back; `Ok(None)` if the node has none yet (no key file).
@@ -121,12 +130,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = NodeRoot::new(dir.path());
         assert!(NodeCredentials::load(&root).unwrap().is_none());
+        let err = NodeCredentials::sync(&root).unwrap_err().to_string();
+        assert!(err.contains("ca.pem"), "{err}");
         let creds = NodeCredentials {
             ca: vec![1, 2, 3],
             certificate: vec![4, 5],
             key: crate::pki::generate_key().unwrap(),
         };
-        creds.save(&root).unwrap();
+        creds.save(&root, Durability::Volatile).unwrap();
+        NodeCredentials::sync(&root).unwrap();
         let back = NodeCredentials::load(&root).unwrap().unwrap();
         assert_eq!(back.ca, creds.ca);
         assert_eq!(back.certificate, creds.certificate);
