@@ -26,6 +26,22 @@ async fn etcd_members(cluster: &LocalCluster, i: usize) -> Option<Vec<(String, b
     )
 }
 
+/// The value at `key` in node 0's etcd.
+async fn etcd_value(cluster: &LocalCluster, key: String) -> Option<Vec<u8>> {
+    let mut client = polis::consensus::connect(&cluster.nodes[0].root)
+        .await
+        .unwrap();
+    let got = client.get(key, None).await.unwrap();
+    got.kvs().first().map(|kv| kv.value().to_vec())
+}
+
+/// Whether node 0's etcd records the issue of certificate `der` (`/cluster-pki/issued/<serial>`).
+async fn issue_recorded(cluster: &LocalCluster, der: &[u8]) -> bool {
+    let serial = polis::pki::hex(&polis::pki::serial_of(der).unwrap());
+    let key = format!("{}issued/{serial}", polis::issuer::NAMESPACE);
+    etcd_value(cluster, key).await.as_deref() == Some(der)
+}
+
 /// The owner's client on node `i`, once its Curator answers.
 async fn curator_on(cluster: &LocalCluster, i: usize) -> Owner {
     cluster
@@ -44,6 +60,31 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     let mut cluster =
         LocalCluster::create(dir.path(), 3, &polis_node_binary(), test_logger()).unwrap();
     let owner = cluster.bootstrap().await.unwrap();
+    // Every certificate the bootstrap and the owner's escrow handed out is recorded by then.
+    let record = format!(
+        "{}nodes/{}",
+        polis::curator::records::NAMESPACE,
+        cluster.nodes[0].id().unwrap()
+    );
+    let record = etcd_value(&cluster, record).await.expect("node 0's record");
+    let record = <polis::proto::private::Node as prost::Message>::decode(&record[..]).unwrap();
+    let node_certificate = polis::pki::NodeCredentials::load(&cluster.nodes[0].root)
+        .unwrap()
+        .unwrap()
+        .certificate;
+    let owner_certificate = polis::owner::Credentials::load(cluster.dir())
+        .unwrap()
+        .certificate;
+    for (what, der) in [
+        ("node", node_certificate),
+        ("Curator", record.curator_certificate),
+        ("owner", owner_certificate),
+    ] {
+        assert!(
+            issue_recorded(&cluster, &der).await,
+            "the {what} certificate"
+        );
+    }
     let mut ids = vec![cluster.nodes[0].id().unwrap()];
     for i in 1..3 {
         ids.push(cluster.register(i, &owner).await.unwrap());

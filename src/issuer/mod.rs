@@ -30,6 +30,7 @@ use crate::consensus::{
     NAMESPACE as CONSENSUS_NAMESPACE, PEER_CRL_KEY,
 };
 use crate::pki::{hex, CertificateAuthority, Issued, PkiError, Template};
+use crate::retry::Retry;
 use crate::tpm::policy::{PolicyError, PolicyKey};
 
 mod revocation;
@@ -97,6 +98,10 @@ pub enum IssuerError {
     /// The issuer stopped before it had loaded the cluster CA (a request made meanwhile).
     #[error("the issuer stopped before it had loaded the cluster CA")]
     NotReady,
+    /// The record of a certificate [`IssueRecording`] answered was never written: the node is
+    /// stopping (its event loop ended the write).
+    #[error("the issued certificate was not recorded in etcd: the node is stopping")]
+    Unrecorded,
     /// A certificate lifetime stored in etcd does not read as seconds of at least
     /// [`MIN_LIFETIME`].
     #[error("the certificate lifetime in etcd ({NAMESPACE}{key}) is {value:?}, not a number of seconds of at least {}", MIN_LIFETIME.as_secs())]
@@ -191,6 +196,35 @@ pub fn bounded_lifetime(seconds: u64) -> Option<Duration> {
     (lifetime >= MIN_LIFETIME).then_some(lifetime)
 }
 
+/// Sign a certificate of `template` for `public` with the CA `loaded` holds (a peer
+/// certificate: with the peer CA); answers it, and where its record goes (none for a peer
+/// certificate: its member records the one it serves, `consensus::peer_pki`).
+async fn sign(
+    loaded: Loaded,
+    consensus: &ActorRef<Consensus>,
+    template: &Template,
+    public: &VerifyingKey,
+) -> Result<(Issued, Option<NamespacedKv>), IssuerError> {
+    let Loaded {
+        kv, ca, lifetimes, ..
+    } = loaded;
+    Ok(match template {
+        Template::Node { .. } | Template::Curator { .. } => (
+            ca.issue_valid_for(template, public, lifetimes.node)?,
+            Some(kv),
+        ),
+        Template::Client { .. } => (
+            ca.issue_valid_for(template, public, lifetimes.owner)?,
+            Some(kv),
+        ),
+        Template::Peer { .. } => {
+            let ca = peer_ca(&mut peer_kv(consensus).await?).await?;
+            (ca.issue_valid_for(template, public, lifetimes.node)?, None)
+        }
+    })
+}
+
+/// Record an issued certificate in etcd (`issued/<serial>`).
 async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerError> {
     kv.put(&format!("issued/{}", hex(&issued.serial)), &issued.der)
         .await?;
@@ -199,10 +233,31 @@ async fn record(kv: &mut NamespacedKv, issued: &Issued) -> Result<(), IssuerErro
 
 // ---- messages ----
 
-/// Issue a certificate of `template` for a public key.
+/// Issue a certificate of `template` for a public key; answered once etcd records it.
 pub struct Issue(pub Template, pub VerifyingKey);
 impl Message for Issue {
     type Reply = Result<Issued, IssuerError>;
+}
+
+/// [`Issue`], answered as soon as the certificate is signed, its record in etcd still being
+/// written: for a caller that writes the certificate into a transaction of its own and awaits
+/// both at once, which etcd syncs to disk together (one after the other cost a round trip more
+/// on a bootstrap's and an escrow's path, issue 12). The certificate must not leave the node
+/// before its [`Recording`] answers. A failed write is retried, with backoff, for as long as
+/// the caller waits.
+pub struct IssueRecording(pub Template, pub VerifyingKey);
+impl Message for IssueRecording {
+    type Reply = Result<(Issued, Recording), IssuerError>;
+}
+
+/// The record of a certificate [`IssueRecording`] answered, being written to etcd.
+pub struct Recording(oneshot::Receiver<()>);
+
+impl Recording {
+    /// Wait until etcd has recorded the certificate.
+    pub async fn done(self) -> Result<(), IssuerError> {
+        self.0.await.map_err(|_| IssuerError::Unrecorded)
+    }
 }
 
 /// The cluster CA certificate (DER).
@@ -342,27 +397,43 @@ impl Handler<Issue> for Issuer {
         slog::info!(ctx.log(), "issuing"; "template" => ?template);
         let consensus = self.consensus.clone();
         Ok(self.on_loaded(move |loaded| async move {
-            let Loaded {
-                mut kv,
-                ca,
-                lifetimes,
-                ..
-            } = loaded;
-            let issued = match template {
-                Template::Node { .. } | Template::Curator { .. } => {
-                    ca.issue_valid_for(&template, &public, lifetimes.node)?
-                }
-                Template::Client { .. } => {
-                    ca.issue_valid_for(&template, &public, lifetimes.owner)?
-                }
-                // The peer CA's; its member records what it serves (consensus::peer_pki).
-                Template::Peer { .. } => {
-                    let ca = peer_ca(&mut peer_kv(&consensus).await?).await?;
-                    return Ok(ca.issue_valid_for(&template, &public, lifetimes.node)?);
-                }
-            };
-            record(&mut kv, &issued).await?;
+            let (issued, recorder) = sign(loaded, &consensus, &template, &public).await?;
+            if let Some(mut kv) = recorder {
+                record(&mut kv, &issued).await?;
+            }
             Ok(issued)
+        }))
+    }
+}
+
+impl Handler<IssueRecording> for Issuer {
+    fn handle(
+        &mut self,
+        IssueRecording(template, public): IssueRecording,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <IssueRecording as Message>::Reply>, Failure> {
+        slog::info!(ctx.log(), "issuing"; "template" => ?template);
+        let (consensus, log) = (self.consensus.clone(), ctx.log().clone());
+        Ok(self.on_loaded(move |loaded| async move {
+            let (issued, recorder) = sign(loaded, &consensus, &template, &public).await?;
+            let (tx, rx) = oneshot::channel();
+            let recorded = issued.clone();
+            actix_rt::spawn(async move {
+                let Some(mut kv) = recorder else {
+                    let _ = tx.send(());
+                    return;
+                };
+                let mut retry = Retry::new();
+                loop {
+                    match record(&mut kv, &recorded).await {
+                        Ok(()) => break,
+                        Err(_) if tx.is_closed() => return,
+                        Err(e) => retry.wait(&log, "recording a certificate", &e).await,
+                    }
+                }
+                let _ = tx.send(());
+            });
+            Ok((issued, Recording(rx)))
         }))
     }
 }

@@ -16,7 +16,7 @@ use crate::consensus::{peer_pki, Consensus, Kv, Mode};
 use crate::curator::records::{self, Records};
 use crate::fsutil::Durability;
 use crate::issuer::{
-    bounded_lifetime, ApprovePcr, GetCaCertificate, Issue, Lifetimes, PcrApproval, Revoke,
+    bounded_lifetime, ApprovePcr, GetCaCertificate, IssueRecording, Lifetimes, PcrApproval, Revoke,
     MIN_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
@@ -185,26 +185,29 @@ impl Run {
         self.start_child(member.pki).await?;
 
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
+        // Both certificates are recorded by the issuer while the node's record is written.
         let node_certificate = self.retry("the node certificate", || async {
             let recorded = match resumed {
                 true => self.recorded_certificate(&consensus, &id).await?,
                 false => None,
             };
-            let certificate = match recorded {
-                Some(certificate) => certificate,
+            let (certificate, recording) = match recorded {
+                Some(certificate) => (certificate, None),
                 None => {
                     let template = Template::Node {
                         node_id: id.clone(),
                     };
-                    let issued = issuer.ask(Issue(template, keys.node.verifying_key()));
-                    issued.await??.der
+                    let issuing = issuer.ask(IssueRecording(template, keys.node.verifying_key()));
+                    let (issued, recording) = issuing.await??;
+                    (issued.der, Some(recording))
                 }
             };
-            Ok(NodeCredentials {
+            let credentials = NodeCredentials {
                 ca: issuer.ask(GetCaCertificate).await??,
                 certificate,
                 key: keys.node.clone(),
-            })
+            };
+            Ok((credentials, recording))
         });
         // The record names the peer CA, read while the node certificate is made and saved.
         let peer_ca = self.retry("the etcd peer CA", || async {
@@ -219,11 +222,18 @@ impl Run {
             let template = Template::Curator {
                 node_id: id.clone(),
             };
-            let issued = issuer.ask(Issue(template, keys.node.verifying_key()));
-            Ok(issued.await??.der)
+            let issuing = issuer.ask(IssueRecording(template, keys.node.verifying_key()));
+            let (issued, recording) = issuing.await??;
+            Ok((issued.der, recording))
         });
-        let (credentials, peer_ca, curator_certificate) =
+        let ((credentials, node_recording), peer_ca, (curator_certificate, curator_recording)) =
             futures::try_join!(node_certificate, peer_ca, curator_certificate)?;
+        let recorded = async {
+            if let Some(recording) = node_recording {
+                recording.done().await?;
+            }
+            Ok(curator_recording.done().await?)
+        };
 
         let save = self.save_credentials(&credentials, Durability::Volatile);
         let record = self.retry("the node record", || async {
@@ -256,7 +266,7 @@ impl Run {
             }
             Ok(())
         });
-        futures::try_join!(save, record)?;
+        futures::try_join!(save, record, recorded)?;
         let synced = self.sync_credentials();
         self.checkpoint(JournalFlow::Bootstrap, "committed");
         let authority = async {

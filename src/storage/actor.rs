@@ -125,6 +125,7 @@ impl Actor for Storage {
                 ))
             })?;
         }
+        slog::info!(ctx.log(), "TT storage started end");
         Ok(Started::Healthy)
     }
 }

@@ -9,7 +9,7 @@ use super::{Answer, Services};
 use crate::consensus::ConsensusError;
 use crate::curator::records::{self, OWNER_CERTIFICATE};
 use crate::curator::CuratorError;
-use crate::issuer::Issue;
+use crate::issuer::IssueRecording;
 use crate::pki::{renewal_due, Template};
 use crate::proto::api::aaa_server::Aaa;
 use crate::proto::api::{EscrowRequest, EscrowResponse};
@@ -36,19 +36,22 @@ impl Aaa for Services {
         let template = Template::Client {
             common_name: "owner".into(),
         };
-        let issued = self
+        let (issued, recording) = self
             .issuer
-            .ask(Issue(template, key))
+            .ask(IssueRecording(template, key))
             .await
             .map_err(CuratorError::from)?
             .map_err(CuratorError::from)?;
-        // Of two concurrent escrows, both answer the certificate that was stored first.
+        // Of two concurrent escrows, both answer the certificate that was stored first. Stored
+        // while the issuer records it: the answer waits for both.
         let kv = records.kv();
         let puts = [(OWNER_CERTIFICATE, issued.der.as_slice())];
-        let written = kv
-            .swap(OWNER_CERTIFICATE, revision, &[], &puts, &[])
-            .await
-            .map_err(CuratorError::from)?;
+        let (written, recorded) = futures::join!(
+            kv.swap(OWNER_CERTIFICATE, revision, &[], &puts, &[]),
+            recording.done()
+        );
+        recorded.map_err(CuratorError::from)?;
+        let written = written.map_err(CuratorError::from)?;
         let certificate = match written {
             true => issued.der,
             false => kv
