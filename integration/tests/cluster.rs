@@ -88,6 +88,15 @@ async fn three_nodes_form_a_cluster_survive_restarts_and_the_loss_of_one() {
     let mut ids = vec![cluster.nodes[0].id().unwrap()];
     for i in 1..3 {
         ids.push(cluster.register(i, &owner).await.unwrap());
+        // CommitNode answered the node its certificate once the issuer had recorded it.
+        let certificate = polis::pki::NodeCredentials::load(&cluster.nodes[i].root)
+            .unwrap()
+            .unwrap()
+            .certificate;
+        assert!(
+            issue_recorded(&cluster, &certificate).await,
+            "node {i}'s certificate"
+        );
     }
     let nodes = owner.clone().nodes().await.unwrap();
     assert_eq!(nodes.len(), 3);

@@ -12,7 +12,7 @@ use crate::curator::escrow;
 use crate::curator::mirror::NodeMirror;
 use crate::curator::records::{self, REGISTER_TICKET};
 use crate::curator::CuratorError;
-use crate::issuer::{Issue, CRL_KEY};
+use crate::issuer::{Issue, IssueRecording, CRL_KEY};
 use crate::pki::{self, node_id, Template};
 use crate::proto::common::{ClusterDirectory, NodeState};
 use crate::proto::curator::curator_server::Curator;
@@ -72,6 +72,8 @@ impl Curator for Services {
         check_len(cuk, "cluster_unlock_key")?;
         let id = node_id(&public);
         let mut records = self.records.clone();
+        // The issuer's record of the certificate, written while the node's is.
+        let mut recording = None;
         let node = loop {
             let current = records.get(&id).await?;
             // A certificate is issued only for a node that may commit now; the record decides.
@@ -84,7 +86,10 @@ impl Curator for Services {
                 let template = Template::Node {
                     node_id: id.clone(),
                 };
-                Ok(self.issuer.ask(Issue(template, public)).await??.der)
+                let (issued, recorded) =
+                    self.issuer.ask(IssueRecording(template, public)).await??;
+                recording = Some(recorded);
+                Ok(issued.der)
             };
             match records
                 .update_alongside(&id, certificate, |current, certificate| {
@@ -97,6 +102,9 @@ impl Curator for Services {
                 committed => break committed?,
             }
         };
+        if let Some(recording) = recording {
+            recording.done().await.map_err(CuratorError::from)?;
+        }
         let approval = match node.pcr7.is_empty() {
             true => None,
             false => Some(self.approve_pcr(&id, &node.pcr7).await?),
