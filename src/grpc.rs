@@ -171,7 +171,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            slog::info!(log, "TT accepted");
             if let Err(e) = send_at_once(&tcp) {
                 slog::warn!(log, "TCP_NODELAY refused"; "peer" => %remote, "error" => %e);
             }
@@ -189,7 +188,6 @@ pub fn incoming(
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        slog::info!(log, "TT handshake done");
                         let certificate = stream
                             .get_ref()
                             .1

@@ -89,15 +89,7 @@ pub(crate) fn actor_logger(parent: &Logger, path: &ActorPath, ring: Arc<LogRing>
 /// The node's human-readable log on standard error, at `level` and above.
 pub fn terminal_logger(level: slog::Level) -> Logger {
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator)
-        .use_custom_timestamp(|w| {
-            let d = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap();
-            write!(w, "{}.{:06}", d.as_secs() % 10000, d.subsec_micros())
-        })
-        .build()
-        .fuse();
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
     Logger::root(drain.filter_level(level).fuse(), o!())
 }
 

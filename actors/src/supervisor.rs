@@ -447,7 +447,6 @@ impl Supervisor {
     }
 
     fn child_healthy(&mut self, i: usize, ctx: &mut Ctx<'_, Self>) {
-        slog::info!(ctx.log(), "TT healthy event");
         let reset_after = self.spec.backoff.reset_after;
         let child = &mut self.children[i];
         if child.status != ChildStatus::Starting {

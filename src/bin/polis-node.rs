@@ -125,7 +125,6 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     let log = terminal_logger(args.log_level);
-    slog::info!(log, "TT main");
     bridge_log_crate(log.clone());
     log_panics(log.clone());
     let config = node_config(&args);
@@ -138,7 +137,6 @@ fn main() -> ExitCode {
             "INSECURE: --insecure-no-tpm: this node's secrets are stored in plaintext"
         );
     }
-    slog::info!(log, "TT system");
     let reason = actix_rt::System::new().block_on(run(config, args.debug_listen, log.clone()));
     if reason == ExitReason::Shutdown {
         slog::info!(log, "node stopped");
@@ -230,7 +228,6 @@ fn machine_config(root: &NodeRoot, machine: &init::Machine) -> NodeConfig {
 /// Run the node's tree and its debug endpoint until a signal or the tree's own end; answers why
 /// the tree stopped.
 async fn run(config: NodeConfig, debug_listen: SocketAddr, log: slog::Logger) -> ExitReason {
-    slog::info!(log, "TT run");
     let (spec, state) = polis::node::tree_spec(&config);
     let tree = match Tree::start(spec, log.clone()).await {
         Ok(tree) => tree,

@@ -125,7 +125,6 @@ impl Actor for Storage {
                 ))
             })?;
         }
-        slog::info!(ctx.log(), "TT storage started end");
         Ok(Started::Healthy)
     }
 }

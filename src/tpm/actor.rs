@@ -109,7 +109,6 @@ impl Actor for Tpm {
             }
             TpmConfig::Tcti(tcti) => tcti.clone(),
         };
-        slog::info!(ctx.log(), "TT tpm started");
         let (connected_tx, connected) = oneshot::channel();
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new().name("polis-tpm".into()).spawn(
