@@ -209,7 +209,7 @@ impl Run {
             };
             Ok((credentials, recording))
         });
-        // The record names the peer CA, read while the node certificate is made and saved.
+        // The record names the peer CA, read while the certificates are made.
         let peer_ca = self.retry("the etcd peer CA", || async {
             let mut kv = consensus
                 .ask(Kv(crate::consensus::NAMESPACE.into()))

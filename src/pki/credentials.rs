@@ -91,8 +91,8 @@ impl NodeCredentials {
         )?)
     }
 
-    /// Make the credentials that [`NodeCredentials::save`] wrote below `root` not durably
-    /// durable, with their directory's entries.
+    /// Make durable the credentials that [`NodeCredentials::save`] wrote below `root` without
+    /// syncing ([`Durability::Volatile`]), with their directory's entries.
     pub fn sync(root: &NodeRoot) -> Result<(), CredentialsError> {
         let dir = root.node_credentials();
         let files = [CA, CERT, KEY].map(|(file, _)| dir.join(file));
