@@ -11,11 +11,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use actix::Addr;
 use tokio::sync::oneshot;
-// A TSC clock: per-message timestamps at a fraction of the cost of the system clock.
-use quanta::Instant;
 
 use crate::cell::Cell;
 use crate::metrics::ActorMetrics;

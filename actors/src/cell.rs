@@ -2,11 +2,12 @@
 //! turns handler errors into exits, and keeps user code away from a state that a panic or a
 //! brutal kill left behind.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use actix::fut::{wrap_future, ActorFutureExt};
 use actix::{AsyncContext, Running};
 use slog::Logger;
-// A TSC clock: per-message timestamps at a fraction of the cost of the system clock.
-use quanta::Instant;
 
 use crate::actor::ReplyKind;
 use crate::address::{Envelope, Pending};
@@ -15,7 +16,6 @@ use crate::{logging, registry::ActorEntry};
 use crate::{
     Actor, ActorRef, Ctx, ExitReason, Failure, Handler, Message, Registry, SendError, Started,
 };
-use std::sync::Arc;
 
 /// The hosted actor and what its context needs.
 pub(crate) struct Cell<A: Actor> {
