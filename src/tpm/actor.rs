@@ -115,6 +115,7 @@ impl Actor for Tpm {
             move || match Sealer::connect(&tcti) {
                 Ok(mut sealer) => {
                     let _ = connected_tx.send(Ok(()));
+                    sealer.prepare();
                     // Ends when the actor drops its sender.
                     for job in queue {
                         job(&mut sealer);

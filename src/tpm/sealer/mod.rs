@@ -271,6 +271,25 @@ impl Sealer {
         }
     }
 
+    /// Get ready for a first unseal while nothing waits (the TPM actor calls it once it has
+    /// reported the connection): take the primary an earlier connection kept in the TPM, if
+    /// there is one, and start the session it salts. A restarted node's first unseal, its sealed
+    /// configuration's, then starts neither: restart to etcd's spawn 13.0 → 11.1 ms (medians of
+    /// 12, issue 12). Derives nothing where no primary is kept (a first seal does, as it must).
+    pub fn prepare(&mut self) {
+        if self.current.is_some() {
+            return;
+        }
+        let Some(kept) = self.persistent_primary() else {
+            return;
+        };
+        let handle = kept.handle;
+        self.current = Some(kept);
+        if let Ok(session) = self.salted_session(handle) {
+            self.salted = Some(session);
+        }
+    }
+
     /// `n` bytes from the TPM's random generator.
     pub fn random(&mut self, n: usize) -> Result<Vec<u8>, TpmError> {
         let mut out = Vec::with_capacity(n);
@@ -1138,6 +1157,25 @@ mod tests {
         let again = sealer.seal(kind, b"again").unwrap();
         let name = |blob: &[u8]| SealedObject::decode(blob).unwrap().primary_name.to_vec();
         assert_eq!(name(&again), name(&blob));
+    }
+
+    /// A connection made ready holds the kept primary and its salted session, which the first
+    /// unseal uses; on a TPM that keeps no primary it derives and starts nothing.
+    #[test]
+    fn a_prepared_connection_unseals_in_the_session_it_started() {
+        let (_dir, swtpm) = swtpm();
+        let kind = SealedKind::Configuration;
+        let mut first = Sealer::connect(&swtpm.tcti()).unwrap();
+        first.prepare();
+        assert!(first.current.is_none() && first.salted.is_none());
+        let blob = first.seal(kind, b"prepared").unwrap();
+        drop(first);
+        let mut sealer = Sealer::connect(&swtpm.tcti()).unwrap();
+        sealer.prepare();
+        assert!(sealer.current.as_ref().is_some_and(|kept| kept.persistent));
+        let started = sealer.salted.expect("a salted session started");
+        assert_eq!(sealer.unseal(kind, &blob).unwrap().as_slice(), b"prepared");
+        assert_eq!(sealer.salted, Some(started), "the unseal used it");
     }
 
     /// ESYS's hashes and session HMACs reach Polis's `OSSL_LIB_CTX_new` and take the one
