@@ -8,6 +8,8 @@
 //! are still being placed) keeps its CUK sealed and unlocks with that. A Curator's answer always
 //! wins, so a decommissioned member that reaches the cluster is refused.
 
+use std::net::IpAddr;
+
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -19,7 +21,7 @@ use crate::lifecycle::client::connect;
 use crate::lifecycle::material::{signing_key, Membership};
 use crate::lifecycle::LifecycleError;
 use crate::pki::{self, node_id, pkcs8, verify_node_certificate, NodeCredentials};
-use crate::proto::common::{ClusterDirectory, NodeState};
+use crate::proto::common::{cluster_directory, ClusterDirectory, NodeState};
 use crate::proto::curator::confirm_shares_request::Sealed;
 use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{
@@ -51,8 +53,16 @@ impl Run {
         let address = self.address().await;
         slog::info!(self.log, "rejoining the cluster"; "curators" => directory.nodes.len(),
             "sealed_cuk" => sealed_cuk.is_some(), "escrowed_cuk" => escrowed);
-        let join_node = || self.join_node(&directory, &sealed, &join_key, address);
+        let others = others(&directory, address);
+        let join_node = || self.join_node(&others, &sealed, &join_key, address);
         let Joined { cuk, certificate } = match (sealed_cuk, escrowed) {
+            (Some(sealed_cuk), _) if !others.nodes.iter().any(|n| n.curator) => {
+                slog::info!(self.log, "no other Curator to ask: this consensus member, whose cluster unlock key no peer holds, unlocks with its sealed one");
+                Joined {
+                    cuk: sealed_cuk,
+                    certificate: Vec::new(),
+                }
+            }
             (Some(sealed_cuk), _) => match join_node().await {
                 Ok(joined) => joined,
                 Err(e) if e.is_transient() => {
@@ -431,6 +441,20 @@ impl Run {
             "why" => if member { "its peers hold confirmed shares of it (quorum unlock)" }
                 else { "not a consensus member" });
         Ok(sealed)
+    }
+}
+
+/// `directory` without the node at `address`: this node's own Curator cannot answer before its
+/// etcd runs, so asking it cost every restart a refused connection (issue 12).
+fn others(directory: &ClusterDirectory, address: IpAddr) -> ClusterDirectory {
+    let at = |node: &cluster_directory::Node| {
+        node.addresses
+            .iter()
+            .any(|a| a.host.parse::<IpAddr>() == Ok(address))
+    };
+    ClusterDirectory {
+        nodes: directory.nodes.iter().filter(|n| !at(n)).cloned().collect(),
+        crl: directory.crl.clone(),
     }
 }
 
