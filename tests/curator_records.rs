@@ -7,14 +7,20 @@ mod common;
 
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use polis::consensus::{Consensus, Kv, RemoveMember};
 use polis::curator::mirror::NodeMirror;
-use polis::curator::records::{awaits_retirement, consensus_role, decommission, Records};
+use polis::curator::records::{
+    awaits_retirement, consensus_role, decommission, Bootstrapped, InitialOwner, Records,
+    INITIAL_OWNER, OWNER_CERTIFICATE, OWNER_NAME,
+};
 use polis::curator::{CuratorError, Services};
-use polis::issuer::{GetCaCertificate, Issuer};
-use polis::pki::{generate_key, node_id};
+use polis::grpc::Peer;
+use polis::issuer::{GetCaCertificate, Issue, Issuer};
+use polis::pki::{generate_key, node_id, Template};
+use polis::proto::api::aaa_server::Aaa;
 use polis::proto::api::management_server::Management;
-use polis::proto::api::{DecommissionNodeRequest, UpdateNodeRolesRequest};
+use polis::proto::api::{DecommissionNodeRequest, EscrowRequest, UpdateNodeRolesRequest};
 use polis::proto::common::node_roles::ConsensusMember;
 use polis::proto::common::{NodeRoles, NodeState};
 use polis::proto::curator::curator_local_server::CuratorLocal;
@@ -269,23 +275,24 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
         .unwrap()
         .unwrap();
     let mut records = Records::new(kv);
-    let first = |cuk: u8| {
-        polis::curator::records::first_node(polis::curator::records::FirstNode {
-            id: "metropolis-first".into(),
-            public_key: vec![1; 32],
-            join_key: vec![2; 32],
-            cluster_unlock_key: vec![cuk; 32],
-            node_certificate: vec![4],
-            address: "198.18.0.2".into(),
-            peer_ca_certificate: vec![5],
-            peer_certificate: vec![6],
-            recovery_key: vec![7],
-            pcr7: vec![8; 32],
-            curator_certificate: vec![cuk],
+    let owner = |certificate: u8| InitialOwner {
+        public_key: b"owner".to_vec(),
+        certificate: vec![certificate],
+    };
+    let bootstrapped = |cuk: u8, certificate: u8| {
+        Some(Bootstrapped {
+            node: first(cuk),
+            owner_certificate: vec![certificate],
         })
     };
-    let recorded = records.bootstrap(b"owner", first(3)).await.unwrap();
-    assert_eq!(recorded, Some(first(3)));
+    let recorded = records.bootstrap(&owner(10), first(3)).await.unwrap();
+    assert_eq!(recorded, bootstrapped(3, 10));
+    let stored = records.kv().get(OWNER_CERTIFICATE).await.unwrap();
+    assert_eq!(
+        stored,
+        Some(vec![10]),
+        "the owner certificate came with the record"
+    );
     let written = records.get("metropolis-first").await.unwrap().unwrap();
     assert_eq!(written, first(3));
     assert_eq!(written.fsm_state, NodeState::Up as i32);
@@ -300,9 +307,9 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
     let taken = records.update("metropolis-other", |_| Ok(Some(taker.clone())));
     assert!(matches!(taken.await, Err(CuratorError::JoinKeyInUse(_))));
     // Repeated (a resumed step): nothing changes, not even with other values; it answers the
-    // record as it stands.
-    let recorded = records.bootstrap(b"owner", first(9)).await.unwrap();
-    assert_eq!(recorded, Some(first(3)));
+    // records as they stand.
+    let recorded = records.bootstrap(&owner(11), first(9)).await.unwrap();
+    assert_eq!(recorded, bootstrapped(3, 10));
     assert_eq!(
         records.get("metropolis-first").await.unwrap().unwrap(),
         first(3)
@@ -312,15 +319,19 @@ async fn bootstrap_writes_the_owner_and_first_node_once_and_refuses_another_owne
     let mut other = Records::new(kv);
     let owner_key = polis::curator::records::INITIAL_OWNER;
     other.kv().put(owner_key, b"owner").await.unwrap();
-    assert_eq!(
-        other.bootstrap(b"another owner", first(3)).await.unwrap(),
-        None
-    );
+    let another = InitialOwner {
+        public_key: b"another owner".to_vec(),
+        certificate: vec![12],
+    };
+    assert_eq!(other.bootstrap(&another, first(3)).await.unwrap(), None);
     assert!(other.get("metropolis-first").await.unwrap().is_none());
-    // Where it names this owner but holds no node (a bootstrap cut short step by step), the
-    // node is written.
-    let recorded = other.bootstrap(b"owner", first(3)).await.unwrap();
-    assert_eq!(recorded, Some(first(3)));
+    assert!(other.kv().get(OWNER_CERTIFICATE).await.unwrap().is_none());
+    // Where it names this owner but holds no node and no owner certificate (a bootstrap cut
+    // short step by step), both are written.
+    let recorded = other.bootstrap(&owner(13), first(3)).await.unwrap();
+    assert_eq!(recorded, bootstrapped(3, 13));
+    let stored = other.kv().get(OWNER_CERTIFICATE).await.unwrap();
+    assert_eq!(stored, Some(vec![13]));
     assert_eq!(
         other.get("metropolis-first").await.unwrap().unwrap(),
         first(3)
@@ -378,4 +389,86 @@ async fn a_mirror_holds_every_record_and_follows_each_later_change() {
         "{broken:?}"
     );
     tree.shutdown().await;
+}
+
+/// The owner's Escrow answers the owner certificate the bootstrap recorded from what the
+/// Curator read at its start, reading nothing from etcd; a caller with another key is refused
+/// the same way; a Curator that read nothing at its start answers what etcd holds.
+#[actix_rt::test]
+async fn escrow_answers_the_bootstrapped_owner_certificate_without_reading_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, services, consensus, issuer) = services(dir.path()).await;
+    let issue = |key: SigningKey| {
+        let issuer = issuer.clone();
+        async move {
+            let template = Template::Client {
+                common_name: OWNER_NAME.into(),
+            };
+            let issue = Issue(template, key.verifying_key());
+            issuer.ask(issue).await.unwrap().unwrap().der
+        }
+    };
+    let (owner_key, stranger_key) = (generate_key().unwrap(), generate_key().unwrap());
+    let stranger_public = stranger_key.verifying_key().to_bytes();
+    let (bootstrapped, stranger) = (issue(owner_key.clone()).await, issue(stranger_key).await);
+    let namespace = polis::curator::records::NAMESPACE;
+    let mut records = Records::new(consensus.ask(Kv(namespace.into())).await.unwrap().unwrap());
+    let owner = InitialOwner {
+        public_key: owner_key.verifying_key().to_bytes().to_vec(),
+        certificate: bootstrapped.clone(),
+    };
+    records.bootstrap(&owner, first(3)).await.unwrap().unwrap();
+    let escrow = |services: Services, presented: Vec<u8>| async move {
+        let mut request = Request::new(EscrowRequest {});
+        request.extensions_mut().insert(Peer {
+            remote: "198.18.0.1:1".parse().unwrap(),
+            certificate: Some(presented),
+        });
+        services
+            .escrow(request)
+            .await
+            .map(|answer| answer.into_inner().owner_certificate)
+    };
+    // A Curator that read nothing at its start reads etcd.
+    let answered = escrow(services.clone(), bootstrapped.clone())
+        .await
+        .unwrap();
+    assert_eq!(answered, bootstrapped);
+    // One that read the owner's key and certificate at its start answers from them: etcd's
+    // records, changed behind its back, are not read.
+    let knowing = services
+        .clone()
+        .knowing_owner(Some(owner.public_key.clone()), Some(bootstrapped.clone()));
+    records
+        .kv()
+        .put(OWNER_CERTIFICATE, b"changed behind its back")
+        .await
+        .unwrap();
+    records
+        .kv()
+        .put(INITIAL_OWNER, &stranger_public)
+        .await
+        .unwrap();
+    let answered = escrow(knowing.clone(), bootstrapped.clone()).await.unwrap();
+    assert_eq!(answered, bootstrapped, "Escrow read etcd");
+    let refused = escrow(knowing, stranger).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    tree.shutdown().await;
+}
+
+/// A first node's record, its cluster unlock key and Curator certificate made of `cuk`.
+fn first(cuk: u8) -> Node {
+    polis::curator::records::first_node(polis::curator::records::FirstNode {
+        id: "metropolis-first".into(),
+        public_key: vec![1; 32],
+        join_key: vec![2; 32],
+        cluster_unlock_key: vec![cuk; 32],
+        node_certificate: vec![4],
+        address: "198.18.0.2".into(),
+        peer_ca_certificate: vec![5],
+        peer_certificate: vec![6],
+        recovery_key: vec![7],
+        pcr7: vec![8; 32],
+        curator_certificate: vec![cuk],
+    })
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::consensus::{Consensus, Kv, NAMESPACE as CONSENSUS_NAMESPACE};
 use crate::curator::owner_only::OwnerOnly;
-use crate::curator::records::{Records, NAMESPACE, OWNER_CERTIFICATE};
+use crate::curator::records::{Records, INITIAL_OWNER, NAMESPACE, OWNER_CERTIFICATE};
 use crate::curator::{server_certificate, Services};
 use crate::grpc::incoming;
 use crate::issuer::{Issuer, Revoke, CRL_KEY};
@@ -106,10 +106,12 @@ impl Actor for Curator {
             // The CRL and the owner certificate are read beside the Curator's certificate: no
             // round trip of their own before serving, nor in the owner's first call.
             let (mut crl_kv, mut owner_records) = (pki_kv.clone(), records.clone());
-            let (served, crl, owner) = futures::join!(
+            let mut owner_key_records = records.clone();
+            let (served, crl, owner, owner_key) = futures::join!(
                 server_certificate::current(&mut records, &issuer, &credentials),
                 crl_kv.get(CRL_KEY),
                 owner_records.kv().get(OWNER_CERTIFICATE),
+                owner_key_records.kv().get(INITIAL_OWNER),
             );
             let served = served?;
             let crl = match served.retired.is_empty() {
@@ -143,7 +145,7 @@ impl Actor for Curator {
                 consensus,
                 log.clone(),
             )
-            .knowing_owner(owner?);
+            .knowing_owner(owner_key?, owner?);
             let server = tonic::transport::Server::builder()
                 .layer(calls)
                 .add_service(CuratorServer::new(services.clone()))

@@ -21,8 +21,11 @@ const NODES: &str = "nodes/";
 const JOIN_KEYS: &str = "join_keys/";
 /// The owner key from the bootstrap parameters: the only key that may escrow.
 pub const INITIAL_OWNER: &str = "global/initial_owner";
-/// The owner certificate Escrow issued, answered to every later Escrow.
+/// The owner certificate, issued at the bootstrap (or by Escrow, in clusters bootstrapped
+/// before that) and renewed by Escrow: answered to every Escrow.
 pub const OWNER_CERTIFICATE: &str = "global/owner_certificate";
+/// The common name of the owner certificate.
+pub const OWNER_NAME: &str = "owner";
 /// The current register ticket.
 pub const REGISTER_TICKET: &str = "global/register_ticket";
 
@@ -52,36 +55,50 @@ impl Records {
         }
     }
 
-    /// A new cluster's first records: `owner` as the initial owner and `first` as the first node
-    /// ([`first_node`]), each only if absent, so a repeated bootstrap step changes nothing.
-    /// Answers the first node's record as it stands, or `None`, writing no node, if etcd
-    /// already names another initial owner.
+    /// A new cluster's first records: `owner`'s key as the initial owner, with the certificate
+    /// issued to it, and `first` as the first node ([`first_node`]), each only if absent, so a
+    /// repeated bootstrap step changes nothing. Answers them as they stand, or `None`, writing
+    /// no node, if etcd already names another initial owner.
     pub async fn bootstrap(
         &mut self,
-        owner: &[u8],
+        owner: &InitialOwner,
         first: Node,
-    ) -> Result<Option<Node>, CuratorError> {
+    ) -> Result<Option<Bootstrapped>, CuratorError> {
         // A first bootstrap writes all of it in one transaction, if none of it exists yet; one
         // resumed after a crash finds some of it and goes step by step.
         let key = format!("{NODES}{}", first.id);
         let (record, index) = (first.encode_to_vec(), join_key_index(&first.join_key));
-        let mut puts: Vec<(&str, &[u8])> = vec![(INITIAL_OWNER, owner), (&key, &record)];
-        let mut absent: Vec<&str> = vec![&key];
+        let mut puts: Vec<(&str, &[u8])> = vec![
+            (INITIAL_OWNER, &owner.public_key),
+            (OWNER_CERTIFICATE, &owner.certificate),
+            (&key, &record),
+        ];
+        let mut absent: Vec<&str> = vec![OWNER_CERTIFICATE, &key];
         if !first.join_key.is_empty() {
             puts.push((&index, first.id.as_bytes()));
             absent.push(&index);
         }
         if self.kv.swap(INITIAL_OWNER, 0, &absent, &puts, &[]).await? {
-            return Ok(Some(first));
+            return Ok(Some(Bootstrapped {
+                node: first,
+                owner_certificate: owner.certificate.clone(),
+            }));
         }
-        if self.kv.ensure(INITIAL_OWNER, owner).await? != owner {
+        if self.kv.ensure(INITIAL_OWNER, &owner.public_key).await? != owner.public_key {
             return Ok(None);
         }
         let id = first.id.clone();
-        let recorded = self
+        let node = self
             .update(&id, |current| Ok(current.is_none().then(|| first.clone())))
             .await?;
-        Ok(Some(recorded))
+        let owner_certificate = self
+            .kv
+            .ensure(OWNER_CERTIFICATE, &owner.certificate)
+            .await?;
+        Ok(Some(Bootstrapped {
+            node,
+            owner_certificate,
+        }))
     }
 
     /// Every record by key, and the store's revision they were read at (for
@@ -469,6 +486,25 @@ pub fn require_up(node: &Node) -> Result<(), CuratorError> {
         state: state_name(node.fsm_state),
         wanted: "UP",
     })
+}
+
+/// The cluster's owner as its bootstrap records it.
+#[derive(Clone, Debug)]
+pub struct InitialOwner {
+    /// The owner key from the bootstrap parameters.
+    pub public_key: Vec<u8>,
+    /// A certificate issued to that key at the bootstrap, so that the owner's first Escrow
+    /// hands it over without an issue and a write of its own.
+    pub certificate: Vec<u8>,
+}
+
+/// A new cluster's first records as they stand ([`Records::bootstrap`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bootstrapped {
+    /// The first node's record.
+    pub node: Node,
+    /// The owner certificate stored: an earlier try's, if a resumed bootstrap found one.
+    pub owner_certificate: Vec<u8>,
 }
 
 /// What bootstrap knows of the cluster's first node.

@@ -8,12 +8,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use ed25519_dalek::VerifyingKey;
+
 use polis_actors::ActorRef;
 use prost::Message;
 use tonic::Code;
 
 use crate::consensus::{peer_pki, Consensus, Kv, Mode};
-use crate::curator::records::{self, Records};
+use crate::curator::records::{self, InitialOwner, Records, OWNER_NAME};
 use crate::fsutil::Durability;
 use crate::issuer::{
     bounded_lifetime, ApprovePcr, GetCaCertificate, IssueRecording, Lifetimes, PcrApproval, Revoke,
@@ -170,6 +172,7 @@ impl Run {
         });
         self.start_hostsfile(&cluster).await?;
         let lifetimes = certificate_lifetimes(&params)?;
+        let owner_key = owner_key(&params)?;
         let mode = Mode::Bootstrap {
             peer_lifetime: lifetimes.node,
         };
@@ -226,12 +229,30 @@ impl Run {
             let (issued, recording) = issuing.await??;
             Ok((issued.der, recording))
         });
-        let ((credentials, node_recording), peer_ca, (curator_certificate, curator_recording)) =
-            futures::try_join!(node_certificate, peer_ca, curator_certificate)?;
+        // And the owner's, for the record: the owner's first Escrow then only reads.
+        let owner_certificate = self.retry("the owner certificate", || async {
+            let template = Template::Client {
+                common_name: OWNER_NAME.into(),
+            };
+            Ok(issuer.ask(IssueRecording(template, owner_key)).await??)
+        });
+        let (
+            (credentials, node_recording),
+            peer_ca,
+            (curator_certificate, curator_recording),
+            (owner_certificate, owner_recording),
+        ) = futures::try_join!(
+            node_certificate,
+            peer_ca,
+            curator_certificate,
+            owner_certificate
+        )?;
+        let owner_certificate = owner_certificate.der;
         let recorded = async {
             if let Some(recording) = node_recording {
                 recording.done().await?;
             }
+            owner_recording.done().await?;
             Ok(curator_recording.done().await?)
         };
 
@@ -252,17 +273,27 @@ impl Run {
                 pcr7: pcr7_recorded.clone(),
                 curator_certificate: curator_certificate.clone(),
             });
-            let Some(recorded) = records.bootstrap(&params.owner_public_key, first).await? else {
+            let owner = InitialOwner {
+                public_key: params.owner_public_key.clone(),
+                certificate: owner_certificate.clone(),
+            };
+            let Some(recorded) = records.bootstrap(&owner, first).await? else {
                 return Err(LifecycleError::Inconsistent {
                     step: "formatted",
                     reason: "etcd names another owner than the node parameters".into(),
                     recovery: "reinstall the node with the parameters of this cluster",
                 });
             };
-            // A resumed bootstrap finds the record of an earlier try, with that try's Curator
-            // certificate: the one just issued is never served, so nothing may accept it.
-            if recorded.curator_certificate != curator_certificate {
-                issuer.ask(Revoke(curator_certificate.clone())).await??;
+            // A resumed bootstrap finds the records of an earlier try, with that try's Curator
+            // and owner certificates: the ones just issued are never handed out, so nothing may
+            // accept them.
+            for (stored, issued) in [
+                (&recorded.node.curator_certificate, &curator_certificate),
+                (&recorded.owner_certificate, &owner_certificate),
+            ] {
+                if stored != issued {
+                    issuer.ask(Revoke(issued.clone())).await??;
+                }
             }
             Ok(())
         });
@@ -544,6 +575,19 @@ fn certificate_lifetimes(params: &ClusterBootstrap) -> Result<Lifetimes, Lifecyc
     })
 }
 
+/// The owner key of the bootstrap parameters, which the owner's certificate is issued to.
+fn owner_key(params: &ClusterBootstrap) -> Result<VerifyingKey, LifecycleError> {
+    <[u8; 32]>::try_from(params.owner_public_key.as_slice())
+        .ok()
+        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+        .ok_or_else(|| {
+            LifecycleError::InvalidParameters(format!(
+                "owner_public_key ({} bytes) is not an Ed25519 public key",
+                params.owner_public_key.len()
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,6 +617,25 @@ mod tests {
                 lifetimes(node, owner),
                 Err(LifecycleError::InvalidParameters(reason))
                     if reason.contains(field) && reason.contains("minimum of 10 s")
+            ));
+        }
+    }
+
+    #[test]
+    fn the_owner_key_must_be_an_ed25519_public_key() {
+        let key = generate_key().unwrap().verifying_key();
+        let owned = |bytes: Vec<u8>| {
+            owner_key(&ClusterBootstrap {
+                owner_public_key: bytes,
+                ..Default::default()
+            })
+        };
+        assert_eq!(owned(key.to_bytes().to_vec()).unwrap(), key);
+        for (bytes, length) in [(vec![], "(0 bytes)"), (vec![9; 31], "(31 bytes)")] {
+            assert!(matches!(
+                owned(bytes),
+                Err(LifecycleError::InvalidParameters(reason))
+                    if reason.contains("owner_public_key") && reason.contains(length)
             ));
         }
     }

@@ -22,12 +22,7 @@ impl Services {
         presented: Option<&[u8]>,
     ) -> Result<(), CuratorError> {
         let presented = presented.ok_or(CuratorError::Unauthenticated)?;
-        let cached = self
-            .owner_certificate
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if matches_stored(cached, presented) {
+        if matches_stored(self.remembered_owner(), presented) {
             return Ok(());
         }
         // Perhaps renewed since it was read (by this Curator or another).

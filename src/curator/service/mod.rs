@@ -42,6 +42,10 @@ pub struct Services {
     /// The cluster CA's certificate, once the issuer has answered it: it never changes, and the
     /// unauthenticated GetCACertificate must not queue in the issuer's mailbox.
     ca: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    /// The initial owner's key as the Curator read it at its start, if it was there (it always
+    /// is once the bootstrap has recorded it, and never changes): Escrow checks the caller
+    /// against it without a read.
+    initial_owner: Option<Arc<[u8]>>,
     /// The owner certificate as last read, so that every Management call need not read it
     /// from etcd: read again only when a caller presents another (Escrow renewed it).
     owner_certificate: Arc<std::sync::RwLock<Option<Vec<u8>>>>,
@@ -68,17 +72,28 @@ impl Services {
             consensus,
             watch_slots: WatchSlots::default(),
             ca: Arc::default(),
+            initial_owner: None,
             owner_certificate: Arc::default(),
             log,
         }
     }
 
-    /// Start with the owner certificate as the Curator read it at its start (beside its own
-    /// certificate): the owner's first Management call then reads nothing from etcd. A caller
-    /// presenting another still has etcd asked, as after a renewal.
-    pub fn knowing_owner(self, certificate: Option<Vec<u8>>) -> Self {
+    /// Start with the initial owner's key and the owner certificate as the Curator read them at
+    /// its start (beside its own certificate): the owner's first Escrow and Management call
+    /// then read nothing from etcd. A caller presenting another certificate still has etcd
+    /// asked, as after a renewal.
+    pub fn knowing_owner(mut self, key: Option<Vec<u8>>, certificate: Option<Vec<u8>>) -> Self {
+        self.initial_owner = key.map(Arc::from);
         self.remember_owner(certificate);
         self
+    }
+
+    /// The owner certificate as last read (see `owner_certificate`).
+    fn remembered_owner(&self) -> Option<Vec<u8>> {
+        self.owner_certificate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Keep `certificate` as the owner certificate last read (see `owner_certificate`).
