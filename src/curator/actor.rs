@@ -99,6 +99,12 @@ impl Actor for Curator {
         let calls = self.config.metrics.grpc.layer();
         let health = self.config.metrics.health.clone();
         let serve = async move {
+            // Bound before the reads below: a client connecting meanwhile waits in the listen
+            // backlog for its handshake, not for a retry after a refusal. etcd has answered by
+            // now, so nobody waits on a member that may never reach quorum.
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
             let kv = consensus.ask(Kv(NAMESPACE.into())).await??;
             let peer_kv = consensus.ask(Kv(CONSENSUS_NAMESPACE.into())).await??;
             let mut pki_kv = consensus.ask(Kv(crate::issuer::NAMESPACE.into())).await??;
@@ -134,9 +140,6 @@ impl Actor for Curator {
                 crl,
                 configs,
             }));
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
             let services = Services::new(
                 records.clone(),
                 peer_kv,
