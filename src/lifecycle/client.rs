@@ -142,11 +142,51 @@ where
     Ok((answers, failures))
 }
 
+/// Whether `directory` names a Curator with an address: one that [`connect`] would dial.
+pub(super) fn names_a_curator(directory: &ClusterDirectory) -> bool {
+    directory
+        .nodes
+        .iter()
+        .any(|n| n.curator && !n.addresses.is_empty())
+}
+
 /// The error for no answer: the directory named no Curator to ask, or `failed` of every
 /// failure.
 fn unanswered(failures: Vec<String>, failed: fn(String) -> ReachError) -> ReachError {
     match failures.is_empty() {
         true => ReachError::EmptyDirectory,
         false => failed(failures.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::common::{cluster_directory::Node, Address};
+
+    #[test]
+    fn only_a_curator_with_an_address_is_one_to_ask() {
+        let node = |curator: bool, hosts: &[&str]| Node {
+            id: "metropolis-a".into(),
+            addresses: hosts
+                .iter()
+                .map(|h| Address { host: (*h).into() })
+                .collect(),
+            curator,
+        };
+        let directory = |nodes: Vec<Node>| ClusterDirectory {
+            nodes,
+            crl: Vec::new(),
+        };
+        assert!(!names_a_curator(&directory(vec![])));
+        assert!(!names_a_curator(&directory(vec![node(true, &[])])));
+        assert!(!names_a_curator(&directory(vec![node(
+            false,
+            &["198.18.0.3"]
+        )])));
+        assert!(names_a_curator(&directory(vec![
+            node(true, &[]),
+            node(true, &["198.18.0.3"])
+        ])));
     }
 }

@@ -17,7 +17,7 @@ use tonic::Code;
 use crate::consensus::Mode;
 use crate::fsutil::Durability;
 use crate::lifecycle::actor::{refused, Run};
-use crate::lifecycle::client::connect;
+use crate::lifecycle::client::{connect, names_a_curator};
 use crate::lifecycle::material::{signing_key, Membership};
 use crate::lifecycle::LifecycleError;
 use crate::pki::{self, node_id, pkcs8, verify_node_certificate, NodeCredentials};
@@ -56,7 +56,7 @@ impl Run {
         let others = others(&directory, address);
         let join_node = || self.join_node(&others, &sealed, &join_key, address);
         let Joined { cuk, certificate } = match (sealed_cuk, escrowed) {
-            (Some(sealed_cuk), _) if !others.nodes.iter().any(|n| n.curator) => {
+            (Some(sealed_cuk), _) if !names_a_curator(&others) => {
                 slog::info!(self.log, "no other Curator to ask: this consensus member, whose cluster unlock key no peer holds, unlocks with its sealed one");
                 Joined {
                     cuk: sealed_cuk,
