@@ -581,9 +581,20 @@ impl LocalCluster {
         self.owner(0).await
     }
 
-    /// Bootstrap node 0 and take ownership; answers once the owner holds its certificate (kept
-    /// in `owner.crt`), before any connection as the owner: what `polisctl bench` times (P1).
+    /// Bootstrap node 0 and take ownership; answers once the owner's credentials are kept in
+    /// the cluster directory (`owner.crt` beside the owner key and the CA).
     pub async fn take_ownership(&mut self) -> Result<(), LaunchError> {
+        self.write_bootstrap_parameters()?;
+        self.start(0, &[])?;
+        let credentials = self.meet_owner().await?;
+        credentials.save(&self.dir)?;
+        slog::info!(self.log, "node 0 bootstrapped the cluster; ownership taken");
+        Ok(())
+    }
+
+    /// Give node 0 the parameters of a new cluster: the owner key, and the certificate
+    /// lifetimes if any were set.
+    pub fn write_bootstrap_parameters(&mut self) -> Result<(), LaunchError> {
         let owner_public = self.owner_key.verifying_key().to_bytes().to_vec();
         self.write_parameters(
             0,
@@ -596,27 +607,28 @@ impl LocalCluster {
                     .certificate_lifetimes
                     .map_or(0, |l| l.owner.as_secs()),
             }),
-        )?;
-        self.start(0, &[])?;
-        let address = self.nodes[0].address;
+        )
+    }
+
+    /// Once node 0, started with [`LocalCluster::write_bootstrap_parameters`], serves its
+    /// Curator: meet it (trust on first use of the CA it made, as an owner meeting a cluster
+    /// would) and take the owner certificate over that connection. Answers the owner's
+    /// credentials, not yet saved: the moment `polisctl bench` times (P1).
+    pub async fn meet_owner(&mut self) -> Result<Credentials, LaunchError> {
+        let address = SocketAddr::new(self.nodes[0].address, CURATOR_PORT);
         let (ca, curator, certificate) = self
             .until(0, "serve the Curator", || async {
-                // Trust on first use of the CA node 0 made, as an owner meeting a cluster would.
-                let address = SocketAddr::new(address, CURATOR_PORT);
                 let met = first_use(address, &self.owner_key).await.ok()?;
                 let certificate = escrow_over(met.channel).await.ok()?;
                 Some((met.ca, met.curator, certificate))
             })
             .await?;
         self.nodes[0].known_id = Some(curator.node_id);
-        let credentials = Credentials {
+        Ok(Credentials {
             key: self.owner_key.clone(),
             certificate,
             ca,
-        };
-        credentials.save(&self.dir)?;
-        slog::info!(self.log, "node 0 bootstrapped the cluster; ownership taken");
-        Ok(())
+        })
     }
 
     /// Bootstrap node 0 and take ownership, then register, approve and promote nodes 1 to
