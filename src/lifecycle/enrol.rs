@@ -9,7 +9,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-
 use polis_actors::ActorRef;
 use prost::Message;
 use tonic::Code;
@@ -188,7 +187,15 @@ impl Run {
         self.start_child(member.pki).await?;
 
         let (recovery_key, pcr7_recorded) = recovery_record(&keys, &pcr7)?;
-        // Both certificates are recorded by the issuer while the node's record is written.
+        // Every certificate issued here is recorded by the issuer while the node's record is
+        // written: each comes with its recording, awaited before anything leaves the node.
+        let issue = |template: Template, key: VerifyingKey| {
+            let issuer = &issuer;
+            async move {
+                let (issued, recording) = issuer.ask(IssueRecording(template, key)).await??;
+                Ok::<_, LifecycleError>((issued.der, recording))
+            }
+        };
         let node_certificate = self.retry("the node certificate", || async {
             let recorded = match resumed {
                 true => self.recorded_certificate(&consensus, &id).await?,
@@ -200,9 +207,8 @@ impl Run {
                     let template = Template::Node {
                         node_id: id.clone(),
                     };
-                    let issuing = issuer.ask(IssueRecording(template, keys.node.verifying_key()));
-                    let (issued, recording) = issuing.await??;
-                    (issued.der, Some(recording))
+                    let (der, recording) = issue(template, keys.node.verifying_key()).await?;
+                    (der, Some(recording))
                 }
             };
             let credentials = NodeCredentials {
@@ -221,20 +227,18 @@ impl Run {
             Ok(peer_ca.unwrap_or_default())
         });
         // Its Curator certificate too, for the record: its Curator then starts on a read.
-        let curator_certificate = self.retry("the Curator certificate", || async {
+        let curator_certificate = self.retry("the Curator certificate", || {
             let template = Template::Curator {
                 node_id: id.clone(),
             };
-            let issuing = issuer.ask(IssueRecording(template, keys.node.verifying_key()));
-            let (issued, recording) = issuing.await??;
-            Ok((issued.der, recording))
+            issue(template, keys.node.verifying_key())
         });
         // And the owner's, for the record: the owner's first Escrow then only reads.
-        let owner_certificate = self.retry("the owner certificate", || async {
+        let owner_certificate = self.retry("the owner certificate", || {
             let template = Template::Client {
                 common_name: OWNER_NAME.into(),
             };
-            Ok(issuer.ask(IssueRecording(template, owner_key)).await??)
+            issue(template, owner_key)
         });
         let (
             (credentials, node_recording),
@@ -247,7 +251,6 @@ impl Run {
             curator_certificate,
             owner_certificate
         )?;
-        let owner_certificate = owner_certificate.der;
         let recorded = async {
             if let Some(recording) = node_recording {
                 recording.done().await?;
