@@ -9,7 +9,7 @@ use std::time::Duration;
 use polis::poll::Poll;
 use polis::storage::{
     DataBackend, DataError, Esp, GetEsp, MountExisting, MountNew, NewKeys, NodeRoot, Previous,
-    Storage, StorageConfig, StorageError, UnlockKey,
+    RefuseFormatted, Storage, StorageConfig, StorageError, UnlockKey,
 };
 use polis::tpm::{Swtpm, Tpm, TpmConfig};
 use polis_actors::{ActorRef, ChildSpec, Kill, Strategy, SupervisorSpec, Tree};
@@ -64,6 +64,7 @@ async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
         cuk: same(cuk),
         previous: Previous::Refuse,
     };
+    storage.ask(RefuseFormatted).await.unwrap().unwrap();
     storage.ask(new(&nuk, &cuk)).await.unwrap().unwrap();
     std::fs::write(node.join("data/precious"), b"kept").unwrap();
     assert!(matches!(
@@ -86,6 +87,14 @@ async fn a_new_partition_reopens_after_a_reboot_and_refuses_a_wrong_key() {
     assert!(
         matches!(refused, Err(StorageError::Data(DataError::WrongKey(_)))),
         "{refused:?}"
+    );
+    let checked = storage.ask(RefuseFormatted).await.unwrap();
+    assert!(
+        matches!(
+            checked,
+            Err(StorageError::Data(DataError::AlreadyFormatted(_)))
+        ),
+        "{checked:?}"
     );
     let again = storage.ask(new(&nuk, &cuk)).await.unwrap();
     assert!(

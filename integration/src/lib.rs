@@ -51,6 +51,19 @@ pub fn log_of(cluster: &polis::launch::LocalCluster, i: usize) -> String {
     std::fs::read_to_string(cluster.nodes[i].log_file()).unwrap()
 }
 
+/// Boot node `i`, which must stop with a failure; answers what it logged in this boot.
+pub fn boot_failing(cluster: &mut polis::launch::LocalCluster, i: usize) -> String {
+    let before = log_of(cluster, i).len();
+    cluster.start(i, &[]).unwrap();
+    let status = cluster.wait_exit(i).unwrap();
+    let log = log_of(cluster, i)[before..].to_owned();
+    assert!(
+        !status.success(),
+        "node {i} did not fail: {status:?}\n{log}"
+    );
+    log
+}
+
 /// Wait until each of the first `members` consensus members has dropped its sealed CUK, as every
 /// other member holds a confirmed share of it (quorum unlock).
 pub async fn until_cuks_escrowed(cluster: &polis::launch::LocalCluster, members: usize) {

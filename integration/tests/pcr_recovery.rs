@@ -19,7 +19,7 @@ use polis::proto::curator::curator_client::CuratorClient;
 use polis::proto::curator::RequestPcrApprovalRequest;
 use polis::tpm::policy;
 use polis_integration::{
-    dial_curator, log_of, polis_node_binary, polisctl, test_logger, until_following,
+    boot_failing, dial_curator, log_of, polis_node_binary, polisctl, test_logger, until_following,
 };
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -201,11 +201,7 @@ async fn a_node_whose_pcr7_changed_recovers_only_with_the_owners_approval() {
 
     // Decommissioned, node 2's requests are refused, and it stops saying why.
     owner.decommission(&id).await.unwrap();
-    let before = log_of(&cluster, 2).len();
-    cluster.start(2, &[]).unwrap();
-    let status = cluster.wait_exit(2).unwrap();
-    assert!(!status.success(), "{status:?}");
-    let log = log_of(&cluster, 2)[before..].to_owned();
+    let log = boot_failing(&mut cluster, 2);
     assert!(log.contains("RequestPcrApproval refused"), "{log}");
     assert!(log.contains("decommissioned"), "{log}");
 }

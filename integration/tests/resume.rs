@@ -13,7 +13,7 @@ use polis::pki::NodeCredentials;
 use polis::poll::{holds, Poll};
 use polis::proto::api::node_parameters::{Cluster, ClusterRegister};
 use polis::proto::common::NodeState;
-use polis_integration::{log_of, polis_node_binary, test_logger};
+use polis_integration::{boot_failing, log_of, polis_node_binary, test_logger};
 
 /// What a node logs when it formats over a partition whose keys no journal kept.
 const FORMATTED_AGAIN: &str = "formatting the partition again";
@@ -298,6 +298,34 @@ async fn role_change_and_retirement_resume_after_a_kill_at_every_step() {
         .await
         .unwrap();
     whole(&cluster, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_formatted_partition_no_journal_kept_is_refused_at_every_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster =
+        LocalCluster::create(dir.path(), 1, &polis_node_binary(), test_logger()).unwrap();
+    cluster.bootstrap().await.unwrap();
+    cluster.stop(0, nix::sys::signal::Signal::SIGTERM);
+    let root = cluster.nodes[0].root.clone();
+    let kept = root.data().join("kept");
+    std::fs::write(&kept, b"a member's data").unwrap();
+    // The ESP loses the sealed configuration; the bootstrap parameters are there again: the
+    // next boot begins a new enrolment over a partition whose keys no journal of its holds.
+    std::fs::remove_file(root.sealed_configuration()).unwrap();
+    for boot in 1..=2 {
+        cluster.write_bootstrap_parameters().unwrap();
+        let log = boot_failing(&mut cluster, 0);
+        assert!(log.contains("already formatted"), "boot {boot}: {log}");
+        assert!(!log.contains(FORMATTED_AGAIN), "boot {boot}: {log}");
+        // Refused before it was marked: the next boot refuses it again, not formats it over.
+        assert!(!root.formatting_mark().exists(), "boot {boot}");
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"a member's data",
+            "boot {boot}"
+        );
+    }
 }
 
 /// Restart node `i` with the hook armed at `step`, and wait until the cluster is whole again.

@@ -33,7 +33,7 @@ use crate::proto::curator::curator_client::CuratorClient;
 use crate::proto::curator::{CommitNodeRequest, RegisterNodeRequest};
 use crate::proto::private::enrolment_journal::Flow as JournalFlow;
 use crate::proto::private::{EnrolmentJournal, SealedConfiguration};
-use crate::storage::{MountNew, NewKeys, Previous};
+use crate::storage::{MountNew, NewKeys, Previous, RefuseFormatted};
 use crate::tls::Identity;
 use crate::tpm::{RecoveryKey, SealedKind};
 
@@ -63,11 +63,12 @@ impl Run {
         params: Cluster,
     ) -> Result<(), LifecycleError> {
         slog::info!(self.log, "starting enrolment"; "flow" => ?flow);
-        let (nuk, cuk) = self
-            .retry("new keys", || async {
-                Ok(self.deps.storage.ask(NewKeys).await??)
-            })
-            .await?;
+        // The formatting mark's fsyncs run while the TPM makes the keys: only the format needs
+        // both.
+        let keys = self.retry("new keys", || async {
+            Ok(self.deps.storage.ask(NewKeys).await??)
+        });
+        let ((nuk, cuk), previous) = futures::try_join!(keys, self.mark_formatting())?;
         // The recovery key comes with the journal: nothing needs it before.
         let journal = EnrolmentJournal {
             flow: flow as i32,
@@ -85,7 +86,7 @@ impl Run {
             .encode_to_vec(),
         };
         let enrolment = Enrolment::check(journal, &self.esp.journal_path())?;
-        self.format(&enrolment.keys).await?;
+        self.format(&enrolment.keys, previous).await?;
         self.checkpoint(flow, "formatted");
         let Enrolment {
             mut journal,
@@ -444,28 +445,30 @@ impl Run {
 
     // ---- helpers ----
 
-    /// Format the data partition for `keys` under the formatting mark. A partition that an
-    /// earlier, marked enrolment formatted is formatted over: that enrolment crashed before its
-    /// journal kept the keys, so nothing in it could ever be opened. One formatted without the
-    /// mark is refused: its keys may be kept elsewhere (the cluster holds its recovery key).
-    async fn format(&self, keys: &EnrolmentKeys) -> Result<(), LifecycleError> {
-        let marked = self
-            .on_esp(|esp| {
-                let marked = esp.formatting_marked();
-                esp.mark_formatting()?;
-                Ok(marked)
-            })
-            .await?;
-        let previous = if marked {
-            slog::warn!(
-                self.log,
-                "an earlier enrolment stopped before its journal kept the \
-                keys of the data partition it formatted; formatting the partition again"
-            );
-            Previous::Discard
-        } else {
-            Previous::Refuse
-        };
+    /// Set the formatting mark before a new enrolment formats the data partition; answers what
+    /// to do with a partition found there. A partition that an earlier, marked enrolment
+    /// formatted is formatted over: that enrolment crashed before its journal kept the keys, so
+    /// nothing in it could ever be opened. One formatted without the mark is refused, and not
+    /// marked: its keys may be kept elsewhere (the cluster holds its recovery key).
+    async fn mark_formatting(&self) -> Result<Previous, LifecycleError> {
+        if !self.on_esp(|esp| Ok(esp.formatting_marked())).await? {
+            // Refused before it is marked: a mark left beside it would have the next boot
+            // format it over.
+            self.deps.storage.ask(RefuseFormatted).await??;
+            self.on_esp(|esp| esp.mark_formatting()).await?;
+            return Ok(Previous::Refuse);
+        }
+        slog::warn!(
+            self.log,
+            "an earlier enrolment stopped before its journal kept the \
+            keys of the data partition it formatted; formatting the partition again"
+        );
+        Ok(Previous::Discard)
+    }
+
+    /// Format the data partition for `keys`, under the formatting mark, doing with the
+    /// partition found there what `previous` says.
+    async fn format(&self, keys: &EnrolmentKeys, previous: Previous) -> Result<(), LifecycleError> {
         let formatted = self
             .retry("formatting the data partition", || async {
                 let new = MountNew {

@@ -34,6 +34,14 @@ impl Message for MountNew {
     type Reply = Result<(), StorageError>;
 }
 
+/// Refuse a data partition that is formatted already (`DataError::AlreadyFormatted`): an
+/// enrolment asks before it sets its formatting mark, so that a partition it must not format is
+/// never marked as its own.
+pub struct RefuseFormatted;
+impl Message for RefuseFormatted {
+    type Reply = Result<(), StorageError>;
+}
+
 /// Mount the existing data partition with NUK ⊕ CUK.
 pub struct MountExisting {
     /// The node half, from the sealed configuration.
@@ -136,7 +144,9 @@ impl Handler<NewKeys> for Storage {
         _: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <NewKeys as Message>::Reply>, Failure> {
         let tpm = self.tpm.clone();
-        Ok(Reply::later(async move {
+        // Beside the mailbox: the TPM serializes its own work, and an enrolment asks whether
+        // the partition is formatted meanwhile.
+        Ok(Reply::detached(async move {
             let random = match tpm.ask(Random(2 * KEY_LEN)).await {
                 Ok(Ok(random)) => random,
                 Ok(Err(e)) => return Ok(Err(e.into())),
@@ -145,6 +155,22 @@ impl Handler<NewKeys> for Storage {
             let keys = UnlockKey::generate(&random[..KEY_LEN])
                 .and_then(|nuk| Ok((nuk, UnlockKey::generate(&random[KEY_LEN..])?)));
             Ok(keys.map_err(StorageError::from))
+        }))
+    }
+}
+
+impl Handler<RefuseFormatted> for Storage {
+    fn handle(
+        &mut self,
+        _: RefuseFormatted,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <RefuseFormatted as Message>::Reply>, Failure> {
+        let (root, backend) = (self.config.root.clone(), self.config.backend.clone());
+        Ok(Reply::detached(async move {
+            let checked = tokio::task::spawn_blocking(move || backend.refuse_formatted(&root))
+                .await
+                .map_err(|e| Failure::msg(format!("data partition thread failed: {e}")))?;
+            Ok(checked.map_err(StorageError::from))
         }))
     }
 }

@@ -202,6 +202,15 @@ impl DataBackend {
         }
     }
 
+    /// Refuse a partition that is formatted already ([`DataError::AlreadyFormatted`]): before
+    /// an enrolment sets its formatting mark, which would let the next boot format over it.
+    pub fn refuse_formatted(&self, root: &NodeRoot) -> Result<(), DataError> {
+        match self {
+            DataBackend::Directory => directory::refuse_formatted(root),
+            DataBackend::Luks2 { device } => luks2::refuse_formatted(device),
+        }
+    }
+
     /// Check `key` against the partition and make it available at `data/`.
     pub fn open(&self, root: &NodeRoot, key: &VolumeKey) -> Result<(), DataError> {
         match self {
@@ -245,15 +254,21 @@ mod directory {
         hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes())
     }
 
+    pub(super) fn refuse_formatted(root: &NodeRoot) -> Result<(), DataError> {
+        match header_path(root).exists() {
+            true => Err(DataError::AlreadyFormatted(root.data())),
+            false => Ok(()),
+        }
+    }
+
     pub(super) fn format(
         root: &NodeRoot,
         key: &VolumeKey,
         previous: Previous,
     ) -> Result<(), DataError> {
-        let (path, data) = (header_path(root), root.data());
+        let data = root.data();
         match previous {
-            Previous::Refuse if path.exists() => return Err(DataError::AlreadyFormatted(data)),
-            Previous::Refuse => {}
+            Previous::Refuse => refuse_formatted(root)?,
             Previous::Discard => fsutil::remove_dir_if_present(&data)?,
         }
         fs::DirBuilder::new()
@@ -270,7 +285,7 @@ mod directory {
         header.extend_from_slice(&salt);
         let tag = hmac::sign(&tag_key(key), &header);
         header.extend_from_slice(tag.as_ref());
-        fsutil::write_atomic(&path, &header, SECRET_MODE)?;
+        fsutil::write_atomic(&header_path(root), &header, SECRET_MODE)?;
         Ok(())
     }
 
@@ -345,6 +360,18 @@ pub(crate) mod luks2 {
         }
     }
 
+    /// Refuse `device` if it holds a LUKS2 header.
+    pub(crate) fn refuse_formatted(device: &Path) -> Result<(), DataError> {
+        let mut dev = CryptInit::init(device).map_err(luks_err("open", device))?;
+        match dev
+            .context_handle()
+            .load::<()>(Some(EncryptionFormat::Luks2), None)
+        {
+            Ok(()) => Err(DataError::AlreadyFormatted(device.to_owned())),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Write a LUKS2 header for `key` to `device`; one already there is refused or written
     /// over, as `previous` says.
     pub(crate) fn format_header(
@@ -352,14 +379,8 @@ pub(crate) mod luks2 {
         key: &VolumeKey,
         previous: Previous,
     ) -> Result<(), DataError> {
-        let mut dev = CryptInit::init(device).map_err(luks_err("open", device))?;
-        if previous == Previous::Refuse
-            && dev
-                .context_handle()
-                .load::<()>(Some(EncryptionFormat::Luks2), None)
-                .is_ok()
-        {
-            return Err(DataError::AlreadyFormatted(device.to_owned()));
+        if previous == Previous::Refuse {
+            refuse_formatted(device)?;
         }
         let mut dev = CryptInit::init(device).map_err(luks_err("open", device))?;
         let luks_key = luks_key(key);

@@ -5,7 +5,9 @@ mod data;
 mod esp;
 mod layout;
 
-pub use actor::{GetEsp, MountExisting, MountNew, NewKeys, Storage, StorageConfig, StorageError};
+pub use actor::{
+    GetEsp, MountExisting, MountNew, NewKeys, RefuseFormatted, Storage, StorageConfig, StorageError,
+};
 pub use data::{
     check_volume_header, close_data_partition, DataBackend, DataError, Previous, UnlockKey,
     VolumeKey, KEY_LEN,
