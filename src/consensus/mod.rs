@@ -151,8 +151,7 @@ impl Actor for Consensus {
             fsutil::remove_dir_if_present(&data)?;
         }
         let restart = root.etcd_member_to_restart();
-        let mut join = None;
-        if restart {
+        let join = if restart {
             if !root.etcd_peer_pki().join(peer_pki::KEY_FILE).exists() {
                 return Err(Failure::msg(format!(
                     "etcd data exists at {} but its peer PKI at {} is missing",
@@ -169,33 +168,28 @@ impl Actor for Consensus {
                 Err(e) => slog::warn!(ctx.log(), "the etcd peer certificate could not be renewed";
                     "error" => %e),
             }
+            None
         } else {
-            match &self.config.mode {
-                Mode::Restart => {
-                    return Err(Failure::msg(format!(
-                        "this member has run before, but its etcd data at {} is missing or never finished its first start",
-                        root.etcd_data().display()
-                    )))
-                }
-                Mode::Bootstrap { peer_lifetime } => {
-                    slog::info!(ctx.log(), "starting a new single-member cluster"; "member" => &self.config.member.name);
-                    peer_pki::bootstrap_peer_pki(&root, &self.config.member, *peer_lifetime)?;
-                }
-                Mode::Join {
-                    peers,
-                    ca,
-                    certificate,
-                    key,
-                    crl,
-                } => {
-                    slog::info!(ctx.log(), "joining the cluster as a learner";
-                        "initial_cluster" => peers::initial_cluster(peers));
-                    peer_pki::write_peer_pki(&root, ca, certificate, key, crl)?;
-                    join = Some(peers.clone());
-                }
+            if matches!(self.config.mode, Mode::Restart) {
+                return Err(Failure::msg(format!(
+                    "this member has run before, but its etcd data at {} is missing or never finished its first start",
+                    root.etcd_data().display()
+                )));
             }
-            fsutil::create_mark(&first_start)?;
-        }
+            // The mark's fsyncs run on a thread of their own while the peer PKI is made and
+            // written: etcd waits for both, neither for the other.
+            std::thread::scope(|scope| {
+                let marked = std::thread::Builder::new()
+                    .name("first-start-mark".into())
+                    .spawn_scoped(scope, || fsutil::create_mark(&first_start))
+                    .map_err(|e| Failure::msg(format!("cannot start a thread: {e}")))?;
+                let peer_pki = self.write_peer_pki(ctx);
+                marked.join().map_err(|_| {
+                    Failure::msg("the thread writing etcd's first-start mark panicked")
+                })??;
+                peer_pki
+            })?
+        };
         etcd::remove_stale_socket(&root)?;
         let command = etcd::command(&root, &self.config.member, join.as_deref());
         let process = ChildProcess::spawn(command, "etcd", ctx.log())?;
@@ -333,6 +327,32 @@ impl Handler<RemoveMember> for Consensus {
 // ---- helpers ----
 
 impl Consensus {
+    /// A first start's peer PKI, not yet durable: made for a new cluster, or written as the
+    /// cluster handed it to a joining member. Answers the peers a joining member starts with.
+    fn write_peer_pki(&self, ctx: &Ctx<'_, Self>) -> Result<Option<Vec<peers::Peer>>, Failure> {
+        let root = &self.config.root;
+        match &self.config.mode {
+            Mode::Restart => Ok(None),
+            Mode::Bootstrap { peer_lifetime } => {
+                slog::info!(ctx.log(), "starting a new single-member cluster"; "member" => &self.config.member.name);
+                peer_pki::bootstrap_peer_pki(root, &self.config.member, *peer_lifetime)?;
+                Ok(None)
+            }
+            Mode::Join {
+                peers,
+                ca,
+                certificate,
+                key,
+                crl,
+            } => {
+                slog::info!(ctx.log(), "joining the cluster as a learner";
+                    "initial_cluster" => peers::initial_cluster(peers));
+                peer_pki::write_peer_pki(root, ca, certificate, key, crl)?;
+                Ok(Some(peers.clone()))
+            }
+        }
+    }
+
     /// On the leader, promote one learner that has started (etcd itself refuses one that has not
     /// caught up). etcd 3.4.23 may wrongly promote a learner whose process never started, hence
     /// the started check here.
