@@ -13,7 +13,7 @@ pub mod records;
 mod server_certificate;
 mod service;
 
-pub use actor::{Curator, CuratorConfig, CURATOR_PORT};
+pub use actor::{Curator, CuratorConfig, CuratorStart, Handover, CURATOR_PORT};
 pub use decommission::Decommissioner;
 pub use escrow::Escrower;
 pub use records::Records;

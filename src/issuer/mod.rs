@@ -317,6 +317,14 @@ impl Message for GetCaCertificate {
     type Reply = Result<Vec<u8>, IssuerError>;
 }
 
+/// The cluster's first CRL (DER), if this issuer created the cluster CA and stored the CRL with
+/// it (a new cluster's bootstrap), answered once it has: what the CRL is until a first
+/// revocation, for a bootstrap's Curator to start on without reading it back.
+pub struct FirstCrl;
+impl Message for FirstCrl {
+    type Reply = Result<Option<Vec<u8>>, IssuerError>;
+}
+
 /// Approve PCR 7 value `pcr7` for node `node_id`: its TPM may unseal where PCR 7 holds it.
 /// Only enrolment (the value a node enrolled with) and the owner's decision ask for this.
 pub struct ApprovePcr {
@@ -370,6 +378,8 @@ struct Loaded {
     policy_key: Rc<PolicyKey>,
     /// How long the certificates it issues are valid; CRLs are current for the node lifetime.
     lifetimes: Lifetimes,
+    /// The first CRL, if this issuer created the cluster CA and stored it with it.
+    first_crl: Option<Rc<[u8]>>,
 }
 
 impl Issuer {
@@ -404,7 +414,7 @@ impl Actor for Issuer {
             let first_crl = candidate.crl(1, &[], asked.unwrap_or_default().node)?;
             if let Some(asked) = asked {
                 if let Some(stored) = genesis(&kv, &candidate, &first_crl, asked).await? {
-                    return Ok::<_, IssuerError>((kv, stored));
+                    return Ok::<_, IssuerError>((kv, stored, candidate, first_crl));
                 }
             }
             // At once: they read what every start but the first finds.
@@ -414,10 +424,12 @@ impl Actor for Issuer {
                 ensure_policy_key(&mut key_kv),
                 lifetimes(&mut lifetimes_kv, asked),
             )?;
-            Ok((kv, stored))
+            Ok((kv, stored, candidate, first_crl))
         };
         ctx.spawn(load, |loaded, issuer: &mut Self, ctx| {
-            let (kv, (ca, policy_key, lifetimes)) = loaded?;
+            let (kv, (ca, policy_key, lifetimes), candidate, first_crl) = loaded?;
+            // The CA it made became the cluster's: the first CRL was stored with it.
+            let first_crl = (ca.certificate() == candidate.certificate()).then(|| first_crl.into());
             slog::info!(ctx.log(), "cluster CA loaded";
                 "node_certificate_lifetime_s" => lifetimes.node.as_secs(),
                 "owner_certificate_lifetime_s" => lifetimes.owner.as_secs());
@@ -426,6 +438,7 @@ impl Actor for Issuer {
                 ca: Rc::new(ca),
                 policy_key: Rc::new(policy_key),
                 lifetimes,
+                first_crl,
             };
             for waiting in issuer.waiting.drain(..) {
                 let _ = waiting.send(loaded.clone());
@@ -495,6 +508,16 @@ impl Handler<GetCaCertificate> for Issuer {
         _: &mut Ctx<'_, Self>,
     ) -> Result<Reply<Self, <GetCaCertificate as Message>::Reply>, Failure> {
         Ok(self.on_loaded(|loaded| async move { Ok(loaded.ca.certificate().to_vec()) }))
+    }
+}
+
+impl Handler<FirstCrl> for Issuer {
+    fn handle(
+        &mut self,
+        _: FirstCrl,
+        _: &mut Ctx<'_, Self>,
+    ) -> Result<Reply<Self, <FirstCrl as Message>::Reply>, Failure> {
+        Ok(self.on_loaded(|loaded| async move { Ok(loaded.first_crl.map(|crl| crl.to_vec())) }))
     }
 }
 

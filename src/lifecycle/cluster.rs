@@ -5,12 +5,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use polis_actors::{ActorRef, Backoff, ChildSpec, Strategy, Supervisor, SupervisorSpec, Watchable};
 
 use crate::consensus::{Consensus, ConsensusConfig, Member, Mode, PEER_PORT};
-use crate::curator::{Curator, CuratorConfig, Decommissioner, Escrower, CURATOR_PORT};
+use crate::curator::{Curator, CuratorConfig, Decommissioner, Escrower, Handover, CURATOR_PORT};
 use crate::hostsfile::{HostsConfig, Hostsfile};
 use crate::issuer::{Issuer, Lifetimes};
 use crate::metrics::NodeMetrics;
@@ -88,6 +89,8 @@ pub struct MemberChildren {
     pub consensus_ref: ActorRef<Consensus>,
     /// The issuer, across restarts.
     pub issuer_ref: ActorRef<Issuer>,
+    /// What a bootstrap hands the Curator's first start.
+    pub curator_handover: Arc<Mutex<Handover>>,
 }
 
 /// The children of a consensus member, its etcd started as `mode` says.
@@ -121,7 +124,9 @@ pub fn member_children(
         root: config.root.clone(),
         listen: SocketAddr::new(config.address, CURATOR_PORT),
         metrics: config.metrics.clone(),
+        handover: Arc::default(),
     };
+    let curator_handover = curator_config.handover.clone();
     let (curator_consensus, curator_issuer) = (consensus_ref.clone(), issuer_ref.clone());
     let (retiring_consensus, retiring_issuer) = (consensus_ref.clone(), issuer_ref.clone());
     let (decommission, _) = ChildSpec::worker("decommission", move || {
@@ -149,5 +154,6 @@ pub fn member_children(
         escrow,
         consensus_ref,
         issuer_ref,
+        curator_handover,
     }
 }

@@ -6,6 +6,7 @@
 //! the ESP claims membership before etcd has recorded it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
@@ -15,10 +16,11 @@ use tonic::Code;
 
 use crate::consensus::{peer_pki, Consensus, Kv, Mode};
 use crate::curator::records::{self, InitialOwner, Records, OWNER_NAME};
+use crate::curator::{CuratorStart, CURATOR_PORT};
 use crate::fsutil::Durability;
 use crate::issuer::{
-    bounded_lifetime, ApprovePcr, GetCaCertificate, IssueRecording, Lifetimes, PcrApproval, Revoke,
-    MIN_LIFETIME,
+    bounded_lifetime, ApprovePcr, FirstCrl, GetCaCertificate, IssueRecording, Lifetimes,
+    PcrApproval, Revoke, MIN_LIFETIME,
 };
 use crate::lifecycle::actor::{refused, Run};
 use crate::lifecycle::client::connect;
@@ -179,6 +181,13 @@ impl Run {
         // The issuer stores the lifetimes as it starts, before the first certificate.
         let member = cluster::member_children(&cluster, mode, Some(lifetimes));
         let (consensus, issuer) = (member.consensus_ref, member.issuer_ref);
+        // The Curator's port is bound now: a client (the owner, waiting for its first Escrow)
+        // then waits in the backlog for the Curator to serve, not for its next try after a
+        // refusal. If it cannot be bound now, the Curator tries again and names the error.
+        let early = listen_early(SocketAddr::new(address, CURATOR_PORT));
+        if let (Some(listener), Ok(mut handover)) = (early, member.curator_handover.lock()) {
+            handover.listener = Some(listener);
+        }
         // PCR 7 is read while etcd elects itself: nothing in it needs etcd.
         let (journaled, started, pcr7) =
             futures::join!(journaled, self.start_child(member.consensus), self.pcr7());
@@ -241,16 +250,23 @@ impl Run {
             };
             issue(template, owner_key)
         });
+        // And the CRL stored with the CA: a new cluster's Curator starts on what this bootstrap
+        // committed, not on reading it back.
+        let crl = self.retry("the cluster's first CRL", || async {
+            Ok(issuer.ask(FirstCrl).await??)
+        });
         let (
             (credentials, node_recording),
             peer_ca,
             (curator_certificate, curator_recording),
             (owner_certificate, owner_recording),
+            crl,
         ) = futures::try_join!(
             node_certificate,
             peer_ca,
             curator_certificate,
-            owner_certificate
+            owner_certificate,
+            crl
         )?;
         let recorded = async {
             if let Some(recording) = node_recording {
@@ -291,17 +307,19 @@ impl Run {
             // A resumed bootstrap finds the records of an earlier try, with that try's Curator
             // and owner certificates: the ones just issued are never handed out, so nothing may
             // accept them.
+            let mut found_issued = true;
             for (stored, issued) in [
                 (&recorded.node.curator_certificate, &curator_certificate),
                 (&recorded.owner_certificate, &owner_certificate),
             ] {
                 if stored != issued {
                     issuer.ask(Revoke(issued.clone())).await??;
+                    found_issued = false;
                 }
             }
-            Ok(())
+            Ok(found_issued)
         });
-        futures::try_join!(save, record, recorded)?;
+        let ((), found_issued, ()) = futures::try_join!(save, record, recorded)?;
         let synced = self.sync_credentials();
         self.checkpoint(JournalFlow::Bootstrap, "committed");
         let authority = async {
@@ -320,6 +338,18 @@ impl Run {
             }
             Ok::<_, LifecycleError>(())
         };
+        // A bootstrap that found another try's certificates (and revoked its own), or another
+        // try's CA, leaves its Curator to read what is committed.
+        if let (true, Some(crl)) = (found_issued, crl) {
+            if let Ok(mut handover) = member.curator_handover.lock() {
+                handover.committed = Some(CuratorStart {
+                    certificate: curator_certificate,
+                    crl: Some(crl),
+                    owner_key: Some(params.owner_public_key.clone()),
+                    owner_certificate: Some(owner_certificate),
+                });
+            }
+        }
         // The Curator needs the credentials and the record, not the authority, which only the
         // sealing below needs: both go at once. Should the authority fail, the lifecycle fails
         // and the node stops, Curator and all.
@@ -552,6 +582,13 @@ fn recovery_record(
         (Some(recovery), Some(pcr7)) => Ok((recovery.point()?, pcr7.clone())),
         _ => Ok(Default::default()),
     }
+}
+
+/// A non-blocking listener on `address`, or none if it cannot be had now.
+fn listen_early(address: SocketAddr) -> Option<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address).ok()?;
+    listener.set_nonblocking(true).ok()?;
+    Some(listener)
 }
 
 /// The certificate lifetimes that bootstrap parameters name (0: the default); one shorter than
